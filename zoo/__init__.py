@@ -1,0 +1,7 @@
+"""zoo: U-Net decoders on a frozen ImageNet MobileNetV2 encoder.
+
+`zoo` imports nothing from `ablations` or `app`; they import it.
+"""
+from zoo.config import DecoderConfig, TUTORIAL_FILTERS
+
+__all__ = ["DecoderConfig", "TUTORIAL_FILTERS"]

@@ -1,0 +1,58 @@
+"""The one description of a decoder variant.
+
+Tuners map hyperparameters onto it, tables print its fields and the saved model's
+metadata stores it, so adding a field here makes it visible everywhere at once.
+This module imports no deep-learning code, so reports and the CLI can use it cheaply.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+UPSAMPLERS = ("transpose", "bilinear", "nearest", "subpixel")
+SKIP_MERGES = ("concat", "add", "attention", "none")
+CONV_BLOCKS = ("double", "separable")
+
+# Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
+BASE_FILTERS = (256, 128, 64, 32, 16)
+# The TensorFlow segmentation tutorial's pix2pix decoder, used as the reference recipe.
+TUTORIAL_FILTERS = (512, 256, 128, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    upsampler: str = "bilinear"
+    skip: str = "concat"
+    conv: str = "double"
+    width: float = 0.5
+
+    def __post_init__(self):
+        _check_choice("upsampler", self.upsampler, UPSAMPLERS)
+        _check_choice("skip", self.skip, SKIP_MERGES)
+        _check_choice("conv", self.conv, CONV_BLOCKS)
+        if not 0.05 <= float(self.width) <= 4.0:
+            raise ValueError(f"DecoderConfig.width must be in [0.05, 4], got {self.width!r}")
+
+    @property
+    def filters(self) -> tuple[int, ...]:
+        # At least 4 filters a level, and a multiple of 4 so separable convs stay aligned.
+        return tuple(max(4, int(round(f * self.width / 4)) * 4) for f in BASE_FILTERS)
+
+    @property
+    def name(self) -> str:
+        return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "DecoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ValueError(f"unknown DecoderConfig fields: {sorted(unknown)}")
+        return cls(**fields)
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"DecoderConfig.{field} must be one of {choices}, got {value!r}")
