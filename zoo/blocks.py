@@ -35,6 +35,25 @@ class DepthToSpace(layers.Layer):
         return {**super().get_config(), "factor": self.factor}
 
 
+@keras.saving.register_keras_serializable(package="zoo")
+class BilinearUpsample(layers.Layer):
+    """2x bilinear resize that works on inputs of any size.
+
+    keras.layers.UpSampling2D(interpolation="bilinear") fails once tf.function retraces
+    with unknown height and width, which is exactly what serving images of any size does.
+    """
+
+    def call(self, x):
+        import tensorflow as tf  # the project runs Keras on the TensorFlow backend
+
+        size = tf.shape(x)[1:3] * 2
+        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+
 def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, separable: bool = False):
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     x = conv(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(x)
@@ -53,7 +72,7 @@ def upsample_transpose(x, filters, name):
 
 
 def upsample_bilinear(x, filters, name):
-    x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_bilinear")(x)
+    x = BilinearUpsample(name=f"{name}_bilinear")(x)
     return conv_bn_relu(x, filters, name)
 
 
@@ -113,7 +132,7 @@ def attention_gate(skip, gate, inter_filters, name):
     joint = layers.ReLU(name=f"{name}_att_relu")(layers.Add(name=f"{name}_att_add")([theta, phi]))
     psi = layers.Conv2D(1, 1, name=f"{name}_att_psi")(joint)
     alpha = layers.Activation("sigmoid", name=f"{name}_attention_coefficients")(psi)
-    alpha = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_att_up")(alpha)
+    alpha = BilinearUpsample(name=f"{name}_att_up")(alpha)
     return layers.Multiply(name=f"{name}_att_apply")([skip, alpha])
 
 

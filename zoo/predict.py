@@ -1,0 +1,117 @@
+"""Any-size RGB array -> binary building mask, used by ablations and app alike.
+
+Images up to `tile` pixels a side are reflect-padded to a multiple of 32 (the encoder's
+output stride) and run whole. Larger ones go through U-Net's overlap-tile strategy:
+overlapping tiles, each keeping only its centre, so every output pixel was predicted with
+at least `overlap/2` pixels of real context around it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+STRIDE = 32
+
+
+class ImageError(ValueError):
+    """The array is not an HxWx3 uint8 RGB image."""
+
+
+def check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ImageError(f"image must be H x W x 3 (RGB), got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"image is empty: shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"image must be uint8 0..255, got dtype {image.dtype}")
+    return image
+
+
+class Segmenter:
+    """Wraps a U-Net (logits out) with its threshold and tiling policy."""
+
+    def __init__(self, model, threshold: float = 0.5, tile: int = 512, overlap: int = 64,
+                 batch_size: int = 8, metadata: dict | None = None):
+        if tile % STRIDE or overlap % STRIDE or overlap >= tile:
+            raise ValueError("tile and overlap must be multiples of 32, overlap < tile")
+        self.model, self.threshold, self.tile, self.overlap = model, threshold, tile, overlap
+        self.batch_size = batch_size
+        self.metadata = metadata or {}
+        self._logits = _shape_agnostic(model)
+
+    @classmethod
+    def from_file(cls, path, verify: bool = True, **kwargs) -> "Segmenter":
+        from zoo import saving
+
+        model, metadata = saving.load(path, verify=verify)
+        threshold = float(metadata.get("threshold", 0.5))
+        return cls(model, threshold=threshold, metadata=metadata, **kwargs)
+
+    def predict(self, image) -> np.ndarray:
+        """HxW uint8 mask of 0/1."""
+        return (self.probabilities(image) >= self.threshold).astype(np.uint8)
+
+    def probabilities(self, image) -> np.ndarray:
+        image = check_image(image)
+        height, width = image.shape[:2]
+        if max(height, width) <= self.tile:
+            return self._whole(image)
+        return self._tiled(image)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        logits = self._logits(batch.astype(np.float32))
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32)[..., 0]))
+
+    def _whole(self, image):
+        height, width = image.shape[:2]
+        padded = reflect_pad(image, _round_up(height), _round_up(width))
+        return self._forward(padded[None])[0, :height, :width]
+
+    def _tiled(self, image):
+        height, width = image.shape[:2]
+        step = self.tile - self.overlap
+        margin = self.overlap // 2
+        # Pad so every tile is full and the image's own border also gets `margin` of context.
+        canvas = reflect_pad(image, height + 2 * margin, width + 2 * margin, before=margin)
+        canvas = reflect_pad(canvas, _cover(canvas.shape[0], self.tile, step), _cover(canvas.shape[1], self.tile, step))
+        origins = [(y, x) for y in range(0, canvas.shape[0] - self.tile + 1, step)
+                   for x in range(0, canvas.shape[1] - self.tile + 1, step)]
+        out = np.zeros(canvas.shape[:2], np.float32)
+        for start in range(0, len(origins), self.batch_size):
+            chunk = origins[start:start + self.batch_size]
+            tiles = np.stack([canvas[y:y + self.tile, x:x + self.tile] for y, x in chunk])
+            for (y, x), prob in zip(chunk, self._forward(tiles)):
+                # Tiles overlap by `overlap`; each keeps its centre, so the kept parts abut.
+                out[y + margin:y + self.tile - margin, x + margin:x + self.tile - margin] = \
+                    prob[margin:-margin, margin:-margin]
+        return out[margin:margin + height, margin:margin + width]
+
+
+def _shape_agnostic(model):
+    """One traced graph for every image size: predict_on_batch would retrace per new shape."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    traced = tf.function(lambda batch: model(batch, training=False), input_signature=[spec])
+    return lambda batch: traced(tf.constant(batch)).numpy()
+
+
+def reflect_pad(image: np.ndarray, height: int, width: int, before: int = 0) -> np.ndarray:
+    """Pad to height x width, `before` pixels on top/left and the rest at bottom/right.
+
+    Reflection keeps texture statistics at the border (zeros would look like a black roof);
+    numpy's 'symmetric' mode also works when the pad exceeds the image size."""
+    pad_h, pad_w = height - image.shape[0] - before, width - image.shape[1] - before
+    pads = [(before, pad_h), (before, pad_w)] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, pads, mode="symmetric") if (before or pad_h or pad_w) else image
+
+
+def _round_up(size: int, multiple: int = STRIDE) -> int:
+    return -(-size // multiple) * multiple
+
+
+def _cover(size: int, tile: int, step: int) -> int:
+    """Smallest length >= size that a whole number of tiles at `step` covers exactly."""
+    if size <= tile:
+        return tile
+    return tile + _round_up(size - tile, step) if step else tile
