@@ -82,8 +82,9 @@ class Segmenter:
             tiles = np.stack([canvas[y:y + self.tile, x:x + self.tile] for y, x in chunk])
             for (y, x), prob in zip(chunk, self._forward(tiles)):
                 # Tiles overlap by `overlap`; each keeps its centre, so the kept parts abut.
+                # (Not prob[margin:-margin]: with overlap 0 that slice is empty.)
                 out[y + margin:y + self.tile - margin, x + margin:x + self.tile - margin] = \
-                    prob[margin:-margin, margin:-margin]
+                    prob[margin:self.tile - margin, margin:self.tile - margin]
         return out[margin:margin + height, margin:margin + width]
 
 

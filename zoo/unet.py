@@ -19,8 +19,10 @@ DECODER_NAME = "decoder"
 ENCODER_NAME = "encoder"
 
 
-def build(config: DecoderConfig, weights="imagenet") -> keras.Model:
-    encoder = build_encoder(weights, TAPS)
+def build(config: DecoderConfig, weights="imagenet", encoder: keras.Model | None = None) -> keras.Model:
+    """A U-Net for `config`. Pass `encoder` to share one frozen encoder between many models
+    (safe because it never changes) instead of reading the weights file again."""
+    encoder = encoder or build_encoder(weights, TAPS)
     decoder = build_decoder(config, [t.shape[-1] for t in encoder.outputs])
     return assemble(encoder, decoder, name=f"unet_{config.name}")
 
@@ -71,6 +73,12 @@ def build_tutorial(weights="imagenet") -> keras.Model:
     logits = layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="logits")(x)
     decoder = keras.Model(taps, logits, name=DECODER_NAME)
     return assemble(encoder, decoder, name="unet_tutorial")
+
+
+def encoder_features(model: keras.Model, images) -> list:
+    """The encoder's taps for RGB 0..255 images, through the model's own preprocessing."""
+    scaled = model.get_layer("preprocess")(images)
+    return encoder_of(model)(scaled, training=False)
 
 
 def decoder_of(model: keras.Model) -> keras.Model:

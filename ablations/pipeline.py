@@ -1,0 +1,131 @@
+"""The body of `python -m ablations.run`: data, cached features, the search, the report."""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+
+from ablations import data, features, report, search, studies
+from ablations.machine import describe as describe_machine
+from ablations.errors import UserFacingError
+from zoo import encoder as zoo_encoder
+from zoo import unet
+
+SEED = 0
+
+
+def run_study(args) -> None:
+    started = time.time()
+    study, budget = studies.STUDIES[args.study], studies.BUDGETS[args.budget]
+    seeds = args.seeds or budget.default_seeds
+    study_dir = args.out / study.name
+    if args.fresh and study_dir.exists():
+        shutil.rmtree(study_dir)
+    keras.utils.set_random_seed(SEED)
+    encoder = load_encoder(args.weights)
+    split, arrays, source = load_data(args, budget)
+    shared = shared_trial_data(encoder, arrays, budget)
+    base = studies.base_decoder(study, args.out)
+    hypermodel = search.StudyHyperModel(study, base, seeds, shared)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare(hp)
+    planned = search.grid_size(hp) if study.search == "grid" else budget.search_trials * seeds
+    context = run_context(args, study, budget, seeds, split, source, base, planned)
+    report.write_context(study_dir, context)
+    tuner = search.RecordingTuner(
+        search.make_oracle(study, hp, planned, SEED), hypermodel=hypermodel,
+        directory=str(study_dir), project_name="tuner", overwrite=False,
+        trials_dir=study_dir / "trials", planned=planned)
+    print(f"{study.name}: {planned} trials, budget {budget.name}, base decoder {base.name}")
+    tuner.search()
+    best = report.write_all(study_dir, context, encoder, arrays["test"])
+    report.write_index(args.out)
+    print(f"done in {(time.time() - started) / 60:.1f} min; selected {best['variant']} "
+          f"(trial {best['trial_id']}); see {study_dir / 'table.md'}")
+
+
+def load_encoder(weights: str):
+    choice = None if weights == "none" else weights
+    try:
+        return zoo_encoder.build_encoder(choice)
+    except zoo_encoder.WeightsUnavailable as error:
+        raise UserFacingError(str(error)) from error
+
+
+def load_data(args, budget):
+    """Scan, check and split the data, then load each split as arrays."""
+    if args.data is None:
+        root = data.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
+        print("=" * 72 + f"\nNo --data given: using SYNTHETIC aerial-like scenes in {root}.\n"
+              "These numbers say nothing about real imagery.\n" + "=" * 72)
+        source = f"SYNTHETIC scenes ({root})"
+    else:
+        root, source = args.data, str(args.data)
+    try:
+        samples = data.scan_folder(root, check=True)
+        if budget.max_images:
+            samples = data.limit(samples, budget.max_images, SEED)
+        split = data.split_samples(samples, test_area=args.test_area, seed=SEED)
+        arrays = {name: data.load_arrays(getattr(split, name), budget.size)
+                  for name in ("train", "val", "test")}
+    except data.DataError as error:
+        raise UserFacingError(str(error)) from error
+    for name, (images, _) in arrays.items():
+        if len(images) == 0:
+            raise UserFacingError(f"the {name} split of {root} is empty: {split.description}")
+    print(f"data: {source}; {split.description}; counts {split.counts()}")
+    return split, arrays, source
+
+
+def shared_trial_data(encoder, arrays, budget) -> search.TrialData:
+    model = unet.build(studies.DEFAULT_DECODER, encoder=encoder)  # carries the preprocessing
+    print("encoding validation and test tiles once for every trial ...")
+    val = features.encode(model, *arrays["val"], copies=1, augmentation="none", seed=SEED)
+    test = features.encode(model, *arrays["test"], copies=1, augmentation="none", seed=SEED)
+    cache = {}
+
+    def train_features(augmentation: str):
+        # One augmentation's features at a time: studies visit them in grid order.
+        if augmentation not in cache:
+            cache.clear()
+            copies = 1 if augmentation == "none" else budget.augmented_copies
+            print(f"encoding training tiles: {copies} copies with '{augmentation}' augmentation ...")
+            cache[augmentation] = features.encode(model, *arrays["train"], copies=copies,
+                                                  augmentation=augmentation, seed=SEED)
+        return cache[augmentation]
+
+    return search.TrialData(encoder, train_features, val, test, budget.epochs, budget.size)
+
+
+def run_context(args, study, budget, seeds, split, source, base, planned) -> dict:
+    from zoo.saving import versions
+
+    return {
+        "study": study.name, "summary": study.summary, "budget": budget.name,
+        "budget_detail": {"size": budget.size, "max_images": budget.max_images,
+                          "epochs": budget.epochs, "augmented_copies": budget.augmented_copies},
+        "seeds": seeds, "planned_trials": planned, "search": study.search,
+        "data": source, "split": split.description, "counts": split.counts(),
+        "base_decoder": base.to_dict(), "objective": f"{studies.OBJECTIVE} (max)",
+        "weights": args.weights, "machine": describe_machine(), "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m ablations.run " + " ".join(_argv(args)),
+    }
+
+
+def _argv(args) -> list[str]:
+    parts = [args.study, "--budget", args.budget]
+    if args.data:
+        parts += ["--data", str(args.data)]
+    if args.seeds:
+        parts += ["--seeds", str(args.seeds)]
+    if args.test_area:
+        parts += ["--test-area", args.test_area]
+    if args.weights != "imagenet":
+        parts += ["--weights", args.weights]
+    return parts

@@ -1,0 +1,213 @@
+"""Markdown tables, CSVs, plots and the selected model, all from the trial records.
+
+Every file is written atomically (temp file + rename), so an interrupted run never leaves a
+half-written table, and rerunning rebuilds everything from `trials/*.json`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from zoo.config import DecoderConfig
+from zoo.saving import write_json_atomic, write_text_atomic
+
+TEST_METRICS = ("precision", "recall", "building_iou", "mean_iou", "f1", "accuracy", "median_image_iou")
+SELECTION_RULE = ("highest mean validation building IoU; configurations within 0.005 of the "
+                  "best are tied, and the tie goes to the lowest latency")
+TIE = 0.005
+
+
+def write_context(study_dir: Path, context: dict) -> None:
+    write_json_atomic(Path(study_dir) / "context.json", context)
+
+
+def load_records(study_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(study_dir) / "trials").glob("*.json"))]
+
+
+def trials_frame(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {"trial_id": r["trial_id"], "variant": r["variant"], **r["config"],
+               **{f"recipe_{k}": v for k, v in r["recipe"].items()}, "seed": r["seed"],
+               "threshold": r["threshold"], **r["metrics"],
+               "trainable_params": r["trainable_params"], "total_params": r["total_params"],
+               "latency_ms": r["latency_ms"], "train_seconds": r["train_seconds"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def configuration_key(frame: pd.DataFrame) -> list[str]:
+    """Columns that identify a configuration: every config/recipe field except the seed."""
+    fields = list(DecoderConfig.__dataclass_fields__) + [c for c in frame if c.startswith("recipe_")]
+    return [c for c in fields if c in frame]
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: mean and std across seeds, best first."""
+    key = configuration_key(frame)
+    numeric = [c for c in frame.columns if c not in key + ["trial_id", "variant", "seed"]]
+    grouped = frame.groupby(key, dropna=False)
+    summary = grouped[numeric].mean()
+    spread = grouped[numeric].std(ddof=0).add_suffix("_std")
+    summary = summary.join(spread)
+    summary["seeds"] = grouped.size()
+    summary["variant"] = grouped["variant"].first()
+    summary["trial_ids"] = grouped["trial_id"].agg(lambda ids: " ".join(sorted(ids)))
+    return summary.reset_index().sort_values("val_building_iou", ascending=False, ignore_index=True)
+
+
+def select_best(summary: pd.DataFrame) -> pd.Series:
+    top = summary["val_building_iou"].max()
+    tied = summary[summary["val_building_iou"] >= top - TIE]
+    return tied.sort_values("latency_ms").iloc[0]
+
+
+def varying_columns(summary: pd.DataFrame) -> list[str]:
+    key = configuration_key(summary)
+    return [c for c in key if summary[c].nunique() > 1] or ["variant"]
+
+
+def markdown_table(summary: pd.DataFrame, best_variant_row: pd.Series) -> str:
+    shown = ["variant"] + [c for c in varying_columns(summary) if c not in ("upsampler", "skip")]
+    rows = []
+    for _, row in summary.iterrows():
+        mark = " **(selected)**" if row["trial_ids"] == best_variant_row["trial_ids"] else ""
+        cells = {c: f"{row[c]}{mark if c == 'variant' else ''}" for c in shown}
+        for metric in TEST_METRICS + ("val_building_iou",):
+            cells[_label(metric)] = _mean_std(row, metric)
+        cells["threshold"] = f"{row['threshold']:.2f}"
+        cells["trainable params"] = f"{row['trainable_params'] / 1e6:.2f} M"
+        cells["latency ms"] = f"{row['latency_ms']:.0f}"
+        cells["train s"] = f"{row['train_seconds']:.0f}"
+        rows.append(cells)
+    return tabulate(rows, headers="keys", tablefmt="github")
+
+
+def _label(metric: str) -> str:
+    labels = {"building_iou": "test building IoU", "mean_iou": "test mean IoU",
+              "median_image_iou": "test median per-image building IoU",
+              "val_building_iou": "val building IoU"}
+    return labels.get(metric, f"test {metric.replace('_', ' ')}")
+
+
+def _mean_std(row, metric) -> str:
+    std = row.get(f"{metric}_std", 0.0)
+    return f"{row[metric]:.3f}" + (f" ± {std:.3f}" if row["seeds"] > 1 else "")
+
+
+def header(context: dict) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in context["counts"].items())
+    b = context["budget_detail"]
+    return "\n".join([
+        f"# Study `{context['study']}`",
+        "",
+        f"{context['summary']}.",
+        "",
+        f"- **Data:** {context['data']}",
+        f"- **Split:** {context['split']} ({counts} tiles)",
+        f"- **Budget:** `{context['budget']}`: {b['size']} px tiles, {b['epochs']} epochs, "
+        f"{b['augmented_copies']} encoded copies per training tile, images "
+        f"{b['max_images'] or 'all'}; seeds per configuration: {context['seeds']}",
+        f"- **Search:** {context['search']} over {context['planned_trials']} trials; objective "
+        f"{context['objective']}; base decoder `{DecoderConfig(**context['base_decoder']).name}`",
+        f"- **Selection rule:** {SELECTION_RULE}. Thresholds are chosen on the validation "
+        "split; test numbers are pixel counts summed over the whole test split.",
+        f"- **Machine:** {context['machine']}; {_versions(context['versions'])}",
+        f"- **Date:** {context['date']}; command `{context['command']}`; encoder weights "
+        f"`{context['weights']}`",
+        "",
+        "",
+    ])
+
+
+def _versions(versions: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in versions.items())
+
+
+def write_all(study_dir: Path, context: dict, encoder, test_arrays) -> dict:
+    study_dir = Path(study_dir)
+    records = load_records(study_dir)
+    if not records:
+        raise RuntimeError(f"no finished trials in {study_dir / 'trials'}")
+    frame = trials_frame(records)
+    summary = summarise(frame)
+    best_row = select_best(summary)
+    write_text_atomic(study_dir / "trials.csv", frame.to_csv(index=False))
+    table = header(context) + markdown_table(summary, best_row) + "\n"
+    from ablations import plots
+
+    plots.write_all(study_dir, frame, summary, records, test_arrays)
+    best = _best_record(records, best_row)
+    best_metadata = save_best(study_dir, best, context, encoder, test_arrays)
+    table += _selected_paragraph(best, best_metadata) + plots.figure_links()
+    write_text_atomic(study_dir / "table.md", table)
+    return best
+
+
+def _best_record(records, best_row) -> dict:
+    ids = best_row["trial_ids"].split()
+    of_config = [r for r in records if r["trial_id"] in ids]
+    return max(of_config, key=lambda r: r["metrics"]["val_building_iou"])
+
+
+def save_best(study_dir: Path, best: dict, context: dict, encoder, test_arrays) -> dict:
+    """Rebuild the selected trial's model, check it end to end on the test split, save it."""
+    from ablations.verify import full_model_scores
+    from zoo import saving, unet
+
+    config = DecoderConfig.from_dict(best["config"])
+    model = unet.build(config, encoder=encoder)
+    unet.decoder_of(model).load_weights(study_dir / "trials" / f"{best['trial_id']}.weights.h5")
+    end_to_end = full_model_scores(model, best["threshold"], *test_arrays)
+    metadata = {
+        "name": f"{context['study']}/{config.name}", "config": best["config"],
+        "recipe": best["recipe"], "threshold": best["threshold"], "seed": best["seed"],
+        "trial_id": best["trial_id"], "metrics": {"test": end_to_end, "trial": best["metrics"]},
+        "latency_ms": best["latency_ms"], "trainable_params": best["trainable_params"],
+        "data": {"source": context["data"], "split": context["split"], "counts": context["counts"],
+                 "size": context["budget_detail"]["size"]},
+        "study": context["study"], "budget": context["budget"], "machine": context["machine"],
+        "selection_rule": SELECTION_RULE,
+    }
+    saving.save(model, study_dir / "best" / "model.keras", metadata)
+    return metadata
+
+
+def _selected_paragraph(best: dict, metadata: dict) -> str:
+    t = metadata["metrics"]["test"]
+    return (f"\n**Selected:** `{best['variant']}` (trial {best['trial_id']}, seed {best['seed']}, "
+            f"threshold {best['threshold']:.2f}), saved as `best/model.keras`. Re-scored end to end "
+            f"through the full model (encoder included) on the test split: precision "
+            f"{t['precision']:.3f}, recall {t['recall']:.3f}, building IoU {t['building_iou']:.3f}, "
+            f"mean IoU {t['mean_iou']:.3f}, F1 {t['f1']:.3f}; per-image building IoU median "
+            f"{t['image_iou']['median']:.3f} (p10 {t['image_iou']['p10']:.3f}, p90 "
+            f"{t['image_iou']['p90']:.3f}, an image with empty truth and empty prediction "
+            f"counts 1.0).\n")
+
+
+def write_index(out: Path) -> None:
+    """OUT/README.md: one line per study run so far, from each study's context and table."""
+    out = Path(out)
+    lines = ["# Results", "", "Written by `python -m ablations.run`; one row per study. "
+             "Hand-written narrative: [EXPERIMENTS.md](EXPERIMENTS.md).", ""]
+    rows = []
+    for context_file in sorted(out.glob("*/context.json")):
+        context = json.loads(context_file.read_text())
+        meta_file = context_file.parent / "best" / "model.json"
+        best = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        test = best.get("metrics", {}).get("test", {})
+        rows.append({
+            "study": f"[{context['study']}]({context['study']}/table.md)",
+            "budget": context["budget"], "date": context["date"],
+            "trials": len(list((context_file.parent / "trials").glob("*.json"))),
+            "selected": best.get("name", "-"),
+            "test building IoU": f"{test['building_iou']:.3f}" if test else "-",
+            "test precision / recall": f"{test['precision']:.3f} / {test['recall']:.3f}" if test else "-",
+        })
+    lines.append(tabulate(rows, headers="keys", tablefmt="github") if rows else "(no studies yet)")
+    write_text_atomic(out / "README.md", "\n".join(lines) + "\n")
+

@@ -1,0 +1,68 @@
+"""python -m ablations.run STUDY [--data DIR] [--budget smoke|standard|full] [--out DIR]
+                          [--seeds N] [--fresh]        |        python -m ablations.run --list
+
+Runs a KerasTuner search for STUDY, scores every trial on the held-out test split, writes
+OUT/STUDY/{trials.csv, table.md, *.png, best/model.keras, best/model.json} and indexes the
+study in OUT/README.md. Rerunning the same command resumes; --fresh starts over.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ablations import studies  # noqa: E402  (cheap: no TensorFlow)
+from ablations.errors import UserFacingError  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[1])
+    parser.add_argument("study", nargs="?", help="study name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the studies and exit")
+    parser.add_argument("--data", type=Path, help="folder with images/ and masks/ (default: "
+                        "$OAM_DATA, else SYNTHETIC scenes)")
+    parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--seeds", type=int, help="repeats of each configuration (default: budget's)")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier trials of this study")
+    parser.add_argument("--test-area", help="area held out as the test split (default: the middle-sized area)")
+    parser.add_argument("--weights", default="imagenet",
+                        help="encoder weights: 'imagenet' (default; honours $ZOO_ENCODER_WEIGHTS), "
+                        "a .h5 path, or 'none' for random weights (tests only)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        print(studies.describe())
+        return 0
+    try:
+        check_args(args)
+        from ablations.pipeline import run_study  # TensorFlow loads only past this point
+
+        run_study(args)
+    except UserFacingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def check_args(args) -> None:
+    if not args.study:
+        raise UserFacingError("name a study, e.g. `python -m ablations.run decoder_variants` (see --list)")
+    if args.study not in studies.STUDIES:
+        raise UserFacingError(f"unknown study {args.study!r}; known: {', '.join(studies.STUDIES)}")
+    if args.seeds is not None and args.seeds < 1:
+        raise UserFacingError("--seeds must be at least 1")
+    data = args.data or (Path(os.environ["OAM_DATA"]) if os.environ.get("OAM_DATA") else None)
+    if data is not None and not data.is_dir():
+        raise UserFacingError(f"data folder {data} does not exist")
+    args.data = data
+
+
+if __name__ == "__main__":
+    sys.exit(main())

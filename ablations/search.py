@@ -1,0 +1,153 @@
+"""KerasTuner glue: a HyperModel per study and a Tuner that records every finished trial.
+
+Each trial's record (config, recipe, seed, every score, curves) is written atomically to
+`trials/<trial_id>.json` together with the decoder's weights, before the tuner marks the
+trial finished. On a restart the tuner reloads its oracle (finished trials are never
+re-run), and a trial the oracle still lists as unfinished is skipped if its record exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+import numpy as np
+
+from ablations import train
+from ablations.studies import OBJECTIVE, Study
+from zoo import unet
+from zoo.saving import write_json_atomic
+
+
+@dataclasses.dataclass
+class TrialData:
+    """What every trial of a study shares: cached features and the budget's numbers."""
+
+    encoder: keras.Model
+    train_features: callable  # augmentation name -> FeatureSet (cached by the caller)
+    val: object
+    test: object
+    epochs: int
+    size: int
+
+
+class StudyHyperModel(keras_tuner.HyperModel):
+    """build(hp) maps hyperparameters onto a DecoderConfig and builds it with zoo."""
+
+    def __init__(self, study: Study, base_decoder, seeds: int, shared: TrialData):
+        super().__init__(name=study.name)
+        self.study, self.base_decoder, self.seeds, self.shared = study, base_decoder, seeds, shared
+
+    def declare(self, hp: keras_tuner.HyperParameters) -> None:
+        self.study.space(hp, self.base_decoder, self.seeds)
+
+    def trial_setup(self, hp):
+        return self.study.to_trial(hp.values, self.base_decoder)
+
+    def build(self, hp):
+        config, _ = self.trial_setup(hp)
+        return unet.build(config, encoder=self.shared.encoder)
+
+    def fit(self, hp, model, callbacks=(), **kwargs):
+        _, recipe = self.trial_setup(hp)
+        features = self.shared.train_features(recipe.augmentation)
+        return train.run_trial(model, recipe, features, self.shared.val, self.shared.test,
+                               self.shared.epochs, seed=int(hp.values.get("seed", 0)),
+                               callbacks=callbacks)
+
+
+class RecordingTuner(keras_tuner.Tuner):
+    def __init__(self, *args, trials_dir: Path, planned: int, progress=print, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trials_dir, self.planned, self.progress = Path(trials_dir), planned, progress
+        self.started = time.time()
+        self.done_this_run = 0
+
+    def run_trial(self, trial, *args, **kwargs):
+        record_file = self.trials_dir / f"{trial.trial_id}.json"
+        if record_file.is_file():  # finished before a crash that the oracle did not see
+            record = json.loads(record_file.read_text())
+            self.progress(f"trial {trial.trial_id}: already recorded, not re-run")
+            return {OBJECTIVE: record["metrics"][OBJECTIVE]}
+        hp = trial.hyperparameters
+        config, recipe = self.hypermodel.trial_setup(hp)
+        finished = len(list(self.trials_dir.glob("*.json")))
+        self.progress(f"trial {finished + 1} of {self.planned}: {config.name} {_short(hp.values)}"
+                      f"{self._eta(finished)}")
+        model = self.hypermodel.build(hp)
+        result = self.hypermodel.fit(hp, model, callbacks=[EpochProgress(self.progress)])
+        self._record(trial, hp, config, recipe, model, result)
+        self.done_this_run += 1
+        return {OBJECTIVE: result.metrics[OBJECTIVE]}
+
+    def _record(self, trial, hp, config, recipe, model, result) -> None:
+        self.trials_dir.mkdir(parents=True, exist_ok=True)
+        # Weights and samples first, the JSON record last: a record exists only when
+        # everything it points to is complete.
+        weights = self.trials_dir / f"{trial.trial_id}.weights.h5"
+        tmp = weights.with_name(f".{weights.name}.tmp.weights.h5")
+        unet.decoder_of(model).save_weights(tmp)
+        tmp.replace(weights)
+        samples = self.trials_dir / f"{trial.trial_id}.samples.npy"
+        np.save(samples.with_suffix(".tmp.npy"), result.sample_masks)
+        samples.with_suffix(".tmp.npy").replace(samples)
+        record = {
+            "trial_id": trial.trial_id, "hyperparameters": hp.values, "config": config.to_dict(),
+            "variant": config.name, "recipe": recipe.to_dict(), "seed": int(hp.values.get("seed", 0)),
+            "threshold": result.threshold, "metrics": result.metrics, "history": result.history,
+            "train_seconds": result.train_seconds, "trainable_params": unet.trainable_params(model),
+            "total_params": unet.total_params(model),
+            "latency_ms": train.latency_ms(model, self.hypermodel.shared.size),
+        }
+        write_json_atomic(self.trials_dir / f"{trial.trial_id}.json", record)
+
+    def _eta(self, finished: int) -> str:
+        if not self.done_this_run:
+            return ""
+        per_trial = (time.time() - self.started) / self.done_this_run
+        return f" (about {per_trial * max(0, self.planned - finished) / 60:.0f} min left)"
+
+    # KerasTuner would otherwise pickle a model per trial; records hold what we need.
+    def save_model(self, trial_id, model, step=0):
+        pass
+
+    def load_model(self, trial):
+        raise NotImplementedError("trial models are rebuilt from trials/<id>.weights.h5")
+
+
+class EpochProgress(keras.callbacks.Callback):
+    def __init__(self, progress=print):
+        super().__init__()
+        self.progress = progress
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in (logs or {}).items())
+        self.progress(f"    epoch {epoch + 1}/{self.params.get('epochs')}: {shown} "
+                      f"({time.time() - self.started:.0f}s)")
+
+
+def make_oracle(study: Study, hp, planned: int, seed: int):
+    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+    common = dict(objective=objective, hyperparameters=hp, seed=seed, tune_new_entries=False, max_consecutive_failed_trials=1,
+                  allow_new_entries=False)
+    if study.search == "bayesian":
+        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=planned, **common)
+    return keras_tuner.oracles.GridSearchOracle(max_trials=planned, **common)
+
+
+def grid_size(hp: keras_tuner.HyperParameters) -> int:
+    size = 1
+    for parameter in hp.space:
+        size *= len(parameter.values)
+    return size
+
+
+def _short(values: dict) -> str:
+    return "(" + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in values.items()) + ")"

@@ -1,0 +1,122 @@
+"""One trial: train a decoder on cached encoder features with a Recipe, then score it."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import keras
+import numpy as np
+
+from ablations.features import FeatureSet
+from ablations.studies import Recipe
+from zoo.losses import SegmentationLoss
+from zoo.metrics import Confusion, iou_distribution, keras_metrics, per_image_iou
+from zoo.predict import Segmenter
+from zoo.unet import decoder_of
+
+THRESHOLDS = np.round(np.arange(0.20, 0.81, 0.05), 2)
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """Shuffled batches of cached features; each epoch draws one encoded copy per image."""
+
+    def __init__(self, features: FeatureSet, batch_size: int, seed: int):
+        super().__init__()
+        self.features, self.batch_size = features, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return math.ceil(self.features.count / self.batch_size)
+
+    def __getitem__(self, index):
+        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.features.batch(self.copy_of[chosen], chosen)
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(self.features.count)
+        self.copy_of = self.rng.integers(0, self.features.copies, self.features.count)
+
+
+@dataclasses.dataclass
+class TrialResult:
+    metrics: dict       # test-split scores at the chosen threshold, plus val scores
+    history: dict       # per-epoch training curves
+    threshold: float
+    train_seconds: float
+    sample_masks: np.ndarray  # predictions on the first few test images
+
+
+def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: int,
+                  callbacks=()) -> tuple[dict, float]:
+    keras.utils.set_random_seed(seed)
+    decoder = decoder_of(model)
+    steps = epochs * math.ceil(train.count / recipe.batch_size)
+    # Cosine decay: large steps early while the decoder is random, small ones to settle.
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, max(1, steps))
+    decoder.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay),
+        loss=SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight),
+        metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")],
+    )
+    started = time.time()
+    history = decoder.fit(FeatureBatches(train, recipe.batch_size, seed), epochs=epochs,
+                          verbose=0, callbacks=list(callbacks))
+    return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started
+
+
+def probabilities(model, features: FeatureSet, batch_size: int = 16) -> np.ndarray:
+    decoder = decoder_of(model)
+    index = np.arange(features.count)
+    out = []
+    for start in range(0, features.count, batch_size):
+        chosen = index[start:start + batch_size]
+        inputs, _ = features.batch(np.zeros_like(chosen), chosen)
+        logits = np.asarray(decoder(inputs, training=False))[..., 0]
+        out.append(1 / (1 + np.exp(-logits)))
+    return np.concatenate(out)
+
+
+def choose_threshold(probs: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
+    """The threshold with the best validation building IoU (never looks at the test split)."""
+    scores = [Confusion().update(masks, probs >= t).scores()["building_iou"] for t in THRESHOLDS]
+    best = int(np.argmax(scores))
+    return float(THRESHOLDS[best]), float(scores[best])
+
+
+def score(probs: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
+    predicted = probs >= threshold
+    confusion = Confusion()
+    for truth, guess in zip(masks, predicted):
+        confusion.update(truth, guess)
+    ious = [per_image_iou(t, p) for t, p in zip(masks, predicted)]
+    scores = confusion.scores()
+    scores["median_image_iou"] = iou_distribution(ious)["median"]
+    return scores
+
+
+def latency_ms(model, size: int, repeats: int = 10) -> float:
+    """Median ms for one size x size image through the full model (encoder included)."""
+    segmenter = Segmenter(model)
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    segmenter.predict(image)  # trace once
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        segmenter.predict(image)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+def run_trial(model, recipe: Recipe, train: FeatureSet, val: FeatureSet, test: FeatureSet,
+              epochs: int, seed: int, samples: int = 4, callbacks=()) -> TrialResult:
+    history, seconds = train_decoder(model, recipe, train, epochs, seed, callbacks)
+    val_probs = probabilities(model, val)
+    threshold, _ = choose_threshold(val_probs, val.masks[0])
+    val_scores = score(val_probs, val.masks[0], threshold)
+    test_probs = probabilities(model, test)
+    metrics = score(test_probs, test.masks[0], threshold)
+    metrics.update({f"val_{k}": v for k, v in val_scores.items()})
+    sample_masks = (test_probs[:samples] >= threshold).astype(np.uint8)
+    return TrialResult(metrics, history, threshold, seconds, sample_masks)

@@ -1,0 +1,154 @@
+"""The Flask app that serves the building-footprint model `ablations` selected.
+
+Routes (every answer, errors included, is JSON except `/` and a PNG mask):
+
+- `POST /inference`: JSON `{"image": H x W x 3 nested list of 0..255}` or a multipart upload
+  (field `file`, PNG or JPEG) -> `{"prediction": H x W nested list of 0/1}`, or a PNG mask
+  (0/255, one channel) with `?format=png` or `Accept: image/png`. Accepted shapes and value
+  rules are in `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels, the body
+  at most `max_body_mb` (64 MB; a JSON image costs ~11 bytes a pixel, so JSON reaches about
+  2400 x 2400 and bigger images should go as PNG uploads).
+- `GET /health`: `{"status": "ok", "model": name, ...}`.
+- `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256).
+- `GET /`: a page to drop an image on and see its mask.
+
+Bad input gets a 4xx `{"error": "..."}` naming the field, shape or value at fault; no client
+input can cause a 500.
+
+Run it with `python -m app [--model PATH] [--host H] [--port P]` (development server), or in
+production with gunicorn (see `app/wsgi.py`):
+
+    ZOO_MODEL=results/decoder_variants/best/model.keras \\
+        gunicorn -w 2 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import orjson
+from flask import Flask, Response, request
+from PIL import Image
+from werkzeug.exceptions import HTTPException
+
+from app.inputs import UPLOAD_FIELD, InputError, image_from_json, image_from_upload
+from app.model import load_segmenter, model_name, resolve_model_path
+
+MAX_SIDE = 4096
+MAX_BODY_MB = 64
+PAGE = Path(__file__).with_name("page.html")
+log = logging.getLogger(__name__)
+
+
+def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
+               max_body_mb: float = MAX_BODY_MB) -> Flask:
+    """`segmenter` (a zoo.predict.Segmenter) wins over `model_path`; with neither, the default
+    model is loaded (see app.model). Raises app.model.ModelUnavailable if it cannot be."""
+    if segmenter is None:
+        segmenter = load_segmenter(resolve_model_path(model_path))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(max_body_mb * 2**20)
+    predict = _guarded(segmenter)
+    name = model_name(segmenter)
+    page = PAGE.read_bytes()
+
+    @app.get("/")
+    def index():
+        return Response(page, mimetype="text/html")
+
+    @app.get("/health")
+    def health():
+        return _json({"status": "ok", "model": name,
+                      "sha256": segmenter.metadata.get("sha256"),
+                      "threshold": segmenter.threshold,
+                      "max_side": max_side, "max_body_mb": max_body_mb})
+
+    @app.get("/model")
+    def model():
+        return _json({"name": name, **segmenter.metadata})
+
+    @app.post("/inference")
+    def inference():
+        as_png = _wants_png()
+        mask = predict(_read_image(max_side))
+        return _png(mask) if as_png else _json({"prediction": mask})
+
+    _add_error_handlers(app, max_body_mb)
+    return app
+
+
+def _guarded(segmenter):
+    """Serialise model calls. TF already spreads one call over every core, so the lock costs
+    little throughput, and it bounds peak memory when several big images arrive at once;
+    request parsing and answer encoding still run in parallel. Scale out with workers."""
+    lock = threading.Lock()
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        with lock:
+            mask = segmenter.predict(image)
+        return np.ascontiguousarray(mask, dtype=np.uint8)
+
+    return predict
+
+
+def _read_image(max_side: int) -> np.ndarray:
+    if request.mimetype.startswith("multipart/"):
+        upload = request.files.get(UPLOAD_FIELD)
+        if upload is None:
+            got = sorted(set(request.files) | set(request.form)) or "none"
+            raise InputError(f"missing multipart field '{UPLOAD_FIELD}' (a PNG or JPEG); "
+                             f"fields received: {got}")
+        return image_from_upload(upload, max_side)
+    return image_from_json(request.get_data(cache=False), max_side)
+
+
+def _wants_png() -> bool:
+    chosen = request.args.get("format")
+    if chosen not in (None, "json", "png"):
+        raise InputError(f"query parameter 'format' must be 'json' or 'png', got {chosen!r}")
+    if chosen is not None:
+        return chosen == "png"
+    return request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png"
+
+
+def _json(payload, status: int = 200) -> Response:
+    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
+    return Response(body, status=status, mimetype="application/json")
+
+
+def _png(mask: np.ndarray) -> Response:
+    buffer = io.BytesIO()
+    # 0/255 rather than 0/1 so the file is visible in any image viewer.
+    Image.fromarray(mask * 255, mode="L").save(buffer, format="PNG")
+    return Response(buffer.getvalue(), mimetype="image/png")
+
+
+def _add_error_handlers(app: Flask, max_body_mb: float) -> None:
+    @app.errorhandler(InputError)
+    def bad_input(error: InputError):
+        return _json({"error": str(error)}, error.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        return _json({"error": _http_message(error, max_body_mb)}, error.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        # A bug of ours, never the client's input: log it whole, answer without internals.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _json({"error": f"internal error ({type(error).__name__}); see the server log"},
+                     500)
+
+
+def _http_message(error: HTTPException, max_body_mb: float) -> str:
+    if error.code == 404:
+        return f"no route {request.method} {request.path}; routes: /, /health, /model, /inference"
+    if error.code == 405:
+        allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or []))
+        return f"method {request.method} not allowed on {request.path}; use {allowed}"
+    if error.code == 413:
+        return f"request body is larger than the limit of {max_body_mb:g} MB"
+    return f"{error.name}: {error.description}"

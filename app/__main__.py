@@ -1,0 +1,38 @@
+"""`python -m app [--model PATH] [--host H] [--port P] [--max-body-mb MB]`: the development server.
+
+For production use gunicorn; the command is in `app/wsgi.py`. A missing or corrupted model
+stops the start with one message on stderr and exit status 1.
+"""
+from __future__ import annotations
+
+import argparse
+
+from app import MAX_BODY_MB, create_app
+from app.model import ENV, ModelUnavailable, load_for_serving, resolve_model_path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a .keras file saved by zoo.saving (default: $"
+                        f"{ENV}, else results/MODEL, else results/decoder_variants/best/model.keras)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-body-mb", type=float, default=None,
+                        help="largest request body accepted (default 64)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    path = resolve_model_path(args.model)
+    try:
+        segmenter = load_for_serving(path)
+    except ModelUnavailable as error:
+        raise SystemExit(f"error: {error}") from None
+    app = create_app(segmenter=segmenter, max_body_mb=args.max_body_mb or MAX_BODY_MB)
+    print(f"serving {path} on http://{args.host}:{args.port}/", flush=True)
+    app.run(host=args.host, port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Score a running server on a folder of images and masks, from the shell or a notebook.
+
+    python -m app.client --url http://127.0.0.1:8000 --data DIR [--out DIR] [--limit N] [--samples K]
+
+DIR holds `images/NAME.png|jpg` (RGB) and `masks/NAME.png` (one channel, 0/255 or 0/1; any
+non-zero value is building). Every image goes to URL/inference as JSON; the answers are
+scored with zoo.metrics, the same definitions training and the reports use (pixel counts
+summed over the whole set; building IoU = TP/(TP+FP+FN), mean IoU = mean of building and
+background IoU), plus the distribution of per-image building IoU. A markdown table goes to
+stdout; with --out, OUT/metrics.json and K side-by-side PNGs (RGB | truth | prediction |
+errors) chosen across the per-image IoU ranking, worst to best.
+
+Notebook use: `evaluate(url, data_dir)` -> dict, `markdown_table(result)`,
+`draw_side_by_side(image, truth, prediction)` -> matplotlib Figure.
+This module reads files with PIL itself, so it needs only numpy, PIL, requests, orjson,
+tabulate, matplotlib and zoo.metrics: no TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+from PIL import Image
+
+from zoo.metrics import Confusion, iou_distribution, per_image_iou
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "recall": "recall",
+    "building_iou": "building IoU = TP/(TP+FP+FN)",
+    "mean_iou": "mean IoU (building and background IoU averaged)",
+    "f1": "F1",
+}
+# Error overlay colours: TP white, FP red (predicted, not there), FN blue (missed), TN black.
+ERROR_COLOURS = {"tp": (255, 255, 255), "fp": (230, 40, 40), "fn": (40, 90, 255), "tn": (0, 0, 0)}
+
+
+def read_image(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(path) -> np.ndarray:
+    """Boolean building mask. Palette PNGs read as indices, so index 0 is background too."""
+    with Image.open(path) as image:
+        mask = np.asarray(image)
+    return (mask[..., 0] if mask.ndim == 3 else mask) > 0
+
+
+def scan(data_dir) -> list[tuple[str, Path, Path]]:
+    """(name, image path, mask path) for every image, sorted by name."""
+    images, masks = Path(data_dir) / "images", Path(data_dir) / "masks"
+    if not images.is_dir():
+        raise FileNotFoundError(f"no images folder at {images}")
+    pairs = []
+    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        mask = masks / f"{path.stem}.png"
+        if not mask.is_file():
+            raise FileNotFoundError(f"image {path} has no mask at {mask}")
+        pairs.append((path.stem, path, mask))
+    if not pairs:
+        raise FileNotFoundError(f"no PNG or JPEG images in {images}")
+    return pairs
+
+
+def predict(url: str, image: np.ndarray, session=None, timeout: float = 300) -> np.ndarray:
+    """The server's H x W uint8 0/1 mask for an H x W x 3 uint8 image."""
+    body = orjson.dumps({"image": np.ascontiguousarray(image, dtype=np.uint8)},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+    response = (session or requests).post(
+        f"{url.rstrip('/')}/inference", data=body, timeout=timeout,
+        headers={"Content-Type": "application/json", "Accept": "application/json"})
+    if not response.ok:
+        raise RuntimeError(f"{url} answered {response.status_code}: {_error_text(response)}")
+    mask = np.asarray(orjson.loads(response.content)["prediction"], dtype=np.uint8)
+    if mask.shape != image.shape[:2]:
+        raise RuntimeError(f"{url} returned a {mask.shape} mask for a {image.shape[:2]} image")
+    return mask
+
+
+def evaluate(url: str, data_dir, limit: int | None = None) -> dict:
+    """Metrics of the server at `url` on `data_dir` (first `limit` images), JSON-serialisable."""
+    pairs = scan(data_dir)[:limit]
+    confusion, per_image = Confusion(), []
+    with requests.Session() as session:
+        for name, image_path, mask_path in pairs:
+            image, truth = read_image(image_path), read_mask(mask_path)
+            if truth.shape != image.shape[:2]:
+                raise ValueError(f"mask {mask_path} is {truth.shape}, image {image_path} "
+                                 f"is {image.shape[:2]}")
+            start = time.perf_counter()
+            prediction = predict(url, image, session)
+            seconds = time.perf_counter() - start
+            confusion.update(truth, prediction)
+            per_image.append({"name": name, "building_iou": per_image_iou(truth, prediction),
+                              "latency_s": seconds})
+    return {
+        "url": url, "data": str(data_dir), "images": len(per_image),
+        "metrics": confusion.scores(),
+        "counts": {"tp": confusion.tp, "fp": confusion.fp, "fn": confusion.fn, "tn": confusion.tn},
+        "per_image_building_iou": iou_distribution(r["building_iou"] for r in per_image),
+        "latency_s": {"median": float(np.median([r["latency_s"] for r in per_image])),
+                      "total": float(sum(r["latency_s"] for r in per_image))},
+        "per_image": per_image,
+        "definitions": "pixel counts summed over all images; " + "; ".join(METRIC_LABELS.values()),
+    }
+
+
+def markdown_table(result: dict) -> str:
+    from tabulate import tabulate
+
+    rows = [(METRIC_LABELS[k], f"{v:.4f}") for k, v in result["metrics"].items()]
+    summary = tabulate(rows, headers=[f"metric ({result['images']} images, summed pixels)",
+                                      "value"], tablefmt="github")
+    spread = result["per_image_building_iou"]
+    keys = [k for k in ("mean", "p10", "p25", "median", "p75", "p90") if k in spread]
+    distribution = tabulate([[f"{spread[k]:.4f}" for k in keys]], tablefmt="github",
+                            headers=[f"per-image building IoU: {k}" if k == keys[0] else k
+                                     for k in keys])
+    return f"{summary}\n\n{distribution}"
+
+
+def pick_samples(result: dict, count: int) -> list[str]:
+    """`count` image names spread evenly over the per-image IoU ranking, worst first."""
+    ranked = sorted(result["per_image"], key=lambda r: (r["building_iou"], r["name"]))
+    if count <= 0 or not ranked:
+        return []
+    picks = np.unique(np.linspace(0, len(ranked) - 1, min(count, len(ranked))).round().astype(int))
+    return [ranked[i]["name"] for i in picks]
+
+
+def error_overlay(truth, prediction) -> np.ndarray:
+    """H x W x 3 uint8: TP white, FP red, FN blue, TN black."""
+    truth, prediction = np.asarray(truth).astype(bool), np.asarray(prediction).astype(bool)
+    out = np.zeros(truth.shape + (3,), np.uint8)
+    for key, where in (("tp", truth & prediction), ("fp", ~truth & prediction),
+                       ("fn", truth & ~prediction)):
+        out[where] = ERROR_COLOURS[key]
+    return out
+
+
+def draw_side_by_side(image, truth, prediction, title: str = ""):
+    """A matplotlib Figure: RGB | ground truth | prediction | errors."""
+    # The Figure class, not pyplot: it renders with Agg whatever backend is configured,
+    # keeps no global state, and a notebook still shows it with display(figure).
+    from matplotlib.figure import Figure
+
+    iou = per_image_iou(truth, prediction)
+    figure = Figure(figsize=(13, 3.6), layout="constrained")
+    truth, prediction = np.asarray(truth, np.uint8), np.asarray(prediction, np.uint8)
+    panels = [(image, "RGB"), (truth, "ground truth"), (prediction, "prediction"),
+              (error_overlay(truth, prediction), "errors: TP white, FP red, FN blue")]
+    for axis, (picture, label) in zip(figure.subplots(1, 4), panels):
+        axis.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(label, fontsize=10)
+        axis.set_axis_off()
+    figure.suptitle(f"{title}  building IoU {iou:.3f}".strip())
+    return figure
+
+
+def save_samples(url: str, data_dir, names, out_dir) -> list[Path]:
+    paths = {name: (image, mask) for name, image, mask in scan(data_dir)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rank, name in enumerate(names):
+        image, truth = read_image(paths[name][0]), read_mask(paths[name][1])
+        figure = draw_side_by_side(image, truth, predict(url, image), title=name)
+        target = out_dir / f"sample_{rank:02d}_{name}.png"
+        figure.savefig(target, dpi=100)
+        written.append(target)
+    return written
+
+
+def main(argv=None) -> dict:
+    args = _parse_args(argv)
+    result = evaluate(args.url, args.data, args.limit)
+    print(markdown_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        for path in save_samples(args.url, args.data, pick_samples(result, args.samples), out):
+            print(f"wrote {path}")
+        print(f"wrote {out / 'metrics.json'}")
+    return result
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app.client",
+                                     description="Score a running server on an image/mask folder.")
+    parser.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
+    parser.add_argument("--data", required=True, help="folder with images/ and masks/")
+    parser.add_argument("--out", help="write metrics.json and sample figures here")
+    parser.add_argument("--limit", type=int, help="score only the first N images (by name)")
+    parser.add_argument("--samples", type=int, default=4, help="side-by-side figures (with --out)")
+    return parser.parse_args(argv)
+
+
+def _error_text(response) -> str:
+    try:
+        return response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+if __name__ == "__main__":
+    main()

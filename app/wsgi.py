@@ -1,0 +1,28 @@
+"""The WSGI entry point for production: the model path comes from $ZOO_MODEL.
+
+    ZOO_MODEL=results/decoder_variants/best/model.keras \\
+        gunicorn -w 2 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
+
+Without $ZOO_MODEL the default model is served (results/MODEL, else
+results/decoder_variants/best/model.keras). Do not use `--preload`: TensorFlow's thread pools
+do not survive a fork, so each worker must load the model itself. Each worker holds one copy
+of the model and serialises its calls, so `-w` is the number of predictions in flight;
+`--timeout 120` leaves room for a 4096 x 4096 image on a small CPU. `$ZOO_MAX_BODY_MB`
+changes the body limit (default 64).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from app import MAX_BODY_MB, create_app
+from app.model import ModelUnavailable, load_for_serving, resolve_model_path
+
+try:
+    segmenter = load_for_serving(resolve_model_path())
+    app = create_app(segmenter=segmenter,
+                     max_body_mb=float(os.environ.get("ZOO_MAX_BODY_MB", MAX_BODY_MB)))
+except ModelUnavailable as error:
+    # gunicorn only says "Worker failed to boot"; this line says why.
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None

@@ -1,0 +1,139 @@
+"""Shared fixtures: a small random-weight model saved with zoo.saving, and a real server on it.
+
+Random weights need no network and no shared files. The final 1x1 conv is rescaled so the
+logits spread around zero: a fresh network's outputs all sit within 1e-4 of 0.5, which would
+make every mask all-0 or all-1 and the equality tests vacuous.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not add the cwd
+    sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def child_env(**extra) -> dict:
+    """This environment for a child process, minus any $ZOO_MODEL the caller did not pass."""
+    env = {key: value for key, value in os.environ.items() if key != "ZOO_MODEL"}
+    return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path,
+                       timeout: float = 120) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        except requests.RequestException:  # not listening yet, or too busy loading to answer
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"server not healthy after {timeout} s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], log_path: Path, **env):
+    """Yield the URL of `command` once /health answers, then stop it.
+
+    A "{port}" in `command` becomes a free port; without one, `--port PORT` is appended.
+    Output goes to `log_path`: a pipe nobody reads would block a chatty server."""
+    port = free_port()
+    if not any("{port}" in part for part in command):
+        command = [*command, "--port", "{port}"]
+    command = [part.replace("{port}", str(port)) for part in command]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   env=child_env(**env))
+        try:
+            wait_until_healthy(f"http://127.0.0.1:{port}", process, log_path)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def small_model_file(tmp_path_factory) -> Path:
+    import numpy as np
+
+    from zoo import saving, unet
+    from zoo.config import DecoderConfig
+
+    config = DecoderConfig(upsampler="bilinear", skip="concat", conv="separable", width=0.25)
+    model = unet.build(config, weights=None)
+    logits = unet.decoder_of(model).get_layer("logits")
+    probe = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("float32")
+    raw = np.asarray(model(probe, training=False))
+    scale = 2.0 / max(float(raw.std()), 1e-12)
+    kernel, bias = logits.get_weights()
+    logits.set_weights([kernel * scale, (bias - np.median(raw)) * scale])
+    metadata = {"config": config.to_dict(), "threshold": 0.5,
+                "metrics": {"building_iou": 0.123, "mean_iou": 0.456, "f1": 0.789},
+                "data": {"name": "random weights, test fixture"}}
+    return saving.save(model, tmp_path_factory.mktemp("model") / "model.keras", metadata)
+
+
+@pytest.fixture(scope="session")
+def small_segmenter(small_model_file):
+    """The same file loaded in this process, to compare the server's answers against."""
+    from zoo.predict import Segmenter
+
+    return Segmenter.from_file(small_model_file)
+
+
+@pytest.fixture(scope="session")
+def app_server(small_model_file, tmp_path_factory):
+    """Base URL of `python -m app` serving `small_model_file` on a free local port."""
+    command = [sys.executable, "-m", "app", "--model", str(small_model_file), "--host", "127.0.0.1"]
+    with running_server(command, tmp_path_factory.mktemp("server") / "server.log") as url:
+        yield url
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """`serve(command, **env)` starts a server and returns its URL once /health answers;
+    each one is stopped after the test. See `running_server` for the port."""
+    numbers = itertools.count()
+    with contextlib.ExitStack() as stack:
+        def start(command: list[str], **env) -> str:
+            log_path = tmp_path / f"server{next(numbers)}.log"
+            return stack.enter_context(running_server(command, log_path, **env))
+
+        yield start
+
+
+
+@pytest.fixture(scope="session")
+def run_module():
+    """`run_module("pkg.mod", *args, timeout=..., **env)`: `python -m pkg.mod args` run from
+    the repository root, output captured as text."""
+    def run(module: str, *args, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                              env=child_env(**env), capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run

@@ -1,0 +1,387 @@
+"""The served contract, end to end: a real `python -m app` (and gunicorn) on a small model.
+
+Answers are compared with `Segmenter.predict` run in this process on the same file, so a
+passing test means the HTTP layer changes nothing about the masks.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from app import create_app
+from app.model import MAKE_ONE, default_model_path
+from zoo.metrics import Confusion, iou_distribution, per_image_iou
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def post_json(url: str, payload, session=None, **kwargs) -> requests.Response:
+    if not isinstance(payload, bytes):
+        payload = orjson.dumps({key: np.ascontiguousarray(value) for key, value in payload.items()},
+                               option=orjson.OPT_SERIALIZE_NUMPY)
+    return (session or requests).post(f"{url}/inference", data=payload, timeout=120,
+                                      headers={"Content-Type": "application/json"}, **kwargs)
+
+
+def prediction_of(response: requests.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.asarray(response.json()["prediction"])
+
+
+def encoded(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def error_of(response: requests.Response) -> str:
+    assert response.headers["Content-Type"].startswith("application/json"), response.text
+    return response.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def client(small_segmenter):
+    return create_app(segmenter=small_segmenter).test_client()
+
+
+# -- the contract ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("height, width", [(37, 61), (64, 64), (1, 1), (530, 45)])
+def test_json_prediction_matches_direct_predict(app_server, small_segmenter, height, width):
+    image = rgb(height, width, seed=height)
+    mask = prediction_of(post_json(app_server, {"image": image}))
+    assert mask.shape == (height, width)
+    assert set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, small_segmenter.predict(image))
+
+
+def test_fixture_model_gives_mixed_masks(small_segmenter):
+    # Guards the equality tests above: all-0 or all-1 masks would match by accident.
+    assert 0.05 < small_segmenter.predict(rgb(64, 64)).mean() < 0.95
+
+
+def test_rgba_drops_alpha_and_grayscale_is_replicated(app_server, small_segmenter):
+    image = rgb(20, 30, seed=3)
+    rgba = np.concatenate([image, np.full((20, 30, 1), 7, np.uint8)], axis=2)
+    expected = small_segmenter.predict(image)
+    np.testing.assert_array_equal(prediction_of(post_json(app_server, {"image": rgba})), expected)
+    gray = image[..., 0]
+    expected_gray = small_segmenter.predict(np.repeat(gray[..., None], 3, axis=2))
+    for shaped in (gray, gray[..., None]):
+        np.testing.assert_array_equal(prediction_of(post_json(app_server, {"image": shaped})),
+                                      expected_gray)
+
+
+def test_integral_floats_are_accepted(app_server, small_segmenter):
+    image = rgb(9, 11, seed=4)
+    answer = post_json(app_server, {"image": image.astype(float).tolist()})
+    np.testing.assert_array_equal(prediction_of(answer), small_segmenter.predict(image))
+
+
+def test_multipart_upload_answers_json_and_png(app_server, small_segmenter):
+    image = rgb(37, 61, seed=5)
+    expected = small_segmenter.predict(image)
+    upload = {"file": ("tile.png", encoded(image), "image/png")}
+    as_json = requests.post(f"{app_server}/inference", files=upload, timeout=60)
+    np.testing.assert_array_equal(prediction_of(as_json), expected)
+    for kwargs in ({"params": {"format": "png"}}, {"headers": {"Accept": "image/png"}}):
+        answer = requests.post(f"{app_server}/inference", files=upload, timeout=60, **kwargs)
+        assert answer.status_code == 200 and answer.headers["Content-Type"] == "image/png"
+        png = np.asarray(Image.open(io.BytesIO(answer.content)))
+        np.testing.assert_array_equal(png, expected * 255)
+
+
+def test_multipart_jpeg_upload(app_server, small_segmenter):
+    data = encoded(rgb(40, 24, seed=6), "JPEG")
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    answer = requests.post(f"{app_server}/inference", timeout=60,
+                           files={"file": ("tile.jpg", data, "image/jpeg")})
+    np.testing.assert_array_equal(prediction_of(answer), small_segmenter.predict(decoded))
+
+
+# -- bad input: a 4xx whose text names the problem -----------------------------------------------
+
+BAD_JSON = [
+    (b"not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object with field 'image'"),
+    (b'{"picture": []}', 400, "missing field 'image'"),
+    (b'{"image": "abc"}', 400, "field 'image' must be a nested list"),
+    (b'{"image": [[[1, 2, 3]], [[1, 2]]]}', 400, "ragged"),
+    (b'{"image": [[1, 2, 3], [[1, 2, 3]]]}', 400, "ragged"),
+    (b'{"image": [1, 2, 3]}', 400, "has shape [3]"),
+    (b'{"image": [[[[1, 2, 3]]]]}', 400, "has shape [1, 1, 1, 3]"),
+    (b'{"image": [[[1, 2]]]}', 400, "has shape [1, 1, 2]"),
+    (b'{"image": [[[1, 2, 3, 4, 5]]]}', 400, "has shape [1, 1, 5]"),
+    (b'{"image": [[[1, 2, 1.5]]]}', 400, "non-integer values, e.g. 1.5 at index [0, 0, 2]"),
+    (b'{"image": [[[1, 2, true]]]}', 400, "booleans"),
+    (b'{"image": [[[true, false, true]]]}', 400, "booleans"),
+    (b'{"image": [[[1, 2, null]]]}', 400, "only integers 0..255"),
+    (b'{"image": [[[1, 2, "3"]]]}', 400, "found strings"),
+    (b'{"image": [[[1, 2, 256]]]}', 400, "outside 0..255 (min 1, max 256)"),
+    (b'{"image": [[[-1, 2, 3]]]}', 400, "outside 0..255 (min -1"),
+    (b'{"image": []}', 400, "empty"),
+    (b'{"image": [[]]}', 400, "empty"),
+    (b'{"image": [[[]]]}', 400, "empty"),
+]
+
+
+@pytest.mark.parametrize("body, status, named", BAD_JSON, ids=[b[0].decode()[:30] for b in BAD_JSON])
+def test_bad_json_is_refused_with_its_reason(app_server, body, status, named):
+    answer = post_json(app_server, body)
+    assert answer.status_code == status
+    assert named in error_of(answer)
+
+
+def test_image_over_the_side_limit_is_413(app_server):
+    tall = np.zeros((4097, 1, 3), np.uint8)
+    for answer in (post_json(app_server, {"image": tall}),
+                   requests.post(f"{app_server}/inference", timeout=60,
+                                 files={"file": ("tall.png", encoded(tall))})):
+        assert answer.status_code == 413
+        assert "4097 x 1" in error_of(answer) and "4096" in error_of(answer)
+
+
+def test_body_over_the_limit_is_413(app_server):
+    body = b'{"image": [' + b"0," * (33 * 2**20) + b"0]}"  # 66 MB > 64 MB
+    answer = post_json(app_server, body)
+    assert answer.status_code == 413
+    assert "64 MB" in error_of(answer)
+
+
+@pytest.mark.parametrize("files, named", [
+    ({"upload": ("a.png", b"x")}, "missing multipart field 'file'"),
+    ({"file": ("a.png", b"not an image")}, "file 'a.png' is not a readable PNG or JPEG"),
+    ({"file": ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")}, "not a readable PNG or JPEG"),
+])
+def test_bad_upload_is_refused_with_its_reason(app_server, files, named):
+    answer = requests.post(f"{app_server}/inference", files=files, timeout=60)
+    assert answer.status_code == 400
+    assert named in error_of(answer)
+
+
+def test_unknown_format_parameter_is_400(app_server):
+    answer = post_json(app_server, {"image": rgb(2, 2)}, params={"format": "bmp"})
+    assert answer.status_code == 400 and "'format'" in error_of(answer)
+
+
+def test_wrong_method_is_405_json(app_server):
+    answer = requests.get(f"{app_server}/inference", timeout=10)
+    assert answer.status_code == 405
+    assert "GET not allowed on /inference" in error_of(answer) and "POST" in error_of(answer)
+
+
+def test_unknown_route_is_404_json(app_server):
+    answer = requests.get(f"{app_server}/no/such/page", timeout=10)
+    assert answer.status_code == 404 and "/no/such/page" in error_of(answer)
+
+
+def test_a_bug_of_ours_is_a_json_500_without_internals(small_segmenter):
+    class Broken:
+        metadata, threshold, model = {}, 0.5, small_segmenter.model
+
+        def predict(self, image):
+            raise KeyError("secret internals")
+
+    answer = create_app(segmenter=Broken()).test_client().post(
+        "/inference", json={"image": [[[1, 2, 3]]]})
+    assert answer.status_code == 500
+    assert "internal error" in answer.json["error"] and "secret" not in answer.json["error"]
+
+
+# -- health, metadata, page ----------------------------------------------------------------------
+
+def test_health_and_model(app_server, small_model_file):
+    recorded = json.loads(small_model_file.with_suffix(".json").read_text())
+    health = requests.get(f"{app_server}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["model"].startswith("unet_")
+    assert health["sha256"] == recorded["sha256"] and health["max_side"] == 4096
+    model = requests.get(f"{app_server}/model", timeout=10).json()
+    for key in ("config", "threshold", "metrics", "data", "versions", "sha256"):
+        assert model[key] == recorded[key]
+    assert model["name"] == health["model"]
+
+
+def test_page_is_self_contained(app_server):
+    page = requests.get(f"{app_server}/", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    for element in ('id="file"', 'id="overlay"', 'id="status"', 'id="model-name"'):
+        assert element in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # offline: no CDN
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+def test_concurrent_clients_get_the_serial_masks(app_server):
+    images = [rgb(256, 256, seed=seed) for seed in range(4)]
+    bodies = [orjson.dumps({"image": image}, option=orjson.OPT_SERIALIZE_NUMPY) for image in images]
+    serial = [prediction_of(post_json(app_server, body)) for body in bodies]
+    failures = []
+
+    def client_thread(index: int) -> None:
+        with requests.Session() as session:
+            for request in range(20):
+                which = (index + request) % len(bodies)
+                answer = post_json(app_server, bodies[which], session=session)
+                if answer.status_code != 200:
+                    failures.append(f"{answer.status_code}: {answer.text[:200]}")
+                elif not np.array_equal(np.asarray(answer.json()["prediction"]), serial[which]):
+                    failures.append(f"client {index} request {request}: mask differs")
+
+    threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+def write_folder(root: Path) -> Path:
+    """Three images of odd sizes, one JPEG; masks as 0/255 and as 0/1."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(7)
+    for index, (height, width, fmt) in enumerate([(40, 52, "PNG"), (33, 47, "JPEG"), (64, 64, "PNG")]):
+        image = rgb(height, width, seed=100 + index)
+        mask = np.zeros((height, width), np.uint8)
+        top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        mask[top:top + height // 2, left:left + width // 2] = 255 if index % 2 == 0 else 1
+        suffix = ".png" if fmt == "PNG" else ".jpg"
+        Image.fromarray(image).save(root / "images" / f"tile{index}{suffix}", format=fmt)
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"tile{index}.png")
+    return root
+
+
+def test_client_cli_metrics_equal_direct_zoo_metrics(app_server, small_segmenter, run_module,
+                                                     tmp_path):
+    data, out = write_folder(tmp_path / "data"), tmp_path / "report"
+    done = run_module("app.client", "--url", app_server, "--data", data, "--out", out,
+                      "--samples", 2)
+    assert done.returncode == 0, done.stderr
+    assert "building IoU = TP/(TP+FP+FN)" in done.stdout and "mean IoU" in done.stdout
+
+    confusion, ious = Confusion(), []
+    for image_path in sorted((data / "images").iterdir()):
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        truth = np.asarray(Image.open(data / "masks" / f"{image_path.stem}.png")) > 0
+        prediction = small_segmenter.predict(image)
+        confusion.update(truth, prediction)
+        ious.append(per_image_iou(truth, prediction))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["images"] == 3
+    assert report["metrics"] == confusion.scores()
+    assert report["per_image_building_iou"] == iou_distribution(ious)
+    assert len(list(out.glob("sample_*.png"))) == 2
+
+
+def test_client_evaluate_respects_limit(app_server, tmp_path):
+    from app import client as app_client
+
+    result = app_client.evaluate(app_server, write_folder(tmp_path / "data"), limit=2)
+    assert result["images"] == 2 and set(result["metrics"]) >= {"building_iou", "mean_iou"}
+    assert "per-image building IoU" in app_client.markdown_table(result)
+
+
+def test_error_overlay_colours():
+    from app.client import ERROR_COLOURS, error_overlay
+
+    overlay = error_overlay(np.array([[1, 1, 0, 0]]), np.array([[1, 0, 1, 0]]))
+    assert [tuple(p) for p in overlay[0]] == [ERROR_COLOURS[k] for k in ("tp", "fn", "fp", "tn")]
+
+
+def test_notebook_is_valid_and_uses_the_client():
+    import nbformat
+
+    notebook = nbformat.read(REPO / "app" / "client.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert "from app import client" in code and "client.evaluate(" in code
+    assert "client.markdown_table(" in code and "client.draw_side_by_side(" in code
+
+
+# -- starting, and refusing to start ---------------------------------------------------------------
+
+def test_missing_model_exits_naming_the_command_that_makes_one(run_module, tmp_path):
+    done = run_module("app", "--model", tmp_path / "absent.keras", "--port", 0, timeout=30)
+    assert done.returncode != 0
+    assert str(tmp_path / "absent.keras") in done.stderr and MAKE_ONE in done.stderr
+
+
+def test_default_model_follows_results_pointer(tmp_path):
+    assert default_model_path(tmp_path) == tmp_path / "decoder_variants/best/model.keras"
+    (tmp_path / "MODEL").write_text("other_study/best/model.keras\n")
+    assert default_model_path(tmp_path) == tmp_path / "other_study/best/model.keras"
+
+
+def test_corrupted_model_is_refused(small_model_file, run_module, tmp_path):
+    copy = tmp_path / "model.keras"
+    data = bytearray(small_model_file.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(byte ^ 0xFF for byte in data[middle:middle + 16])
+    copy.write_bytes(bytes(data))
+    copy.with_suffix(".json").write_text(small_model_file.with_suffix(".json").read_text())
+    done = run_module("app", "--model", copy, "--port", 0)
+    assert done.returncode != 0
+    assert f"refusing to serve {copy}" in done.stderr and "sha256" in done.stderr
+
+
+def test_gunicorn_with_two_workers_serves(small_model_file, small_segmenter, serve):
+    url = serve([sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}",
+                 "--timeout", "120", "app.wsgi:app"], ZOO_MODEL=str(small_model_file))
+    image = rgb(37, 61, seed=9)
+    np.testing.assert_array_equal(prediction_of(post_json(url, {"image": image})),
+                                  small_segmenter.predict(image))
+
+
+# -- fuzz: no body, however odd, makes a 500 ----------------------------------------------------------
+
+scalars = (st.none() | st.booleans() | st.integers(-300, 300) | st.integers()
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=24)
+pixels = st.integers(-2, 258) | st.sampled_from([0, 255, 1.5, 3.0, True, None, "7"])
+
+
+@st.composite
+def image_like(draw):
+    """Rectangular nested lists of 1 to 4 levels, mostly valid-looking pixels."""
+    shape = draw(st.lists(st.integers(0, 5), min_size=1, max_size=4))
+    values = draw(st.lists(pixels, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    nested = np.array(values, dtype=object).reshape(shape).tolist()
+    return nested
+
+
+bodies = st.one_of(
+    st.binary(max_size=40),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    json_values.map(lambda value: json.dumps({"image": value}).encode()),
+    image_like().map(lambda value: json.dumps({"image": value}).encode()),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies)
+def test_fuzzed_bodies_never_cause_a_500(client, body):
+    answer = client.post("/inference", data=body, content_type="application/json")
+    assert answer.status_code < 500, answer.json
+    if answer.status_code >= 400:
+        assert answer.json["error"]
+    else:
+        assert set(np.unique(answer.json["prediction"])) <= {0, 1}
