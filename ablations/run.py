@@ -22,8 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[1])
     parser.add_argument("study", nargs="?", help="study name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
-    parser.add_argument("--data", type=Path, help="folder with images/ and masks/ (default: "
-                        "$OAM_DATA, else SYNTHETIC scenes)")
+    parser.add_argument("--data", type=Path, help="folder with images/ and masks/ (and optionally "
+                        "index.csv with an 'area' column); default: SYNTHETIC scenes")
     parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--seeds", type=int, help="repeats of each configuration (default: budget's)")
@@ -58,10 +58,8 @@ def check_args(args) -> None:
         raise UserFacingError(f"unknown study {args.study!r}; known: {', '.join(studies.STUDIES)}")
     if args.seeds is not None and args.seeds < 1:
         raise UserFacingError("--seeds must be at least 1")
-    data = args.data or (Path(os.environ["OAM_DATA"]) if os.environ.get("OAM_DATA") else None)
-    if data is not None and not data.is_dir():
-        raise UserFacingError(f"data folder {data} does not exist")
-    args.data = data
+    if args.data is not None and not args.data.is_dir():
+        raise UserFacingError(f"data folder {args.data} does not exist")
 
 
 if __name__ == "__main__":

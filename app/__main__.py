@@ -13,8 +13,8 @@ from app.model import ENV, ModelUnavailable, load_for_serving, resolve_model_pat
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a .keras file saved by zoo.saving (default: $"
-                        f"{ENV}, else results/MODEL, else results/decoder_variants/best/model.keras)")
+    parser.add_argument("--model", help=f"a .keras file saved by zoo.saving (default: ${ENV}, "
+                        "else results/MODEL, else results/decoder_variants/best/model.keras)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-body-mb", type=float, default=None,

@@ -1,6 +1,7 @@
 """Score a running server on a folder of images and masks, from the shell or a notebook.
 
-    python -m app.client --url http://127.0.0.1:8000 --data DIR [--out DIR] [--limit N] [--samples K]
+    python -m app.client --url http://127.0.0.1:8000 --data DIR \
+        [--out DIR] [--limit N] [--samples K]
 
 DIR holds `images/NAME.png|jpg` (RGB) and `masks/NAME.png` (one channel, 0/255 or 0/1; any
 non-zero value is building). Every image goes to URL/inference as JSON; the answers are
@@ -117,11 +118,13 @@ def markdown_table(result: dict) -> str:
     from tabulate import tabulate
 
     rows = [(METRIC_LABELS[k], f"{v:.4f}") for k, v in result["metrics"].items()]
+    # disable_numparse keeps the 4 decimals: tabulate would otherwise reformat "0.9000".
     summary = tabulate(rows, headers=[f"metric ({result['images']} images, summed pixels)",
-                                      "value"], tablefmt="github")
+                                      "value"], tablefmt="github", disable_numparse=True)
     spread = result["per_image_building_iou"]
     keys = [k for k in ("mean", "p10", "p25", "median", "p75", "p90") if k in spread]
     distribution = tabulate([[f"{spread[k]:.4f}" for k in keys]], tablefmt="github",
+                            disable_numparse=True,
                             headers=[f"per-image building IoU: {k}" if k == keys[0] else k
                                      for k in keys])
     return f"{summary}\n\n{distribution}"

@@ -69,7 +69,8 @@ def image_from_upload(storage, max_side: int) -> np.ndarray:
         raise
     except Image.DecompressionBombError as error:
         raise InputError(f"file '{name}' is too large to decode: {error}", 413) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except Exception as error:  # noqa: BLE001 - a malformed file can fail in many ways, all
+        # of them the client's: PIL raises OSError, SyntaxError, struct.error, EOFError ...
         raise InputError(f"file '{name}' is not a readable PNG or JPEG image "
                          f"({_short_reason(error)})") from None
 

@@ -23,6 +23,7 @@ try:
     app = create_app(segmenter=segmenter,
                      max_body_mb=float(os.environ.get("ZOO_MAX_BODY_MB", MAX_BODY_MB)))
 except ModelUnavailable as error:
-    # gunicorn only says "Worker failed to boot"; this line says why.
+    # gunicorn alone would say only "Worker failed to boot"; this line says why. Exit status 3
+    # is gunicorn's WORKER_BOOT_ERROR: the master stops instead of respawning workers forever.
     print(f"error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(1) from None
+    raise SystemExit(3) from None

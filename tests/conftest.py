@@ -78,19 +78,21 @@ def running_server(command: list[str], log_path: Path, **env):
 
 @pytest.fixture(scope="session")
 def small_model_file(tmp_path_factory) -> Path:
+    import keras
     import numpy as np
 
     from zoo import saving, unet
     from zoo.config import DecoderConfig
 
+    keras.utils.set_random_seed(0)  # the same model, and so the same masks, every run
     config = DecoderConfig(upsampler="bilinear", skip="concat", conv="separable", width=0.25)
     model = unet.build(config, weights=None)
     logits = unet.decoder_of(model).get_layer("logits")
     probe = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("float32")
-    raw = np.asarray(model(probe, training=False))
+    raw = keras.ops.convert_to_numpy(model(probe, training=False))
     scale = 2.0 / max(float(raw.std()), 1e-12)
-    kernel, bias = logits.get_weights()
-    logits.set_weights([kernel * scale, (bias - np.median(raw)) * scale])
+    logits.kernel.assign(logits.kernel * scale)
+    logits.bias.assign((logits.bias - float(np.median(raw))) * scale)
     metadata = {"config": config.to_dict(), "threshold": 0.5,
                 "metrics": {"building_iou": 0.123, "mean_iou": 0.456, "f1": 0.789},
                 "data": {"name": "random weights, test fixture"}}

@@ -140,7 +140,8 @@ BAD_JSON = [
 ]
 
 
-@pytest.mark.parametrize("body, status, named", BAD_JSON, ids=[b[0].decode()[:30] for b in BAD_JSON])
+@pytest.mark.parametrize("body, status, named", BAD_JSON,
+                         ids=[body.decode()[:30] for body, _, _ in BAD_JSON])
 def test_bad_json_is_refused_with_its_reason(app_server, body, status, named):
     answer = post_json(app_server, body)
     assert answer.status_code == status
@@ -258,7 +259,8 @@ def write_folder(root: Path) -> Path:
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(7)
-    for index, (height, width, fmt) in enumerate([(40, 52, "PNG"), (33, 47, "JPEG"), (64, 64, "PNG")]):
+    shapes = [(40, 52, "PNG"), (33, 47, "JPEG"), (64, 64, "PNG")]
+    for index, (height, width, fmt) in enumerate(shapes):
         image = rgb(height, width, seed=100 + index)
         mask = np.zeros((height, width), np.uint8)
         top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
@@ -350,7 +352,7 @@ def test_gunicorn_with_two_workers_serves(small_model_file, small_segmenter, ser
                                   small_segmenter.predict(image))
 
 
-# -- fuzz: no body, however odd, makes a 500 ----------------------------------------------------------
+# -- fuzz: no body, however odd, makes a 500 ----------------------------------------------------
 
 scalars = (st.none() | st.booleans() | st.integers(-300, 300) | st.integers()
            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4))
@@ -376,7 +378,9 @@ bodies = st.one_of(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# database=None: no .hypothesis/ folder in the repository.
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies)
 def test_fuzzed_bodies_never_cause_a_500(client, body):
     answer = client.post("/inference", data=body, content_type="application/json")
@@ -385,3 +389,12 @@ def test_fuzzed_bodies_never_cause_a_500(client, body):
         assert answer.json["error"]
     else:
         assert set(np.unique(answer.json["prediction"])) <= {0, 1}
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(data=st.binary(max_size=200), header=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n",
+                                                             b"\xff\xd8\xff\xe0"]))
+def test_fuzzed_uploads_never_cause_a_500(client, data, header):
+    answer = client.post("/inference", data={"file": (io.BytesIO(header + data), "f.png")},
+                         content_type="multipart/form-data")
+    assert answer.status_code < 500, answer.json

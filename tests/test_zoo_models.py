@@ -184,6 +184,7 @@ def test_fit_changes_decoder_but_never_the_encoder():
 
     encoder_before = snapshot(encoder.weights)
     decoder_before = snapshot(decoder.weights)
+    # Graph mode, as real training runs (train step traced with training=True).
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=SegmentationLoss("bce_dice"))
     model.fit(rgb(4, 64, 64), masks(4, 64, 64), batch_size=2, epochs=1, verbose=0)  # 2 steps
     assert int(model.optimizer.iterations.numpy()) == 2
@@ -204,20 +205,21 @@ def test_training_the_decoder_alone_trains_the_full_models_decoder():
     images, truth = rgb(4, 64, 64, seed=3), masks(4, 64, 64, seed=4)
     features = taps_of(model, images)
     # The model owns its preprocessing: RGB in equals the decoder on features of x/127.5-1.
-    np.testing.assert_allclose(model.predict(images, verbose=0), decoder.predict(features, verbose=0),
-                               atol=1e-6)
+    logits_before = np.asarray(model(images))
+    np.testing.assert_allclose(logits_before, np.asarray(decoder(features)), atol=1e-6)
     full_before = snapshot(model.trainable_weights)
-    logits_before = model.predict(images, verbose=0)
 
-    decoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss=SegmentationLoss("bce_dice"))
+    # Eager: tracing a train step costs more here than the two steps themselves.
+    decoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss=SegmentationLoss("bce_dice"),
+                    run_eagerly=True)
     decoder.fit(features, truth, batch_size=2, epochs=1, verbose=0)
 
     changed = [v.path for v, b in zip(model.trainable_weights, full_before)
                if not np.array_equal(v.numpy(), b)]
     assert any(p.endswith("kernel") for p in changed), changed
-    logits_after = model.predict(images, verbose=0)
+    logits_after = np.asarray(model(images))
     assert not np.allclose(logits_after, logits_before)
-    np.testing.assert_allclose(logits_after, decoder.predict(features, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(logits_after, np.asarray(decoder(features)), atol=1e-6)
 
 
 # ---------------------------------------------------------------- 3. blocks

@@ -1,0 +1,258 @@
+"""python -m ablations.bench [--data DIR] [--model PATH] [--out results] [--images N]
+
+Measures, in one run on one machine, and writes OUT/bench.md + OUT/bench.json:
+- training throughput (images/s) of the standard recipe (decoder on cached encoder
+  features) against the TensorFlow tutorial recipe (full model end to end, Adam, BCE);
+- encoder forward cost against decoder forward cost;
+- POST /inference end to end at 256x256 and 1024x1024 (p50, p95) against the raw forward
+  of the same model, so the HTTP + JSON overhead reads as a ratio;
+- peak memory of the benchmark process and of the server.
+The server is started as a subprocess (`python -m app`) and called over loopback HTTP.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--data", type=Path, help="images/ + masks/ folder (default: SYNTHETIC)")
+    parser.add_argument("--model", type=Path, default=Path("results/decoder_variants/best/model.keras"))
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--images", type=int, default=64, help="training images per measurement")
+    parser.add_argument("--requests", type=int, default=30, help="requests per /inference size")
+    return parser.parse_args(argv)
+
+
+def median_ms(fn, repeats: int) -> tuple[float, float]:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def training_images_per_second(model, inputs, targets, batch_size: int, epochs: int = 2) -> float:
+    """Images/s of model.fit after one warm-up epoch (tracing excluded)."""
+    model.fit(inputs, targets, batch_size=batch_size, epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit(inputs, targets, batch_size=batch_size, epochs=epochs, verbose=0)
+    return epochs * len(targets) / (time.perf_counter() - started)
+
+
+def bench_training(images, masks, config, encoder) -> dict:
+    import keras
+
+    from ablations import features
+    from zoo import unet
+    from zoo.losses import SegmentationLoss
+
+    ours = unet.build(config, encoder=encoder)
+    started = time.perf_counter()
+    cached = features.encode(ours, images, masks, copies=1, augmentation="none", seed=0,
+                             progress=lambda *_: None)
+    encode_per_image = (time.perf_counter() - started) / len(images)
+    decoder = unet.decoder_of(ours)
+    decoder.compile(keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"))
+    inputs, targets = cached.batch(np.zeros(len(images), int), np.arange(len(images)))
+    ours_ips = training_images_per_second(decoder, inputs, targets, 16)
+
+    tutorial = unet.build_tutorial()
+    tutorial.compile(keras.optimizers.Adam(1e-3), SegmentationLoss("bce"))
+    tutorial_ips = training_images_per_second(tutorial, images.astype(np.float32),
+                                              masks[..., None].astype(np.float32), 16)
+    return {"ours_decoder_images_per_s": ours_ips, "encode_ms_per_image": encode_per_image * 1000,
+            "tutorial_images_per_s": tutorial_ips,
+            "cache_bytes_per_image": cached.nbytes() / len(images),
+            "ours_trainable_params": unet.trainable_params(ours),
+            "tutorial_trainable_params": unet.trainable_params(tutorial)}
+
+
+def bench_forward(model, images) -> dict:
+    import tensorflow as tf
+
+    from zoo import unet
+
+    batch = tf.constant(images[:16].astype(np.float32))
+    encode = tf.function(lambda x: unet.encoder_features(model, x))
+    taps = encode(batch)
+    decode = tf.function(lambda t: unet.decoder_of(model)(t, training=False))
+    decode(taps)
+    full = tf.function(lambda x: model(x, training=False))
+    full(batch)
+    per_image = lambda fn, arg: median_ms(lambda: [t.numpy() for t in tf.nest.flatten(fn(arg))], 5)[0] / 16  # noqa: E731
+    return {"encoder_ms_per_image": per_image(encode, batch),
+            "decoder_ms_per_image": per_image(decode, taps),
+            "full_ms_per_image": per_image(full, batch)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_http(model_path: Path, requests_per_size: int) -> dict:
+    import psutil
+    import requests
+
+    from zoo.predict import Segmenter
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "app", "--model", str(model_path),
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url + "/health", server)
+        segmenter = Segmenter.from_file(model_path)
+        rng = np.random.default_rng(0)
+        result = {}
+        for size in (256, 1024):
+            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            body = json.dumps({"image": image.tolist()})
+            post = lambda: requests.post(url + "/inference", data=body,  # noqa: E731
+                                         headers={"Content-Type": "application/json"}, timeout=300).raise_for_status()
+            post()
+            segmenter.predict(image)
+            http_p50, http_p95 = median_ms(post, requests_per_size)
+            raw_p50, raw_p95 = median_ms(lambda: segmenter.predict(image), requests_per_size)
+            result[size] = {"http_p50_ms": http_p50, "http_p95_ms": http_p95, "raw_p50_ms": raw_p50,
+                            "raw_p95_ms": raw_p95, "ratio_p50": http_p50 / raw_p50,
+                            "body_mb": len(body) / 2**20}
+        result["server_peak_rss_mb"] = _peak_rss_mb(psutil.Process(server.pid))
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _peak_rss_mb(process) -> float:
+    try:
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return process.memory_info().rss / 2**20
+
+
+def _wait_for(url: str, server, timeout: float = 120) -> None:
+    import requests
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with status {server.returncode}")
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    raise RuntimeError(f"no answer from {url} within {timeout}s")
+
+
+def load_images(args, count: int):
+    from ablations import data
+
+    root = args.data or data.default_synthetic_root(count, 256, 0)
+    samples = data.limit(data.scan_folder(root, check=False), count, seed=0)
+    images, masks = data.load_arrays(samples, 256)
+    return images, masks, ("SYNTHETIC scenes" if args.data is None else str(args.data))
+
+
+def write_report(out: Path, results: dict) -> None:
+    from tabulate import tabulate
+
+    from zoo.saving import write_json_atomic, write_text_atomic
+
+    t, f, h = results["training"], results["forward"], results["http"]
+    speedup = t["ours_decoder_images_per_s"] / t["tutorial_images_per_s"]
+    lines = [
+        "# Benchmark", "",
+        f"`{results['command']}` on {results['machine']}, {results['date']}; {results['versions']}.",
+        f"Data: {results['data']} ({results['images']} tiles, 256x256). Model: `{results['model']}`.",
+        "Medians unless marked; every number below comes from this one run.", "",
+        "## Training throughput", "",
+        tabulate([
+            ["standard recipe: decoder on cached features (bce_dice, AdamW)", f"{t['ours_decoder_images_per_s']:.1f}",
+             f"{t['ours_trainable_params'] / 1e6:.2f} M"],
+            ["tutorial recipe: full model end to end (512/256/128/64 transpose decoder, Adam, BCE)",
+             f"{t['tutorial_images_per_s']:.1f}", f"{t['tutorial_trainable_params'] / 1e6:.2f} M"],
+        ], headers=["recipe", "images/s", "trainable params"], tablefmt="github"), "",
+        f"Speed-up of a training step: **{speedup:.1f}x**. The cache is paid once per study: "
+        f"{t['encode_ms_per_image']:.1f} ms per tile and copy to encode, "
+        f"{t['cache_bytes_per_image'] / 2**20:.2f} MiB per tile and copy (float16).", "",
+        "## Forward cost (batch of 16, per image)", "",
+        tabulate([["encoder (frozen MobileNetV2)", f"{f['encoder_ms_per_image']:.1f}"],
+                  ["decoder", f"{f['decoder_ms_per_image']:.1f}"],
+                  ["full model", f"{f['full_ms_per_image']:.1f}"]],
+                 headers=["part", "ms per 256x256 image"], tablefmt="github"), "",
+        "## /inference end to end against the raw forward", "",
+        tabulate([[f"{size}x{size}", f"{h[size]['body_mb']:.1f}", f"{h[size]['http_p50_ms']:.0f}",
+                   f"{h[size]['http_p95_ms']:.0f}", f"{h[size]['raw_p50_ms']:.0f}",
+                   f"{h[size]['raw_p95_ms']:.0f}", f"{h[size]['ratio_p50']:.2f}"] for size in (256, 1024)],
+                 headers=["image", "JSON body MB", "HTTP p50 ms", "HTTP p95 ms", "raw p50 ms",
+                          "raw p95 ms", "HTTP / raw (p50)"], tablefmt="github"), "",
+        f"Raw = `zoo.predict.Segmenter.predict` in process (padding, forward, threshold). "
+        f"{results['requests']} requests per size, one client.", "",
+        "## Peak memory", "",
+        f"- benchmark process (training both recipes): {results['bench_peak_rss_mb']:.0f} MiB",
+        f"- server process: {h['server_peak_rss_mb']:.0f} MiB", "",
+    ]
+    write_text_atomic(out / "bench.md", "\n".join(lines))
+    write_json_atomic(out / "bench.json", results)
+
+
+def main(argv=None) -> int:
+    import datetime
+
+    from ablations.machine import describe
+    from zoo import encoder as zoo_encoder
+    from zoo.config import DecoderConfig
+    from zoo.saving import versions
+
+    args = parse_args(argv)
+    if not args.model.is_file():
+        print(f"error: no model at {args.model}; make one with `python -m ablations.run "
+              "decoder_variants` or pass --model", file=sys.stderr)
+        return 2
+    images, masks, source = load_images(args, args.images)
+    config = DecoderConfig.from_dict(json.loads(args.model.with_suffix(".json").read_text())["config"])
+    encoder = zoo_encoder.build_encoder()
+    print("training throughput ...", flush=True)
+    training = bench_training(images, masks, config, encoder)
+    print("forward cost ...", flush=True)
+    from zoo import unet
+
+    forward = bench_forward(unet.build(config, encoder=encoder), images)
+    print("/inference ...", flush=True)
+    http = bench_http(args.model, args.requests)
+    results = {
+        "command": "python -m ablations.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": describe(), "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "data": source, "images": len(images), "model": str(args.model), "config": config.name,
+        "requests": args.requests, "training": training, "forward": forward, "http": http,
+        "bench_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    write_report(args.out, results)
+    print((args.out / "bench.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

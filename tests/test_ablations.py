@@ -1,0 +1,200 @@
+"""The ablation harness end to end: the smoke budget on synthetic data, resuming, errors.
+
+These start `python -m ablations.run` as a real subprocess, as a user would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / \
+    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+PLOTS = ("tradeoffs.png", "metrics.png", "curves.png", "samples.png")
+
+
+def weights_flag() -> list[str]:
+    # Real ImageNet weights when the shared file is there (CI has it); random ones otherwise,
+    # which still exercises every step of the pipeline.
+    if os.environ.get("ZOO_ENCODER_WEIGHTS") or SHARED_WEIGHTS.is_file():
+        return ["--weights", os.environ.get("ZOO_ENCODER_WEIGHTS") or str(SHARED_WEIGHTS)]
+    return ["--weights", "none"]
+
+
+def run_cli(*args, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "ablations.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    return {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cache_home):
+    out = tmp_path_factory.mktemp("results")
+    started = time.time()
+    result = run_cli("decoder_variants", "--budget", "smoke", "--out", str(out), *weights_flag(),
+                     env_extra=cache_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out / "decoder_variants", result, time.time() - started
+
+
+def test_smoke_announces_synthetic_data(smoke_run):
+    _, result, _ = smoke_run
+    assert "SYNTHETIC" in result.stdout
+
+
+def test_smoke_writes_one_row_per_trial(smoke_run):
+    study, _, _ = smoke_run
+    trials = pd.read_csv(study / "trials.csv")
+    assert len(trials) == 16
+    assert trials[["upsampler", "skip"]].drop_duplicates().shape[0] == 16
+    for column in ("precision", "recall", "building_iou", "mean_iou", "f1", "median_image_iou",
+                   "trainable_params", "total_params", "latency_ms", "train_seconds", "threshold"):
+        assert trials[column].notna().all(), column
+    assert trials[["precision", "recall", "building_iou", "mean_iou", "f1"]].apply(
+        lambda c: c.between(0, 1).all()).all()
+    assert (trials["building_iou"] <= trials["f1"] + 1e-9).all()  # IoU <= Dice/F1 always
+
+
+def test_smoke_table_names_its_provenance_and_every_trial(smoke_run):
+    study, _, _ = smoke_run
+    table = (study / "table.md").read_text()
+    for words in ("SYNTHETIC", "smoke", "Selection rule", "Machine", "seed", "test building IoU",
+                  "test mean IoU", "**(selected)**"):
+        assert words in table, words
+    trials = pd.read_csv(study / "trials.csv")
+    for variant in trials["variant"]:
+        assert variant in table
+    assert (study.parent / "README.md").read_text().count("decoder_variants") >= 1
+
+
+def test_smoke_plots_are_valid_pngs(smoke_run):
+    study, _, _ = smoke_run
+    for name in PLOTS:
+        with Image.open(study / name) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 100, name
+
+
+def test_smoke_best_model_loads_and_predicts(smoke_run):
+    import keras
+
+    from zoo.predict import Segmenter
+
+    study, _, _ = smoke_run
+    metadata = json.loads((study / "best" / "model.json").read_text())
+    trials = pd.read_csv(study / "trials.csv")
+    best_trial = trials[trials["trial_id"].astype(str).str.zfill(2) == str(metadata["trial_id"]).zfill(2)]
+    assert len(best_trial) == 1
+    assert metadata["config"]["upsampler"] == best_trial["upsampler"].item()
+    assert metadata["threshold"] == pytest.approx(best_trial["threshold"].item())
+    # The end-to-end re-score through the full model agrees with the cached-feature score.
+    assert metadata["metrics"]["test"]["building_iou"] == pytest.approx(
+        best_trial["building_iou"].item(), abs=0.02)
+    model = keras.saving.load_model(study / "best" / "model.keras")
+    assert model.count_params() > 2_000_000
+    mask = Segmenter.from_file(study / "best" / "model.keras").predict(
+        np.zeros((70, 90, 3), np.uint8))
+    assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 1}
+
+
+def test_smoke_wall_time_is_reported(smoke_run):
+    _, result, seconds = smoke_run
+    print(f"smoke decoder_variants wall time: {seconds:.0f}s")
+    assert "done in" in result.stdout
+
+
+def _records(study: Path) -> dict[str, float]:
+    return {p.stem: p.stat().st_mtime_ns for p in (study / "trials").glob("*.json")}
+
+
+def test_killed_run_resumes_without_repeating_finished_trials(tmp_path, cache_home):
+    out = tmp_path / "results"
+    args = [sys.executable, "-m", "ablations.run", "loss", "--budget", "smoke", "--out", str(out),
+            *weights_flag()]
+    env = {**os.environ, **cache_home}
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    study = out / "loss"
+    deadline = time.time() + 400
+    while time.time() < deadline and len(_records(study) if study.exists() else {}) < 2:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)  # mid-search, usually mid-trial
+    process.wait()
+    before = _records(study)
+    assert 2 <= len(before) < 4, f"expected an interrupted search, found {len(before)} records"
+    leftovers = [p.name for p in study.rglob("*") if ".tmp" in p.name]
+    result = run_cli("loss", "--budget", "smoke", "--out", str(out), *weights_flag(),
+                     env_extra=cache_home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    after = _records(study)
+    assert len(after) == 4
+    assert all(after[trial] == mtime for trial, mtime in before.items()), "a finished trial re-ran"
+    trials = pd.read_csv(study / "trials.csv")
+    assert sorted(trials["recipe_loss"]) == sorted(["bce", "dice", "bce_dice", "focal"])
+    assert not [p for p in study.rglob("*") if ".tmp" in p.name and p.name not in leftovers]
+
+
+def test_fresh_starts_over(tmp_path, cache_home):
+    study = tmp_path / "augmentation"
+    (study / "trials").mkdir(parents=True)
+    (study / "trials" / "99.json").write_text("{}")
+    result = run_cli("augmentation", "--budget", "smoke", "--out", str(tmp_path), "--fresh",
+                     "--seeds", "1", *weights_flag(), env_extra=cache_home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (study / "trials" / "99.json").exists()
+    assert len(pd.read_csv(study / "trials.csv")) == 4
+
+
+def test_list_names_every_study():
+    result = run_cli("--list")
+    assert result.returncode == 0
+    for study in ("decoder_variants", "decoder_width", "loss", "augmentation", "hparams"):
+        assert study in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["no_such_study"], "unknown study 'no_such_study'"),
+    (["decoder_variants", "--data", "/no/such/folder"], "/no/such/folder"),
+    (["decoder_variants", "--seeds", "0"], "--seeds"),
+])
+def test_bad_arguments_exit_with_one_sentence(args, words):
+    result = run_cli(*args, "--budget", "smoke")
+    assert result.returncode != 0
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_defective_data_folder_names_the_file(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / "a.png")
+    (masks / "a.png").write_bytes(b"not a png at all")
+    result = run_cli("decoder_variants", "--budget", "smoke", "--data", str(tmp_path), "--weights", "none")
+    assert result.returncode != 0
+    assert str(masks / "a.png") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unusable_weights_file_is_one_sentence(tmp_path):
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"\x89HDF garbage")
+    result = run_cli("decoder_variants", "--budget", "smoke", "--weights", str(broken))
+    assert result.returncode != 0
+    assert str(broken) in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,337 @@
+"""zoo serving path: any-size prediction and tiling, save/load with checksums, encoder weights.
+
+Only the tests named *shared_weights* use the real ImageNet file (and skip without it);
+everything else runs on random weights.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+import urllib.error
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pytest tests/...` from the repo root without an installed package
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras.src.backend import config as keras_config  # noqa: E402
+from keras.src.utils import file_utils as keras_file_utils  # noqa: E402
+
+from zoo import encoder, saving, unet  # noqa: E402
+from zoo.config import DecoderConfig  # noqa: E402
+from zoo.encoder import WEIGHTS_ENV, WEIGHTS_FILE, WeightsUnavailable  # noqa: E402
+from zoo.losses import SegmentationLoss  # noqa: E402
+from zoo.metrics import keras_metrics  # noqa: E402
+from zoo.predict import ImageError, Segmenter, check_image  # noqa: E402
+
+# Keras' legacy .h5 weight loader warns once per variable under numpy 2: noise, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy")
+
+SHARED_WEIGHTS_SHA256 = "e391243ecbe042e9fd872c82b3ce96893dd238d0d324c98670b267bfc1be73e4"
+
+# ---------------------------------------------------------------- helpers
+
+
+def image(height, width, seed=0):
+    """uint8 RGB with structure at 8 px and at 1 px, so outputs vary at both scales."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)
+    fine = rng.integers(0, 256, (height, width, 3))
+    return (0.7 * coarse[:height, :width] + 0.3 * fine).astype(np.uint8)
+
+
+def with_spread_logits(model, calibration):
+    """The model followed by a fixed affine map giving its logits mean 0 and std 2.
+
+    A random decoder's logits are ~1e-4, so every probability would be ~0.5 and any
+    tiling mistake would look "tiny"; spreading them makes the comparisons sensitive.
+    """
+    logits = np.asarray(model(calibration[None].astype("float32")))
+    gain = 2.0 / logits.std()
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Rescaling(gain, offset=-logits.mean() * gain)(model(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def record_batches(segmenter):
+    """Wrap the segmenter's forward pass to record the batch shapes the model sees."""
+    shapes, forward = [], segmenter._logits
+
+    def spy(batch):
+        shapes.append(batch.shape)
+        return forward(batch)
+
+    segmenter._logits = spy
+    return shapes
+
+
+def shared_weights_path() -> Path:
+    path = Path(os.environ.get(WEIGHTS_ENV) or ROOT.parent / "shared" / "weights" / WEIGHTS_FILE)
+    if not path.is_file():
+        pytest.skip(f"shared encoder weights not found at {path} (set ${WEIGHTS_ENV} to run)")
+    return path
+
+
+def offline_keras_home(monkeypatch, home: Path) -> list:
+    """No $ZOO_ENCODER_WEIGHTS, Keras' cache in `home`, and downloads that fail (and are counted).
+
+    Keras reads KERAS_HOME once at import, so its cached directory is patched as well.
+    """
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))
+    attempts = []
+
+    def no_network(url, *args, **kwargs):
+        attempts.append(url)
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(keras_file_utils, "urlretrieve", no_network)
+    return attempts
+
+
+def encoder_values(model):
+    return [np.asarray(v.numpy()) for v in model.weights]
+
+
+@pytest.fixture(scope="module")
+def spread_model():
+    keras.utils.set_random_seed(0)
+    return with_spread_logits(unet.build(DecoderConfig(width=0.5), weights=None), image(256, 256, seed=1))
+
+
+# ---------------------------------------------------------------- 5. prediction
+
+@pytest.mark.parametrize("height, width, padded", [(37, 61, (64, 64)), (100, 257, (128, 288))])
+def test_any_size_image_gives_binary_mask_of_its_size(spread_model, height, width, padded):
+    segmenter = Segmenter(spread_model)
+    batches = record_batches(segmenter)
+    mask = segmenter.predict(image(height, width))
+    assert mask.shape == (height, width) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
+    assert batches == [(1, *padded, 3)]  # run whole, padded to a multiple of 32
+
+
+def test_large_image_goes_through_tiles(spread_model):
+    segmenter = Segmenter(spread_model)  # tile 512, overlap 64
+    batches = record_batches(segmenter)
+    mask = segmenter.predict(image(1024, 1024))
+    assert mask.shape == (1024, 1024) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
+    assert all(shape[1:] == (512, 512, 3) for shape in batches)
+    assert sum(shape[0] for shape in batches) >= 9  # 1024 + margins needs 3 x 3 tiles at least
+
+
+def test_overlap_tiles_reproduce_the_whole_image_prediction(spread_model):
+    picture = image(600, 600, seed=2)
+    whole = Segmenter(spread_model, tile=640).probabilities(picture)  # one padded 608x608 pass
+    tiled = Segmenter(spread_model, tile=256, overlap=128).probabilities(picture)
+    seams = Segmenter(spread_model, tile=256, overlap=0).probabilities(picture)
+    assert whole.shape == tiled.shape == seams.shape == (600, 600)
+    assert whole.std() > 0.1  # probabilities spread: a misplaced tile could not hide
+    difference = np.abs(tiled - whole)
+    # The image border differs by design (reflected context vs the convs' zero padding);
+    # inside it every pixel had the same context in both runs.
+    assert difference[64:-64, 64:-64].mean() < 1e-3
+    assert difference.mean() < 0.02
+    # Tiles without overlap show their seams: the test can tell the two apart.
+    assert np.abs(seams - whole)[64:-64, 64:-64].mean() > 10 * difference[64:-64, 64:-64].mean()
+    assert np.abs(np.roll(whole, 1, axis=1) - whole).mean() > 3 * difference.mean()
+
+
+def test_mask_is_probability_at_or_above_threshold(spread_model):
+    segmenter = Segmenter(spread_model, threshold=0.3)
+    picture = image(64, 96, seed=3)
+    probabilities = segmenter.probabilities(picture)
+    mask = segmenter.predict(picture)
+    np.testing.assert_array_equal(mask, (probabilities >= 0.3).astype(np.uint8))
+    assert mask.sum() > (probabilities >= 0.5).sum()  # the threshold made a difference
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((8, 8), np.uint8), "shape"),
+    (np.zeros((8, 8, 4), np.uint8), "shape"),
+    (np.zeros((8, 8, 1), np.uint8), "shape"),
+    (np.zeros((1, 8, 8, 3), np.uint8), "shape"),
+    (np.zeros((8, 8, 3), np.float32), "dtype"),
+    (np.zeros((8, 8, 3), np.int64), "dtype"),
+    (np.zeros((0, 8, 3), np.uint8), "empty"),
+    (np.zeros((8, 0, 3), np.uint8), "empty"),
+])
+def test_check_image_rejects_what_is_not_an_rgb_uint8_image(bad, message):
+    with pytest.raises(ImageError, match=message):
+        check_image(bad)
+    assert issubclass(ImageError, ValueError)
+
+
+def test_check_image_accepts_rgb_uint8_and_segmenter_checks_first():
+    good = np.zeros((5, 7, 3), np.uint8)
+    assert check_image(good) is good
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Segmenter(None, tile=500)
+    with pytest.raises(ValueError, match="overlap"):
+        Segmenter(None, tile=256, overlap=256)
+
+
+# ---------------------------------------------------------------- 6. save / load
+
+SAVED_VARIANTS = [
+    DecoderConfig(upsampler="transpose", skip="attention"),
+    DecoderConfig(upsampler="bilinear", skip="concat"),
+    DecoderConfig(upsampler="nearest", skip="add", conv="separable"),
+    DecoderConfig(upsampler="subpixel", skip="none"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
+@pytest.mark.parametrize("cfg", SAVED_VARIANTS, ids=lambda c: c.name)
+def test_saved_model_loads_with_plain_keras_and_gives_identical_outputs(cfg, tmp_path):
+    keras.utils.set_random_seed(3)
+    model = unet.build(cfg, weights=None)
+    # Compiled, so loading also has to find the zoo loss and metric classes.
+    model.compile(optimizer="adam", loss=SegmentationLoss("focal"), metrics=keras_metrics())
+    path = saving.save(model, tmp_path / "best" / "model.keras",
+                       {"config": cfg.to_dict(), "threshold": 0.4, "note": "unit test"})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.json", "model.keras"]
+
+    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    expected = np.asarray(model(images))
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(loaded(images)), expected)
+    assert isinstance(loaded.loss, SegmentationLoss) and loaded.loss.kind == "focal"
+    metadata = json.loads(saving.metadata_path(path).read_text())
+    assert DecoderConfig.from_dict(metadata["config"]) == cfg
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    keras.utils.set_random_seed(5)
+    model = unet.build(DecoderConfig(width=0.25), weights=None)
+    path = tmp_path_factory.mktemp("saved") / "m.keras"
+    saving.save(model, path, {"config": DecoderConfig(width=0.25).to_dict(), "threshold": 0.4,
+                              "metrics": {"building_iou": 0.61}, "data": "unit test"})
+    return path
+
+
+def test_metadata_records_checksum_versions_and_given_fields(saved_model):
+    metadata = json.loads(saved_model.with_suffix(".json").read_text())
+    assert metadata["sha256"] == hashlib.sha256(saved_model.read_bytes()).hexdigest()
+    assert metadata["model_file"] == saved_model.name
+    assert metadata["threshold"] == 0.4 and metadata["data"] == "unit test"
+    assert metadata["metrics"] == {"building_iou": 0.61}
+    assert metadata["config"] == DecoderConfig(width=0.25).to_dict()
+    versions = metadata["versions"]
+    assert versions["keras"] == keras.__version__ and versions["backend"] == keras.backend.backend()
+    assert {"python", "tensorflow", "numpy"} <= set(versions)
+
+
+def test_load_refuses_a_model_file_with_one_changed_byte(saved_model, tmp_path):
+    corrupted = tmp_path / saved_model.name
+    shutil.copy(saved_model, corrupted)
+    shutil.copy(saved_model.with_suffix(".json"), corrupted.with_suffix(".json"))
+    model, metadata = saving.load(corrupted)  # an intact copy loads
+    assert metadata["threshold"] == 0.4 and model.output_shape == (None, None, None, 1)
+    data = bytearray(corrupted.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupted.write_bytes(bytes(data))
+    with pytest.raises(saving.ModelIntegrityError, match=str(corrupted)):
+        saving.load(corrupted)
+    with pytest.raises(saving.ModelIntegrityError):
+        Segmenter.from_file(corrupted)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        saving.load(tmp_path / "nowhere.keras")
+
+
+def test_load_refuses_a_file_that_is_no_keras_model(tmp_path):
+    path = tmp_path / "junk.keras"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(saving.ModelIntegrityError, match="junk.keras"):
+        saving.load(path)
+
+
+def test_segmenter_from_file_uses_the_saved_threshold(spread_model, tmp_path):
+    path = saving.save(spread_model, tmp_path / "spread.keras", {"threshold": 0.8})
+    segmenter = Segmenter.from_file(path, tile=256)
+    assert segmenter.threshold == 0.8 and segmenter.tile == 256
+    assert segmenter.metadata["sha256"] == saving.sha256_of(path)
+    picture = image(64, 64, seed=6)
+    probabilities = segmenter.probabilities(picture)
+    mask = segmenter.predict(picture)
+    np.testing.assert_array_equal(mask, probabilities >= 0.8)
+    assert mask.sum() < (probabilities >= 0.5).sum()  # the threshold made a difference
+
+
+# ---------------------------------------------------------------- 7. encoder weights
+
+def test_missing_weights_path_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    missing = tmp_path / "nope" / WEIGHTS_FILE
+    with pytest.raises(WeightsUnavailable, match=str(missing)):
+        encoder.resolve_weights(missing)
+    with pytest.raises(WeightsUnavailable, match=str(missing)):
+        encoder.build_encoder(str(missing))
+    assert encoder.resolve_weights(None) is None
+    assert encoder.resolve_weights("imagenet") == "imagenet"
+
+
+def test_weights_env_var_is_honoured(tmp_path, monkeypatch):
+    missing = tmp_path / "missing.h5"
+    monkeypatch.setenv(WEIGHTS_ENV, str(missing))
+    with pytest.raises(WeightsUnavailable, match=WEIGHTS_ENV) as caught:
+        encoder.resolve_weights("imagenet")
+    assert str(missing) in str(caught.value)
+    present = tmp_path / "present.h5"
+    present.write_bytes(b"junk")
+    monkeypatch.setenv(WEIGHTS_ENV, str(present))
+    assert encoder.resolve_weights("imagenet") == str(present)
+    assert encoder.resolve_weights(None) is None  # random weights only when asked, env or not
+    # A file that is there but is not MobileNetV2 weights is named too.
+    with pytest.raises(WeightsUnavailable, match="present.h5"):
+        encoder.build_encoder("imagenet")
+
+
+def test_imagenet_without_network_or_cache_says_how_to_fix(tmp_path, monkeypatch):
+    attempts = offline_keras_home(monkeypatch, tmp_path)
+    with pytest.raises(WeightsUnavailable, match=WEIGHTS_ENV):
+        encoder.build_encoder("imagenet")
+    assert len(attempts) == 1 and attempts[0].endswith(WEIGHTS_FILE)  # it tried, and was refused
+
+
+def test_shared_weights_file_is_the_expected_one():
+    assert hashlib.sha256(shared_weights_path().read_bytes()).hexdigest() == SHARED_WEIGHTS_SHA256
+
+
+def test_building_with_shared_weights_loads_them(monkeypatch, tmp_path):
+    path = shared_weights_path()
+    attempts = offline_keras_home(monkeypatch, tmp_path)
+    keras.utils.set_random_seed(0)
+    random_encoder = encoder_values(encoder.build_encoder(None))
+    loaded = encoder_values(encoder.build_encoder(path))
+    assert len(loaded) == len(random_encoder)
+    same = sum(np.array_equal(a, b) for a, b in zip(loaded, random_encoder))
+    assert same == 0, f"{same} of {len(loaded)} weights unchanged by loading"
+
+    model = unet.build(DecoderConfig(width=0.25), weights=str(path))  # the path reaches the encoder
+    for a, b in zip(encoder_values(unet.encoder_of(model)), loaded):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setenv(WEIGHTS_ENV, str(path))  # "imagenet" + env var: the same file
+    for a, b in zip(encoder_values(encoder.build_encoder("imagenet")), loaded):
+        np.testing.assert_array_equal(a, b)
+    assert attempts == []
+
+
+def test_shared_weights_in_keras_cache_work_offline(monkeypatch, tmp_path):
+    path = shared_weights_path()
+    attempts = offline_keras_home(monkeypatch, tmp_path)
+    (tmp_path / "models").mkdir()
+    shutil.copy(path, tmp_path / "models" / WEIGHTS_FILE)
+    from_cache = encoder_values(encoder.build_encoder("imagenet"))
+    for a, b in zip(from_cache, encoder_values(encoder.build_encoder(path))):
+        np.testing.assert_array_equal(a, b)
+    assert attempts == []
