@@ -168,6 +168,7 @@ def save_best(study_dir: Path, best: dict, context: dict, encoder, test_arrays) 
         "recipe": best["recipe"], "threshold": best["threshold"], "seed": best["seed"],
         "trial_id": best["trial_id"], "metrics": {"test": end_to_end, "trial": best["metrics"]},
         "latency_ms": best["latency_ms"], "trainable_params": best["trainable_params"],
+        "train_seconds": best["train_seconds"],
         "data": {"source": context["data"], "split": context["split"], "counts": context["counts"],
                  "size": context["budget_detail"]["size"]},
         "study": context["study"], "budget": context["budget"], "machine": context["machine"],

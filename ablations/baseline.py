@@ -1,0 +1,146 @@
+"""python -m ablations.baseline [--data DIR] [--budget standard] [--out results] [--weights W]
+
+Trains the TensorFlow image-segmentation tutorial's recipe the way that tutorial does it:
+frozen MobileNetV2 with its pix2pix decoder (transpose convs of 512/256/128/64 filters),
+Adam at 1e-3, binary cross-entropy, random flips, the full model run end to end at every
+step. Same split, tiles, epochs, batch size and threshold rule as the studies, so its
+quality and training time sit beside the selected model in OUT/tutorial_recipe/table.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ablations import studies  # noqa: E402
+from ablations.errors import UserFacingError  # noqa: E402
+
+COMPARED_STUDIES = ("decoder_variants", "decoder_width", "loss", "augmentation", "hparams")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ablations.baseline", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--test-area")
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--batch-size", type=int, default=16)
+    return parser.parse_args(argv)
+
+
+def train_tutorial(arrays, epochs: int, batch_size: int, weights):
+    import keras
+
+    from ablations import data
+    from zoo.losses import SegmentationLoss
+    from zoo.unet import build_tutorial
+
+    keras.utils.set_random_seed(0)
+    model = build_tutorial(None if weights == "none" else weights)
+    model.compile(keras.optimizers.Adam(1e-3), SegmentationLoss("bce"))
+    images, masks = arrays["train"]
+    dataset = data.tf_dataset(images, masks, batch_size, pipeline=data.augmentation("flips", seed=0),
+                              shuffle_seed=0)
+    started = time.time()
+    history = model.fit(dataset, epochs=epochs, verbose=2)
+    seconds = time.time() - started
+    return model, seconds, {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def evaluate(model, arrays) -> tuple[float, dict]:
+    import numpy as np
+
+    from ablations.train import choose_threshold
+    from ablations.verify import full_model_scores
+    from zoo.predict import Segmenter
+
+    val_images, val_masks = arrays["val"]
+    segmenter = Segmenter(model)
+    val_probs = [segmenter.probabilities(image) for image in val_images]
+    threshold, _ = choose_threshold(np.stack(val_probs), val_masks)
+    return threshold, full_model_scores(model, threshold, *arrays["test"])
+
+
+def comparison_rows(out: Path, tutorial: dict) -> list[dict]:
+    rows = [tutorial]
+    for study in COMPARED_STUDIES:
+        meta_file = out / study / "best" / "model.json"
+        context_file = out / study / "context.json"
+        if not meta_file.is_file():
+            continue
+        meta = json.loads(meta_file.read_text())
+        context = json.loads(context_file.read_text())
+        trials = len(list((out / study / "trials").glob("*.json")))
+        rows.append(_row(f"selected by `{study}` ({trials} trials): {meta['name'].split('/')[-1]}",
+                         meta["metrics"]["test"], meta["trainable_params"], context["budget"],
+                         meta.get("train_seconds")))
+    return rows
+
+
+def _row(name, scores, params, budget, seconds) -> dict:
+    return {"model": name, "budget": budget,
+            "test precision": f"{scores['precision']:.3f}", "test recall": f"{scores['recall']:.3f}",
+            "test building IoU": f"{scores['building_iou']:.3f}", "test mean IoU": f"{scores['mean_iou']:.3f}",
+            "test F1": f"{scores['f1']:.3f}", "trainable params": f"{params / 1e6:.2f} M",
+            "training s (one model)": "-" if seconds is None else f"{seconds:.0f}"}
+
+
+def main(argv=None) -> int:
+    from zoo.encoder import WeightsUnavailable
+
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (UserFacingError, WeightsUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    from tabulate import tabulate
+
+    from ablations.machine import describe
+    from ablations.pipeline import load_data
+    from zoo.saving import versions, write_json_atomic, write_text_atomic
+    from zoo.unet import trainable_params
+
+    budget = studies.BUDGETS[args.budget]
+    split, arrays, source = load_data(args, budget)
+    model, seconds, history = train_tutorial(arrays, budget.epochs, args.batch_size, args.weights)
+    threshold, scores = evaluate(model, arrays)
+    n_train = len(arrays["train"][0])
+    result = {"scores": scores, "threshold": threshold, "train_seconds": seconds,
+              "images_per_second": budget.epochs * n_train / seconds, "history": history,
+              "trainable_params": trainable_params(model), "data": source, "split": split.description,
+              "counts": split.counts(), "budget": budget.name, "epochs": budget.epochs,
+              "machine": describe(), "versions": versions(),
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    study_dir = args.out / "tutorial_recipe"
+    write_json_atomic(study_dir / "metrics.json", result)
+    tutorial = _row("TF tutorial recipe (end to end, Adam, BCE, flips)", scores, result["trainable_params"],
+                    budget.name, seconds)
+    lines = [
+        "# The TensorFlow tutorial's recipe against the selected models", "",
+        f"- **Data:** {source}; split: {split.description}",
+        f"- **Tutorial recipe:** {budget.epochs} epochs, batch {args.batch_size}, "
+        f"{result['images_per_second']:.1f} training images/s end to end; threshold {threshold:.2f} "
+        "(chosen on validation, as for the studies)",
+        f"- **Machine:** {describe()}; {result['date']}", "",
+        "Training seconds of a selected model are those of its own trial (decoder on cached "
+        "features; the one-off encoding of the study's tiles is not included, see bench.md).", "",
+        tabulate(comparison_rows(args.out, tutorial), headers="keys", tablefmt="github"), "",
+    ]
+    write_text_atomic(study_dir / "table.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
