@@ -529,7 +529,7 @@ def _take_groups(samples: Sequence[Sample], n: int, rng: np.random.Generator) ->
 
 # --------------------------------------------------------------------------- augmentation
 
-AUGMENTATIONS = ("none", "flips", "geometric", "strong")
+AUGMENTATIONS = ("none", "flips", "geometric", "strong", "sensor")
 
 
 def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose":
@@ -544,6 +544,8 @@ def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose"
         transforms += _small_affine(A)
     if name == "strong":
         transforms += _photometric(A)
+    if name == "sensor":
+        transforms += _other_sensor(A)
     return A.Compose(transforms, seed=seed)
 
 
@@ -586,6 +588,26 @@ def _photometric(A) -> list:
         A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=15, val_shift_limit=10, p=0.3),
         A.RandomGamma(gamma_limit=(85, 115), p=0.3),
         A.OneOf([A.GaussNoise(std_range=(0.01, 0.04)), A.ImageCompression(quality_range=(60, 95))], p=0.3),
+    ]
+
+
+def _other_sensor(A) -> list:
+    """An unseen city is also an unseen camera: another ground resolution (7-30 cm across the
+    zoom levels here, more elsewhere), blur from resampling or motion, other colour balance
+    and compression. Wider scale changes plus resolution loss teach the decoder not to rely
+    on the sharpness of the training cities' imagery."""
+    import cv2
+
+    resample = {"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}
+    return [
+        A.Affine(scale=(0.75, 1.33), rotate=(-15, 15), interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
+        A.OneOf([A.Downscale(scale_range=(0.25, 0.6), interpolation_pair=resample),
+                 A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7))], p=0.6),
+        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.6),
+        A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=15, p=0.5),
+        A.RandomGamma(gamma_limit=(75, 130), p=0.4),
+        A.OneOf([A.GaussNoise(std_range=(0.01, 0.05)), A.ImageCompression(quality_range=(40, 90))], p=0.4),
     ]
 
 

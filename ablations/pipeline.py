@@ -1,4 +1,9 @@
-"""The body of `python -m ablations.run`: data, cached features, the search, the report."""
+"""The body of `python -m ablations.run`: data, cached features, the search, the report.
+
+In KerasTuner's chief/worker mode (ablations/distributed.py) the chief loads the data for the
+report only and serves the oracle; each worker loads and encodes the data itself and runs
+trials; the chief writes the report once every trial has ended.
+"""
 from __future__ import annotations
 
 import datetime
@@ -10,7 +15,7 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from ablations import data, features, report, search, studies
+from ablations import data, distributed, features, report, search, studies
 from ablations.machine import describe as describe_machine
 from ablations.errors import UserFacingError
 from zoo import encoder as zoo_encoder
@@ -21,6 +26,7 @@ SEED = 0
 
 def run_study(args) -> None:
     started = time.time()
+    role = distributed.role()
     study, budget = studies.STUDIES[args.study], studies.BUDGETS[args.budget]
     seeds = args.seeds or budget.default_seeds
     study_dir = args.out / study.name
@@ -29,24 +35,66 @@ def run_study(args) -> None:
     keras.utils.set_random_seed(SEED)
     encoder = load_encoder(args.weights)
     split, arrays, source = load_data(args, budget)
-    shared = shared_trial_data(encoder, arrays, budget)
+    if role == "chief":  # runs no trials: nothing to encode
+        shared = search.TrialData(encoder, _chief_trains_nothing, None, None, budget.epochs, budget.size)
+    else:
+        shared = shared_trial_data(encoder, arrays, budget)
     base = studies.base_decoder(study, args.out)
     hypermodel = search.StudyHyperModel(study, base, seeds, shared)
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
     planned = search.grid_size(hp) if study.search == "grid" else budget.search_trials * seeds
     context = run_context(args, study, budget, seeds, split, source, base, planned)
-    report.write_context(study_dir, context)
+    if role != "worker":  # the chief's context stands for the whole distributed run
+        report.write_context(study_dir, context)
     tuner = search.RecordingTuner(
         search.make_oracle(study, hp, planned, SEED), hypermodel=hypermodel,
         directory=str(study_dir), project_name="tuner", overwrite=False,
-        trials_dir=study_dir / "trials", planned=planned)
+        trials_dir=study_dir / "trials", planned=planned, progress=_progress(role))
     print(f"{study.name}: {planned} trials, budget {budget.name}, base decoder {base.name}")
-    tuner.search()
+    if role == "worker":
+        run_worker(tuner, started)
+        return
+    if role == "chief":
+        serve_oracle(tuner)
+        context["machine"] = (f"chief: {context['machine']}; "
+                              + distributed.describe_workers(report.load_records(study_dir)))
+        report.write_context(study_dir, context)
+    else:
+        tuner.search()
     best = report.write_all(study_dir, context, encoder, arrays["test"])
     report.write_index(args.out)
     print(f"done in {(time.time() - started) / 60:.1f} min; selected {best['variant']} "
           f"(trial {best['trial_id']}); see {study_dir / 'table.md'}")
+
+
+def serve_oracle(tuner) -> None:
+    if distributed.search_finished(tuner.oracle):
+        print("[chief] every trial has already ended; writing the report", flush=True)
+        return
+    distributed.announce_assignments(tuner.oracle, _progress("chief"))
+    print(f"[chief] serving the oracle on {distributed.address()}; this process runs no trials. "
+          "Start workers with --worker ID --oracle HOST:PORT", flush=True)
+    tuner.search()  # KerasTuner's chief: returns once every trial ended and every worker stopped
+
+
+def run_worker(tuner, started: float) -> None:
+    tuner.progress(f"asking the oracle at {distributed.address()} for trials")
+    tuner.search()
+    tuner.progress(f"no trials left: ran {tuner.done_this_run} here in "
+                   f"{(time.time() - started) / 60:.1f} min; the chief writes the report")
+
+
+def _progress(role: str):
+    if role == "single":
+        return print
+    prefix = f"[worker {distributed.tuner_id()}]" if role == "worker" else "[chief]"
+    return lambda message: print(message if message.startswith(prefix) else f"{prefix} {message}",
+                                 flush=True)
+
+
+def _chief_trains_nothing(augmentation: str):
+    raise RuntimeError("the chief serves the oracle and runs no trials")
 
 
 def load_encoder(weights: str):
@@ -128,4 +176,6 @@ def _argv(args) -> list[str]:
         parts += ["--test-area", args.test_area]
     if args.weights != "imagenet":
         parts += ["--weights", args.weights]
+    if args.chief:
+        parts += ["--chief", "--oracle", args.oracle]
     return parts

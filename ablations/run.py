@@ -1,9 +1,15 @@
 """python -m ablations.run STUDY [--data DIR] [--budget smoke|standard|full] [--out DIR]
-                          [--seeds N] [--fresh]        |        python -m ablations.run --list
+                          [--seeds N] [--fresh] [--chief | --worker ID] [--oracle HOST:PORT]
+python -m ablations.run --list
 
 Runs a KerasTuner search for STUDY, scores every trial on the held-out test split, writes
 OUT/STUDY/{trials.csv, table.md, *.png, best/model.keras, best/model.json} and indexes the
 study in OUT/README.md. Rerunning the same command resumes; --fresh starts over.
+
+Distributed (KerasTuner's chief/worker mode, see ablations/distributed.py): one process with
+`--chief --oracle HOST:PORT` serves the oracle and writes the report when the search ends;
+processes with `--worker ID --oracle HOST:PORT` run the trials. All use the same STUDY,
+budget, data and --out folder.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ablations import studies  # noqa: E402  (cheap: no TensorFlow)
+from ablations import distributed, studies  # noqa: E402  (cheap: no TensorFlow)
 from ablations.errors import UserFacingError  # noqa: E402
 
 
@@ -32,6 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", default="imagenet",
                         help="encoder weights: 'imagenet' (default; honours $ZOO_ENCODER_WEIGHTS), "
                         "a .h5 path, or 'none' for random weights (tests only)")
+    parser.add_argument("--chief", action="store_true",
+                        help="serve the KerasTuner oracle at --oracle, run no trials, write the report")
+    parser.add_argument("--worker", metavar="ID",
+                        help="run trials from the oracle at --oracle as worker ID (unique per "
+                        "worker; restart a killed worker with the same ID)")
+    parser.add_argument("--oracle", metavar="HOST:PORT",
+                        help="the chief's address (on the chief: where to listen, e.g. 0.0.0.0:8000)")
     return parser.parse_args(argv)
 
 
@@ -60,6 +73,13 @@ def check_args(args) -> None:
         raise UserFacingError("--seeds must be at least 1")
     if args.data is not None and not args.data.is_dir():
         raise UserFacingError(f"data folder {args.data} does not exist")
+    # KerasTuner reads its chief/worker roles from the environment when the tuner is made.
+    distributed.configure(args.chief, args.worker, args.oracle)
+    if args.fresh and distributed.role() == "worker":
+        raise UserFacingError("--fresh is for the chief (or a single process), not a worker: "
+                              "a worker would delete the records of the others")
+    if distributed.role() == "chief":
+        distributed.check_port_free()
 
 
 if __name__ == "__main__":

@@ -4,11 +4,16 @@ Each trial's record (config, recipe, seed, every score, curves) is written atomi
 `trials/<trial_id>.json` together with the decoder's weights, before the tuner marks the
 trial finished. On a restart the tuner reloads its oracle (finished trials are never
 re-run), and a trial the oracle still lists as unfinished is skipped if its record exists.
+The same holds for KerasTuner's chief/worker mode (ablations/distributed.py): workers write
+the records, and a restarted worker is handed back its unfinished trial by the chief.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import keras_tuner
 import numpy as np
 
 from ablations import train
+from ablations.machine import describe as describe_machine
 from ablations.studies import OBJECTIVE, Study
 from zoo import unet
 from zoo.saving import write_json_atomic
@@ -75,8 +81,8 @@ class RecordingTuner(keras_tuner.Tuner):
         hp = trial.hyperparameters
         config, recipe = self.hypermodel.trial_setup(hp)
         finished = len(list(self.trials_dir.glob("*.json")))
-        self.progress(f"trial {finished + 1} of {self.planned}: {config.name} {_short(hp.values)}"
-                      f"{self._eta(finished)}")
+        self.progress(f"trial {trial.trial_id} ({finished} of {self.planned} recorded so far): "
+                      f"{config.name} {_short(hp.values)}{self._eta(finished)}")
         model = self.hypermodel.build(hp)
         result = self.hypermodel.fit(hp, model, callbacks=[EpochProgress(self.progress)])
         self._record(trial, hp, config, recipe, model, result)
@@ -101,6 +107,7 @@ class RecordingTuner(keras_tuner.Tuner):
             "train_seconds": result.train_seconds, "trainable_params": unet.trainable_params(model),
             "total_params": unet.total_params(model),
             "latency_ms": train.latency_ms(model, self.hypermodel.shared.size),
+            "tuner_id": self.tuner_id, "host": socket.gethostname(), "machine": describe_machine(),
         }
         write_json_atomic(self.trials_dir / f"{trial.trial_id}.json", record)
 
@@ -109,6 +116,13 @@ class RecordingTuner(keras_tuner.Tuner):
             return ""
         per_trial = (time.time() - self.started) / self.done_this_run
         return f" (about {per_trial * max(0, self.planned - finished) / 60:.0f} min left)"
+
+    def _get_tuner_fname(self):
+        # KerasTuner reloads the oracle only when this file exists. A single process and the
+        # chief own the same oracle, so they share one file: either can resume the other.
+        if self._is_worker():
+            return super()._get_tuner_fname()
+        return os.path.join(str(self.project_dir), "tuner0.json")
 
     # KerasTuner would otherwise pickle a model per trial; records hold what we need.
     def save_model(self, trial_id, model, step=0):
@@ -138,7 +152,30 @@ def make_oracle(study: Study, hp, planned: int, seed: int):
                   allow_new_entries=False)
     if study.search == "bayesian":
         return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=planned, **common)
-    return keras_tuner.oracles.GridSearchOracle(max_trials=planned, **common)
+    return GridOracle(max_trials=planned, **common)
+
+
+class GridOracle(keras_tuner.Oracle):
+    """KerasTuner's grid in GridSearch's order, each untried combination to whoever asks.
+
+    GridSearchOracle derives a combination from the trial before it once that one has ended,
+    so parallel workers mostly wait (busy-polling IDLE answers). Here the oracle's own saved
+    record of tried values decides, so a resumed search also fills exactly the gaps.
+    """
+
+    def populate_space(self, trial_id):
+        for values in grid_values(self.get_space()):
+            if not self._duplicate(values):
+                return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
+        return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+
+
+def grid_values(hp: keras_tuner.HyperParameters):
+    """Every combination in GridSearch's order: each default first, the last name fastest."""
+    names = [parameter.name for parameter in hp.space]
+    axes = [[p.default] + [v for v in p.values if v != p.default] for p in hp.space]
+    for combination in itertools.product(*axes):
+        yield dict(zip(names, combination))
 
 
 def grid_size(hp: keras_tuner.HyperParameters) -> int:

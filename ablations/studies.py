@@ -97,7 +97,7 @@ def _loss_trial(values, base):
 
 
 def _augmentation_space(hp, base, seeds):
-    hp.Choice("augmentation", ["none", "flips", "geometric", "strong"])
+    hp.Choice("augmentation", ["none", "flips", "geometric", "strong", "sensor"])
     _seed_choice(hp, seeds)
 
 
@@ -133,8 +133,8 @@ STUDIES = {
         "loss", "best decoder trained with BCE, Dice, BCE+Dice and focal loss",
         _loss_space, _loss_trial, starts_from_best_of="decoder_variants"),
     "augmentation": Study(
-        "augmentation", "best decoder trained with no, flip, geometric and strong "
-        "(geometric + photometric) augmentation", _augmentation_space, _augmentation_trial,
+        "augmentation", "best decoder trained with no, flip, geometric, strong (geometric + "
+        "photometric) and sensor (wider scale, resolution loss, blur, colour) augmentation", _augmentation_space, _augmentation_trial,
         starts_from_best_of="decoder_variants"),
     "hparams": Study(
         "hparams", "Bayesian optimisation of learning rate, batch size, weight decay and Dice "

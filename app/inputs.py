@@ -12,11 +12,19 @@ integral floats such as `12.0` pass because that is what `float_array.tolist()` 
 `1.5`, booleans, strings and null are refused. Neither side may exceed `max_side`
 (4096 by default): that is about 1.6 GB of floats through the model's first layers.
 
+Well-formed JSON images take a fast path (`fast_image_from_json`): a body that is exactly
+`{"image": [...]}` holding a rectangular list of plain integers (digits, commas, brackets and
+JSON whitespace only) is checked and converted with a few vectorised numpy passes over its
+bytes, ~20x faster than building ~H*W*3 Python objects. Anything else, every mistake
+included, goes through the careful path, so error messages do not depend on the fast path.
+
 Multipart body: field `file`, a PNG or JPEG. Its EXIF orientation is applied (a browser
 shows it that way, so the mask lines up with what the user sees), then it is converted to
 RGB the same way (alpha dropped, gray replicated).
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import orjson
@@ -37,6 +45,14 @@ class InputError(ValueError):
 
 
 def image_from_json(body: bytes, max_side: int) -> np.ndarray:
+    fast = fast_image_from_json(body, max_side)
+    if fast is not None:
+        return fast
+    return careful_image_from_json(body, max_side)
+
+
+def careful_image_from_json(body: bytes, max_side: int) -> np.ndarray:
+    """The reference path: orjson to Python lists, then numpy; every refusal is made here."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -55,6 +71,116 @@ def image_from_json(body: bytes, max_side: int) -> np.ndarray:
     # The bool walk is slow, so run it only when the body could hold a JSON boolean at all.
     may_hold_bools = b"true" in body or b"false" in body
     return to_rgb(_as_array(nested, may_hold_bools), max_side)
+
+
+# -- the fast path -------------------------------------------------------------------------------
+
+_JSON_SPACE = b" \t\n\r"  # JSON's only whitespace (not Python's \s: no \x0b or \x0c)
+_DIGITS = b"0123456789"
+_FAST_BYTES = _DIGITS + b",[]" + _JSON_SPACE
+_FAST_HEAD = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"image"[ \t\n\r]*:[ \t\n\r]*(?=\[)')
+_OPEN, _COMMA, _CLOSE = ord("["), ord(","), ord("]")
+
+
+def fast_image_from_json(body: bytes, max_side: int) -> np.ndarray | None:
+    """The H x W x 3 uint8 image of a well-formed body, or None to leave it to the careful path.
+
+    Returns an image only for a body that is `{"image": A}` (JSON whitespace anywhere JSON
+    allows it), where A is a rectangular H x W or H x W x C (C in 1, 3, 4) list of integers
+    0..255 without leading zeros and no side over `max_side`: exactly the bodies that orjson
+    parses and `careful_image_from_json` accepts, and then to the same array. Never raises
+    for a client's body; None for everything else (wrong shape, floats, -0, booleans, other
+    keys, escapes in the key, over-long sides, values over 255 ...).
+
+    How: after a check of the allowed bytes, the digits are deleted. What is left, the
+    brackets and commas, must be byte for byte the skeleton of a rectangular array of the
+    shape read off its start; each gap between two of those marks must then hold a number
+    exactly where the skeleton has one (after `[` or `,`, before `,` or `]`), of 1 to 3
+    digits. The numbers are read with numpy from the gaps' positions."""
+    head = _FAST_HEAD.match(body)
+    if head is None:
+        return None
+    end = len(body.rstrip(_JSON_SPACE))
+    if body[end - 1:end] != b"}":
+        return None
+    text = body[head.end():end - 1].rstrip(_JSON_SPACE)
+    if text.translate(None, _FAST_BYTES) or not text.endswith(b"]"):
+        return None  # a byte outside digits, brackets, commas and whitespace
+    compact = text.translate(None, _JSON_SPACE)
+    if len(compact) != len(text) and _digit_runs(text) != _digit_runs(compact):
+        return None  # whitespace inside a number: "1 2" is two numbers, or invalid JSON
+    marks = compact.translate(None, _DIGITS)
+    shape = _skeleton_shape(marks)
+    if (shape is None or (len(shape) == 3 and shape[2] not in (1, 3, 4))
+            or max(shape[0], shape[1]) > max_side or marks != _skeleton(shape)):
+        return None
+    values = _read_numbers(np.frombuffer(compact, np.uint8), np.frombuffer(marks, np.uint8))
+    if values is None:
+        return None
+    return to_rgb(values.reshape(shape), max_side)
+
+
+def _digit_runs(text: bytes) -> int:
+    digit = (np.frombuffer(text, np.uint8) - 48) < 10  # uint8 arithmetic wraps below "0"
+    return int(np.count_nonzero(digit[:-1] & ~digit[1:])) + bool(digit[-1])
+
+
+def _skeleton_shape(marks: bytes) -> tuple[int, ...] | None:
+    """The shape a rectangular array whose skeleton starts like `marks` has, if rank 2 or 3.
+
+    The first innermost list is `[` + (n-1) commas + `]`; the first list one level up ends at
+    the first `]]`, and so on. Only a candidate: the caller compares the whole skeleton."""
+    rank = len(marks) - len(marks.lstrip(b"["))
+    if rank not in (2, 3):
+        return None
+    length = marks.find(b"]") - rank + 2  # of the first innermost list, brackets included
+    shape = [length - 1]
+    for level in range(rank - 1, 0, -1):  # 1-based; list `level` starts at index level - 1
+        close = marks.find(b"]" * (rank - level + 1))
+        outer = close + (rank - level) - (level - 1) + 1
+        count, rest = divmod(outer - 1, length + 1)  # outer = count * (length + 1) + 1
+        if close < 0 or rest or count < 1:
+            return None
+        shape.insert(0, count)
+        length = outer
+    if shape[-1] < 1 or length != len(marks):
+        return None
+    return tuple(shape)
+
+
+def _skeleton(shape: tuple[int, ...]) -> bytes:
+    """`[[,,],[,,]]` for shape (2, 3): the JSON of an array of that shape without its digits."""
+    text = b"[" + b"," * (shape[-1] - 1) + b"]"
+    for count in reversed(shape[:-1]):
+        text = b"[" + b",".join([text] * count) + b"]"
+    return text
+
+
+def _read_numbers(codes: np.ndarray, marks: np.ndarray) -> np.ndarray | None:
+    """The numbers between the marks, or None unless each sits where the skeleton wants one
+    and is 0..255 without a leading zero."""
+    where = np.flatnonzero((codes - 48) >= 10)  # the marks' positions in `codes`
+    if where[0] != 0 or where[-1] != len(codes) - 1:
+        return None
+    gaps = np.diff(where) - 1
+    before, after = marks[:-1], marks[1:]
+    wanted = ((before == _OPEN) | (before == _COMMA)) & ((after == _COMMA) | (after == _CLOSE))
+    if not np.array_equal(gaps > 0, wanted):
+        return None
+    lengths = gaps[wanted]
+    if lengths.max() > 3:
+        return None
+    starts = where[:-1][wanted] + 1
+    digits = np.concatenate([codes, np.zeros(2, np.uint8)]) - 48
+    first = digits[starts].astype(np.uint16)
+    second, third = digits[starts + 1], digits[starts + 2]
+    if np.any((first == 0) & (lengths > 1)):
+        return None  # "01" is not JSON
+    values = np.where(lengths == 1, first,
+                      np.where(lengths == 2, first * 10 + second, first * 100 + second * 10 + third))
+    if values.max() > 255:
+        return None  # the careful path names the range in its refusal
+    return values.astype(np.uint8)
 
 
 def image_from_upload(storage, max_side: int) -> np.ndarray:

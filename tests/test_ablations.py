@@ -157,7 +157,7 @@ def test_fresh_starts_over(tmp_path, cache_home):
                      "--seeds", "1", *weights_flag(), env_extra=cache_home)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (study / "trials" / "99.json").exists()
-    assert len(pd.read_csv(study / "trials.csv")) == 4
+    assert len(pd.read_csv(study / "trials.csv")) == 5  # none, flips, geometric, strong, sensor
 
 
 def test_list_names_every_study():

@@ -170,7 +170,7 @@ def test_check_image_rejects_what_is_not_an_rgb_uint8_image(bad, message):
     assert issubclass(ImageError, ValueError)
 
 
-def test_check_image_accepts_rgb_uint8_and_segmenter_checks_first():
+def test_check_image_accepts_rgb_uint8_and_segmenter_validates_tiling():
     good = np.zeros((5, 7, 3), np.uint8)
     assert check_image(good) is good
     with pytest.raises(ValueError, match="multiples of 32"):
