@@ -93,6 +93,9 @@ def search(tmp_path_factory):
     started, deadline = time.monotonic(), time.monotonic() + DEADLINE_S
     try:
         chief = processes.start("chief", [*common, "--chief"])
+        # The chief writes the synthetic data first: ablations.data's cache folder is not yet
+        # safe for three processes writing it at once (rmdir race in write_synthetic_folder).
+        processes.wait_for(lambda: "data: SYNTHETIC" in processes.log("chief"), "the chief's data", deadline)
         processes.start("w1", [*common, "--worker", "w1"])
         processes.start("w2", [*common, "--worker", "w2"])
         # Mid-trial: w1 has finished epoch 1 of 2 of its first trial, so its record is not written.
