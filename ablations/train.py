@@ -12,7 +12,7 @@ from ablations.features import FeatureSet
 from ablations.studies import Recipe
 from zoo.losses import SegmentationLoss
 from zoo.metrics import Confusion, iou_distribution, keras_metrics, per_image_iou
-from zoo.predict import Segmenter
+from zoo.predict import Segmenter, sigmoid
 from zoo.unet import decoder_of
 
 THRESHOLDS = np.round(np.arange(0.20, 0.81, 0.05), 2)
@@ -74,7 +74,7 @@ def probabilities(model, features: FeatureSet, batch_size: int = 16) -> np.ndarr
         chosen = index[start:start + batch_size]
         inputs, _ = features.batch(np.zeros_like(chosen), chosen)
         logits = np.asarray(decoder(inputs, training=False))[..., 0]
-        out.append(1 / (1 + np.exp(-logits)))
+        out.append(sigmoid(logits))
     return np.concatenate(out)
 
 

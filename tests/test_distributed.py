@@ -2,7 +2,7 @@
 
 One search on loopback does the work of several tests: a chief and two workers run the
 `loss` study (4 trials, smoke budget, synthetic data, random encoder weights); worker w1 is
-killed with SIGKILL in the middle of its first trial and restarted with the same id. The
+killed with SIGKILL while training its first trial and restarted with the same id. The
 tests then read what the processes wrote. Every process runs in its own session, under a
 deadline, and is killed in a `finally`.
 """
@@ -98,8 +98,10 @@ def search(tmp_path_factory):
         processes.wait_for(lambda: "data: SYNTHETIC" in processes.log("chief"), "the chief's data", deadline)
         processes.start("w1", [*common, "--worker", "w1"])
         processes.start("w2", [*common, "--worker", "w2"])
-        # Mid-trial: w1 has finished epoch 1 of 2 of its first trial, so its record is not written.
-        processes.wait_for(lambda: "epoch 1/2" in processes.log("w1"), "w1's first epoch", deadline)
+        # Mid-trial: w1 has its first trial and has encoded its training tiles, so it is
+        # training (the first epoch includes tracing: the longest stretch of a trial).
+        processes.wait_for(lambda: re.search(r"\[worker w1\] trial \d+ \(.*encoded copy 2/2",
+                                             processes.log("w1"), re.S), "w1 to train", deadline)
         processes.kill("w1")
         killed_trial = re.search(r"\[worker w1\] trial (\d+) \(", processes.log("w1")).group(1)
         at_kill = records(out / STUDY)

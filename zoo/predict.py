@@ -60,7 +60,7 @@ class Segmenter:
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         logits = self._logits(batch.astype(np.float32))
-        return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32)[..., 0]))
+        return sigmoid(np.asarray(logits, dtype=np.float32)[..., 0])
 
     def _whole(self, image):
         height, width = image.shape[:2]
@@ -86,6 +86,11 @@ class Segmenter:
                 out[y + margin:y + self.tile - margin, x + margin:x + self.tile - margin] = \
                     prob[margin:self.tile - margin, margin:self.tile - margin]
         return out[margin:margin + height, margin:margin + width]
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow warning for very negative logits, unlike 1 / (1 + exp(-x)).
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))
 
 
 def _shape_agnostic(model):
