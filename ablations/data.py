@@ -831,9 +831,9 @@ def write_synthetic_folder(
     staging.chmod(0o755)  # mkdtemp makes it private; the finished folder is ordinary data
     try:
         _write_synthetic_tiles(staging, n, size, seed, tuple(areas))
-        if root.exists():
-            root.rmdir()  # empty, checked above
         try:
+            if root.exists():
+                root.rmdir()  # empty when checked above; a racing writer may fill it since
             os.rename(staging, root)
         except OSError:
             if root.exists():  # another process finished the same folder first

@@ -79,7 +79,8 @@ _JSON_SPACE = b" \t\n\r"  # JSON's only whitespace (not Python's \s: no \x0b or 
 _DIGITS = b"0123456789"
 _FAST_BYTES = _DIGITS + b",[]" + _JSON_SPACE
 _FAST_HEAD = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"image"[ \t\n\r]*:[ \t\n\r]*(?=\[)')
-_OPEN, _COMMA, _CLOSE = ord("["), ord(","), ord("]")
+# Byte classes: 0 digit, 1 "[", 2 ",", 3 "]".
+_CLASSES = bytes.maketrans(_DIGITS + b"[,]", bytes(10) + bytes([1, 2, 3]))
 
 
 def fast_image_from_json(body: bytes, max_side: int) -> np.ndarray | None:
@@ -87,16 +88,15 @@ def fast_image_from_json(body: bytes, max_side: int) -> np.ndarray | None:
 
     Returns an image only for a body that is `{"image": A}` (JSON whitespace anywhere JSON
     allows it), where A is a rectangular H x W or H x W x C (C in 1, 3, 4) list of integers
-    0..255 without leading zeros and no side over `max_side`: exactly the bodies that orjson
-    parses and `careful_image_from_json` accepts, and then to the same array. Never raises
-    for a client's body; None for everything else (wrong shape, floats, -0, booleans, other
-    keys, escapes in the key, over-long sides, values over 255 ...).
+    0..255 without leading zeros and no side over `max_side`: bodies that orjson parses and
+    `careful_image_from_json` accepts, and then to the same array. None for everything else
+    (other shapes, floats, -0, booleans, other keys, escapes, values over 255 ...).
 
-    How: after a check of the allowed bytes, the digits are deleted. What is left, the
-    brackets and commas, must be byte for byte the skeleton of a rectangular array of the
-    shape read off its start; each gap between two of those marks must then hold a number
-    exactly where the skeleton has one (after `[` or `,`, before `,` or `]`), of 1 to 3
-    digits. The numbers are read with numpy from the gaps' positions."""
+    How: after a check of the allowed bytes and of whitespace inside numbers, the digits are
+    deleted. What is left, the brackets and commas, must be byte for byte the skeleton of a
+    rectangular array of the shape read off its start (`_skeleton`). Then no two neighbours
+    may be a pair the JSON of such an array never has (`_bad_neighbours`), which puts exactly
+    one number wherever the skeleton wants one. The numbers are read with numpy."""
     head = _FAST_HEAD.match(body)
     if head is None:
         return None
@@ -105,19 +105,34 @@ def fast_image_from_json(body: bytes, max_side: int) -> np.ndarray | None:
         return None
     text = body[head.end():end - 1].rstrip(_JSON_SPACE)
     if text.translate(None, _FAST_BYTES) or not text.endswith(b"]"):
-        return None  # a byte outside digits, brackets, commas and whitespace
+        return None  # a byte other than digits, brackets, commas and whitespace
     compact = text.translate(None, _JSON_SPACE)
     if len(compact) != len(text) and _digit_runs(text) != _digit_runs(compact):
-        return None  # whitespace inside a number: "1 2" is two numbers, or invalid JSON
+        return None  # whitespace inside a number: "1 2" is invalid JSON
     marks = compact.translate(None, _DIGITS)
     shape = _skeleton_shape(marks)
     if (shape is None or (len(shape) == 3 and shape[2] not in (1, 3, 4))
             or max(shape[0], shape[1]) > max_side or marks != _skeleton(shape)):
         return None
-    values = _read_numbers(np.frombuffer(compact, np.uint8), np.frombuffer(marks, np.uint8))
+    classes = np.frombuffer(compact.translate(_CLASSES), np.uint8)
+    if _bad_neighbours(classes):
+        return None
+    values = _read_numbers(compact, classes == 0, int(np.prod(shape)))
     if values is None:
         return None
     return to_rgb(values.reshape(shape), max_side)
+
+
+def _bad_neighbours(classes: np.ndarray) -> bool:
+    """Whether two neighbouring bytes are a pair that the JSON of a rectangular array of
+    numbers never has, once its skeleton is right: "[" or "," then "," or "]" (a number is
+    missing), a number then "[", or "]" then a number (a number where none belongs).
+    Together with the skeleton this places exactly one number wherever one is wanted."""
+    before, after = classes[:-1], classes[1:]
+    bad = ((before - 1) < 2) & (after >= 2)  # uint8: 0 - 1 wraps to 255
+    bad |= (before == 0) & (after == 1)
+    bad |= (before == 3) & (after == 0)
+    return bool(bad.any())
 
 
 def _digit_runs(text: bytes) -> int:
@@ -156,28 +171,24 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
     return text
 
 
-def _read_numbers(codes: np.ndarray, marks: np.ndarray) -> np.ndarray | None:
-    """The numbers between the marks, or None unless each sits where the skeleton wants one
-    and is 0..255 without a leading zero."""
-    where = np.flatnonzero((codes - 48) >= 10)  # the marks' positions in `codes`
-    if where[0] != 0 or where[-1] != len(codes) - 1:
+def _read_numbers(compact: bytes, digit: np.ndarray, count: int) -> np.ndarray | None:
+    """The `count` numbers in `compact` as uint8, or None unless each is 0..255 written
+    without a leading zero. `digit` marks the digit bytes."""
+    starts = np.flatnonzero(digit[1:] > digit[:-1]) + 1  # compact[0] is "["
+    if len(starts) != count:
         return None
-    gaps = np.diff(where) - 1
-    before, after = marks[:-1], marks[1:]
-    wanted = ((before == _OPEN) | (before == _COMMA)) & ((after == _COMMA) | (after == _CLOSE))
-    if not np.array_equal(gaps > 0, wanted):
-        return None
-    lengths = gaps[wanted]
-    if lengths.max() > 3:
-        return None
-    starts = where[:-1][wanted] + 1
-    digits = np.concatenate([codes, np.zeros(2, np.uint8)]) - 48
-    first = digits[starts].astype(np.uint16)
-    second, third = digits[starts + 1], digits[starts + 2]
-    if np.any((first == 0) & (lengths > 1)):
-        return None  # "01" is not JSON
-    values = np.where(lengths == 1, first,
-                      np.where(lengths == 2, first * 10 + second, first * 100 + second * 10 + third))
+    # Each number's first four bytes, as one little-endian uint32 read at an unaligned offset
+    # (a numpy view with a 1-byte stride), digits as 0..9 and the rest as 10 or more.
+    padded = np.frombuffer(compact + b",,,", np.uint8) - 48  # non-digits wrap to >= 10
+    words = np.ndarray((len(compact),), "<u4", padded, strides=(1,))[starts]
+    first = words & 0xFF
+    second, third, fourth = (words >> 8) & 0xFF, (words >> 16) & 0xFF, words >> 24
+    two = second < 10
+    three = two & (third < 10)
+    if (three & (fourth < 10)).any() or ((first == 0) & two).any():
+        return None  # over 999, or "01" (not JSON)
+    values = np.where(three, first * 100 + second * 10 + third,
+                      np.where(two, first * 10 + second, first))
     if values.max() > 255:
         return None  # the careful path names the range in its refusal
     return values.astype(np.uint8)
