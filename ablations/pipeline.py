@@ -30,13 +30,13 @@ def run_study(args) -> None:
     study, budget = studies.STUDIES[args.study], studies.BUDGETS[args.budget]
     seeds = args.seeds or budget.default_seeds
     study_dir = args.out / study.name
-    if args.fresh and study_dir.exists():
-        shutil.rmtree(study_dir)
     keras.utils.set_random_seed(SEED)
     encoder = load_encoder(args.weights)
     split, arrays, source = load_data(args, budget)
+    if args.fresh and study_dir.exists():  # only once weights and data are known good
+        shutil.rmtree(study_dir)
     if role == "chief":  # runs no trials: nothing to encode
-        shared = search.TrialData(encoder, _chief_trains_nothing, None, None, budget.epochs, budget.size)
+        shared = search.TrialData(encoder, _chief_trains_nothing, None, None, budget)
     else:
         shared = shared_trial_data(encoder, arrays, budget)
     base = studies.base_decoder(study, args.out)
@@ -147,7 +147,7 @@ def shared_trial_data(encoder, arrays, budget) -> search.TrialData:
                                                   augmentation=augmentation, seed=SEED)
         return cache[augmentation]
 
-    return search.TrialData(encoder, train_features, val, test, budget.epochs, budget.size)
+    return search.TrialData(encoder, train_features, val, test, budget)
 
 
 def run_context(args, study, budget, seeds, split, source, base, planned) -> dict:

@@ -36,8 +36,7 @@ class TrialData:
     train_features: callable  # augmentation name -> FeatureSet (cached by the caller)
     val: object
     test: object
-    epochs: int
-    size: int
+    budget: object  # studies.Budget: epochs, size, eager, latency_repeats
 
 
 class StudyHyperModel(keras_tuner.HyperModel):
@@ -61,7 +60,8 @@ class StudyHyperModel(keras_tuner.HyperModel):
         _, recipe = self.trial_setup(hp)
         features = self.shared.train_features(recipe.augmentation)
         return train.run_trial(model, recipe, features, self.shared.val, self.shared.test,
-                               self.shared.epochs, seed=int(hp.values.get("seed", 0)),
+                               self.shared.budget.epochs, seed=int(hp.values.get("seed", 0)),
+                               eager=self.shared.budget.eager,
                                callbacks=callbacks)
 
 
@@ -106,7 +106,8 @@ class RecordingTuner(keras_tuner.Tuner):
             "threshold": result.threshold, "metrics": result.metrics, "history": result.history,
             "train_seconds": result.train_seconds, "trainable_params": unet.trainable_params(model),
             "total_params": unet.total_params(model),
-            "latency_ms": train.latency_ms(model, self.hypermodel.shared.size),
+            "latency_ms": train.latency_ms(model, self.hypermodel.shared.budget.size,
+                                          self.hypermodel.shared.budget.latency_repeats),
             "tuner_id": self.tuner_id, "host": socket.gethostname(), "machine": describe_machine(),
         }
         write_json_atomic(self.trials_dir / f"{trial.trial_id}.json", record)

@@ -41,11 +41,15 @@ class Budget:
     search_trials: int   # trials of the Bayesian 'hparams' study
     synthetic_images: int  # when no --data is given
     default_seeds: int = 1
+    # Eager training skips tracing each trial's train step: faster when a trial is a few
+    # tiny steps (the smoke budget), slower for real ones.
+    eager: bool = False
+    latency_repeats: int = 10
 
 
 BUDGETS = {
     "smoke": Budget("smoke", size=64, max_images=48, epochs=2, augmented_copies=2,
-                    search_trials=3, synthetic_images=48),
+                    search_trials=3, synthetic_images=48, eager=True, latency_repeats=3),
     "standard": Budget("standard", size=256, max_images=None, epochs=4, augmented_copies=2,
                        search_trials=10, synthetic_images=400),
     "full": Budget("full", size=256, max_images=None, epochs=30, augmented_copies=8,

@@ -49,7 +49,7 @@ class TrialResult:
 
 
 def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: int,
-                  callbacks=()) -> tuple[dict, float]:
+                  callbacks=(), eager: bool = False) -> tuple[dict, float]:
     keras.utils.set_random_seed(seed)
     decoder = decoder_of(model)
     steps = epochs * math.ceil(train.count / recipe.batch_size)
@@ -59,6 +59,7 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay),
         loss=SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight),
         metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")],
+        run_eagerly=eager,
     )
     started = time.time()
     history = decoder.fit(FeatureBatches(train, recipe.batch_size, seed), epochs=epochs,
@@ -110,8 +111,8 @@ def latency_ms(model, size: int, repeats: int = 10) -> float:
 
 
 def run_trial(model, recipe: Recipe, train: FeatureSet, val: FeatureSet, test: FeatureSet,
-              epochs: int, seed: int, samples: int = 4, callbacks=()) -> TrialResult:
-    history, seconds = train_decoder(model, recipe, train, epochs, seed, callbacks)
+              epochs: int, seed: int, samples: int = 4, callbacks=(), eager: bool = False) -> TrialResult:
+    history, seconds = train_decoder(model, recipe, train, epochs, seed, callbacks, eager)
     val_probs = probabilities(model, val)
     threshold, _ = choose_threshold(val_probs, val.masks[0])
     val_scores = score(val_probs, val.masks[0], threshold)

@@ -98,7 +98,12 @@ def _read_image(max_side: int) -> np.ndarray:
     if request.mimetype.startswith("multipart/"):
         upload = request.files.get(UPLOAD_FIELD)
         if upload is None:
-            got = sorted(set(request.files) | set(request.form)) or "none"
+            if UPLOAD_FIELD in request.form:
+                raise InputError(f"multipart field '{UPLOAD_FIELD}' came as text; send it as a "
+                                 "file (a PNG or JPEG, with a filename)")
+            # A part without a usable name comes keyed None: name it, do not sort None.
+            got = sorted({name if isinstance(name, str) else "(no name)"
+                          for name in [*request.files, *request.form]}) or "none"
             raise InputError(f"missing multipart field '{UPLOAD_FIELD}' (a PNG or JPEG); "
                              f"fields received: {got}")
         return image_from_upload(upload, max_side)

@@ -93,6 +93,7 @@ def test_smoke_plots_are_valid_pngs(smoke_run):
 def test_smoke_best_model_loads_and_predicts(smoke_run):
     import keras
 
+    import zoo.blocks  # noqa: F401  registers the custom layers; no custom_objects needed
     from zoo.predict import Segmenter
 
     study, _, _ = smoke_run
@@ -149,15 +150,28 @@ def test_killed_run_resumes_without_repeating_finished_trials(tmp_path, cache_ho
     assert not [p for p in study.rglob("*") if ".tmp" in p.name and p.name not in leftovers]
 
 
-def test_fresh_starts_over(tmp_path, cache_home):
-    study = tmp_path / "augmentation"
-    (study / "trials").mkdir(parents=True)
-    (study / "trials" / "99.json").write_text("{}")
-    result = run_cli("augmentation", "--budget", "smoke", "--out", str(tmp_path), "--fresh",
-                     "--seeds", "1", *weights_flag(), env_extra=cache_home)
+def test_fresh_starts_over_but_only_once_the_data_is_good(tmp_path, cache_home):
+    stale = tmp_path / "results" / "hparams" / "trials" / "98.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    defective = _defective_folder(tmp_path / "bad")
+    result = run_cli("hparams", "--budget", "smoke", "--out", str(tmp_path / "results"), "--fresh",
+                     "--data", str(defective), *weights_flag(), env_extra=cache_home)
+    assert result.returncode != 0
+    assert stale.exists(), "--fresh deleted results before the data was checked"
+    result = run_cli("hparams", "--budget", "smoke", "--out", str(tmp_path / "results"), "--fresh",
+                     *weights_flag(), env_extra=cache_home)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert not (study / "trials" / "99.json").exists()
-    assert len(pd.read_csv(study / "trials.csv")) == 5  # none, flips, geometric, strong, sensor
+    assert not stale.exists()
+    assert len(pd.read_csv(stale.parent.parent / "trials.csv")) == 3  # smoke: 3 Bayesian trials
+
+
+def _defective_folder(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "images" / "a.png")
+    (root / "masks" / "a.png").write_bytes(b"not a png at all")
+    return root
 
 
 def test_list_names_every_study():
@@ -180,14 +194,10 @@ def test_bad_arguments_exit_with_one_sentence(args, words):
 
 
 def test_defective_data_folder_names_the_file(tmp_path):
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / "a.png")
-    (masks / "a.png").write_bytes(b"not a png at all")
-    result = run_cli("decoder_variants", "--budget", "smoke", "--data", str(tmp_path), "--weights", "none")
+    folder = _defective_folder(tmp_path)
+    result = run_cli("decoder_variants", "--budget", "smoke", "--data", str(folder), "--weights", "none")
     assert result.returncode != 0
-    assert str(masks / "a.png") in result.stderr
+    assert str(folder / "masks" / "a.png") in result.stderr
     assert "Traceback" not in result.stderr
 
 
