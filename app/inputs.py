@@ -15,8 +15,10 @@ integral floats such as `12.0` pass because that is what `float_array.tolist()` 
 Well-formed JSON images take a fast path (`fast_image_from_json`): a body that is exactly
 `{"image": [...]}` holding a rectangular list of plain integers (digits, commas, brackets and
 JSON whitespace only) is checked and converted with a few vectorised numpy passes over its
-bytes, ~20x faster than building ~H*W*3 Python objects. Anything else, every mistake
-included, goes through the careful path, so error messages do not depend on the fast path.
+bytes instead of building ~H*W*3 Python objects (measured on a busy 2-CPU machine: 256 x 256
+in ~8 ms instead of ~45 ms, 1024 x 1024 in ~0.13 s instead of ~0.85 s). Anything else, every
+mistake included, goes through the careful path, so error messages do not depend on the
+fast path.
 
 Multipart body: field `file`, a PNG or JPEG. Its EXIF orientation is applied (a browser
 shows it that way, so the mask lines up with what the user sees), then it is converted to
