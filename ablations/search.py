@@ -67,7 +67,8 @@ class StudyHyperModel(keras_tuner.HyperModel):
 
 class RecordingTuner(keras_tuner.Tuner):
     def __init__(self, *args, trials_dir: Path, planned: int, progress=print, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # reloads the oracle when the project exists
+        requeue_orphaned_trials(self.oracle)
         self.trials_dir, self.planned, self.progress = Path(trials_dir), planned, progress
         self.started = time.time()
         self.done_this_run = 0
@@ -154,6 +155,26 @@ def make_oracle(study: Study, hp, planned: int, seed: int):
     if study.search == "bayesian":
         return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=planned, **common)
     return GridOracle(max_trials=planned, **common)
+
+
+def requeue_orphaned_trials(oracle) -> list[str]:
+    """Send trials a crash left half-registered back to run, under their own ids.
+
+    KerasTuner saves a new trial's file before the oracle's state. A kill between the two
+    leaves a RUNNING trial that the reloaded oracle neither retries (it is not among the
+    saved ongoing trials) nor counts as tried; its values would then run under a new id and
+    the last combination of the grid would never run. Only the oracle's own process (a
+    single run or the chief) holds these fields; a worker's oracle client does not.
+    """
+    if not hasattr(oracle, "_retry_queue"):
+        return []
+    queued = set(oracle._retry_queue) | {t.trial_id for t in oracle.ongoing_trials.values()}
+    orphans = [trial for trial_id, trial in sorted(oracle.trials.items())
+               if trial.status == keras_tuner.engine.trial.TrialStatus.RUNNING and trial_id not in queued]
+    for trial in orphans:
+        oracle._record_values(trial)  # so the grid does not hand its values out again
+        oracle._retry_queue.append(trial.trial_id)
+    return [trial.trial_id for trial in orphans]
 
 
 class GridOracle(keras_tuner.Oracle):

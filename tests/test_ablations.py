@@ -208,3 +208,42 @@ def test_unusable_weights_file_is_one_sentence(tmp_path):
     assert result.returncode != 0
     assert str(broken) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its_own_id(tmp_path):
+    """The kill window the subprocess test above only sometimes hits, reproduced exactly."""
+    import json as json_module
+
+    import keras_tuner
+
+    from ablations import search, studies
+
+    def oracle():
+        hp = keras_tuner.HyperParameters()
+        studies.STUDIES["loss"].space(hp, studies.DEFAULT_DECODER, 1)
+        made = search.GridOracle(objective=keras_tuner.Objective("score", "max"), max_trials=4,
+                                 hyperparameters=hp, seed=0)
+        made._set_project_dir(str(tmp_path), "tuner")
+        return made
+
+    first = oracle()
+    finished = first.create_trial("tuner0")
+    first.update_trial(finished.trial_id, {"score": 0.5})
+    finished.status = "COMPLETED"
+    first.end_trial(finished)
+    state = (tmp_path / "tuner" / "oracle.json").read_text()
+    orphan = first.create_trial("tuner0")  # its trial.json is written, then the process dies
+    (tmp_path / "tuner" / "oracle.json").write_text(state)  # ... before the oracle state was
+
+    reloaded = oracle()
+    reloaded.reload()
+    assert search.requeue_orphaned_trials(reloaded) == [orphan.trial_id]
+    again = reloaded.create_trial("tuner0")
+    assert again.trial_id == orphan.trial_id
+    assert again.hyperparameters.values == orphan.hyperparameters.values
+    for worker in ("w1", "w2", "w3", "w4"):  # hand out everything that is left
+        reloaded.create_trial(worker)
+    by_id = {trial_id: json_module.dumps(t.hyperparameters.values, sort_keys=True)
+             for trial_id, t in reloaded.trials.items()}
+    # Every combination has exactly one trial id: none lost, none under two ids.
+    assert len(by_id) == 4 and len(set(by_id.values())) == 4
