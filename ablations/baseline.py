@@ -32,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--test-area")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--table-only", action="store_true",
+                        help="only rewrite table.md from the saved metrics.json (after later studies)")
     return parser.parse_args(argv)
 
 
@@ -104,11 +106,22 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from tabulate import tabulate
+    study_dir = args.out / "tutorial_recipe"
+    if args.table_only:
+        write_table(args, json.loads((study_dir / "metrics.json").read_text()))
+        return 0
+    result = train_and_score(args)
+    from zoo.saving import write_json_atomic
 
+    write_json_atomic(study_dir / "metrics.json", result)
+    write_table(args, result)
+    return 0
+
+
+def train_and_score(args) -> dict:
     from ablations.machine import describe
     from ablations.pipeline import load_data
-    from zoo.saving import versions, write_json_atomic, write_text_atomic
+    from zoo.saving import versions
     from zoo.unet import trainable_params
 
     budget = studies.BUDGETS[args.budget]
@@ -121,25 +134,31 @@ def run(args) -> int:
               "trainable_params": trainable_params(model), "data": source, "split": split.description,
               "counts": split.counts(), "budget": budget.name, "epochs": budget.epochs,
               "machine": describe(), "versions": versions(),
-              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    study_dir = args.out / "tutorial_recipe"
-    write_json_atomic(study_dir / "metrics.json", result)
-    tutorial = _row("TF tutorial recipe (end to end, Adam, BCE, flips)", scores, result["trainable_params"],
-                    budget.name, seconds)
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "batch_size": args.batch_size}
+    return result
+
+
+def write_table(args, result: dict) -> None:
+    from tabulate import tabulate
+
+    from zoo.saving import write_text_atomic
+
+    tutorial = _row("TF tutorial recipe (end to end, Adam, BCE, flips)", result["scores"],
+                    result["trainable_params"], result["budget"], result["train_seconds"])
     lines = [
         "# The TensorFlow tutorial's recipe against the selected models", "",
-        f"- **Data:** {source}; split: {split.description}",
-        f"- **Tutorial recipe:** {budget.epochs} epochs, batch {args.batch_size}, "
-        f"{result['images_per_second']:.1f} training images/s end to end; threshold {threshold:.2f} "
+        f"- **Data:** {result['data']}; split: {result['split']}",
+        f"- **Tutorial recipe:** {result['epochs']} epochs, batch {result['batch_size']}, "
+        f"{result['images_per_second']:.1f} training images/s end to end; threshold {result['threshold']:.2f} "
         "(chosen on validation, as for the studies)",
-        f"- **Machine:** {describe()}; {result['date']}", "",
+        f"- **Machine:** {result['machine']}; {result['date']}", "",
         "Training seconds of a selected model are those of its own trial (decoder on cached "
         "features; the one-off encoding of the study's tiles is not included, see bench.md).", "",
         tabulate(comparison_rows(args.out, tutorial), headers="keys", tablefmt="github"), "",
     ]
-    write_text_atomic(study_dir / "table.md", "\n".join(lines))
+    write_text_atomic(args.out / "tutorial_recipe" / "table.md", "\n".join(lines))
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
