@@ -62,10 +62,20 @@ def run_study(args) -> None:
         report.write_context(study_dir, context)
     else:
         tuner.search()
+    context["this_run"] = run_cost(started)
+    report.write_context(study_dir, context)
     best = report.write_all(study_dir, context, encoder, arrays["test"])
     report.write_index(args.out)
     print(f"done in {(time.time() - started) / 60:.1f} min; selected {best['variant']} "
           f"(trial {best['trial_id']}); see {study_dir / 'table.md'}")
+
+
+def run_cost(started: float) -> dict:
+    """Wall time and peak memory of this invocation (a resumed run counts only its own part)."""
+    import resource
+
+    return {"wall_minutes": round((time.time() - started) / 60, 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
 def serve_oracle(tuner) -> None:

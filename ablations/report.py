@@ -119,9 +119,19 @@ def header(context: dict) -> str:
         f"- **Machine:** {context['machine']}; {_versions(context['versions'])}",
         f"- **Date:** {context['date']}; command `{context['command']}`; encoder weights "
         f"`{context['weights']}`",
+        _cost_line(context),
         "",
         "",
     ])
+
+
+def _cost_line(context: dict) -> str:
+    cost = context.get("this_run")
+    if not cost:
+        return ""
+    return (f"- **Cost of the run that finished this study** (a resumed run counts only its own "
+            f"part): {cost['wall_minutes']} min wall, peak memory {cost['peak_rss_gib']} GiB "
+            "(search, trials and report; the report's end-to-end re-score included)")
 
 
 def _versions(versions: dict) -> str:
