@@ -80,9 +80,10 @@ def comparison_rows(out: Path, tutorial: dict) -> list[dict]:
         meta = json.loads(meta_file.read_text())
         context = json.loads(context_file.read_text())
         trials = len(list((out / study / "trials").glob("*.json")))
+        record = json.loads((out / study / "trials" / f"{meta['trial_id']}.json").read_text())
         rows.append(_row(f"selected by `{study}` ({trials} trials): {meta['name'].split('/')[-1]}",
                          meta["metrics"]["test"], meta["trainable_params"], context["budget"],
-                         meta.get("train_seconds")))
+                         record["train_seconds"]))
     return rows
 
 
