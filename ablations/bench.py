@@ -99,6 +99,29 @@ def bench_forward(model, images) -> dict:
             "full_ms_per_image": per_image(full, batch)}
 
 
+def bench_variants(encoder, repeats: int = 15) -> list[dict]:
+    """Trainable parameters and median forward latency of every decoder_variants variant."""
+    import dataclasses
+    import itertools
+
+    from ablations import studies
+    from ablations.train import latency_ms
+    from zoo import unet
+    from zoo.config import SKIP_MERGES, UPSAMPLERS
+
+    rows = []
+    for upsampler, skip in itertools.product(UPSAMPLERS, SKIP_MERGES):
+        config = dataclasses.replace(studies.DEFAULT_DECODER, upsampler=upsampler, skip=skip)
+        model = unet.build(config, encoder=encoder)
+        rows.append({"variant": config.name, "trainable params": unet.trainable_params(model),
+                     "ms per 256x256 image (median)": latency_ms(model, 256, repeats)})
+    tutorial = unet.build_tutorial()
+    rows.append({"variant": "TF tutorial decoder (512/256/128/64)",
+                 "trainable params": unet.trainable_params(tutorial),
+                 "ms per 256x256 image (median)": latency_ms(tutorial, 256, repeats)})
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,7 +152,7 @@ def bench_http(model_path: Path, requests_per_size: int) -> dict:
             segmenter.predict(image)
             http_p50, http_p95 = median_ms(post, requests_per_size)
             raw_p50, raw_p95 = median_ms(lambda: segmenter.predict(image), requests_per_size)
-            result[size] = {"http_p50_ms": http_p50, "http_p95_ms": http_p95, "raw_p50_ms": raw_p50,
+            result[str(size)] = {"http_p50_ms": http_p50, "http_p95_ms": http_p95, "raw_p50_ms": raw_p50,
                             "raw_p95_ms": raw_p95, "ratio_p50": http_p50 / raw_p50,
                             "body_mb": len(body) / 2**20}
         result["server_peak_rss_mb"] = _peak_rss_mb(psutil.Process(server.pid))
@@ -204,11 +227,17 @@ def write_report(out: Path, results: dict) -> None:
         "## /inference end to end against the raw forward", "",
         tabulate([[f"{size}x{size}", f"{h[size]['body_mb']:.1f}", f"{h[size]['http_p50_ms']:.0f}",
                    f"{h[size]['http_p95_ms']:.0f}", f"{h[size]['raw_p50_ms']:.0f}",
-                   f"{h[size]['raw_p95_ms']:.0f}", f"{h[size]['ratio_p50']:.2f}"] for size in (256, 1024)],
+                   f"{h[size]['raw_p95_ms']:.0f}", f"{h[size]['ratio_p50']:.2f}"] for size in ("256", "1024")],
                  headers=["image", "JSON body MB", "HTTP p50 ms", "HTTP p95 ms", "raw p50 ms",
                           "raw p95 ms", "HTTP / raw (p50)"], tablefmt="github"), "",
         f"Raw = `zoo.predict.Segmenter.predict` in process (padding, forward, threshold). "
         f"{results['requests']} requests per size, one client.", "",
+        "## Every variant: parameters and forward latency", "",
+        "One 256x256 image through the full model (encoder included) with `zoo.predict.Segmenter`, "
+        "median of 15 after one warm-up; random decoder weights (latency does not depend on them).", "",
+        tabulate([{**r, "trainable params": f"{r['trainable params'] / 1e6:.2f} M",
+                   "ms per 256x256 image (median)": f"{r['ms per 256x256 image (median)']:.1f}"}
+                  for r in results["variants"]], headers="keys", tablefmt="github"), "",
         "## Peak memory", "",
         f"- benchmark process (training both recipes): {results['bench_peak_rss_mb']:.0f} MiB",
         f"- server process: {h['server_peak_rss_mb']:.0f} MiB", "",
@@ -239,6 +268,8 @@ def main(argv=None) -> int:
     from zoo import unet
 
     forward = bench_forward(unet.build(config, encoder=encoder), images)
+    print("every variant's latency ...", flush=True)
+    variants = bench_variants(encoder)
     print("/inference ...", flush=True)
     http = bench_http(args.model, args.requests)
     results = {
@@ -246,7 +277,7 @@ def main(argv=None) -> int:
         "machine": describe(), "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "data": source, "images": len(images), "model": str(args.model), "config": config.name,
-        "requests": args.requests, "training": training, "forward": forward, "http": http,
+        "requests": args.requests, "training": training, "forward": forward, "http": http, "variants": variants,
         "bench_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     write_report(args.out, results)
