@@ -208,7 +208,9 @@ def write_report(out: Path, results: dict) -> None:
         "# Benchmark", "",
         f"`{results['command']}` on {results['machine']}, {results['date']}; {results['versions']}.",
         f"Data: {results['data']} ({results['images']} tiles, 256x256). Model: `{results['model']}`.",
-        "Medians unless marked; every number below comes from this one run.", "",
+        "Medians unless marked; every number below comes from this one run. Load average "
+        f"(1 min) at start {results['load_start']:.1f}, at end {results['load_end']:.1f} on "
+        "2 cores: above ~1 other work shared the CPU and the numbers are slower than on an idle machine.", "",
         "## Training throughput", "",
         tabulate([
             ["standard recipe: decoder on cached features (bce_dice, AdamW)", f"{t['ours_decoder_images_per_s']:.1f}",
@@ -259,6 +261,7 @@ def main(argv=None) -> int:
         print(f"error: no model at {args.model}; make one with `python -m ablations.run "
               "decoder_variants` or pass --model", file=sys.stderr)
         return 2
+    load_start = os.getloadavg()[0]
     images, masks, source = load_images(args, args.images)
     config = DecoderConfig.from_dict(json.loads(args.model.with_suffix(".json").read_text())["config"])
     encoder = zoo_encoder.build_encoder()
@@ -279,6 +282,7 @@ def main(argv=None) -> int:
         "data": source, "images": len(images), "model": str(args.model), "config": config.name,
         "requests": args.requests, "training": training, "forward": forward, "http": http, "variants": variants,
         "bench_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_start": load_start, "load_end": os.getloadavg()[0],
     }
     write_report(args.out, results)
     print((args.out / "bench.md").read_text())
