@@ -57,6 +57,8 @@ def train_tutorial(arrays, epochs: int, batch_size: int, weights):
 
 
 def evaluate(model, arrays) -> tuple[float, dict]:
+    """Threshold chosen on validation; test scores end to end, plus the validation score
+    (the number the studies select by, so both recipes can be compared on it too)."""
     import numpy as np
 
     from ablations.train import choose_threshold
@@ -66,8 +68,9 @@ def evaluate(model, arrays) -> tuple[float, dict]:
     val_images, val_masks = arrays["val"]
     segmenter = Segmenter(model)
     val_probs = [segmenter.probabilities(image) for image in val_images]
-    threshold, _ = choose_threshold(np.stack(val_probs), val_masks)
-    return threshold, full_model_scores(model, threshold, *arrays["test"])
+    threshold, val_building_iou = choose_threshold(np.stack(val_probs), val_masks)
+    scores = full_model_scores(model, threshold, *arrays["test"])
+    return threshold, {**scores, "val_building_iou": val_building_iou}
 
 
 def comparison_rows(out: Path, tutorial: dict) -> list[dict]:
