@@ -47,17 +47,23 @@ class FeatureSet:
 
 def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentation: str,
            seed: int, batch_size: int = 16, progress=print) -> FeatureSet:
-    """Encode `copies` versions of every image: the original, then augmented ones."""
+    """Encode `copies` versions of every image: the original, then augmented ones.
+
+    Features are written batch by batch into arrays allocated once, so the peak is the
+    cache itself, not the cache plus a list of chunks plus their concatenation.
+    """
     started = time.time()
     pipeline = data.augmentation(augmentation, seed=seed) if copies > 1 else None
     taps, all_masks = None, np.empty((copies,) + masks.shape, np.uint8)
     for copy in range(copies):
         copy_images, all_masks[copy] = _augmented_copy(pipeline, images, masks, copy)
-        outputs = _encode_images(model, copy_images, batch_size)
-        if taps is None:
-            taps = [np.empty((copies,) + o.shape, np.float16) for o in outputs]
-        for tap, output in zip(taps, outputs):
-            tap[copy] = output
+        for start in range(0, len(copy_images), batch_size):
+            batch = copy_images[start:start + batch_size].astype(np.float32)
+            outputs = [np.asarray(o, np.float16) for o in encoder_features(model, batch)]
+            if taps is None:
+                taps = [np.empty((copies, len(images)) + o.shape[1:], np.float16) for o in outputs]
+            for tap, output in zip(taps, outputs):
+                tap[copy, start:start + len(output)] = output
         progress(f"  encoded copy {copy + 1}/{copies} of {len(images)} images "
                  f"({time.time() - started:.0f}s)")
     return FeatureSet(taps, all_masks, images)
@@ -68,11 +74,3 @@ def _augmented_copy(pipeline, images, masks, copy: int):
         return images, masks
     pairs = [data.augment_pair(pipeline, image, mask) for image, mask in zip(images, masks)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-
-
-def _encode_images(model, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].astype(np.float32)
-        chunks.append([np.asarray(o, np.float16) for o in encoder_features(model, batch)])
-    return [np.concatenate(level) for level in zip(*chunks)]

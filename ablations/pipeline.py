@@ -7,6 +7,7 @@ trials; the chief writes the report once every trial has ended.
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import shutil
 import time
@@ -151,6 +152,7 @@ def shared_trial_data(encoder, arrays, budget) -> search.TrialData:
         # One augmentation's features at a time: studies visit them in grid order.
         if augmentation not in cache:
             cache.clear()
+            gc.collect()  # free the previous augmentation's features before encoding the next
             copies = 1 if augmentation == "none" else budget.augmented_copies
             print(f"encoding training tiles: {copies} copies with '{augmentation}' augmentation ...")
             cache[augmentation] = features.encode(model, *arrays["train"], copies=copies,
