@@ -84,7 +84,9 @@ def comparison_rows(out: Path, tutorial: dict) -> list[dict]:
         context = json.loads(context_file.read_text())
         trials = len(list((out / study / "trials").glob("*.json")))
         record = json.loads((out / study / "trials" / f"{meta['trial_id']}.json").read_text())
-        rows.append(_row(f"selected by `{study}` ({trials} trials): {meta['name'].split('/')[-1]}",
+        changed = {k: v for k, v in meta["recipe"].items() if studies.Recipe().to_dict().get(k) != v}
+        recipe = "".join(f", {k}={v:.3g}" if isinstance(v, float) else f", {k}={v}" for k, v in changed.items())
+        rows.append(_row(f"selected by `{study}` ({trials} trials): {meta['name'].split('/')[-1]}{recipe}",
                          meta["metrics"]["test"], meta["trainable_params"], context["budget"],
                          record["train_seconds"]))
     return rows
