@@ -247,3 +247,42 @@ def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its
              for trial_id, t in reloaded.trials.items()}
     # Every combination has exactly one trial id: none lost, none under two ids.
     assert len(by_id) == 4 and len(set(by_id.values())) == 4
+
+
+def _synthetic_root(cache_home: dict) -> Path:
+    """The synthetic folder the smoke run wrote (ablations.data.default_synthetic_root)."""
+    from ablations.data import SYNTHETIC_VERSION
+    from ablations.studies import BUDGETS
+
+    budget = BUDGETS["smoke"]
+    folder = f"synthetic-v{SYNTHETIC_VERSION}-n{budget.synthetic_images}-s{budget.size}-seed0"
+    return Path(cache_home["XDG_CACHE_HOME"]) / "building-zoo" / folder
+
+
+def test_tutorial_baseline_sits_beside_the_selected_model(smoke_run, cache_home):
+    study, _, _ = smoke_run
+    out = study.parent
+    env = {**os.environ, **cache_home}
+    result = subprocess.run([sys.executable, "-m", "ablations.baseline", "--budget", "smoke",
+                             "--out", str(out), *weights_flag()], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (out / "tutorial_recipe" / "table.md").read_text()
+    assert "TF tutorial recipe" in table and "selected by `decoder_variants`" in table
+    metrics = json.loads((out / "tutorial_recipe" / "metrics.json").read_text())
+    assert 0 <= metrics["scores"]["building_iou"] <= 1 and metrics["images_per_second"] > 0
+    assert 0 <= metrics["scores"]["val_building_iou"] <= 1
+
+
+def test_error_analysis_page_for_the_selected_model(smoke_run, cache_home, tmp_path):
+    study, _, _ = smoke_run
+    result = subprocess.run([sys.executable, "-m", "ablations.analysis", "--data",
+                             str(_synthetic_root(cache_home)), "--model",
+                             str(study / "best" / "model.keras"), "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "README.md").read_text()
+    assert "Scores by zoom level" in page and "within 3 px" in page
+    for name in ("missed.png", "invented.png", "boundary.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG"
