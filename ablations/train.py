@@ -11,7 +11,7 @@ import numpy as np
 from ablations.features import FeatureSet
 from ablations.studies import Recipe
 from zoo.losses import SegmentationLoss
-from zoo.metrics import Confusion, iou_distribution, keras_metrics, per_image_iou
+from zoo.metrics import Confusion, keras_metrics, summarise
 from zoo.predict import Segmenter, sigmoid
 from zoo.unet import decoder_of
 
@@ -87,13 +87,8 @@ def choose_threshold(probs: np.ndarray, masks: np.ndarray) -> tuple[float, float
 
 
 def score(probs: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
-    predicted = probs >= threshold
-    confusion = Confusion()
-    for truth, guess in zip(masks, predicted):
-        confusion.update(truth, guess)
-    ious = [per_image_iou(t, p) for t, p in zip(masks, predicted)]
-    scores = confusion.scores()
-    scores["median_image_iou"] = iou_distribution(ious)["median"]
+    scores = summarise(zip(masks, probs >= threshold))
+    scores["median_image_iou"] = scores.pop("image_iou")["median"]
     return scores
 
 

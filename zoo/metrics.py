@@ -77,6 +77,16 @@ def iou_distribution(ious) -> dict[str, float]:
             "median": q50, "p75": q75, "p90": q90}
 
 
+def summarise(pairs) -> dict:
+    """Summed-count scores plus the per-image building IoU distribution, for an iterable of
+    (truth, prediction) masks: one pass, so predictions can be produced lazily."""
+    confusion, ious = Confusion(), []
+    for truth, prediction in pairs:
+        confusion.update(truth, prediction)
+        ious.append(per_image_iou(truth, prediction))
+    return {**confusion.scores(), "image_iou": iou_distribution(ious)}
+
+
 def _safe_ratio(numerator, denominator) -> float:
     return float(numerator) / float(denominator) if denominator else 0.0
 
