@@ -363,6 +363,7 @@ def split_samples(
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     seed: int = 0,
+    val_area: str | None = None,
 ) -> Split:
     """Train/val/test moving whole ground groups, so no ground is seen in two splits.
 
@@ -372,6 +373,10 @@ def split_samples(
     `test_fraction` is then unused. Without areas, test is a seeded random `test_fraction`
     of the tiles taken as whole groups. Either way val is a seeded random `val_fraction` of
     the tiles left after the test split, taken as whole groups; train is the rest.
+
+    With `val_area`, validation is that whole area instead (cross-city validation): selection
+    then rewards what transfers to a city the decoder never trained on, which is the question
+    a new city asks, rather than what fits the training cities.
     """
     if not samples:
         raise DataError("no samples to split")
@@ -380,22 +385,48 @@ def split_samples(
         raise DataError(f"test_area={test_area!r} given but samples have no areas (no 'area' in index.csv?)")
     if test_area is not None and test_area not in areas:
         raise DataError(f"test_area={test_area!r} is not an area of the data; known: {', '.join(sorted(areas))}")
+    _check_val_area(val_area, test_area, areas)
     rng = np.random.default_rng(seed)
     unit = _group_word(samples)
     if test_area is not None or len(areas) >= 2:
         test, rest, test_text = _hold_out_area(samples, areas, test_area)
     else:
         test, rest, test_text = _hold_out_groups(samples, test_fraction, rng, unit)
-    val_groups = _draw_groups(rest, val_fraction, rng)
-    val = [s for s in rest if s.group in val_groups]
-    train = [s for s in rest if s.group not in val_groups]
+    if val_area is not None:
+        val, train, val_text = _hold_out_val_area(rest, val_area)
+    else:
+        val, train, val_text = _hold_out_val_groups(rest, val_fraction, rng, unit, seed)
     if not train:
         raise DataError(f"too few {unit} to split: nothing left to train on ({len(samples)} samples)")
-    description = (
-        f"{test_text}; val = {val_fraction:.0%} of the remaining tiles as random whole {unit} "
-        f"({len(val)} tiles, {len(val_groups)} groups, seed {seed}); train = the other {len(train)} tiles"
-    )
-    return Split(train, val, test, description)
+    return Split(train, val, test, f"{test_text}; {val_text}; train = the other {len(train)} tiles")
+
+
+def _check_val_area(val_area, test_area, areas) -> None:
+    if val_area is None:
+        return
+    if not areas:
+        raise DataError(f"val_area={val_area!r} given but samples have no areas (no 'area' in index.csv?)")
+    if val_area not in areas:
+        raise DataError(f"val_area={val_area!r} is not an area of the data; known: {', '.join(sorted(areas))}")
+    if len(areas) < 3:
+        raise DataError(f"val_area needs at least three areas (test, val, train); the data has {len(areas)}")
+    if val_area == (test_area or _middle_area(areas)):
+        raise DataError(f"val_area={val_area!r} is also the test area; choose another")
+
+
+def _hold_out_val_area(rest, val_area: str) -> tuple[list, list, str]:
+    val = [s for s in rest if s.area == val_area]
+    train = [s for s in rest if s.area != val_area]
+    return val, train, f"val = area {val_area} ({len(val)} tiles, cross-city)"
+
+
+def _hold_out_val_groups(rest, fraction: float, rng, unit: str, seed: int) -> tuple[list, list, str]:
+    val_groups = _draw_groups(rest, fraction, rng)
+    val = [s for s in rest if s.group in val_groups]
+    train = [s for s in rest if s.group not in val_groups]
+    text = (f"val = {fraction:.0%} of the remaining tiles as random whole {unit} "
+            f"({len(val)} tiles, {len(val_groups)} groups, seed {seed})")
+    return val, train, text
 
 
 def _hold_out_area(samples, areas: dict[str, int], test_area: str | None) -> tuple[list, list, str]:

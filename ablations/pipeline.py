@@ -129,7 +129,8 @@ def load_data(args, budget):
         samples = data.scan_folder(root, check=True)
         if budget.max_images:
             samples = data.limit(samples, budget.max_images, SEED)
-        split = data.split_samples(samples, test_area=args.test_area, seed=SEED)
+        split = data.split_samples(samples, test_area=args.test_area, seed=SEED,
+                                   val_area=args.val_area)
         arrays = {name: data.load_arrays(getattr(split, name), budget.size)
                   for name in ("train", "val", "test")}
     except data.DataError as error:
@@ -186,6 +187,10 @@ def _argv(args) -> list[str]:
         parts += ["--seeds", str(args.seeds)]
     if args.test_area:
         parts += ["--test-area", args.test_area]
+    if args.val_area:
+        parts += ["--val-area", args.val_area]
+    if Path(args.out) != Path("results"):
+        parts += ["--out", str(args.out)]
     if args.weights != "imagenet":
         parts += ["--weights", args.weights]
     if args.chief:

@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, help="repeats of each configuration (default: budget's)")
     parser.add_argument("--fresh", action="store_true", help="discard earlier trials of this study")
     parser.add_argument("--test-area", help="area held out as the test split (default: the middle-sized area)")
+    parser.add_argument("--val-area", help="validate on this whole area (cross-city validation) "
+                        "instead of random ground groups of the training areas")
     parser.add_argument("--weights", default="imagenet",
                         help="encoder weights: 'imagenet' (default; honours $ZOO_ENCODER_WEIGHTS), "
                         "a .h5 path, or 'none' for random weights (tests only)")

@@ -283,6 +283,33 @@ def test_unknown_test_area_lists_the_known_ones():
         data.split_samples(_three_areas(), test_area="atlantis")
 
 
+def test_val_area_validates_on_a_whole_other_city():
+    samples = _three_areas()
+    split = data.split_samples(samples, val_area="small")
+    assert {s.area for s in split.test} == {"middle"}
+    assert {s.area for s in split.val} == {"small"}
+    assert {s.area for s in split.train} == {"big"}
+    assert len(split.val) == sum(s.area == "small" for s in samples)
+    _assert_disjoint_groups(split)
+    assert "val = area small" in split.description
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"val_area": "middle"}, "also the test area"),
+    ({"val_area": "big", "test_area": "big"}, "also the test area"),
+    ({"val_area": "atlantis"}, "big, middle, small"),
+])
+def test_bad_val_area_is_refused_with_a_reason(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        data.split_samples(_three_areas(), **kwargs)
+
+
+def test_val_area_needs_three_areas():
+    two = [s for s in _three_areas() if s.area != "small"]
+    with pytest.raises(DataError, match="at least three areas"):
+        data.split_samples(two, val_area="big")
+
+
 def test_random_split_without_areas_is_grouped_and_seeded():
     samples = _samples([(n, None) for x in range(20) for n, _ in _tile_family("t", 5000 + x, 7000)])
     first = data.split_samples(samples, seed=3)
