@@ -1,0 +1,30 @@
+"""ablations.report's selection rule: best validation score, near-ties to the faster architecture."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ablations import report
+
+
+def _row(variant, upsampler, val, latency, loss="bce_dice"):
+    return {"variant": variant, "upsampler": upsampler, "skip": "concat", "conv": "double", "width": 0.25,
+            "recipe_loss": loss, "val_building_iou": val, "latency_ms": latency, "trial_ids": variant + loss}
+
+
+def test_a_clear_winner_wins_whatever_its_latency():
+    summary = pd.DataFrame([_row("a", "bilinear", 0.80, 50), _row("b", "transpose", 0.70, 10)])
+    assert report.select_best(summary)["variant"] == "a"
+
+
+def test_a_near_tie_between_architectures_goes_to_the_faster_one():
+    summary = pd.DataFrame([_row("a", "bilinear", 0.800, 50), _row("b", "transpose", 0.797, 10)])
+    assert report.select_best(summary)["variant"] == "b"
+
+
+def test_a_near_tie_within_one_architecture_goes_to_the_better_score_not_to_latency_noise():
+    summary = pd.DataFrame([_row("a", "bilinear", 0.805, 63, loss="bce_dice"),
+                            _row("a", "bilinear", 0.804, 29, loss="dice"),
+                            _row("a", "bilinear", 0.802, 31, loss="bce")])
+    best = report.select_best(summary)
+    assert best["recipe_loss"] == "bce_dice"
+    assert "_architecture_ms" not in best.index
