@@ -25,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from ablations.machine import median_ms  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n\n")[1])
@@ -34,15 +36,6 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=64, help="training images per measurement")
     parser.add_argument("--requests", type=int, default=30, help="requests per /inference size")
     return parser.parse_args(argv)
-
-
-def median_ms(fn, repeats: int) -> tuple[float, float]:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times)), float(np.percentile(times, 95))
 
 
 def training_images_per_second(model, inputs, targets, batch_size: int, epochs: int = 2) -> float:

@@ -1,8 +1,9 @@
-"""One line describing the machine a number was measured on."""
+"""The machine a number was measured on, and how a duration is measured on it."""
 from __future__ import annotations
 
 import os
 import platform
+import time
 
 
 def describe() -> str:
@@ -25,3 +26,15 @@ def memory_gib() -> float:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         return 0.0
+
+
+def median_ms(fn, repeats: int) -> tuple[float, float]:
+    """Median and 95th percentile of `repeats` timed calls of fn, in milliseconds."""
+    import numpy as np
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times)), float(np.percentile(times, 95))

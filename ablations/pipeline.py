@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import json
 import shutil
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ def run_study(args) -> None:
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
     planned = search.grid_size(hp) if study.search == "grid" else budget.search_trials * seeds
+    earlier_runs = report.earlier_runs(study_dir)  # a resumed study keeps what each run cost
     context = run_context(args, study, budget, seeds, split, source, base, planned)
     if role != "worker":  # the chief's context stands for the whole distributed run
         report.write_context(study_dir, context)
@@ -63,7 +63,8 @@ def run_study(args) -> None:
         report.write_context(study_dir, context)
     else:
         tuner.search()
-    context["this_run"] = run_cost(started)
+    context["this_run"] = {**run_cost(started), "trials_run": tuner.done_this_run}
+    context["runs"] = earlier_runs + [context["this_run"]]
     report.write_context(study_dir, context)
     best = report.write_all(study_dir, context, encoder, arrays["test"])
     report.write_index(args.out)

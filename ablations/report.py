@@ -25,6 +25,15 @@ def write_context(study_dir: Path, context: dict) -> None:
     write_json_atomic(Path(study_dir) / "context.json", context)
 
 
+def earlier_runs(study_dir: Path) -> list[dict]:
+    """What earlier invocations of a study cost, from its context.json (empty if none)."""
+    path = Path(study_dir) / "context.json"
+    if not path.is_file():
+        return []
+    context = json.loads(path.read_text())
+    return context.get("runs") or ([context["this_run"]] if context.get("this_run") else [])
+
+
 def load_records(study_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(study_dir) / "trials").glob("*.json"))]
 
@@ -136,12 +145,13 @@ def header(context: dict) -> str:
 
 
 def _cost_line(context: dict) -> str:
-    cost = context.get("this_run")
-    if not cost:
+    runs = context.get("runs") or ([context["this_run"]] if context.get("this_run") else [])
+    if not runs:
         return ""
-    return (f"- **Cost of the run that finished this study** (a resumed run counts only its own "
-            f"part): {cost['wall_minutes']} min wall, peak memory {cost['peak_rss_gib']} GiB "
-            "(search, trials and report; the report's end-to-end re-score included)")
+    each = "; ".join(f"{r['wall_minutes']} min wall, peak memory {r['peak_rss_gib']} GiB"
+                     + (f" ({r['trials_run']} trials)" if "trials_run" in r else "") for r in runs)
+    return (f"- **Cost, each invocation of the command** (search, trials and report, the report's "
+            f"end-to-end re-score included; a resumed run counts only its own part): {each}")
 
 
 def _versions(versions: dict) -> str:

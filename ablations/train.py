@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from ablations.features import FeatureSet
+from ablations.machine import median_ms
 from ablations.studies import Recipe
 from zoo.losses import SegmentationLoss
 from zoo.metrics import Confusion, keras_metrics, summarise
@@ -97,12 +98,7 @@ def latency_ms(model, size: int, repeats: int = 10) -> float:
     segmenter = Segmenter(model)
     image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     segmenter.predict(image)  # trace once
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        segmenter.predict(image)
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
+    return median_ms(lambda: segmenter.predict(image), repeats)[0]
 
 
 def run_trial(model, recipe: Recipe, train: FeatureSet, val: FeatureSet, test: FeatureSet,

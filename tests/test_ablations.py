@@ -149,6 +149,12 @@ def test_killed_run_resumes_without_repeating_finished_trials(tmp_path, cache_ho
     assert sorted(trials["recipe_loss"]) == sorted(["bce", "dice", "bce_dice", "focal"])
     assert not [p for p in study.rglob("*") if ".tmp" in p.name and p.name not in leftovers]
 
+    again = run_cli("loss", "--budget", "smoke", "--out", str(out), *weights_flag(), env_extra=cache_home)
+    assert again.returncode == 0
+    runs = json.loads((study / "context.json").read_text())["runs"]
+    assert [r["trials_run"] for r in runs] == [4 - len(before), 0]  # each invocation's cost is kept
+    assert f"{runs[0]['wall_minutes']} min wall" in (study / "table.md").read_text()
+
 
 def test_fresh_starts_over_but_only_once_the_data_is_good(tmp_path, cache_home):
     stale = tmp_path / "results" / "hparams" / "trials" / "98.json"
