@@ -11,7 +11,8 @@ views (scale, context margin) whose probabilities are averaged:
 - `tile`: the tile alone, as the studies score it (reproduces their numbers);
 - `context`: the tile plus `margin` px of its real neighbours on each side;
 - `coarse`: the 3x3 neighbourhood at half resolution (more ground per pixel, like zoom - 1);
-- `context+coarse`: the average of both.
+- `coarser`: the 5x5 neighbourhood at a quarter resolution (like zoom - 2);
+- averages of those views.
 
 Neighbours come only from the same split, and a missing neighbour is the tile mirrored.
 Each scheme's threshold is chosen on validation; the scheme with the best validation
@@ -34,7 +35,9 @@ SCHEMES = {
     "tile": ((1.0, 0),),
     "context": ((1.0, 128),),
     "coarse": ((0.5, 256),),
+    "coarser": ((0.25, 512),),
     "context+coarse": ((1.0, 128), (0.5, 256)),
+    "context+coarse+coarser": ((1.0, 128), (0.5, 256), (0.25, 512)),
 }
 
 
@@ -75,17 +78,18 @@ class Neighbourhood:
         if margin == 0:
             return centre
         side = centre.shape[0]
-        big = np.pad(centre, ((side, side), (side, side), (0, 0)), mode="symmetric")
+        reach = -(-margin // side)  # neighbours needed on each side
+        big = np.pad(centre, ((reach * side,) * 2, (reach * side,) * 2, (0, 0)), mode="symmetric")
         position = self.position_of.get(sample.name)
         if position is not None:
             area, zoom, x, y = position
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
+            for dy in range(-reach, reach + 1):
+                for dx in range(-reach, reach + 1):
                     neighbour = self.by_position.get((area, zoom, x + dx, y + dy))
                     if neighbour is not None and (dx or dy):
-                        top, left = (dy + 1) * side, (dx + 1) * side
+                        top, left = (dy + reach) * side, (dx + reach) * side
                         big[top:top + side, left:left + side] = self.image(neighbour)
-        start = side - margin
+        start = reach * side - margin
         return big[start:start + side + 2 * margin, start:start + side + 2 * margin]
 
 

@@ -32,6 +32,14 @@ def test_neighbours_sit_where_the_tile_grid_puts_them_and_missing_ones_are_mirro
     assert (canvas[256:512, 0:256] == 100).all()        # no x - 1 tile: the tile mirrored
 
 
+def test_a_wide_margin_reaches_the_second_ring_of_neighbours(tmp_path):
+    samples = _tiles(tmp_path, {(10, 10): 100, (12, 10): 200, (10, 8): 50})
+    canvas = context.Neighbourhood(samples).canvas(samples[0], margin=512)
+    assert canvas.shape == (1280, 1280, 3)
+    assert (canvas[512:768, 1024:1280] == 200).all()   # x + 2
+    assert (canvas[0:256, 512:768] == 50).all()         # y - 2
+
+
 def test_a_margin_crops_the_neighbourhood_symmetrically(tmp_path):
     samples = _tiles(tmp_path, {(10, 10): 100, (11, 10): 200})
     canvas = context.Neighbourhood(samples).canvas(samples[0], margin=128)
@@ -50,7 +58,7 @@ class _Brightness:
 def test_every_view_returns_the_tile_itself_after_scaling_and_cropping(tmp_path):
     samples = _tiles(tmp_path, {(10, 10): 102, (11, 10): 255, (9, 10): 0})
     neighbourhood = context.Neighbourhood(samples)
-    for scale, margin in [(1.0, 0), (1.0, 128), (0.5, 256)]:
+    for scale, margin in [(1.0, 0), (1.0, 128), (0.5, 256), (0.25, 512)]:
         probs = context.view_probabilities(_Brightness(), neighbourhood, samples[0], scale, margin)
         assert probs.shape == (256, 256)
         # the middle of the tile, away from bilinear blur at its edges, is the tile's own value
