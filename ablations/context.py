@@ -93,22 +93,9 @@ class Neighbourhood:
         return big[start:start + side + 2 * margin, start:start + side + 2 * margin]
 
 
-def resize(array: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if array.shape[0] == size:
-        return array
-    if array.dtype == np.uint8:
-        return np.asarray(Image.fromarray(array).resize((size, size), Image.BILINEAR))
-    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
-
-
 def view_probabilities(segmenter, neighbourhood, sample, scale: float, margin: int) -> np.ndarray:
     canvas = neighbourhood.canvas(sample, margin)
-    side = canvas.shape[0]
-    scaled = resize(canvas, int(round(side * scale)))
-    probs = resize(segmenter.probabilities(scaled), side)
-    return probs[margin:margin + TILE, margin:margin + TILE]
+    return segmenter.probabilities_at(canvas, scale)[margin:margin + TILE, margin:margin + TILE]
 
 
 def scheme_probabilities(segmenter, samples, views) -> tuple[np.ndarray, float]:

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from ablations import context, data
+from zoo.predict import resize
 
 
 def _tiles(tmp_path, colours: dict[tuple[int, int], int]) -> list[data.Sample]:
@@ -49,10 +50,12 @@ def test_a_margin_crops_the_neighbourhood_symmetrically(tmp_path):
 
 
 class _Brightness:
-    """A stand-in segmenter: 'probability' = red channel / 255, at whatever size it is given."""
+    """A stand-in segmenter: 'probability' = red channel / 255, resized as the real one does."""
 
-    def probabilities(self, image):
-        return image[..., 0].astype(np.float32) / 255
+    def probabilities_at(self, image, scale):
+        height, width = image.shape[:2]
+        small = resize(image, round(height * scale), round(width * scale))
+        return resize(small[..., 0].astype(np.float32) / 255, height, width)
 
 
 def test_every_view_returns_the_tile_itself_after_scaling_and_cropping(tmp_path):

@@ -267,6 +267,33 @@ def test_segmenter_from_file_uses_the_saved_threshold(spread_model, tmp_path):
     assert mask.sum() < (probabilities >= 0.5).sum()  # the threshold made a difference
 
 
+def test_several_scales_average_the_resized_predictions(spread_model):
+    picture = image(100, 157, seed=7)
+    segmenter = Segmenter(spread_model, scales=(1.0, 0.5))
+    batches = record_batches(segmenter)
+    averaged = segmenter.probabilities(picture)
+    assert averaged.shape == (100, 157)
+    assert [b[1:3] for b in batches] == [(128, 160), (64, 96)]  # full size, then 50x78 padded
+    single = Segmenter(spread_model)
+    full, half = single.probabilities_at(picture, 1.0), single.probabilities_at(picture, 0.5)
+    np.testing.assert_allclose(averaged, (full + half) / 2, atol=1e-6)
+    assert np.abs(full - half).mean() > 0.01  # the coarse view really is a different prediction
+
+
+def test_segmenter_from_file_uses_the_saved_inference_policy(spread_model, tmp_path):
+    path = saving.save(spread_model, tmp_path / "scaled.keras",
+                       {"threshold": 0.5, "inference": {"scales": [1.0, 0.25], "threshold": 0.6}})
+    segmenter = Segmenter.from_file(path)
+    assert segmenter.scales == (1.0, 0.25) and segmenter.threshold == 0.6
+    assert Segmenter.from_file(path, scales=(1.0,)).scales == (1.0,)  # the caller may override
+
+
+@pytest.mark.parametrize("scales", [(), (0.0,), (1.0, -0.5), (8.0,)])
+def test_bad_scales_are_refused(spread_model, scales):
+    with pytest.raises(ValueError, match="scales"):
+        Segmenter(spread_model, scales=scales)
+
+
 # ---------------------------------------------------------------- 7. encoder weights
 
 def test_missing_weights_path_is_named(tmp_path, monkeypatch):

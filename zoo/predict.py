@@ -4,6 +4,12 @@ Images up to `tile` pixels a side are reflect-padded to a multiple of 32 (the en
 output stride) and run whole. Larger ones go through U-Net's overlap-tile strategy:
 overlapping tiles, each keeping only its centre, so every output pixel was predicted with
 at least `overlap/2` pixels of real context around it.
+
+With several `scales`, the image is also predicted resized by each scale (0.5: half the
+pixels a side, so twice the ground per pixel) and the probabilities, resized back, are
+averaged. A model trained on small houses then also sees a city's large roofs at the size
+it learned (results/cross_city/context/README.md measures what that buys). A saved model's
+metadata may name its scales and threshold under "inference" (`ablations.context --apply`).
 """
 from __future__ import annotations
 
@@ -31,11 +37,14 @@ class Segmenter:
     """Wraps a U-Net (logits out) with its threshold and tiling policy."""
 
     def __init__(self, model, threshold: float = 0.5, tile: int = 512, overlap: int = 64,
-                 batch_size: int = 8, metadata: dict | None = None):
+                 batch_size: int = 8, metadata: dict | None = None, scales=(1.0,)):
         if tile % STRIDE or overlap % STRIDE or overlap >= tile:
             raise ValueError("tile and overlap must be multiples of 32, overlap < tile")
+        scales = tuple(float(s) for s in scales)
+        if not scales or not all(0 < s <= 4 for s in scales):
+            raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {scales}")
         self.model, self.threshold, self.tile, self.overlap = model, threshold, tile, overlap
-        self.batch_size = batch_size
+        self.batch_size, self.scales = batch_size, scales
         self.metadata = metadata or {}
         self._logits = _shape_agnostic(model)
 
@@ -44,8 +53,10 @@ class Segmenter:
         from zoo import saving
 
         model, metadata = saving.load(path, verify=verify)
-        threshold = float(metadata.get("threshold", 0.5))
-        return cls(model, threshold=threshold, metadata=metadata, **kwargs)
+        inference = metadata.get("inference") or {}
+        options = {"threshold": float(inference.get("threshold", metadata.get("threshold", 0.5))),
+                   "scales": tuple(inference.get("scales", (1.0,)))}
+        return cls(model, metadata=metadata, **{**options, **kwargs})
 
     def predict(self, image) -> np.ndarray:
         """HxW uint8 mask of 0/1."""
@@ -53,7 +64,15 @@ class Segmenter:
 
     def probabilities(self, image) -> np.ndarray:
         image = check_image(image)
+        return np.mean([self.probabilities_at(image, scale) for scale in self.scales], axis=0)
+
+    def probabilities_at(self, image, scale: float = 1.0) -> np.ndarray:
+        """Probabilities of `image` predicted resized by `scale`, at the image's own size."""
+        image = check_image(image)
         height, width = image.shape[:2]
+        if scale != 1.0:
+            small = resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
+            return resize(self.probabilities_at(small), height, width)
         if max(height, width) <= self.tile:
             return self._whole(image)
         return self._tiled(image)
@@ -86,6 +105,19 @@ class Segmenter:
                 out[y + margin:y + self.tile - margin, x + margin:x + self.tile - margin] = \
                     prob[margin:self.tile - margin, margin:self.tile - margin]
         return out[margin:margin + height, margin:margin + width]
+
+
+def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a uint8 HxWx3 image or a float HxW map (Pillow's BILINEAR filter
+    widens with the scale factor when shrinking, so a downscaled image is not aliased)."""
+    from PIL import Image
+
+    if array.shape[:2] == (height, width):
+        return array
+    if array.dtype == np.uint8:
+        return np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
+    picture = Image.fromarray(np.asarray(array, np.float32))  # a float32 map opens as mode F
+    return np.asarray(picture.resize((width, height), Image.BILINEAR), np.float32)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
