@@ -1,22 +1,24 @@
-"""python -m ablations.context --data DIR [--model PATH] [--val-area AREA] [--out DIR]
+"""python -m ablations.context --data DIR [--model PATH] [--val-area AREA] [--out DIR] [--apply]
 
-Does a saved model get better when it sees the ground around a tile, and a coarser view?
+Does a saved model get better when it also sees the image at coarser scales, and when it
+sees the ground around a tile?
 
-The studies score each 256 px tile on its own, but the tiles are cut from contiguous imagery
-(most have all eight neighbours in the data), and a user sends whole images. At 7 cm/px one
-Nairobi roof can fill a tile: no edge, no ground, nothing to say "building". This command
-predicts every validation and test tile under several inference schemes, each a set of
-views (scale, context margin) whose probabilities are averaged:
+The studies score each 256 px tile on its own, at its own resolution. But at 7 cm/px one
+of Nairobi's roofs can fill a tile: no edge, no ground, nothing the model learned from the
+small houses of the training cities. `zoo.predict.Segmenter(scales=...)` also predicts the
+image shrunk (0.5: twice the ground per pixel) and averages the probabilities. This command
+scores every validation and test tile for each set of scales in two settings:
 
-- `tile`: the tile alone, as the studies score it (reproduces their numbers);
-- `context`: the tile plus `margin` px of its real neighbours on each side;
-- `coarse`: the 3x3 neighbourhood at half resolution (more ground per pixel, like zoom - 1);
-- `coarser`: the 5x5 neighbourhood at a quarter resolution (like zoom - 2);
-- averages of those views.
+- `alone`: the tile by itself, as a client sending single tiles gets it;
+- `with neighbours`: the tile inside its real neighbours, 128 px of them at each scale
+  (128 px at full size, 256 px at 1/2, 512 px at 1/4), as a client sending a whole image gets
+  it. Neighbours come only from the same split; a missing one is the tile mirrored.
 
-Neighbours come only from the same split, and a missing neighbour is the tile mirrored.
-Each scheme's threshold is chosen on validation; the scheme with the best validation
-building IoU is selected; test is reported for all. Writes OUT/README.md and OUT/context.json.
+Each row's threshold is chosen on validation. The selected row is the best validation
+building IoU with neighbours (users send images of places, not 18 m squares); test is
+reported for every row. With --apply, the selected scales and threshold are written into
+the model's metadata ("inference"), which the server then uses. Writes OUT/README.md and
+OUT/context.json.
 """
 from __future__ import annotations
 
@@ -31,14 +33,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 TILE = 256
-SCHEMES = {
-    "tile": ((1.0, 0),),
-    "context": ((1.0, 128),),
-    "coarse": ((0.5, 256),),
-    "coarser": ((0.25, 512),),
-    "context+coarse": ((1.0, 128), (0.5, 256)),
-    "context+coarse+coarser": ((1.0, 128), (0.5, 256), (0.25, 512)),
+CONTEXT_PX = 128  # neighbouring pixels each side, counted after scaling
+SCALE_SETS = {
+    "1": (1.0,),
+    "1/2": (0.5,),
+    "1/4": (0.25,),
+    "1 + 1/2": (1.0, 0.5),
+    "1/2 + 1/4": (0.5, 0.25),
+    "1 + 1/2 + 1/4": (1.0, 0.5, 0.25),
 }
+SETTINGS = ("alone", "with neighbours")
 
 
 def parse_args(argv=None):
@@ -48,6 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--test-area", help="as given to ablations.run (default: the middle-sized area)")
     parser.add_argument("--val-area", help="as given to ablations.run (default: ground groups)")
     parser.add_argument("--out", type=Path, default=Path("results/context"))
+    parser.add_argument("--apply", action="store_true",
+                        help="write the selected scales and threshold into the model's metadata")
     return parser.parse_args(argv)
 
 
@@ -93,37 +99,57 @@ class Neighbourhood:
         return big[start:start + side + 2 * margin, start:start + side + 2 * margin]
 
 
+def margin_for(scale: float, setting: str) -> int:
+    return 0 if setting == "alone" else int(round(CONTEXT_PX / scale))
+
+
 def view_probabilities(segmenter, neighbourhood, sample, scale: float, margin: int) -> np.ndarray:
     canvas = neighbourhood.canvas(sample, margin)
     return segmenter.probabilities_at(canvas, scale)[margin:margin + TILE, margin:margin + TILE]
 
 
-def scheme_probabilities(segmenter, samples, views) -> tuple[np.ndarray, float]:
-    """Probabilities of every tile under the averaged views, and ms per tile."""
-    neighbourhood = Neighbourhood(samples)
-    started = time.perf_counter()
-    out = np.stack([np.mean([view_probabilities(segmenter, neighbourhood, s, scale, margin)
-                             for scale, margin in views], axis=0) for s in samples])
-    return out, (time.perf_counter() - started) * 1000 / len(samples)
+class Views:
+    """Every tile's probabilities per (scale, margin), computed once and shared by the sets."""
+
+    def __init__(self, segmenter, samples):
+        self.segmenter, self.samples = segmenter, samples
+        self.neighbourhood = Neighbourhood(samples)
+        self.cache, self.ms = {}, {}
+
+    def get(self, scale: float, margin: int) -> np.ndarray:
+        if (scale, margin) not in self.cache:
+            started = time.perf_counter()
+            self.cache[scale, margin] = np.stack([
+                view_probabilities(self.segmenter, self.neighbourhood, s, scale, margin) for s in self.samples])
+            self.ms[scale, margin] = (time.perf_counter() - started) * 1000 / len(self.samples)
+        return self.cache[scale, margin]
+
+    def averaged(self, scales, setting: str) -> tuple[np.ndarray, float]:
+        views = [(scale, margin_for(scale, setting)) for scale in scales]
+        probs = np.mean([self.get(*view) for view in views], axis=0)
+        return probs, sum(self.ms[view] for view in views)
 
 
-def evaluate(segmenter, split, schemes=SCHEMES, progress=print) -> list[dict]:
+def evaluate(segmenter, split, scale_sets=SCALE_SETS, progress=print) -> list[dict]:
     from ablations import data
     from ablations.train import choose_threshold, score
 
     masks = {name: np.stack([data.read_mask(s.mask_path) for s in getattr(split, name)]) for name in ("val", "test")}
+    views = {name: Views(segmenter, getattr(split, name)) for name in ("val", "test")}
     rows = []
-    for scheme, views in schemes.items():
-        val_probs, _ = scheme_probabilities(segmenter, split.val, views)
-        threshold, _ = choose_threshold(val_probs, masks["val"])
-        test_probs, ms = scheme_probabilities(segmenter, split.test, views)
-        row = {"scheme": scheme, "views": [list(v) for v in views], "threshold": threshold, "ms_per_tile": ms,
-               **{f"val_{k}": v for k, v in score(val_probs, masks["val"], threshold).items()},
-               **score(test_probs, masks["test"], threshold),
-               "test_by_zoom": _by_zoom(split.test, masks["test"], test_probs >= threshold)}
-        progress(f"{scheme}: val building IoU {row['val_building_iou']:.3f}, test {row['building_iou']:.3f} "
-                 f"(threshold {threshold:.2f}, {ms:.0f} ms/tile)")
-        rows.append(row)
+    for setting in SETTINGS:
+        for label, scales in scale_sets.items():
+            val_probs, _ = views["val"].averaged(scales, setting)
+            threshold, _ = choose_threshold(val_probs, masks["val"])
+            test_probs, ms = views["test"].averaged(scales, setting)
+            row = {"setting": setting, "scales": list(scales), "label": label, "threshold": threshold,
+                   "ms_per_tile": ms,
+                   **{f"val_{k}": v for k, v in score(val_probs, masks["val"], threshold).items()},
+                   **score(test_probs, masks["test"], threshold),
+                   "test_by_zoom": _by_zoom(split.test, masks["test"], test_probs >= threshold)}
+            progress(f"{setting}, scales {label}: val building IoU {row['val_building_iou']:.3f}, "
+                     f"test {row['building_iou']:.3f} (threshold {threshold:.2f}, {ms:.0f} ms/tile)")
+            rows.append(row)
     return rows
 
 
@@ -139,7 +165,7 @@ def _by_zoom(samples, masks, predicted) -> dict:
 
 
 def select(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: r["val_building_iou"])
+    return max((r for r in rows if r["setting"] == "with neighbours"), key=lambda r: r["val_building_iou"])
 
 
 def write_report(out: Path, rows: list[dict], header: dict) -> None:
@@ -149,26 +175,50 @@ def write_report(out: Path, rows: list[dict], header: dict) -> None:
 
     best = select(rows)
     zooms = sorted({z for r in rows for z in r["test_by_zoom"]})
-    table = [{"scheme": r["scheme"] + (" **(selected)**" if r is best else ""),
-              "views (scale, margin px)": ", ".join(f"({s:g}, {m})" for s, m in r["views"]),
+    table = [{"setting": r["setting"], "scales": r["label"] + (" **(selected)**" if r is best else ""),
               "threshold": f"{r['threshold']:.2f}", "val building IoU": f"{r['val_building_iou']:.3f}",
               "test precision": f"{r['precision']:.3f}", "test recall": f"{r['recall']:.3f}",
               "test building IoU": f"{r['building_iou']:.3f}", "test mean IoU": f"{r['mean_iou']:.3f}",
               **{f"test IoU z{z}": f"{r['test_by_zoom'][z]:.3f}" for z in zooms},
               "ms per tile": f"{r['ms_per_tile']:.0f}"} for r in rows]
     lines = [
-        "# Inference with context", "",
+        "# Inference at several scales, alone and with neighbouring ground", "",
         f"`{header['command']}` on {header['machine']}, {header['date']}.",
-        f"Model `{header['model']}` ({header['config']}). Split: {header['split']}.", "",
-        "Each scheme averages the probabilities of its views; a view is the tile with `margin` px "
-        "of its real neighbours on each side (mirrored where a neighbour is missing; neighbours "
-        "only from the same split), resized by `scale`, predicted whole, resized back and cropped "
-        "to the tile. Thresholds and the selection use validation only; test is the held-out area.", "",
+        f"Model `{header['model']}` (`{header['config']}`). Split: {header['split']}.", "",
+        "Scales 1/2 and 1/4 predict the image shrunk to half or a quarter of its side and resize "
+        "the probabilities back; a set of scales averages them (`zoo.predict.Segmenter(scales=...)`). "
+        f"*Alone*: the tile by itself. *With neighbours*: the tile inside {CONTEXT_PX} px (after "
+        "scaling) of its real neighbouring ground, mirrored where a neighbour is missing, "
+        "neighbours only from the same split. Thresholds and the selection use validation only; "
+        "test is the held-out area. ms per tile: this machine, including reading neighbours.", "",
         tabulate(table, headers="keys", tablefmt="github"), "",
-        f"Selected by validation building IoU: **{best['scheme']}**.", "",
+        f"Selected by validation building IoU with neighbours: scales **{best['label']}**, "
+        f"threshold {best['threshold']:.2f}.", "",
     ]
     write_text_atomic(out / "README.md", "\n".join(lines))
-    write_json_atomic(out / "context.json", {**header, "rows": rows, "selected": best["scheme"]})
+    write_json_atomic(out / "context.json", {**header, "rows": rows, "selected": best})
+
+
+def apply_policy(model_path: Path, best: dict, report: Path) -> None:
+    """Record the selected scales and threshold in the model's metadata (checksum unchanged:
+    it covers the weights file, which this does not touch)."""
+    import json
+
+    from zoo.saving import metadata_path, write_json_atomic
+
+    path = metadata_path(model_path)
+    metadata = json.loads(path.read_text())
+    metadata["inference"] = {"scales": best["scales"], "threshold": best["threshold"],
+                             "chosen_by": f"ablations.context on the validation split, see {report}",
+                             "val_building_iou": best["val_building_iou"]}
+    write_json_atomic(path, metadata)
+
+
+def _config_name(metadata: dict) -> str:
+    from zoo.config import DecoderConfig
+
+    config = metadata.get("config")
+    return DecoderConfig.from_dict(config).name if config else "unknown decoder"
 
 
 def main(argv=None) -> int:
@@ -188,13 +238,15 @@ def main(argv=None) -> int:
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    segmenter = Segmenter.from_file(args.model)
+    segmenter = Segmenter.from_file(args.model, scales=(1.0,))
     rows = evaluate(segmenter, split)
     header = {"command": "python -m ablations.context " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": describe(), "model": str(args.model), "config": segmenter.metadata.get("config"),
+              "machine": describe(), "model": str(args.model), "config": _config_name(segmenter.metadata),
               "split": split.description,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     write_report(args.out, rows, header)
+    if args.apply:
+        apply_policy(args.model, select(rows), args.out / "README.md")
     print((args.out / "README.md").read_text())
     return 0
 

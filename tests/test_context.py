@@ -10,15 +10,17 @@ from ablations import context, data
 from zoo.predict import resize
 
 
-def _tiles(tmp_path, colours: dict[tuple[int, int], int]) -> list[data.Sample]:
-    """Constant-colour 256 px tiles at zoom 21, one per (x, y)."""
-    (tmp_path / "images").mkdir()
+def _tiles(tmp_path, colours: dict[tuple[int, int], int], area: str = "town") -> list[data.Sample]:
+    """Constant-colour 256 px tiles at zoom 21, one per (x, y); the mask is 'red > 128'."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir(exist_ok=True)
     samples = []
     for (x, y), value in colours.items():
-        name = f"town_z21_{x}_{y}"
-        path = tmp_path / "images" / f"{name}.png"
-        Image.fromarray(np.full((256, 256, 3), value, np.uint8)).save(path)
-        samples.append(data.Sample(name, path, pathlib.Path("unused.png"), "town", 21, data.ground_group(name, "town")))
+        name = f"{area}_z21_{x}_{y}"
+        image_path, mask_path = tmp_path / "images" / f"{name}.png", tmp_path / "masks" / f"{name}.png"
+        Image.fromarray(np.full((256, 256, 3), value, np.uint8)).save(image_path)
+        Image.fromarray(np.full((256, 256), 255 * (value > 128), np.uint8)).save(mask_path)
+        samples.append(data.Sample(name, image_path, mask_path, area, 21, data.ground_group(name, area)))
     return samples
 
 
@@ -66,3 +68,32 @@ def test_every_view_returns_the_tile_itself_after_scaling_and_cropping(tmp_path)
         assert probs.shape == (256, 256)
         # the middle of the tile, away from bilinear blur at its edges, is the tile's own value
         np.testing.assert_allclose(probs[32:-32, 32:-32], 102 / 255, atol=1e-3)
+
+
+def test_every_scale_set_is_scored_alone_and_with_neighbours_and_selection_uses_neighbours(tmp_path):
+    val = _tiles(tmp_path, {(1, 1): 200, (2, 1): 40}, area="valtown")
+    test = _tiles(tmp_path, {(5, 5): 220, (6, 5): 20, (5, 6): 180}, area="testtown")
+    split = data.Split([], val, test, "two toy areas")
+    rows = context.evaluate(_Brightness(), split, progress=lambda *_: None)
+    assert {(r["setting"], r["label"]) for r in rows} == {
+        (setting, label) for setting in context.SETTINGS for label in context.SCALE_SETS}
+    alone = next(r for r in rows if r["setting"] == "alone" and r["label"] == "1")
+    assert alone["val_building_iou"] == 1.0 and alone["building_iou"] == 1.0
+    assert alone["test_by_zoom"] == {"21": 1.0}
+    assert context.select(rows)["setting"] == "with neighbours"
+
+
+def test_apply_writes_the_policy_the_server_then_uses(tmp_path):
+    import keras
+
+    from zoo import saving, unet
+    from zoo.config import DecoderConfig
+    from zoo.predict import Segmenter
+
+    keras.utils.set_random_seed(0)
+    path = saving.save(unet.build(DecoderConfig(width=0.25), weights=None), tmp_path / "m.keras",
+                       {"threshold": 0.5})
+    best = {"scales": [1.0, 0.5], "threshold": 0.35, "val_building_iou": 0.5}
+    context.apply_policy(path, best, tmp_path / "README.md")
+    segmenter = Segmenter.from_file(path)  # the checksum still verifies
+    assert segmenter.scales == (1.0, 0.5) and segmenter.threshold == 0.35
