@@ -18,7 +18,7 @@ Each row's threshold is chosen on validation. The selected row is the best valid
 building IoU with neighbours (users send images of places, not 18 m squares); test is
 reported for every row. With --apply, the selected scales and threshold are written into
 the model's metadata ("inference"), which the server then uses. Writes OUT/README.md and
-OUT/context.json.
+OUT/inference.json.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", type=Path, default=Path("results/decoder_variants/best/model.keras"))
     parser.add_argument("--test-area", help="as given to ablations.run (default: the middle-sized area)")
     parser.add_argument("--val-area", help="as given to ablations.run (default: ground groups)")
-    parser.add_argument("--out", type=Path, default=Path("results/context"))
+    parser.add_argument("--out", type=Path, default=Path("results/inference"))
     parser.add_argument("--apply", action="store_true",
                         help="write the selected scales and threshold into the model's metadata")
     return parser.parse_args(argv)
@@ -196,7 +196,7 @@ def write_report(out: Path, rows: list[dict], header: dict) -> None:
         f"threshold {best['threshold']:.2f}.", "",
     ]
     write_text_atomic(out / "README.md", "\n".join(lines))
-    write_json_atomic(out / "context.json", {**header, "rows": rows, "selected": best})
+    write_json_atomic(out / "inference.json", {**header, "rows": rows, "selected": best})
 
 
 def apply_policy(model_path: Path, best: dict, report: Path) -> None:

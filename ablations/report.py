@@ -228,6 +228,8 @@ def write_index(out: Path) -> None:
     rows = []
     for context_file in sorted(out.glob("*/context.json")):
         context = json.loads(context_file.read_text())
+        if "study" not in context:  # not a study's folder
+            continue
         meta_file = context_file.parent / "best" / "model.json"
         best = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         test = best.get("metrics", {}).get("test", {})

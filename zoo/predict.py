@@ -8,7 +8,7 @@ at least `overlap/2` pixels of real context around it.
 With several `scales`, the image is also predicted resized by each scale (0.5: half the
 pixels a side, so twice the ground per pixel) and the probabilities, resized back, are
 averaged. A model trained on small houses then also sees a city's large roofs at the size
-it learned (results/cross_city/context/README.md measures what that buys). A saved model's
+it learned (results/cross_city/inference/README.md measures what that buys). A saved model's
 metadata may name its scales and threshold under "inference" (`ablations.context --apply`).
 """
 from __future__ import annotations
