@@ -40,7 +40,9 @@ def load_segmenter(path):
     if not path.is_file():
         raise ModelUnavailable(
             f"no model file at {path}. Make one with `{MAKE_ONE}` (it writes "
-            f"results/{DEFAULT_MODEL.as_posix()}), or pass --model PATH / set ${ENV}.")
+            f"results/{DEFAULT_MODEL.as_posix()}; results/{POINTER}, when present, names the "
+            "served model instead, and the README's 'Serving' section gives the commands that "
+            f"make it), or pass --model PATH / set ${ENV}.")
     from zoo import saving
     from zoo.predict import Segmenter
 
