@@ -30,6 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--test-area")
+    parser.add_argument("--val-area", help="validate on this whole area, as ablations.run --val-area")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--table-only", action="store_true",
