@@ -93,7 +93,7 @@ def bench_levers(config, encoder, inputs, targets) -> dict:
             decoder.compile(keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"), jit_compile=jit_compile)
             return training_images_per_second(decoder, inputs, targets, 16)
         except Exception as error:  # a lever that does not compile is a result, not a crash
-            return f"fails: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            return f"fails: {type(error).__name__}: {_cause(error)}"
         finally:
             keras.mixed_precision.set_global_policy(previous)
 
@@ -101,6 +101,13 @@ def bench_levers(config, encoder, inputs, targets) -> dict:
             "XLA (jit_compile=True)": throughput(True, "float32"),
             "bfloat16 (mixed_bfloat16)": throughput(False, "mixed_bfloat16"),
             "XLA + bfloat16": throughput(True, "mixed_bfloat16")}
+
+
+def _cause(error: Exception) -> str:
+    """The informative line of an error: TensorFlow's start with 'Graph execution error:'."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if "INTERNAL" in line or "disallowed" in line]
+    return (telling or lines or [""])[0][:200].replace("|", "/")
 
 
 def bench_forward(model, images) -> dict:
