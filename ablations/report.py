@@ -223,8 +223,9 @@ def _selected_paragraph(best: dict, metadata: dict) -> str:
 def write_index(out: Path) -> None:
     """OUT/README.md: one line per study run so far, from each study's context and table."""
     out = Path(out)
-    lines = ["# Results", "", "Written by `python -m ablations.run`; one row per study. "
-             "Hand-written narrative: [EXPERIMENTS.md](EXPERIMENTS.md).", ""]
+    narrative = next((link for link in ("EXPERIMENTS.md", "../EXPERIMENTS.md") if (out / link).is_file()), None)
+    lines = ["# Results", "", "Written by `python -m ablations.run`; one row per study."
+             + (f" Hand-written narrative: [EXPERIMENTS.md]({narrative})." if narrative else ""), ""]
     rows = []
     for context_file in sorted(out.glob("*/context.json")):
         context = json.loads(context_file.read_text())
@@ -242,5 +243,8 @@ def write_index(out: Path) -> None:
             "test precision / recall": f"{test['precision']:.3f} / {test['recall']:.3f}" if test else "-",
         })
     lines.append(tabulate(rows, headers="keys", tablefmt="github") if rows else "(no studies yet)")
+    pages = [p.parent.name for p in sorted(out.glob("*/README.md")) if not (p.parent / "context.json").is_file()]
+    if pages:  # evaluation pages beside the studies (inference scales, error analysis, ...)
+        lines += ["", "Other pages: " + ", ".join(f"[{name}]({name}/README.md)" for name in pages) + "."]
     write_text_atomic(out / "README.md", "\n".join(lines) + "\n")
 

@@ -28,3 +28,22 @@ def test_a_near_tie_within_one_architecture_goes_to_the_better_score_not_to_late
     best = report.select_best(summary)
     assert best["recipe_loss"] == "bce_dice"
     assert "_architecture_ms" not in best.index
+
+
+def test_index_links_the_narrative_above_it_and_lists_pages_that_are_not_studies(tmp_path):
+    import json
+
+    (tmp_path / "EXPERIMENTS.md").write_text("story")
+    out = tmp_path / "cross_city"
+    study = out / "decoder_variants"
+    study.mkdir(parents=True)
+    (study / "context.json").write_text(json.dumps({"study": "decoder_variants", "budget": "smoke",
+                                                    "date": "today"}))
+    (out / "inference").mkdir()
+    (out / "inference" / "README.md").write_text("scales")
+    (out / "inference" / "inference.json").write_text("{}")
+    report.write_index(out)
+    index = (out / "README.md").read_text()
+    assert "[EXPERIMENTS.md](../EXPERIMENTS.md)" in index
+    assert "[decoder_variants](decoder_variants/table.md)" in index
+    assert "Other pages: [inference](inference/README.md)." in index
