@@ -75,10 +75,13 @@ class RecordingTuner(keras_tuner.Tuner):
 
     def run_trial(self, trial, *args, **kwargs):
         record_file = self.trials_dir / f"{trial.trial_id}.json"
-        if record_file.is_file():  # finished before a crash that the oracle did not see
+        weights_file = self.trials_dir / f"{trial.trial_id}.weights.h5"
+        if record_file.is_file() and weights_file.is_file():  # finished before a crash
             record = json.loads(record_file.read_text())
             self.progress(f"trial {trial.trial_id}: already recorded, not re-run")
             return {OBJECTIVE: record["metrics"][OBJECTIVE]}
+        if record_file.is_file():  # a checkout carries records, never weights (.gitignore)
+            self.progress(f"trial {trial.trial_id}: recorded but its weights are not here; running it again")
         hp = trial.hyperparameters
         config, recipe = self.hypermodel.trial_setup(hp)
         finished = len(list(self.trials_dir.glob("*.json")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,20 @@ def test_killed_run_resumes_without_repeating_finished_trials(tmp_path, cache_ho
     runs = json.loads((study / "context.json").read_text())["runs"]
     assert [r["trials_run"] for r in runs] == [4 - len(before), 0]  # each invocation's cost is kept
     assert f"{runs[0]['wall_minutes']} min wall" in (study / "table.md").read_text()
+
+
+def test_records_without_weights_as_in_a_fresh_checkout_are_run_again(tmp_path, cache_home):
+    out = tmp_path / "results"
+    first = run_cli("loss", "--budget", "smoke", "--out", str(out), *weights_flag(), env_extra=cache_home)
+    assert first.returncode == 0, first.stderr[-2000:]
+    study = out / "loss"
+    for path in list(study.rglob("*.weights.h5")) + list(study.rglob("*.keras")):
+        path.unlink()  # what git keeps of a study: records and tables, no model files
+    shutil.rmtree(study / "tuner")
+    again = run_cli("loss", "--budget", "smoke", "--out", str(out), *weights_flag(), env_extra=cache_home)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert again.stdout.count("weights are not here; running it again") == 4
+    assert (study / "best" / "model.keras").is_file()
 
 
 def test_fresh_starts_over_but_only_once_the_data_is_good(tmp_path, cache_home):
