@@ -32,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-TILE = 256
 CONTEXT_PX = 128  # neighbouring pixels each side, counted after scaling
 SCALE_SETS = {
     "1": (1.0,),
@@ -105,7 +104,8 @@ def margin_for(scale: float, setting: str) -> int:
 
 def view_probabilities(segmenter, neighbourhood, sample, scale: float, margin: int) -> np.ndarray:
     canvas = neighbourhood.canvas(sample, margin)
-    return segmenter.probabilities_at(canvas, scale)[margin:margin + TILE, margin:margin + TILE]
+    probs = segmenter.probabilities_at(canvas, scale)
+    return probs[margin:probs.shape[0] - margin, margin:probs.shape[1] - margin]  # the tile, whatever its size
 
 
 class Views:
