@@ -90,8 +90,14 @@ def ground_group(name: str, area: str | None = None) -> str:
 
 
 def _zoom_from_name(name: str) -> int | None:
+    position = tile_position(name)
+    return position[0] if position else None
+
+
+def tile_position(name: str) -> tuple[int, int, int] | None:
+    """(zoom, x, y) of a `{prefix}_z{Z}_{X}_{Y}` tile name in the XYZ grid, else None."""
     match = _TILE_NAME.match(name)
-    return int(match["zoom"]) if match else None
+    return (int(match["zoom"]), int(match["x"]), int(match["y"])) if match else None
 
 
 # --------------------------------------------------------------------------- reading files
@@ -560,7 +566,7 @@ def _take_groups(samples: Sequence[Sample], n: int, rng: np.random.Generator) ->
 
 # --------------------------------------------------------------------------- augmentation
 
-AUGMENTATIONS = ("none", "flips", "geometric", "strong", "sensor")
+AUGMENTATIONS = ("none", "flips", "geometric", "strong", "sensor", "zoom")
 
 
 def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose":
@@ -577,6 +583,8 @@ def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose"
         transforms += _photometric(A)
     if name == "sensor":
         transforms += _other_sensor(A)
+    if name == "zoom":
+        transforms += _closer_view(A)
     return A.Compose(transforms, seed=seed)
 
 
@@ -639,6 +647,22 @@ def _other_sensor(A) -> list:
         A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=15, p=0.5),
         A.RandomGamma(gamma_limit=(75, 130), p=0.4),
         A.OneOf([A.GaussNoise(std_range=(0.01, 0.05)), A.ImageCompression(quality_range=(40, 90))], p=0.4),
+    ]
+
+
+def _closer_view(A) -> list:
+    """A closer view of the same ground: the tile shows a 1/4-2/3 wide part of itself,
+    enlarged to the full tile (1.5-4x). A 10 m roof at 7 cm/px already spans 140 px; enlarged,
+    the training city's houses take the pixel sizes of larger buildings (and of finer
+    imagery), so a roof that fills the tile, with no ground or edge in view, is something the
+    decoder has seen. The offset reaches the tile's corners; the little it reaches past them
+    is reflected, mask alike."""
+    import cv2
+
+    return [
+        A.Affine(scale=(1.5, 4.0), translate_percent=(-0.25, 0.25), rotate=(-15, 15),
+                 interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                 border_mode=cv2.BORDER_REFLECT_101, p=1.0),
     ]
 
 

@@ -101,7 +101,7 @@ def _loss_trial(values, base):
 
 
 def _augmentation_space(hp, base, seeds):
-    hp.Choice("augmentation", ["none", "flips", "geometric", "strong", "sensor"])
+    hp.Choice("augmentation", ["none", "flips", "geometric", "strong", "sensor", "zoom"])
     _seed_choice(hp, seeds)
 
 
@@ -138,7 +138,8 @@ STUDIES = {
         _loss_space, _loss_trial, starts_from_best_of="decoder_variants"),
     "augmentation": Study(
         "augmentation", "best decoder trained with no, flip, geometric, strong (geometric + "
-        "photometric) and sensor (wider scale, resolution loss, blur, colour) augmentation", _augmentation_space, _augmentation_trial,
+        "photometric), sensor (wider scale, resolution loss, blur, colour) and zoom (closer "
+        "views, 1.5-4x) augmentation", _augmentation_space, _augmentation_trial,
         starts_from_best_of="decoder_variants"),
     "hparams": Study(
         "hparams", "Bayesian optimisation of learning rate, batch size, weight decay and Dice "

@@ -409,6 +409,26 @@ def test_geometric_keeps_alignment_up_to_interpolation():
         assert np.mean(new_mask == (new_image[..., 0] > 128)) > 0.9
 
 
+def _edges_through_the_centre(mask: np.ndarray) -> int:
+    """Rising edges along the middle row plus the middle column: fewer when the view is closer."""
+    middle = mask.shape[0] // 2
+    return sum(int(np.sum(np.diff(line.astype(int)) == 1)) for line in (mask[middle], mask[:, middle]))
+
+
+def test_zoom_shows_a_closer_view_with_the_mask_aligned():
+    size = 64
+    stripes = np.tile((np.arange(size) // 4 % 2).astype(np.uint8), (size, 1))  # 4 px wide, period 8
+    image = np.repeat(stripes[..., None] * 255, 3, axis=2).astype(np.uint8)
+    pipeline = data.augmentation("zoom", seed=4)
+    counts = []
+    for _ in range(10):
+        new_image, new_mask = data.augment_pair(pipeline, image, stripes)
+        assert np.mean(new_mask == (new_image[..., 0] > 128)) > 0.9
+        counts.append(_edges_through_the_centre(new_mask))
+    # 8 edges at full size; 1.5-4x closer leaves at most 8 / 1.5 * 1.22 (a 15 degree turn).
+    assert max(counts) < 8 and np.mean(counts) < 0.7 * 8
+
+
 @pytest.mark.parametrize("name", data.AUGMENTATIONS)
 def test_every_augmentation_keeps_sizes_and_types(name):
     image, mask = _blocky_pair(2)
@@ -480,3 +500,14 @@ def test_real_folder_full_check(capsys):
     seconds = time.perf_counter() - started
     with capsys.disabled():
         print(f"\nscan_folder(check=True) on {len(samples)} real tiles: {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("name, position", [
+    ("dar_es_salaam_TZ_z21_1277170_1083843", (21, 1277170, 1083843)),
+    ("a_b_z19_3_4", (19, 3, 4)),
+    ("z19_3_4", None),           # no prefix
+    ("tile_z19_3", None),        # no y
+    ("holiday_photo", None),
+])
+def test_tile_position_reads_the_xyz_grid_from_the_name(name, position):
+    assert data.tile_position(name) == position
