@@ -21,6 +21,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def process_memory_gib() -> tuple[float, float]:
+    """This process's resident memory now and at its peak, in GiB (Linux; zeros elsewhere)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    try:
+        with open("/proc/self/statm") as handle:
+            now = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        now = 0.0
+    return now, peak
+
+
 def memory_gib() -> float:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

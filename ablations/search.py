@@ -22,7 +22,7 @@ import keras_tuner
 import numpy as np
 
 from ablations import train
-from ablations.machine import describe as describe_machine
+from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.studies import OBJECTIVE, Study
 from zoo import unet
 from zoo.saving import write_json_atomic
@@ -91,6 +91,8 @@ class RecordingTuner(keras_tuner.Tuner):
         result = self.hypermodel.fit(hp, model, callbacks=[EpochProgress(self.progress)])
         self._record(trial, hp, config, recipe, model, result)
         self.done_this_run += 1
+        now, peak = process_memory_gib()
+        self.progress(f"trial {trial.trial_id} recorded; memory {now:.1f} GiB now, {peak:.1f} GiB peak")
         return {OBJECTIVE: result.metrics[OBJECTIVE]}
 
     def _record(self, trial, hp, config, recipe, model, result) -> None:
@@ -138,17 +140,20 @@ class RecordingTuner(keras_tuner.Tuner):
 
 
 class EpochProgress(keras.callbacks.Callback):
+    """Reports each epoch's logs and keeps its wall seconds (`seconds`, for ablations.scaling)."""
+
     def __init__(self, progress=print):
         super().__init__()
-        self.progress = progress
+        self.progress, self.seconds = progress, []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.time()
+        self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.started)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in (logs or {}).items())
         self.progress(f"    epoch {epoch + 1}/{self.params.get('epochs')}: {shown} "
-                      f"({time.time() - self.started:.0f}s)")
+                      f"({self.seconds[-1]:.0f}s)")
 
 
 def make_oracle(study: Study, hp, planned: int, seed: int):

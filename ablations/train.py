@@ -36,8 +36,16 @@ class FeatureBatches(keras.utils.PyDataset):
         return self.features.batch(self.copy_of[chosen], chosen)
 
     def on_epoch_end(self):
+        if self.features is None:  # released: fit has finished
+            return
         self.order = self.rng.permutation(self.features.count)
         self.copy_of = self.rng.integers(0, self.features.copies, self.features.count)
+
+    def release(self) -> None:
+        """Drop the features. `fit` wraps this object in a tf.data generator that TensorFlow's
+        global py_func registry keeps alive after training, so without this every trial's
+        training features (GiBs) would stay in memory until the process ends."""
+        self.features = None
 
 
 @dataclasses.dataclass
@@ -63,8 +71,11 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
         run_eagerly=eager,
     )
     started = time.time()
-    history = decoder.fit(FeatureBatches(train, recipe.batch_size, seed), epochs=epochs,
-                          verbose=0, callbacks=list(callbacks))
+    batches = FeatureBatches(train, recipe.batch_size, seed)
+    try:
+        history = decoder.fit(batches, epochs=epochs, verbose=0, callbacks=list(callbacks))
+    finally:
+        batches.release()
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started
 
 
