@@ -16,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from zoo.served import served_model_path  # noqa: E402
+
 BOUNDARY_PX = 3  # errors within this many pixels of a true building edge count as "boundary"
 COLOURS = {"tp": (255, 255, 255), "fp": (230, 40, 40), "fn": (40, 110, 255)}
 
@@ -23,7 +25,8 @@ COLOURS = {"tp": (255, 255, 255), "fp": (230, 40, 40), "fn": (40, 110, 255)}
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ablations.analysis", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, default=Path("results/decoder_variants/best/model.keras"))
+    parser.add_argument("--model", type=Path, default=served_model_path(),
+                        help="default: the served model (results/MODEL, else the decoder_variants selection)")
     parser.add_argument("--out", type=Path, default=Path("results/error_analysis"))
     parser.add_argument("--test-area")
     parser.add_argument("--worst", type=int, default=8, help="tiles drawn per error kind")

@@ -26,12 +26,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from ablations.machine import median_ms  # noqa: E402
+from zoo.served import served_model_path  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, help="images/ + masks/ folder (default: SYNTHETIC)")
-    parser.add_argument("--model", type=Path, default=Path("results/decoder_variants/best/model.keras"))
+    parser.add_argument("--model", type=Path, default=served_model_path(),
+                        help="default: the served model (results/MODEL, else the decoder_variants selection)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--images", type=int, default=64, help="training images per measurement")
     parser.add_argument("--requests", type=int, default=30, help="requests per /inference size")

@@ -32,6 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from zoo.served import served_model_path  # noqa: E402
+
 CONTEXT_PX = 128  # neighbouring pixels each side, counted after scaling
 SCALE_SETS = {
     "1": (1.0,),
@@ -47,7 +49,8 @@ SETTINGS = ("alone", "with neighbours")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ablations.context", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, required=True, help="images/ + masks/ + index.csv with areas")
-    parser.add_argument("--model", type=Path, default=Path("results/decoder_variants/best/model.keras"))
+    parser.add_argument("--model", type=Path, default=served_model_path(),
+                        help="default: the served model (results/MODEL, else the decoder_variants selection)")
     parser.add_argument("--test-area", help="as given to ablations.run (default: the middle-sized area)")
     parser.add_argument("--val-area", help="as given to ablations.run (default: ground groups)")
     parser.add_argument("--out", type=Path, default=Path("results/inference"))
@@ -64,10 +67,9 @@ class Neighbourhood:
 
         self.by_position, self.cache = {}, {}
         for sample in samples:
-            match = data._TILE_NAME.match(sample.name)
-            if match:
-                key = (sample.area, int(match["zoom"]), int(match["x"]), int(match["y"]))
-                self.by_position[key] = sample
+            position = data.tile_position(sample.name)
+            if position:
+                self.by_position[(sample.area, *position)] = sample
         self.position_of = {s.name: k for k, s in self.by_position.items()}
 
     def image(self, sample) -> np.ndarray:

@@ -30,7 +30,12 @@ def earlier_runs(study_dir: Path) -> list[dict]:
     path = Path(study_dir) / "context.json"
     if not path.is_file():
         return []
-    context = json.loads(path.read_text())
+    return recorded_runs(json.loads(path.read_text()))
+
+
+def recorded_runs(context: dict) -> list[dict]:
+    """Each invocation's cost. Studies recorded before `runs` existed kept only the last one,
+    as `this_run`."""
     return context.get("runs") or ([context["this_run"]] if context.get("this_run") else [])
 
 
@@ -145,7 +150,7 @@ def header(context: dict) -> str:
 
 
 def _cost_line(context: dict) -> str:
-    runs = context.get("runs") or ([context["this_run"]] if context.get("this_run") else [])
+    runs = recorded_runs(context)
     if not runs:
         return ""
     each = "; ".join(f"{r['wall_minutes']} min wall, peak memory {r['peak_rss_gib']} GiB"

@@ -61,21 +61,8 @@ def measure_point(data_root: Path | None, images: int, size: int, budget_name: s
     import resource
     from types import SimpleNamespace
 
-    from ablations import pipeline, studies, train
+    from ablations import pipeline, search, studies, train
     from zoo import unet
-
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.started)
 
     budget = dataclasses.replace(studies.BUDGETS[budget_name], size=size, max_images=images)
     started = time.perf_counter()
@@ -85,7 +72,7 @@ def measure_point(data_root: Path | None, images: int, size: int, budget_name: s
     shared = pipeline.shared_trial_data(encoder, arrays, budget)
     train_features = shared.train_features(studies.Recipe().augmentation)
     encoded = time.perf_counter()
-    timer = EpochTimer()
+    timer = search.EpochProgress(progress=lambda line: None)
     model = unet.build(studies.DEFAULT_DECODER, encoder=encoder)
     result = train.run_trial(model, studies.Recipe(), train_features, shared.val, shared.test,
                              epochs=2, seed=0, callbacks=[timer])
@@ -127,8 +114,10 @@ def load_finished(path: Path, fresh: bool) -> dict:
 def study_check(context_path: Path | None) -> dict | None:
     if context_path is None:
         return None
+    from ablations.report import recorded_runs
+
     context = json.loads(context_path.read_text())
-    run = context.get("this_run") or {}
+    run = (recorded_runs(context) or [{}])[-1]
     return {"study": context["study"], "path": str(context_path), "images": sum(context["counts"].values()),
             "size": context["budget_detail"]["size"], "wall_minutes": run.get("wall_minutes"),
             "peak_rss_gib": run.get("peak_rss_gib"), "date": context.get("date")}

@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from zoo.served import DEFAULT_MODEL, POINTER, served_model_path
+
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-DEFAULT_MODEL = Path("decoder_variants") / "best" / "model.keras"
-POINTER = "MODEL"
 ENV = "ZOO_MODEL"
 MAKE_ONE = "python -m ablations.run decoder_variants"
 
@@ -24,10 +24,7 @@ class ModelUnavailable(RuntimeError):
 
 
 def default_model_path(results: Path = RESULTS) -> Path:
-    pointer = Path(results) / POINTER
-    if pointer.is_file():
-        return Path(results) / pointer.read_text().strip()
-    return Path(results) / DEFAULT_MODEL
+    return served_model_path(results)
 
 
 def resolve_model_path(explicit=None, results: Path = RESULTS) -> Path:

@@ -1,0 +1,20 @@
+"""Which saved model a results folder serves. No Keras import: the app asks this before
+loading anything, so a missing model is reported at once.
+
+`results/MODEL`, when present, holds the served model's path relative to `results/` (it is
+written by hand or by the README's serving commands); otherwise the served model is the
+`decoder_variants` selection, which the main job always writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+POINTER = "MODEL"
+DEFAULT_MODEL = Path("decoder_variants") / "best" / "model.keras"
+
+
+def served_model_path(results="results") -> Path:
+    pointer = Path(results) / POINTER
+    if pointer.is_file():
+        return Path(results) / pointer.read_text().strip()
+    return Path(results) / DEFAULT_MODEL
