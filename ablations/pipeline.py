@@ -29,7 +29,7 @@ def run_study(args) -> None:
     role = distributed.role()
     study, budget = studies.STUDIES[args.study], studies.BUDGETS[args.budget]
     seeds = args.seeds or budget.default_seeds
-    study_dir = args.out / study.name
+    study_dir = study_folder(args.out, study.name, getattr(args, "only", None))
     keras.utils.set_random_seed(SEED)
     encoder = load_encoder(args.weights)
     split, arrays, source = load_data(args, budget)
@@ -40,7 +40,7 @@ def run_study(args) -> None:
     else:
         shared = shared_trial_data(encoder, arrays, budget)
     base = studies.base_decoder(study, args.out)
-    hypermodel = search.StudyHyperModel(study, base, seeds, shared)
+    hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=getattr(args, "only", None))
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
     planned = search.grid_size(hp) if study.search == "grid" else budget.search_trials * seeds
@@ -164,6 +164,13 @@ def shared_trial_data(encoder, arrays, budget) -> search.TrialData:
     return search.TrialData(encoder, train_features, val, test, budget)
 
 
+def study_folder(out: Path, study: str, only: dict | None) -> Path:
+    """OUT/STUDY, or OUT/STUDY-NAME-V1-V2 when --only restricts it: a subset keeps its own
+    search state and records, and never mixes with the full study's."""
+    suffix = "".join(f"-{name}-{'-'.join(values)}" for name, values in sorted((only or {}).items()))
+    return Path(out) / f"{study}{suffix}"
+
+
 def run_context(args, study, budget, seeds, split, source, base, planned) -> dict:
     from zoo.saving import versions
 
@@ -186,6 +193,8 @@ def _argv(args) -> list[str]:
         parts += ["--data", str(args.data)]
     if args.seeds:
         parts += ["--seeds", str(args.seeds)]
+    for name, values in (getattr(args, "only", None) or {}).items():
+        parts += ["--only", f"{name}={','.join(values)}"]
     if args.test_area:
         parts += ["--test-area", args.test_area]
     if args.val_area:

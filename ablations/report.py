@@ -240,7 +240,7 @@ def write_index(out: Path) -> None:
         best = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         test = best.get("metrics", {}).get("test", {})
         rows.append({
-            "study": f"[{context['study']}]({context['study']}/table.md)",
+            "study": f"[{context_file.parent.name}]({context_file.parent.name}/table.md)",
             "budget": context["budget"], "date": context["date"],
             "trials": len(list((context_file.parent / "trials").glob("*.json"))),
             "selected": best.get("name", "-"),

@@ -1,5 +1,6 @@
 """python -m ablations.run STUDY [--data DIR] [--budget smoke|standard|full] [--out DIR]
-                          [--seeds N] [--fresh] [--chief | --worker ID] [--oracle HOST:PORT]
+                          [--seeds N] [--only NAME=V1,V2] [--fresh] [--chief | --worker ID]
+                          [--oracle HOST:PORT]
 python -m ablations.run --list
 
 Runs a KerasTuner search for STUDY, scores every trial on the held-out test split, writes
@@ -33,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--seeds", type=int, help="repeats of each configuration (default: budget's)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME=V1,V2",
+                        help="run only these values of one of the study's choices (repeatable), "
+                             "e.g. --only augmentation=flips,sensor --seeds 3; use its own --out")
     parser.add_argument("--fresh", action="store_true", help="discard earlier trials of this study")
     parser.add_argument("--test-area", help="area held out as the test split (default: the middle-sized area)")
     parser.add_argument("--val-area", help="validate on this whole area (cross-city validation) "
@@ -73,6 +77,7 @@ def check_args(args) -> None:
         raise UserFacingError(f"unknown study {args.study!r}; known: {', '.join(studies.STUDIES)}")
     if args.seeds is not None and args.seeds < 1:
         raise UserFacingError("--seeds must be at least 1")
+    args.only = parse_only(args.only)
     if args.data is not None and not args.data.is_dir():
         raise UserFacingError(f"data folder {args.data} does not exist")
     # KerasTuner reads its chief/worker roles from the environment when the tuner is made.
@@ -82,6 +87,19 @@ def check_args(args) -> None:
                               "a worker would delete the records of the others")
     if distributed.role() == "chief":
         distributed.check_port_free()
+
+
+def parse_only(items: list[str]) -> dict[str, list[str]]:
+    """`--only NAME=V1,V2` flags as {NAME: [V1, V2]}; whether NAME and the values exist is
+    checked when the study declares its space (ablations.search.RestrictedChoices)."""
+    only = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        chosen = [v.strip() for v in values.split(",") if v.strip()]
+        if not name.strip() or not chosen:
+            raise UserFacingError(f"--only {item!r}: expected NAME=VALUE[,VALUE...], e.g. augmentation=flips,sensor")
+        only[name.strip()] = chosen
+    return only
 
 
 if __name__ == "__main__":

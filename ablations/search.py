@@ -22,6 +22,7 @@ import keras_tuner
 import numpy as np
 
 from ablations import train
+from ablations.errors import UserFacingError
 from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.studies import OBJECTIVE, Study
 from zoo import unet
@@ -39,15 +40,45 @@ class TrialData:
     budget: object  # studies.Budget: epochs, size, eager, latency_repeats
 
 
+class RestrictedChoices:
+    """The hyperparameters a study declares, with the Choice lists that `--only` names cut
+    to the values it names (compared as text: `--only width=0.5`)."""
+
+    def __init__(self, hp: keras_tuner.HyperParameters, only: dict[str, list[str]]):
+        self.hp, self.only, self.declared = hp, only, []
+
+    def Choice(self, name, values, **kwargs):
+        self.declared.append(name)
+        if name in self.only:
+            unknown = [v for v in self.only[name] if v not in {str(c) for c in values}]
+            if unknown:
+                raise UserFacingError(f"--only {name}: {', '.join(unknown)} is not one of its "
+                                      f"values ({', '.join(map(str, values))})")
+            values = [v for v in values if str(v) in self.only[name]]
+        return self.hp.Choice(name, values, **kwargs)
+
+    def __getattr__(self, attribute):  # Float, Int, Boolean, ... unchanged
+        return getattr(self.hp, attribute)
+
+    def check_every_name_was_declared(self, study: str) -> None:
+        missing = [name for name in self.only if name not in self.declared]
+        if missing:
+            raise UserFacingError(f"--only {', '.join(missing)}: study {study!r} has no such choice "
+                                  f"(its choices: {', '.join(self.declared)})")
+
+
 class StudyHyperModel(keras_tuner.HyperModel):
     """build(hp) maps hyperparameters onto a DecoderConfig and builds it with zoo."""
 
-    def __init__(self, study: Study, base_decoder, seeds: int, shared: TrialData):
+    def __init__(self, study: Study, base_decoder, seeds: int, shared: TrialData, only=None):
         super().__init__(name=study.name)
         self.study, self.base_decoder, self.seeds, self.shared = study, base_decoder, seeds, shared
+        self.only = only or {}
 
     def declare(self, hp: keras_tuner.HyperParameters) -> None:
-        self.study.space(hp, self.base_decoder, self.seeds)
+        restricted = RestrictedChoices(hp, self.only)
+        self.study.space(restricted, self.base_decoder, self.seeds)
+        restricted.check_every_name_was_declared(self.study.name)
 
     def trial_setup(self, hp):
         return self.study.to_trial(hp.values, self.base_decoder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -300,3 +301,48 @@ def test_error_analysis_page_for_the_selected_model(smoke_run, cache_home, tmp_p
     for name in ("missed.png", "invented.png", "boundary.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG"
+
+
+def _declared_space(study_name: str, only: dict, seeds: int = 1):
+    import keras_tuner
+
+    from ablations import search, studies
+
+    hp = keras_tuner.HyperParameters()
+    hypermodel = search.StudyHyperModel(studies.STUDIES[study_name], studies.DEFAULT_DECODER, seeds,
+                                        shared=None, only=only)
+    hypermodel.declare(hp)
+    return hp
+
+
+def test_only_cuts_a_grid_to_the_named_values():
+    from ablations import search
+
+    hp = _declared_space("augmentation", {"augmentation": ["flips", "sensor"]}, seeds=3)
+    assert search.grid_size(hp) == 6
+    assert hp.get("augmentation") in ("flips", "sensor")
+    assert [p.values for p in hp.space if p.name == "augmentation"] == [["flips", "sensor"]]
+    assert search.grid_size(_declared_space("decoder_width", {"width": ["0.5"]})) == 2  # x conv
+    from ablations.pipeline import study_folder
+
+    # A subset keeps its own folder, so its search state never mixes with the full study's.
+    assert study_folder(Path("r"), "augmentation", {}) == Path("r/augmentation")
+    assert study_folder(Path("r"), "augmentation", {"augmentation": ["flips", "sensor"]}) == \
+        Path("r/augmentation-augmentation-flips-sensor")
+
+
+@pytest.mark.parametrize("only, words", [
+    ({"augmentation": ["flips", "mud"]}, "mud is not one of its values (none, flips"),
+    ({"colour": ["red"]}, "study 'augmentation' has no such choice (its choices: augmentation, seed)"),
+])
+def test_only_refuses_what_the_study_does_not_have(only, words):
+    from ablations.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match=re.escape(words)):
+        _declared_space("augmentation", only)
+
+
+def test_only_without_values_is_one_sentence():
+    result = run_cli("augmentation", "--budget", "smoke", "--only", "augmentation")
+    assert result.returncode == 2
+    assert "expected NAME=VALUE[,VALUE...]" in result.stderr and "Traceback" not in result.stderr
