@@ -138,8 +138,10 @@ def main(argv=None) -> int:
     errors = totals["fp"] + totals["fn"]
     lines = [
         "# Error analysis", "",
-        f"Model `{args.model}` (threshold {segmenter.threshold:.2f}) on the test split: {split.description}.",
-        f"Written by `python -m ablations.analysis --data {args.data}`.", "",
+        # Only the test split matters here, and it does not depend on how validation is drawn.
+        f"Model `{args.model}` (scales {', '.join(f'{x:g}' for x in segmenter.scales)}, threshold "
+        f"{segmenter.threshold:.2f}) on the test split: {split.description.split('; ')[0]}.",
+        f"Written by `python -m ablations.analysis {' '.join(sys.argv[1:] if argv is None else argv)}`.", "",
         "## Scores by zoom level (pixels summed per group)", "",
         tabulate(scores_by(rows, "zoom"), headers="keys", tablefmt="github"), "",
         "## Where the wrong pixels are", "",
