@@ -85,6 +85,10 @@ class StudyHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         config, _ = self.trial_setup(hp)
+        # The decoder's initial weights come from the trial's own seed, not from whatever the
+        # process drew before: otherwise a trial's result depends on its place in the search
+        # (first after a start or a resume, or after a trial with another seed).
+        keras.utils.set_random_seed(int(hp.values.get("seed", 0)))
         return unet.build(config, encoder=self.shared.encoder)
 
     def fit(self, hp, model, callbacks=(), **kwargs):

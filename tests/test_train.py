@@ -29,3 +29,29 @@ def test_training_features_are_freed_after_fit():
     del cache
     gc.collect()
     assert alive() is None, "the training features outlived the trial"
+
+
+def test_a_trials_initial_weights_depend_only_on_its_own_seed():
+    import keras
+    import keras_tuner
+
+    from ablations import search
+
+    encoder = zoo_encoder.build_encoder(None)
+    hypermodel = search.StudyHyperModel(studies.STUDIES["loss"], studies.DEFAULT_DECODER, 2,
+                                        search.TrialData(encoder, None, None, None, None))
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare(hp)
+    hp.values.update({"loss": "bce_dice", "seed": 1})
+
+    def decoder_weights_after(earlier_draws: int):
+        keras.utils.set_random_seed(99)
+        for _ in range(earlier_draws):  # what earlier trials or a restart drew
+            keras.random.normal((3,), seed=None)
+            unet.build(studies.DEFAULT_DECODER, encoder=encoder)
+        return [np.asarray(w) for w in unet.decoder_of(hypermodel.build(hp)).trainable_weights]
+
+    first, later = decoder_weights_after(0), decoder_weights_after(2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, later))
+    hp.values["seed"] = 0
+    assert not all(np.array_equal(a, b) for a, b in zip(first, decoder_weights_after(0)))
