@@ -16,7 +16,7 @@ import keras
 import keras_tuner
 
 from ablations import data, distributed, features, report, search, studies
-from ablations.machine import describe as describe_machine
+from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.errors import UserFacingError
 from zoo import encoder as zoo_encoder
 from zoo import unet
@@ -29,7 +29,7 @@ def run_study(args) -> None:
     role = distributed.role()
     study, budget = studies.STUDIES[args.study], studies.BUDGETS[args.budget]
     seeds = args.seeds or budget.default_seeds
-    study_dir = study_folder(args.out, study.name, getattr(args, "only", None))
+    study_dir = study_folder(args.out, study.name, args.only)
     keras.utils.set_random_seed(SEED)
     encoder = load_encoder(args.weights)
     split, arrays, source = load_data(args, budget)
@@ -40,7 +40,7 @@ def run_study(args) -> None:
     else:
         shared = shared_trial_data(encoder, arrays, budget)
     base = studies.base_decoder(study, args.out)
-    hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=getattr(args, "only", None))
+    hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=args.only)
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
     planned = search.grid_size(hp) if study.search == "grid" else budget.search_trials * seeds
@@ -74,10 +74,8 @@ def run_study(args) -> None:
 
 def run_cost(started: float) -> dict:
     """Wall time and peak memory of this invocation (a resumed run counts only its own part)."""
-    import resource
-
     return {"wall_minutes": round((time.time() - started) / 60, 1),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            "peak_rss_gib": round(process_memory_gib()[1], 2)}
 
 
 def serve_oracle(tuner) -> None:
@@ -193,7 +191,7 @@ def _argv(args) -> list[str]:
         parts += ["--data", str(args.data)]
     if args.seeds:
         parts += ["--seeds", str(args.seeds)]
-    for name, values in (getattr(args, "only", None) or {}).items():
+    for name, values in args.only.items():
         parts += ["--only", f"{name}={','.join(values)}"]
     if args.test_area:
         parts += ["--test-area", args.test_area]

@@ -58,10 +58,10 @@ def parse_point(text: str) -> tuple[int, int]:
 def measure_point(data_root: Path | None, images: int, size: int, budget_name: str) -> dict:
     """One point, in this process: the parts a study is made of."""
     import dataclasses
-    import resource
     from types import SimpleNamespace
 
     from ablations import pipeline, search, studies, train
+    from ablations.machine import process_memory_gib
     from zoo import unet
 
     budget = dataclasses.replace(studies.BUDGETS[budget_name], size=size, max_images=images)
@@ -83,7 +83,7 @@ def measure_point(data_root: Path | None, images: int, size: int, budget_name: s
         "first_epoch_s": timer.seconds[0], "steady_epoch_s": timer.seconds[1],
         "score_s": (scored - encoded) - result.train_seconds,
         "cache_gib": (train_features.nbytes() + shared.val.nbytes() + shared.test.nbytes()) / 2**30,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": process_memory_gib()[1],
         "epochs": budget.epochs, "trials": STUDY_TRIALS,
     }
 
