@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from ablations.machine import median_ms  # noqa: E402
+from ablations.machine import median_ms, process_memory_gib  # noqa: E402
 from zoo.served import served_model_path  # noqa: E402
 
 
@@ -319,7 +318,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "data": source, "images": len(images), "model": str(args.model), "config": config.name,
         "requests": args.requests, "training": training, "forward": forward, "http": http, "variants": variants,
-        "bench_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "bench_peak_rss_mb": process_memory_gib()[1] * 1024,
         "load_start": load_start, "load_end": os.getloadavg()[0],
     }
     write_report(args.out, results)

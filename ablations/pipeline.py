@@ -63,7 +63,6 @@ def run_study(args) -> None:
         report.write_context(study_dir, context)
     else:
         tuner.search()
-    context.pop("this_run", None)  # the pre-`runs` record, now kept in `runs`
     context["runs"] = earlier_runs + [{**run_cost(started), "trials_run": tuner.done_this_run}]
     report.write_context(study_dir, context)
     best = report.write_all(study_dir, context, encoder, arrays["test"])

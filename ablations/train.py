@@ -36,8 +36,6 @@ class FeatureBatches(keras.utils.PyDataset):
         return self.features.batch(self.copy_of[chosen], chosen)
 
     def on_epoch_end(self):
-        if self.features is None:  # released: fit has finished
-            return
         self.order = self.rng.permutation(self.features.count)
         self.copy_of = self.rng.integers(0, self.features.copies, self.features.count)
 
