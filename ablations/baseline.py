@@ -33,6 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--val-area", help="validate on this whole area, as ablations.run --val-area")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the budget's)")
     parser.add_argument("--table-only", action="store_true",
                         help="only rewrite table.md from the saved metrics.json (after later studies)")
     return parser.parse_args(argv)
@@ -133,13 +134,14 @@ def train_and_score(args) -> dict:
 
     budget = studies.BUDGETS[args.budget]
     split, arrays, source = load_data(args, budget)
-    model, seconds, history = train_tutorial(arrays, budget.epochs, args.batch_size, args.weights)
+    epochs = args.epochs or budget.epochs
+    model, seconds, history = train_tutorial(arrays, epochs, args.batch_size, args.weights)
     threshold, scores = evaluate(model, arrays)
     n_train = len(arrays["train"][0])
     result = {"scores": scores, "threshold": threshold, "train_seconds": seconds,
-              "images_per_second": budget.epochs * n_train / seconds, "history": history,
+              "images_per_second": epochs * n_train / seconds, "history": history,
               "trainable_params": trainable_params(model), "data": source, "split": split.description,
-              "counts": split.counts(), "budget": budget.name, "epochs": budget.epochs,
+              "counts": split.counts(), "budget": budget.name, "epochs": epochs,
               "machine": describe(), "versions": versions(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "batch_size": args.batch_size}
