@@ -292,3 +292,29 @@ def test_bilinear_upsample_serves_any_size_from_one_trace():
                                    atol=1e-6)
     assert traced.experimental_get_tracing_count() == 1
     assert layer.compute_output_shape((None, None, 6, 3)) == (None, None, 12, 3)
+
+
+# ---------------------------------------------------------------- the head cannot go dead
+
+def kill_last_block(decoder):
+    """Push the last block's BatchNorm far negative: what a trained width-0.25 decoder did to
+    its four last channels on most pixels of unseen cities."""
+    bn = [layer for layer in decoder.layers if isinstance(layer, keras.layers.BatchNormalization)][-1]
+    gamma, beta, mean, variance = bn.get_weights()
+    bn.set_weights([gamma, beta - 100.0, mean, variance])
+
+
+@pytest.mark.parametrize("head, constant", [("relu", True), ("linear", False)])
+def test_only_the_linear_head_keeps_a_dead_last_block_from_a_constant_output(head, constant):
+    keras.utils.set_random_seed(0)
+    decoder = unet.build_decoder(DecoderConfig(width=0.25, head=head), [16, 24, 192, 576, 1280])
+    kill_last_block(decoder)
+    logits = np.asarray(decoder(random_taps(decoder, 2, 64)))
+    assert (logits.std() < 1e-6) == constant
+
+
+def test_configs_recorded_before_the_head_field_load_as_relu_heads():
+    legacy = {"upsampler": "nearest", "skip": "attention", "conv": "double", "width": 0.25}
+    assert DecoderConfig.from_dict(legacy).head == "relu"
+    assert DecoderConfig.from_dict(legacy).name == "nearest-attention-double-w0.25-relu"
+    assert DecoderConfig().head == "linear" and "relu" not in DecoderConfig().name

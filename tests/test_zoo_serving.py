@@ -362,3 +362,45 @@ def test_shared_weights_in_keras_cache_work_offline(monkeypatch, tmp_path):
     for a, b in zip(from_cache, encoder_values(encoder.build_encoder(path))):
         np.testing.assert_array_equal(a, b)
     assert attempts == []
+
+
+# ---------------------------------------------------------------- test-time augmentation
+
+@pytest.mark.parametrize("tta, group", [
+    ("flips", [lambda a: a[:, ::-1], lambda a: a[::-1]]),
+    ("dihedral", [lambda a: a[:, ::-1], lambda a: np.rot90(a), lambda a: np.swapaxes(a, 0, 1)]),
+])
+def test_test_time_views_make_the_prediction_equivariant(spread_model, tta, group):
+    """Averaging over a group of views makes the prediction commute with that group, which
+    a single random-weight U-Net (3x3 kernels, not symmetric) does not do by itself."""
+    picture = image(64, 64, seed=3)
+    plain, averaged = Segmenter(spread_model), Segmenter(spread_model, tta=tta)
+    base = averaged.probabilities(picture)
+    for view in group:
+        np.testing.assert_allclose(averaged.probabilities(np.ascontiguousarray(view(picture))),
+                                   view(base), atol=1e-5)
+    flipped = plain.probabilities(np.ascontiguousarray(picture[:, ::-1]))
+    assert np.abs(flipped - plain.probabilities(picture)[:, ::-1]).max() > 1e-3
+
+
+def test_test_time_views_run_through_tiles_and_scales(spread_model):
+    picture = image(600, 300, seed=4)  # tiled at 512 with a non-square canvas
+    segmenter = Segmenter(spread_model, tta="dihedral", scales=(1.0, 0.5))
+    batches = record_batches(segmenter)
+    probabilities = segmenter.probabilities(picture)
+    assert probabilities.shape == (600, 300)
+    assert len(batches) % 8 == 0  # every batch seen in all eight views
+    # Non-square tiles would change shape under a quarter turn; the tiles are square.
+    assert {b[1:3] for b in batches} == {(512, 512), (320, 160), (160, 320)}
+    single_view = Segmenter(spread_model, scales=(1.0, 0.5)).probabilities(picture)
+    assert 1e-3 < np.abs(probabilities - single_view).mean() < 0.5
+
+
+def test_unknown_test_time_views_are_refused_by_name(spread_model):
+    with pytest.raises(ValueError, match="tta must be one of none, flips, dihedral"):
+        Segmenter(spread_model, tta="rotate")
+
+
+def test_segmenter_from_file_reads_the_saved_test_time_views(spread_model, tmp_path):
+    path = saving.save(spread_model, tmp_path / "tta.keras", {"inference": {"tta": "flips"}})
+    assert Segmenter.from_file(path).tta == "flips"

@@ -54,11 +54,12 @@ class BilinearUpsample(layers.Layer):
         return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
 
 
-def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, separable: bool = False):
+def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, separable: bool = False,
+                 relu: bool = True):
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     x = conv(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
 # ---- upsamplers: (x, filters, name) -> x at twice the resolution, `filters` channels ----
@@ -144,16 +145,17 @@ SKIP_MERGES = {
 }
 
 
-# ---- conv blocks: (x, filters, name) -> x ----
+# ---- conv blocks: (x, filters, name, relu_out) -> x ----
+# relu_out=False leaves the block's output linear (the decoder's "linear" head).
 
-def conv_double(x, filters, name):
+def conv_double(x, filters, name, relu_out=True):
     x = conv_bn_relu(x, filters, f"{name}_a")
-    return conv_bn_relu(x, filters, f"{name}_b")
+    return conv_bn_relu(x, filters, f"{name}_b", relu=relu_out)
 
 
-def conv_separable(x, filters, name):
+def conv_separable(x, filters, name, relu_out=True):
     x = conv_bn_relu(x, filters, f"{name}_a", separable=True)
-    return conv_bn_relu(x, filters, f"{name}_b", separable=True)
+    return conv_bn_relu(x, filters, f"{name}_b", separable=True, relu=relu_out)
 
 
 CONV_BLOCKS = {"double": conv_double, "separable": conv_separable}

@@ -11,6 +11,11 @@ import dataclasses
 UPSAMPLERS = ("transpose", "bilinear", "nearest", "subpixel")
 SKIP_MERGES = ("concat", "add", "attention", "none")
 CONV_BLOCKS = ("double", "separable")
+# How the last decoder level ends before the 1x1 logit. "relu": conv + BN + ReLU like every
+# other level; with few channels all of them can be zero at once over most of an image,
+# leaving only the logit's bias (a constant probability floor that no threshold below it can
+# cross). "linear": the last conv + BN without ReLU, so the logit always depends on the pixels.
+HEADS = ("linear", "relu")
 
 # Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
 BASE_FILTERS = (256, 128, 64, 32, 16)
@@ -24,11 +29,13 @@ class DecoderConfig:
     skip: str = "concat"
     conv: str = "double"
     width: float = 0.5
+    head: str = "linear"
 
     def __post_init__(self):
         _check_choice("upsampler", self.upsampler, UPSAMPLERS)
         _check_choice("skip", self.skip, SKIP_MERGES)
         _check_choice("conv", self.conv, CONV_BLOCKS)
+        _check_choice("head", self.head, HEADS)
         if not 0.05 <= float(self.width) <= 4.0:
             raise ValueError(f"DecoderConfig.width must be in [0.05, 4], got {self.width!r}")
 
@@ -39,7 +46,8 @@ class DecoderConfig:
 
     @property
     def name(self) -> str:
-        return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}"
+        suffix = "" if self.head == "linear" else f"-{self.head}"
+        return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -50,7 +58,8 @@ class DecoderConfig:
         unknown = set(fields) - known
         if unknown:
             raise ValueError(f"unknown DecoderConfig fields: {sorted(unknown)}")
-        return cls(**fields)
+        # Configs recorded before `head` existed were all built with a ReLU head.
+        return cls(**{"head": "relu", **fields})
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:

@@ -31,6 +31,11 @@ TUTORIAL_TAPS = {
 }
 
 
+def tap_name(stride: int) -> str:
+    """The name of the decoder input fed by the encoder tap at `stride` (zoo.unet, ablations.features)."""
+    return f"tap_s{stride}"
+
+
 class WeightsUnavailable(RuntimeError):
     """The ImageNet weights could be neither found locally nor downloaded."""
 

@@ -10,12 +10,36 @@ pixels a side, so twice the ground per pixel) and the probabilities, resized bac
 averaged. A model trained on small houses then also sees a city's large roofs at the size
 it learned (results/cross_city/inference/README.md measures what that buys). A saved model's
 metadata may name its scales and threshold under "inference" (`ablations.context --apply`).
+
+Test-time augmentation (`tta`): each forward pass also runs on the batch flipped ("flips":
+identity, horizontal, vertical, both) or on all eight rotations and flips ("dihedral"), and
+the probabilities, mapped back, are averaged. Aerial images have no "up", so every view is
+as plausible as the original, and the model's errors on them are partly independent.
 """
 from __future__ import annotations
 
 import numpy as np
 
 STRIDE = 32
+
+# Views of an NHW(C) batch: (forward, inverse) pairs over the spatial axes 1 and 2.
+_IDENTITY = (lambda a: a, lambda a: a)
+_FLIP_H = (lambda a: a[:, :, ::-1], lambda a: a[:, :, ::-1])
+_FLIP_V = (lambda a: a[:, ::-1], lambda a: a[:, ::-1])
+_FLIP_HV = (lambda a: a[:, ::-1, ::-1], lambda a: a[:, ::-1, ::-1])
+
+
+def _transposed(view):
+    forward, inverse = view
+    return (lambda a: np.swapaxes(forward(a), 1, 2), lambda a: inverse(np.swapaxes(a, 1, 2)))
+
+
+TTA_VIEWS = {
+    "none": (_IDENTITY,),
+    "flips": (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV),
+    "dihedral": (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV, _transposed(_IDENTITY),
+                 _transposed(_FLIP_H), _transposed(_FLIP_V), _transposed(_FLIP_HV)),
+}
 
 
 class ImageError(ValueError):
@@ -37,13 +61,17 @@ class Segmenter:
     """Wraps a U-Net (logits out) with its threshold and tiling policy."""
 
     def __init__(self, model, threshold: float = 0.5, tile: int = 512, overlap: int = 64,
-                 batch_size: int = 8, metadata: dict | None = None, scales=(1.0,)):
+                 batch_size: int = 8, metadata: dict | None = None, scales=(1.0,),
+                 tta: str = "none"):
         if tile % STRIDE or overlap % STRIDE or overlap >= tile:
             raise ValueError("tile and overlap must be multiples of 32, overlap < tile")
         scales = tuple(float(s) for s in scales)
         if not scales or not all(0 < s <= 4 for s in scales):
             raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {scales}")
+        if tta not in TTA_VIEWS:
+            raise ValueError(f"tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
         self.model, self.threshold, self.tile, self.overlap = model, threshold, tile, overlap
+        self.tta = tta
         self.batch_size, self.scales = batch_size, scales
         self.metadata = metadata or {}
         self._logits = _shape_agnostic(model)
@@ -55,7 +83,8 @@ class Segmenter:
         model, metadata = saving.load(path, verify=verify)
         inference = metadata.get("inference") or {}
         options = {"threshold": float(inference.get("threshold", metadata.get("threshold", 0.5))),
-                   "scales": tuple(inference.get("scales", (1.0,)))}
+                   "scales": tuple(inference.get("scales", (1.0,))),
+                   "tta": inference.get("tta", "none")}
         return cls(model, metadata=metadata, **{**options, **kwargs})
 
     def predict(self, image) -> np.ndarray:
@@ -78,7 +107,13 @@ class Segmenter:
         return self._tiled(image)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        logits = self._logits(batch.astype(np.float32))
+        batch = batch.astype(np.float32)
+        views = TTA_VIEWS[self.tta]
+        return np.mean([inverse(self._forward_once(np.ascontiguousarray(forward(batch))))
+                        for forward, inverse in views], axis=0)
+
+    def _forward_once(self, batch: np.ndarray) -> np.ndarray:
+        logits = self._logits(batch)
         return sigmoid(np.asarray(logits, dtype=np.float32)[..., 0])
 
     def _whole(self, image):

@@ -12,7 +12,7 @@ from keras import layers
 
 from zoo import blocks
 from zoo.config import TUTORIAL_FILTERS, DecoderConfig
-from zoo.encoder import TAPS, TUTORIAL_TAPS, build_encoder
+from zoo.encoder import TAPS, TUTORIAL_TAPS, build_encoder, tap_name
 
 STRIDES = sorted(TAPS)  # 2, 4, 8, 16, 32
 DECODER_NAME = "decoder"
@@ -37,7 +37,7 @@ def assemble(encoder: keras.Model, decoder: keras.Model, name: str) -> keras.Mod
 
 def build_decoder(config: DecoderConfig, channels: list[int]) -> keras.Model:
     """Decoder over taps at strides 2..32 (coarse to fine filters from the config)."""
-    taps = [keras.Input((None, None, c), name=f"tap_s{s}") for s, c in zip(STRIDES, channels)]
+    taps = [keras.Input((None, None, c), name=tap_name(s)) for s, c in zip(STRIDES, channels)]
     by_stride = dict(zip(STRIDES, taps))
     upsample = blocks.UPSAMPLERS[config.upsampler]
     merge = blocks.SKIP_MERGES[config.skip]
@@ -51,7 +51,8 @@ def build_decoder(config: DecoderConfig, channels: list[int]) -> keras.Model:
         x = upsample(x, filters, f"{name}_up")
         if stride in by_stride:  # the stride-1 level has no tap to merge
             x = merge(x, by_stride[stride], coarse, filters, f"{name}_skip")
-        x = conv_block(x, filters, f"{name}_block")
+        last = level == len(config.filters) - 1
+        x = conv_block(x, filters, f"{name}_block", relu_out=not (last and config.head == "linear"))
     logits = layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
     return keras.Model(taps, logits, name=DECODER_NAME)
 
@@ -64,7 +65,7 @@ def build_tutorial(weights="imagenet") -> keras.Model:
     """
     encoder = build_encoder(weights, TUTORIAL_TAPS)
     channels = [t.shape[-1] for t in encoder.outputs]
-    taps = [keras.Input((None, None, c), name=f"tap_s{s}") for s, c in zip(STRIDES, channels)]
+    taps = [keras.Input((None, None, c), name=tap_name(s)) for s, c in zip(STRIDES, channels)]
     x = taps[-1]
     for filters, skip in zip(TUTORIAL_FILTERS, reversed(taps[:-1])):
         x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=False)(x)
