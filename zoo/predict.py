@@ -58,11 +58,15 @@ def check_image(image) -> np.ndarray:
 
 
 class Segmenter:
-    """Wraps a U-Net (logits out) with its threshold and tiling policy."""
+    """Wraps a U-Net (logits out) with its threshold and tiling policy.
+
+    `forward` (float32 batch N x H x W x 3, RGB 0..255 -> logits N x H x W x 1) replaces the
+    Keras model's own forward pass, e.g. an exported runtime from `zoo.runtimes`; `model` may
+    then be None."""
 
     def __init__(self, model, threshold: float = 0.5, tile: int = 512, overlap: int = 64,
                  batch_size: int = 8, metadata: dict | None = None, scales=(1.0,),
-                 tta: str = "none"):
+                 tta: str = "none", forward=None):
         if tile % STRIDE or overlap % STRIDE or overlap >= tile:
             raise ValueError("tile and overlap must be multiples of 32, overlap < tile")
         scales = tuple(float(s) for s in scales)
@@ -74,18 +78,14 @@ class Segmenter:
         self.tta = tta
         self.batch_size, self.scales = batch_size, scales
         self.metadata = metadata or {}
-        self._logits = _shape_agnostic(model)
+        self._logits = forward if forward is not None else _shape_agnostic(model)
 
     @classmethod
     def from_file(cls, path, verify: bool = True, **kwargs) -> "Segmenter":
         from zoo import saving
 
         model, metadata = saving.load(path, verify=verify)
-        inference = metadata.get("inference") or {}
-        options = {"threshold": float(inference.get("threshold", metadata.get("threshold", 0.5))),
-                   "scales": tuple(inference.get("scales", (1.0,))),
-                   "tta": inference.get("tta", "none")}
-        return cls(model, metadata=metadata, **{**options, **kwargs})
+        return cls(model, metadata=metadata, **{**options_from(metadata), **kwargs})
 
     def predict(self, image) -> np.ndarray:
         """HxW uint8 mask of 0/1."""
@@ -140,6 +140,14 @@ class Segmenter:
                 out[y + margin:y + self.tile - margin, x + margin:x + self.tile - margin] = \
                     prob[margin:self.tile - margin, margin:self.tile - margin]
         return out[margin:margin + height, margin:margin + width]
+
+
+def options_from(metadata: dict) -> dict:
+    """The threshold, scales and test-time views a saved model's metadata names."""
+    inference = metadata.get("inference") or {}
+    return {"threshold": float(inference.get("threshold", metadata.get("threshold", 0.5))),
+            "scales": tuple(inference.get("scales", (1.0,))),
+            "tta": inference.get("tta", "none")}
 
 
 def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
