@@ -1,5 +1,5 @@
-"""ablations: train and compare zoo decoder variants on image/mask folders.
+"""ablations: the study pipeline that trains and compares zoo decoder variants on image/mask folders.
 
-`ablations.data` reads, checks, splits and augments the data; it imports no
-deep-learning code at import time, so reports and tests can use it cheaply.
+`data` reads, checks, splits and augments; `studies`, `search`, `train`, `pipeline`, `report`
+run and record the searches (`run`, `fit` are the CLIs); `evaluate` and `bench` hold the other commands.
 """

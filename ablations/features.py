@@ -12,10 +12,11 @@ import time
 
 import numpy as np
 
-from ablations import data
+from ablations.data import augment
+from zoo.encoder import tap_name
 from zoo.unet import STRIDES, encoder_features
 
-TAP_INPUTS = [f"tap_s{s}" for s in STRIDES]  # zoo.unet.build_decoder's input names
+TAP_INPUTS = [tap_name(s) for s in STRIDES]  # zoo.unet.build_decoder's input names
 
 
 @dataclasses.dataclass
@@ -53,7 +54,7 @@ def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentati
     cache itself, not the cache plus a list of chunks plus their concatenation.
     """
     started = time.time()
-    pipeline = data.augmentation(augmentation, seed=seed) if copies > 1 else None
+    pipeline = augment.augmentation(augmentation, seed=seed) if copies > 1 else None
     taps, all_masks = None, np.empty((copies,) + masks.shape, np.uint8)
     for copy in range(copies):
         copy_images, all_masks[copy] = _augmented_copy(pipeline, images, masks, copy)
@@ -72,5 +73,5 @@ def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentati
 def _augmented_copy(pipeline, images, masks, copy: int):
     if copy == 0 or pipeline is None:
         return images, masks
-    pairs = [data.augment_pair(pipeline, image, mask) for image, mask in zip(images, masks)]
+    pairs = [augment.augment_pair(pipeline, image, mask) for image, mask in zip(images, masks)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -15,37 +15,39 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from ablations import data, distributed, features, report, search, studies
+from ablations import distributed, features, report, search, studies
+from ablations.data import folders, splits, synthetic
 from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.errors import UserFacingError
+from ablations.request import StudyRequest
 from zoo import encoder as zoo_encoder
 from zoo import unet
 
 SEED = 0
 
 
-def run_study(args) -> None:
+def run_study(request: StudyRequest) -> None:
     started = time.time()
     role = distributed.role()
-    study, budget = studies.STUDIES[args.study], studies.BUDGETS[args.budget]
-    seeds = args.seeds or budget.default_seeds
-    study_dir = study_folder(args.out, study.name, args.only)
+    study, budget = studies.STUDIES[request.study], studies.BUDGETS[request.budget]
+    seeds = request.seeds or budget.default_seeds
+    study_dir = study_folder(request.out, study.name, request.only)
     keras.utils.set_random_seed(SEED)
-    encoder = load_encoder(args.weights)
-    split, arrays, source = load_data(args, budget)
-    if args.fresh and study_dir.exists():  # only once weights and data are known good
+    encoder = load_encoder(request.weights)
+    split, arrays, source = load_data(budget, request.data, request.test_area, request.val_area)
+    if request.fresh and study_dir.exists():  # only once weights and data are known good
         shutil.rmtree(study_dir)
     if role == "chief":  # runs no trials: nothing to encode
         shared = search.TrialData(encoder, _chief_trains_nothing, None, None, budget)
     else:
         shared = shared_trial_data(encoder, arrays, budget)
-    base = studies.base_decoder(study, args.out)
-    hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=args.only)
+    base = studies.base_decoder(study, request.out)
+    hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=request.only)
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
     planned = search.grid_size(hp) if study.search == "grid" else budget.search_trials * seeds
     earlier_runs = report.earlier_runs(study_dir)  # a resumed study keeps what each run cost
-    context = run_context(args, study, budget, seeds, split, source, base, planned)
+    context = run_context(request, study, budget, seeds, split, source, base, planned)
     if role != "worker":  # the chief's context stands for the whole distributed run
         report.write_context(study_dir, context)
     tuner = search.RecordingTuner(
@@ -66,7 +68,7 @@ def run_study(args) -> None:
     context["runs"] = earlier_runs + [{**run_cost(started), "trials_run": tuner.done_this_run}]
     report.write_context(study_dir, context)
     best = report.write_all(study_dir, context, encoder, arrays["test"])
-    report.write_index(args.out)
+    report.write_index(request.out)
     print(f"done in {(time.time() - started) / 60:.1f} min; selected {best['variant']} "
           f"(trial {best['trial_id']}); see {study_dir / 'table.md'}")
 
@@ -114,24 +116,24 @@ def load_encoder(weights: str):
         raise UserFacingError(str(error)) from error
 
 
-def load_data(args, budget):
-    """Scan, check and split the data, then load each split as arrays."""
-    if args.data is None:
-        root = data.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
+def load_data(budget, data: Path | None = None, test_area: str | None = None,
+              val_area: str | None = None):
+    """Scan, check and split the data (None: synthetic scenes), then load each split as arrays."""
+    if data is None:
+        root = synthetic.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
         print("=" * 72 + f"\nNo --data given: using SYNTHETIC aerial-like scenes in {root}.\n"
               "These numbers say nothing about real imagery.\n" + "=" * 72)
         source = f"SYNTHETIC scenes ({root})"
     else:
-        root, source = args.data, str(args.data)
+        root, source = data, str(data)
     try:
-        samples = data.scan_folder(root, check=True)
+        samples = folders.scan_folder(root, check=True)
         if budget.max_images:
-            samples = data.limit(samples, budget.max_images, SEED)
-        split = data.split_samples(samples, test_area=args.test_area, seed=SEED,
-                                   val_area=args.val_area)
-        arrays = {name: data.load_arrays(getattr(split, name), budget.size)
+            samples = splits.limit(samples, budget.max_images, SEED)
+        split = splits.split_samples(samples, test_area=test_area, seed=SEED, val_area=val_area)
+        arrays = {name: folders.load_arrays(getattr(split, name), budget.size)
                   for name in ("train", "val", "test")}
-    except data.DataError as error:
+    except folders.DataError as error:
         raise UserFacingError(str(error)) from error
     for name, (images, _) in arrays.items():
         if len(images) == 0:
@@ -168,7 +170,7 @@ def study_folder(out: Path, study: str, only: dict | None) -> Path:
     return Path(out) / f"{study}{suffix}"
 
 
-def run_context(args, study, budget, seeds, split, source, base, planned) -> dict:
+def run_context(request: StudyRequest, study, budget, seeds, split, source, base, planned) -> dict:
     from zoo.saving import versions
 
     return {
@@ -178,28 +180,7 @@ def run_context(args, study, budget, seeds, split, source, base, planned) -> dic
         "seeds": seeds, "planned_trials": planned, "search": study.search,
         "data": source, "split": split.description, "counts": split.counts(),
         "base_decoder": base.to_dict(), "objective": f"{studies.OBJECTIVE} (max)",
-        "weights": args.weights, "machine": describe_machine(), "versions": versions(),
+        "weights": request.weights, "machine": describe_machine(), "versions": versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m ablations.run " + " ".join(_argv(args)),
+        "command": "python -m ablations.run " + " ".join(request.argv()),
     }
-
-
-def _argv(args) -> list[str]:
-    parts = [args.study, "--budget", args.budget]
-    if args.data:
-        parts += ["--data", str(args.data)]
-    if args.seeds:
-        parts += ["--seeds", str(args.seeds)]
-    for name, values in args.only.items():
-        parts += ["--only", f"{name}={','.join(values)}"]
-    if args.test_area:
-        parts += ["--test-area", args.test_area]
-    if args.val_area:
-        parts += ["--val-area", args.val_area]
-    if Path(args.out) != Path("results"):
-        parts += ["--out", str(args.out)]
-    if args.weights != "imagenet":
-        parts += ["--weights", args.weights]
-    if args.chief:
-        parts += ["--chief", "--oracle", args.oracle]
-    return parts

@@ -1,8 +1,6 @@
 """Comparison plots for a study, from its trial records (PNG, written atomically)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from zoo.files import atomic_path  # noqa: E402
 
 FIGURES = {
     "tradeoffs.png": "test building IoU against latency and against trainable parameters, Pareto front marked",
@@ -125,13 +125,8 @@ def samples(records, summary, test_arrays, path: Path, tiles: int = 4) -> None:
 
 
 def save_figure_atomic(figure, path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=Path(path).suffix) as tmp:
+            figure.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         plt.close(figure)
-        Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from zoo.config import DecoderConfig
-from zoo.saving import write_json_atomic, write_text_atomic
+from zoo.files import write_json_atomic, write_text_atomic
 
 TEST_METRICS = ("precision", "recall", "building_iou", "mean_iou", "f1", "accuracy", "median_image_iou")
 SELECTION_RULE = ("highest mean validation building IoU; configurations within 0.005 of the "

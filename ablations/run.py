@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ablations import distributed, studies  # noqa: E402  (cheap: no TensorFlow)
 from ablations.errors import UserFacingError  # noqa: E402
+from ablations.request import StudyRequest  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,42 +61,48 @@ def main(argv=None) -> int:
         print(studies.describe())
         return 0
     try:
-        check_args(args)
+        request = make_request(args)
         from ablations.pipeline import run_study  # TensorFlow loads only past this point
 
-        run_study(args)
+        run_study(request)
     except UserFacingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def check_args(args) -> None:
+def make_request(args: argparse.Namespace) -> StudyRequest:
+    """The checked, frozen request; also sets the chief/worker role KerasTuner reads."""
     if not args.study:
         raise UserFacingError("name a study, e.g. `python -m ablations.run decoder_variants` (see --list)")
     if args.study not in studies.STUDIES:
         raise UserFacingError(f"unknown study {args.study!r}; known: {', '.join(studies.STUDIES)}")
     if args.seeds is not None and args.seeds < 1:
         raise UserFacingError("--seeds must be at least 1")
-    args.only = parse_only(args.only)
     if args.data is not None and not args.data.is_dir():
         raise UserFacingError(f"data folder {args.data} does not exist")
+    request = StudyRequest(
+        study=args.study, data=args.data, budget=args.budget, out=args.out, seeds=args.seeds,
+        only=parse_only(args.only), fresh=args.fresh, test_area=args.test_area,
+        val_area=args.val_area, weights=args.weights, chief=args.chief, worker=args.worker,
+        oracle=args.oracle)
     # KerasTuner reads its chief/worker roles from the environment when the tuner is made.
-    distributed.configure(args.chief, args.worker, args.oracle)
-    if args.fresh and distributed.role() == "worker":
+    distributed.configure(request.chief, request.worker, request.oracle)
+    if request.fresh and distributed.role() == "worker":
         raise UserFacingError("--fresh is for the chief (or a single process), not a worker: "
                               "a worker would delete the records of the others")
     if distributed.role() == "chief":
         distributed.check_port_free()
+    return request
 
 
-def parse_only(items: list[str]) -> dict[str, list[str]]:
-    """`--only NAME=V1,V2` flags as {NAME: [V1, V2]}; whether NAME and the values exist is
+def parse_only(items: list[str]) -> dict[str, tuple[str, ...]]:
+    """`--only NAME=V1,V2` flags as {NAME: (V1, V2)}; whether NAME and the values exist is
     checked when the study declares its space (ablations.search.RestrictedChoices)."""
     only = {}
     for item in items:
         name, _, values = item.partition("=")
-        chosen = [v.strip() for v in values.split(",") if v.strip()]
+        chosen = tuple(v.strip() for v in values.split(",") if v.strip())
         if not name.strip() or not chosen:
             raise UserFacingError(f"--only {item!r}: expected NAME=VALUE[,VALUE...], e.g. augmentation=flips,sensor")
         only[name.strip()] = chosen

@@ -26,7 +26,7 @@ from ablations.errors import UserFacingError
 from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.studies import OBJECTIVE, Study
 from zoo import unet
-from zoo.saving import write_json_atomic
+from zoo.files import atomic_path, write_json_atomic
 
 
 @dataclasses.dataclass
@@ -134,13 +134,10 @@ class RecordingTuner(keras_tuner.Tuner):
         self.trials_dir.mkdir(parents=True, exist_ok=True)
         # Weights and samples first, the JSON record last: a record exists only when
         # everything it points to is complete.
-        weights = self.trials_dir / f"{trial.trial_id}.weights.h5"
-        tmp = weights.with_name(f".{weights.name}.tmp.weights.h5")
-        unet.decoder_of(model).save_weights(tmp)
-        tmp.replace(weights)
-        samples = self.trials_dir / f"{trial.trial_id}.samples.npy"
-        np.save(samples.with_suffix(".tmp.npy"), result.sample_masks)
-        samples.with_suffix(".tmp.npy").replace(samples)
+        with atomic_path(self.trials_dir / f"{trial.trial_id}.weights.h5", ".weights.h5") as tmp:
+            unet.decoder_of(model).save_weights(tmp)
+        with atomic_path(self.trials_dir / f"{trial.trial_id}.samples.npy", ".npy") as tmp:
+            np.save(tmp, result.sample_masks)
         record = {
             "trial_id": trial.trial_id, "hyperparameters": hp.values, "config": config.to_dict(),
             "variant": config.name, "recipe": recipe.to_dict(), "seed": int(hp.values.get("seed", 0)),
@@ -175,7 +172,7 @@ class RecordingTuner(keras_tuner.Tuner):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """Reports each epoch's logs and keeps its wall seconds (`seconds`, for ablations.scaling)."""
+    """Reports each epoch's logs and keeps its wall seconds (`seconds`, for ablations.bench.scaling)."""
 
     def __init__(self, progress=print):
         super().__init__()

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from zoo.config import DecoderConfig
+from ablations.data.augment import AUGMENTATIONS
+from zoo.config import CONV_BLOCKS, SKIP_MERGES, UPSAMPLERS, DecoderConfig
 
 OBJECTIVE = "val_building_iou"  # validation building IoU (the strict IoU), maximised
 
@@ -72,8 +73,8 @@ def _seed_choice(hp, seeds: int) -> None:
 
 
 def _decoder_variants_space(hp, base, seeds):
-    hp.Choice("upsampler", ["transpose", "bilinear", "nearest", "subpixel"])
-    hp.Choice("skip", ["concat", "add", "attention", "none"])
+    hp.Choice("upsampler", list(UPSAMPLERS))
+    hp.Choice("skip", list(SKIP_MERGES))
     _seed_choice(hp, seeds)
 
 
@@ -83,7 +84,7 @@ def _decoder_variants_trial(values, base):
 
 def _width_space(hp, base, seeds):
     hp.Choice("width", [0.25, 0.5, 1.0])
-    hp.Choice("conv", ["double", "separable"])
+    hp.Choice("conv", list(CONV_BLOCKS))
     _seed_choice(hp, seeds)
 
 
@@ -92,7 +93,9 @@ def _width_trial(values, base):
 
 
 def _loss_space(hp, base, seeds):
-    hp.Choice("loss", ["bce", "dice", "bce_dice", "focal"])
+    from zoo.losses import LOSSES  # imports Keras: only when a space is declared, not for --list
+
+    hp.Choice("loss", list(LOSSES))
     _seed_choice(hp, seeds)
 
 
@@ -101,7 +104,7 @@ def _loss_trial(values, base):
 
 
 def _augmentation_space(hp, base, seeds):
-    hp.Choice("augmentation", ["none", "flips", "geometric", "strong", "sensor", "zoom"])
+    hp.Choice("augmentation", list(AUGMENTATIONS))
     _seed_choice(hp, seeds)
 
 

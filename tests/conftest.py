@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not add the cwd
     sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from ablations.bench import server  # noqa: E402
 
 
 def child_env(**extra) -> dict:
@@ -34,46 +28,11 @@ def child_env(**extra) -> dict:
     return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
-def wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path,
-                       timeout: float = 120) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return
-        except requests.RequestException:  # not listening yet, or too busy loading to answer
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not healthy after {timeout} s:\n{log_path.read_text()}")
-
-
 @contextlib.contextmanager
 def running_server(command: list[str], log_path: Path, **env):
-    """Yield the URL of `command` once /health answers, then stop it.
-
-    A "{port}" in `command` becomes a free port; without one, `--port PORT` is appended.
-    Output goes to `log_path`: a pipe nobody reads would block a chatty server."""
-    port = free_port()
-    if not any("{port}" in part for part in command):
-        command = [*command, "--port", "{port}"]
-    command = [part.replace("{port}", str(port)) for part in command]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                   env=child_env(**env))
-        try:
-            wait_until_healthy(f"http://127.0.0.1:{port}", process, log_path)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    """Yield the URL of `command` once /health answers, then stop it (ablations.bench.server)."""
+    with server.running_server(command=command, log_path=log_path, env=child_env(**env), cwd=REPO) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +69,7 @@ def small_segmenter(small_model_file):
 @pytest.fixture(scope="session")
 def app_server(small_model_file, tmp_path_factory):
     """Base URL of `python -m app` serving `small_model_file` on a free local port."""
-    command = [sys.executable, "-m", "app", "--model", str(small_model_file), "--host", "127.0.0.1"]
+    command = [*server.APP_COMMAND, "--model", str(small_model_file)]
     with running_server(command, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
 

@@ -265,8 +265,8 @@ def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its
 
 
 def _synthetic_root(cache_home: dict) -> Path:
-    """The synthetic folder the smoke run wrote (ablations.data.default_synthetic_root)."""
-    from ablations.data import SYNTHETIC_VERSION
+    """The synthetic folder the smoke run wrote (ablations.data.synthetic.default_synthetic_root)."""
+    from ablations.data.synthetic import SYNTHETIC_VERSION
     from ablations.studies import BUDGETS
 
     budget = BUDGETS["smoke"]
@@ -278,7 +278,7 @@ def test_tutorial_baseline_sits_beside_the_selected_model(smoke_run, cache_home)
     study, _, _ = smoke_run
     out = study.parent
     env = {**os.environ, **cache_home}
-    result = subprocess.run([sys.executable, "-m", "ablations.baseline", "--budget", "smoke",
+    result = subprocess.run([sys.executable, "-m", "ablations.evaluate.baseline", "--budget", "smoke",
                              "--out", str(out), *weights_flag()], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -291,7 +291,7 @@ def test_tutorial_baseline_sits_beside_the_selected_model(smoke_run, cache_home)
 
 def test_error_analysis_page_for_the_selected_model(smoke_run, cache_home, tmp_path):
     study, _, _ = smoke_run
-    result = subprocess.run([sys.executable, "-m", "ablations.analysis", "--data",
+    result = subprocess.run([sys.executable, "-m", "ablations.evaluate.analysis", "--data",
                              str(_synthetic_root(cache_home)), "--model",
                              str(study / "best" / "model.keras"), "--out", str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)

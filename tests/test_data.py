@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ablations import data
-from ablations.data import DataError
+from ablations.data import augment, folders, splits, synthetic
+from ablations.data.folders import DataError
+from ablations.evaluate import baseline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_DATA = pathlib.Path(os.environ.get("OAM_DATA") or REPO.parent / "shared" / "data" / "oam_buildings")
@@ -55,10 +56,10 @@ def folder(tmp_path) -> pathlib.Path:
     return tmp_path
 
 
-def _samples(names_and_areas) -> list[data.Sample]:
+def _samples(names_and_areas) -> list[folders.Sample]:
     """Samples without files, for split tests."""
     return [
-        data.Sample(name, path, path, area, None, data.ground_group(name, area))
+        folders.Sample(name, path, path, area, None, folders.ground_group(name, area))
         for name, area in names_and_areas
         for path in [pathlib.Path(f"{name}.png")]
     ]
@@ -72,7 +73,7 @@ def _tile_family(area: str, x19: int, y19: int) -> list[tuple[str, str]]:
     return [(n, area) for n in names]
 
 
-def _assert_disjoint_groups(split: data.Split) -> None:
+def _assert_disjoint_groups(split: splits.Split) -> None:
     parts = [{s.group for s in part} for part in (split.train, split.val, split.test)]
     assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
 
@@ -81,7 +82,7 @@ def _assert_disjoint_groups(split: data.Split) -> None:
 
 
 def test_valid_folder_scans_sorted_with_index_columns(folder):
-    samples = data.scan_folder(folder)
+    samples = folders.scan_folder(folder)
     assert [s.name for s in samples] == sorted(NAMES)
     town = samples[0]
     assert (town.area, town.zoom, town.group) == ("town", 21, "town/200_100")
@@ -90,7 +91,7 @@ def test_valid_folder_scans_sorted_with_index_columns(folder):
 
 def test_without_index_zoom_comes_from_the_name(folder):
     (folder / "index.csv").unlink()
-    samples = data.scan_folder(folder)
+    samples = folders.scan_folder(folder)
     assert {s.area for s in samples} == {None}
     assert samples[0].zoom == 21 and samples[0].group == "town/200_100"
 
@@ -141,14 +142,14 @@ def test_each_defect_raises_data_error_naming_the_file(folder, defect):
     break_folder, named = DEFECTS[defect]
     break_folder(folder)
     with pytest.raises(DataError) as caught:
-        data.scan_folder(folder)
+        folders.scan_folder(folder)
     assert str(folder / named) in str(caught.value)
 
 
 def test_unknown_index_file_is_named(folder):
     _write_index(folder, [(f"{n}.png", "town", 21) for n in (*NAMES, "ghost")])
     with pytest.raises(DataError, match="ghost.png"):
-        data.scan_folder(folder, check=False)
+        folders.scan_folder(folder, check=False)
 
 
 @pytest.mark.parametrize("missing", ["images", "masks"])
@@ -157,30 +158,30 @@ def test_missing_subfolder_is_named(folder, missing):
         path.unlink()
     (folder / missing).rmdir()
     with pytest.raises(DataError, match=str(folder / missing)):
-        data.scan_folder(folder)
+        folders.scan_folder(folder)
 
 
 def test_missing_root_and_empty_folder_are_named(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
-        data.scan_folder(tmp_path / "nowhere")
+        folders.scan_folder(tmp_path / "nowhere")
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with pytest.raises(DataError, match=str(tmp_path / "images")):
-        data.scan_folder(tmp_path)
+        folders.scan_folder(tmp_path)
 
 
 def test_several_bad_files_are_all_reported(folder):
     _garbage(folder / "images" / f"{NAMES[0]}.png")
     _garbage(folder / "images" / f"{NAMES[2]}.png")
     with pytest.raises(DataError) as caught:
-        data.scan_folder(folder)
+        folders.scan_folder(folder)
     assert "2 bad files" in str(caught.value)
     assert NAMES[0] in str(caught.value) and NAMES[2] in str(caught.value)
 
 
 def test_check_false_does_not_open_files(folder):
     _garbage(folder / "images" / f"{NAMES[1]}.png")
-    assert len(data.scan_folder(folder, check=False)) == 3
+    assert len(folders.scan_folder(folder, check=False)) == 3
 
 
 # --------------------------------------------------------------------------- reading formats
@@ -189,7 +190,7 @@ def test_check_false_does_not_open_files(folder):
 @pytest.mark.parametrize("on", [1, 255])
 def test_masks_0_1_and_0_255_read_as_0_1(tmp_path, on):
     path = _save(tmp_path / "m.png", _mask(3, on=on))
-    mask = data.read_mask(path)
+    mask = folders.read_mask(path)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
     assert np.array_equal(mask, _mask(3, on=1))
 
@@ -201,15 +202,15 @@ def test_mask_with_identical_rgb_channels_or_opaque_alpha_is_accepted(tmp_path):
     one_bit = tmp_path / "bits.png"
     Image.fromarray(grey > 0).save(one_bit)
     for path in (rgb, rgba, one_bit):
-        assert np.array_equal(data.read_mask(path), grey // 255), path
+        assert np.array_equal(folders.read_mask(path), grey // 255), path
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".jpeg", ".tif", ".TIFF"])
 def test_jpeg_and_tiff_images_are_accepted(tmp_path, ext):
     _save(tmp_path / "images" / f"a{ext}", _image(5))
     _save(tmp_path / "masks" / "a.tif", _mask(5))
-    (sample,) = data.scan_folder(tmp_path)
-    image = data.read_image(sample.image_path)
+    (sample,) = folders.scan_folder(tmp_path)
+    image = folders.read_image(sample.image_path)
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
 
 
@@ -217,31 +218,31 @@ def test_rgba_image_is_read_as_rgb(tmp_path):
     rgb = _image(6)
     alpha = np.random.default_rng(6).integers(0, 256, (16, 16, 1), dtype=np.uint8)
     path = _save(tmp_path / "rgba.png", np.concatenate([rgb, alpha], -1))
-    assert np.array_equal(data.read_image(path), rgb)
+    assert np.array_equal(folders.read_image(path), rgb)
 
 
 def test_jpeg_mask_with_lossy_values_says_why(tmp_path):
     path = _save(tmp_path / "m.jpg", _mask(7))
     with pytest.raises(DataError, match="lossy"):
-        data.read_mask(path)
+        folders.read_mask(path)
 
 
 def test_load_arrays_stacks_and_resizes(folder):
-    samples = data.scan_folder(folder)
-    images, masks = data.load_arrays(samples)
+    samples = folders.scan_folder(folder)
+    images, masks = folders.load_arrays(samples)
     assert images.shape == (3, 16, 16, 3) and masks.shape == (3, 16, 16)
     assert images.dtype == masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
-    small_images, small_masks = data.load_arrays(samples, size=8)
+    small_images, small_masks = folders.load_arrays(samples, size=8)
     assert small_images.shape == (3, 8, 8, 3) and set(np.unique(small_masks)) <= {0, 1}
 
 
 def test_load_arrays_refuses_mixed_sizes_without_size(folder):
     _save(folder / "images" / f"{NAMES[2]}.png", _image(2, size=24))
     _save(folder / "masks" / f"{NAMES[2]}.png", _mask(2, size=24))
-    samples = data.scan_folder(folder)
+    samples = folders.scan_folder(folder)
     with pytest.raises(DataError, match=NAMES[2]):
-        data.load_arrays(samples)
-    assert data.load_arrays(samples, size=16)[0].shape == (3, 16, 16, 3)
+        folders.load_arrays(samples)
+    assert folders.load_arrays(samples, size=16)[0].shape == (3, 16, 16, 3)
 
 
 # --------------------------------------------------------------------------- splits
@@ -249,11 +250,11 @@ def test_load_arrays_refuses_mixed_sizes_without_size(folder):
 
 def test_every_zoom_of_the_same_ground_shares_a_group():
     family = _tile_family("dar", 319292, 270960)
-    assert {data.ground_group(name, area) for name, area in family} == {"dar/319292_270960"}
-    assert data.ground_group("not_a_tile_name") == "not_a_tile_name"
+    assert {folders.ground_group(name, area) for name, area in family} == {"dar/319292_270960"}
+    assert folders.ground_group("not_a_tile_name") == "not_a_tile_name"
 
 
-def _three_areas() -> list[data.Sample]:
+def _three_areas() -> list[folders.Sample]:
     names = []
     for area, count in (("big", 6), ("middle", 3), ("small", 2)):
         for i in range(count):
@@ -263,7 +264,7 @@ def _three_areas() -> list[data.Sample]:
 
 def test_split_by_area_holds_out_exactly_that_area():
     samples = _three_areas()
-    split = data.split_samples(samples, test_area="small")
+    split = splits.split_samples(samples, test_area="small")
     assert {s.area for s in split.test} == {"small"}
     assert len(split.test) == sum(s.area == "small" for s in samples)
     assert "small" not in {s.area for s in split.train + split.val}
@@ -273,19 +274,19 @@ def test_split_by_area_holds_out_exactly_that_area():
 
 
 def test_default_test_area_is_the_middle_sized_one():
-    split = data.split_samples(_three_areas())
+    split = splits.split_samples(_three_areas())
     assert {s.area for s in split.test} == {"middle"}
     assert "middle-sized" in split.description
 
 
 def test_unknown_test_area_lists_the_known_ones():
     with pytest.raises(DataError, match="big, middle, small"):
-        data.split_samples(_three_areas(), test_area="atlantis")
+        splits.split_samples(_three_areas(), test_area="atlantis")
 
 
 def test_val_area_validates_on_a_whole_other_city():
     samples = _three_areas()
-    split = data.split_samples(samples, val_area="small")
+    split = splits.split_samples(samples, val_area="small")
     assert {s.area for s in split.test} == {"middle"}
     assert {s.area for s in split.val} == {"small"}
     assert {s.area for s in split.train} == {"big"}
@@ -301,20 +302,20 @@ def test_val_area_validates_on_a_whole_other_city():
 ])
 def test_bad_val_area_is_refused_with_a_reason(kwargs, message):
     with pytest.raises(DataError, match=message):
-        data.split_samples(_three_areas(), **kwargs)
+        splits.split_samples(_three_areas(), **kwargs)
 
 
 def test_val_area_needs_three_areas():
     two = [s for s in _three_areas() if s.area != "small"]
     with pytest.raises(DataError, match="at least three areas"):
-        data.split_samples(two, val_area="big")
+        splits.split_samples(two, val_area="big")
 
 
 def test_random_split_without_areas_is_grouped_and_seeded():
     samples = _samples([(n, None) for x in range(20) for n, _ in _tile_family("t", 5000 + x, 7000)])
-    first = data.split_samples(samples, seed=3)
-    again = data.split_samples(samples, seed=3)
-    other = data.split_samples(samples, seed=4)
+    first = splits.split_samples(samples, seed=3)
+    again = splits.split_samples(samples, seed=3)
+    other = splits.split_samples(samples, seed=4)
     _assert_disjoint_groups(first)
     assert [s.name for s in first.test] == [s.name for s in again.test]
     assert [s.name for s in first.val] == [s.name for s in again.val]
@@ -325,34 +326,34 @@ def test_random_split_without_areas_is_grouped_and_seeded():
 def test_split_refuses_a_group_in_two_parts():
     (one,) = _samples([("a_z21_8_8", None)])
     with pytest.raises(ValueError, match="a/2_2"):
-        data.Split(train=[one], val=[], test=[one], description="broken")
+        splits.Split(train=[one], val=[], test=[one], description="broken")
 
 
 def test_limit_is_seeded_and_keeps_whole_groups():
     samples = _samples([(n, None) for x in range(10) for n, _ in _tile_family("t", 100 + x, 100)])
-    picked = data.limit(samples, 50, seed=1)
-    assert len(picked) == 50 and picked == data.limit(samples, 50, seed=1)
+    picked = splits.limit(samples, 50, seed=1)
+    assert len(picked) == 50 and picked == splits.limit(samples, 50, seed=1)
     sizes = sorted(sum(s.group == g for s in picked) for g in {s.group for s in picked})
     assert sizes == [8, 21, 21]  # two whole groups, then part of a third to reach n
-    assert data.limit(samples, 10_000, seed=1) == samples
+    assert splits.limit(samples, 10_000, seed=1) == samples
 
 
 def test_limit_keeps_every_area_in_proportion_so_area_splits_still_work():
     samples = _three_areas()  # 126 / 63 / 42 tiles
-    picked = data.limit(samples, 44, seed=0)
+    picked = splits.limit(samples, 44, seed=0)
     per_area = {a: sum(s.area == a for s in picked) for a in ("big", "middle", "small")}
     assert per_area == {"big": 24, "middle": 12, "small": 8}
-    assert {s.area for s in data.split_samples(picked).test} == {"middle"}
+    assert {s.area for s in splits.split_samples(picked).test} == {"middle"}
 
 
 # --------------------------------------------------------------------------- synthetic data
 
 
 def test_synthetic_scenes_are_deterministic_and_realistic_enough():
-    first = [data.synthetic_scene(np.random.default_rng(0), 64) for _ in range(2)]
+    first = [synthetic.synthetic_scene(np.random.default_rng(0), 64) for _ in range(2)]
     assert np.array_equal(first[0][0], first[1][0]) and np.array_equal(first[0][1], first[1][1])
     rng = np.random.default_rng(1)
-    scenes = [data.synthetic_scene(rng, 64) for _ in range(50)]
+    scenes = [synthetic.synthetic_scene(rng, 64) for _ in range(50)]
     images, masks = np.stack([s[0] for s in scenes]), np.stack([s[1] for s in scenes])
     assert images.shape == (50, 64, 64, 3) and images.dtype == np.uint8
     assert set(np.unique(masks)) == {0, 1}
@@ -361,21 +362,21 @@ def test_synthetic_scenes_are_deterministic_and_realistic_enough():
 
 
 def test_synthetic_folder_passes_the_checks_and_groups_2x2(tmp_path):
-    root = data.write_synthetic_folder(tmp_path / "synth", n=12, size=32, seed=0)
-    samples = data.scan_folder(root, check=True)
+    root = synthetic.write_synthetic_folder(tmp_path / "synth", n=12, size=32, seed=0)
+    samples = folders.scan_folder(root, check=True)
     assert len(samples) == 12 and {s.area for s in samples} == {"synth_a", "synth_b", "synth_c"}
     assert all(sum(t.group == s.group for t in samples) == 4 for s in samples)
     assert [p.name for p in tmp_path.iterdir()] == ["synth"]  # no staging folder left behind
     with pytest.raises(FileExistsError):
-        data.write_synthetic_folder(root, n=2, size=32)
+        synthetic.write_synthetic_folder(root, n=2, size=32)
 
 
 def test_default_synthetic_root_is_cached_under_xdg_cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    root = data.default_synthetic_root(4, 32, 7)
-    assert root.is_relative_to(tmp_path) and len(data.scan_folder(root)) == 4
+    root = synthetic.default_synthetic_root(4, 32, 7)
+    assert root.is_relative_to(tmp_path) and len(folders.scan_folder(root)) == 4
     stamp = (root / "index.csv").stat().st_mtime_ns
-    assert data.default_synthetic_root(4, 32, 7) == root
+    assert synthetic.default_synthetic_root(4, 32, 7) == root
     assert (root / "index.csv").stat().st_mtime_ns == stamp
 
 
@@ -390,21 +391,21 @@ def _blocky_pair(seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_flips_keep_image_and_mask_aligned():
-    pipeline = data.augmentation("flips", seed=0)
+    pipeline = augment.augmentation("flips", seed=0)
     image, mask = _blocky_pair(0)
     moved = 0
     for _ in range(8):
-        new_image, new_mask = data.augment_pair(pipeline, image, mask)
+        new_image, new_mask = augment.augment_pair(pipeline, image, mask)
         assert np.array_equal(new_mask, (new_image[..., 0] > 128).astype(np.uint8))
         moved += not np.array_equal(new_image, image)
     assert moved > 0
 
 
 def test_geometric_keeps_alignment_up_to_interpolation():
-    pipeline = data.augmentation("geometric", seed=1)
+    pipeline = augment.augmentation("geometric", seed=1)
     image, mask = _blocky_pair(1)
     for _ in range(5):
-        new_image, new_mask = data.augment_pair(pipeline, image, mask)
+        new_image, new_mask = augment.augment_pair(pipeline, image, mask)
         assert set(np.unique(new_mask)) <= {0, 1}
         assert np.mean(new_mask == (new_image[..., 0] > 128)) > 0.9
 
@@ -419,54 +420,54 @@ def test_zoom_shows_a_closer_view_with_the_mask_aligned():
     size = 64
     stripes = np.tile((np.arange(size) // 4 % 2).astype(np.uint8), (size, 1))  # 4 px wide, period 8
     image = np.repeat(stripes[..., None] * 255, 3, axis=2).astype(np.uint8)
-    pipeline = data.augmentation("zoom", seed=4)
+    pipeline = augment.augmentation("zoom", seed=4)
     counts = []
     for _ in range(10):
-        new_image, new_mask = data.augment_pair(pipeline, image, stripes)
+        new_image, new_mask = augment.augment_pair(pipeline, image, stripes)
         assert np.mean(new_mask == (new_image[..., 0] > 128)) > 0.9
         counts.append(_edges_through_the_centre(new_mask))
     # 8 edges at full size; 1.5-4x closer leaves at most 8 / 1.5 * 1.22 (a 15 degree turn).
     assert max(counts) < 8 and np.mean(counts) < 0.7 * 8
 
 
-@pytest.mark.parametrize("name", data.AUGMENTATIONS)
+@pytest.mark.parametrize("name", augment.AUGMENTATIONS)
 def test_every_augmentation_keeps_sizes_and_types(name):
     image, mask = _blocky_pair(2)
-    new_image, new_mask = data.augment_pair(data.augmentation(name, seed=2), image, mask)
+    new_image, new_mask = augment.augment_pair(augment.augmentation(name, seed=2), image, mask)
     assert new_image.shape == image.shape and new_mask.shape == mask.shape
     assert new_image.dtype == new_mask.dtype == np.uint8
 
 
 def test_none_is_identity_and_the_same_seed_repeats_the_stream():
     image, mask = _blocky_pair(3)
-    same_image, same_mask = data.augment_pair(data.augmentation("none"), image, mask)
+    same_image, same_mask = augment.augment_pair(augment.augmentation("none"), image, mask)
     assert np.array_equal(same_image, image) and np.array_equal(same_mask, mask)
 
     def stream(seed):
-        pipeline = data.augmentation("strong", seed=seed)
-        return [data.augment_pair(pipeline, image, mask)[0] for _ in range(3)]
+        pipeline = augment.augmentation("strong", seed=seed)
+        return [augment.augment_pair(pipeline, image, mask)[0] for _ in range(3)]
 
     assert all(np.array_equal(a, b) for a, b in zip(stream(5), stream(5)))
 
 
 def test_unknown_augmentation_lists_the_choices():
     with pytest.raises(ValueError, match="none, flips, geometric, strong"):
-        data.augmentation("wild")
+        augment.augmentation("wild")
 
 
 def test_tf_dataset_yields_float_batches():
     images = np.stack([_blocky_pair(i, 32)[0] for i in range(5)])
     masks = np.stack([_blocky_pair(i, 32)[1] for i in range(5)])
-    flips = data.augmentation("flips", seed=0)
-    dataset = data.tf_dataset(images, masks, batch_size=2, pipeline=flips, shuffle_seed=0)
+    flips = augment.augmentation("flips", seed=0)
+    dataset = baseline.tf_dataset(images, masks, batch_size=2, pipeline=flips, shuffle_seed=0)
     batches = list(dataset.as_numpy_iterator())
     assert [len(x) for x, _ in batches] == [2, 2, 1]
     x, y = batches[0]
     assert x.shape == (2, 32, 32, 3) and y.shape == (2, 32, 32, 1)
     assert x.dtype == y.dtype == np.float32 and x.max() > 1 and set(np.unique(y)) <= {0.0, 1.0}
-    again = list(data.tf_dataset(images, masks, 2, data.augmentation("flips", seed=0), shuffle_seed=0).as_numpy_iterator())
+    again = list(baseline.tf_dataset(images, masks, 2, augment.augmentation("flips", seed=0), shuffle_seed=0).as_numpy_iterator())
     assert all(np.array_equal(u[0], v[0]) for u, v in zip(batches, again))  # seeded: same stream
-    plain = next(iter(data.tf_dataset(images, masks, batch_size=5).as_numpy_iterator()))
+    plain = next(iter(baseline.tf_dataset(images, masks, batch_size=5).as_numpy_iterator()))
     assert np.array_equal(plain[0], images.astype(np.float32))  # no shuffle, no augmentation: as given
 
 
@@ -479,13 +480,13 @@ needs_real_data = pytest.mark.skipif(
 
 @needs_real_data
 def test_real_index_split_by_area_never_shares_ground():
-    samples = data.scan_folder(REAL_DATA, check=False)
+    samples = folders.scan_folder(REAL_DATA, check=False)
     assert len(samples) == 1638
     assert {s.area for s in samples} == {"dar_es_salaam_TZ", "nairobi_KE", "kathmandu_NP"}
     # Each zoom-19 tile comes with its 4 zoom-20 and 16 zoom-21 descendants.
     assert {sum(t.group == s.group for t in samples) for s in samples[::50]} == {21}
     for area in (None, "kathmandu_NP", "dar_es_salaam_TZ"):
-        split = data.split_samples(samples, test_area=area)
+        split = splits.split_samples(samples, test_area=area)
         _assert_disjoint_groups(split)
         expected = area or "nairobi_KE"  # middle-sized: 966 / 504 / 168 tiles
         assert {s.area for s in split.test} == {expected}
@@ -496,7 +497,7 @@ def test_real_index_split_by_area_never_shares_ground():
 @needs_real_data
 def test_real_folder_full_check(capsys):
     started = time.perf_counter()
-    samples = data.scan_folder(REAL_DATA, check=True)
+    samples = folders.scan_folder(REAL_DATA, check=True)
     seconds = time.perf_counter() - started
     with capsys.disabled():
         print(f"\nscan_folder(check=True) on {len(samples)} real tiles: {seconds:.1f} s")
@@ -510,4 +511,4 @@ def test_real_folder_full_check(capsys):
     ("holiday_photo", None),
 ])
 def test_tile_position_reads_the_xyz_grid_from_the_name(name, position):
-    assert data.tile_position(name) == position
+    assert folders.tile_position(name) == position

@@ -21,16 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ablations.bench.server import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "loss"
 LOSSES = ["bce", "dice", "bce_dice", "focal"]
 DEADLINE_S = 420  # the whole distributed search, on a loaded 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cli(*args) -> list[str]:

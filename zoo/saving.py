@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import keras
 
 # Importing these registers the custom objects a saved model may reference.
 from zoo import blocks, keras_metrics, losses  # noqa: F401
+from zoo.files import atomic_path, write_json_atomic
 
 
 class ModelIntegrityError(RuntimeError):
@@ -29,12 +28,9 @@ def metadata_path(model_path) -> Path:
 
 def save(model: keras.Model, path, metadata: dict) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        staged = Path(tmp) / path.name
+    with atomic_path(path, suffix=path.suffix) as staged:
         model.save(staged)
         digest = sha256_of(staged)
-        os.replace(staged, path)
     full = {**metadata, "model_file": path.name, "sha256": digest, "versions": versions()}
     write_json_atomic(metadata_path(path), full)
     return path
@@ -68,27 +64,6 @@ def sha256_of(path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path, payload) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
-
-
-def write_text_atomic(path, text: str) -> None:
-    """Write beside the target, then rename: a reader sees the old file or the new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def versions() -> dict:
     import numpy
     import tensorflow
@@ -97,10 +72,3 @@ def versions() -> dict:
             "tensorflow": tensorflow.__version__, "numpy": numpy.__version__,
             "backend": keras.backend.backend()}
 
-
-def _jsonable(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,4 +1,4 @@
-"""python -m ablations.bench [--data DIR] [--model PATH] [--out results] [--images N]
+"""python -m ablations.bench.speed [--data DIR] [--model PATH] [--out results] [--images N]
 
 Measures, in one run on one machine, and writes OUT/bench.md + OUT/bench.json:
 - training throughput (images/s) of the standard recipe (decoder on cached encoder
@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from zoo.served import served_model_path  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m ablations.bench.speed", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, help="images/ + masks/ folder (default: SYNTHETIC)")
     parser.add_argument("--model", type=Path, default=served_model_path(),
                         help="default: the served model (results/MODEL, else the decoder_variants selection)")
@@ -152,24 +150,15 @@ def bench_variants(encoder, repeats: int = 15) -> list[dict]:
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_http(model_path: Path, requests_per_size: int) -> dict:
     import psutil
     import requests
 
+    from ablations.bench.server import running_server
     from zoo.predict import Segmenter
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "app", "--model", str(model_path),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url + "/health", server)
+    with running_server(["--model", str(model_path)]) as server:
+        url = server.url
         segmenter = Segmenter.from_file(model_path)
         rng = np.random.default_rng(0)
         result = {}
@@ -185,11 +174,8 @@ def bench_http(model_path: Path, requests_per_size: int) -> dict:
             result[str(size)] = {"http_p50_ms": http_p50, "http_p95_ms": http_p95, "raw_p50_ms": raw_p50,
                             "raw_p95_ms": raw_p95, "ratio_p50": http_p50 / raw_p50,
                             "body_mb": len(body) / 2**20}
-        result["server_peak_rss_mb"] = _peak_rss_mb(psutil.Process(server.pid))
+        result["server_peak_rss_mb"] = _peak_rss_mb(psutil.Process(server.process.pid))
         return result
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _peak_rss_mb(process) -> float:
@@ -203,34 +189,19 @@ def _peak_rss_mb(process) -> float:
     return process.memory_info().rss / 2**20
 
 
-def _wait_for(url: str, server, timeout: float = 120) -> None:
-    import requests
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with status {server.returncode}")
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    raise RuntimeError(f"no answer from {url} within {timeout}s")
-
-
 def load_images(args, count: int):
-    from ablations import data
+    from ablations.data import folders, splits, synthetic
 
-    root = args.data or data.default_synthetic_root(count, 256, 0)
-    samples = data.limit(data.scan_folder(root, check=False), count, seed=0)
-    images, masks = data.load_arrays(samples, 256)
+    root = args.data or synthetic.default_synthetic_root(count, 256, 0)
+    samples = splits.limit(folders.scan_folder(root, check=False), count, seed=0)
+    images, masks = folders.load_arrays(samples, 256)
     return images, masks, ("SYNTHETIC scenes" if args.data is None else str(args.data))
 
 
 def write_report(out: Path, results: dict) -> None:
     from tabulate import tabulate
 
-    from zoo.saving import write_json_atomic, write_text_atomic
+    from zoo.files import write_json_atomic, write_text_atomic
 
     t, f, h = results["training"], results["forward"], results["http"]
     speedup = t["ours_decoder_images_per_s"] / t["tutorial_images_per_s"]
@@ -280,7 +251,7 @@ def write_report(out: Path, results: dict) -> None:
         f"- server process: {h['server_peak_rss_mb']:.0f} MiB", "",
     ]
     lines += ["## How cost grows", "",
-              "Measured point by point by `python -m ablations.scaling`: see [scaling.md](scaling.md).", ""]
+              "Measured point by point by `python -m ablations.bench.scaling`: see [scaling.md](scaling.md).", ""]
     write_text_atomic(out / "bench.md", "\n".join(lines))
     write_json_atomic(out / "bench.json", results)
 
@@ -313,7 +284,7 @@ def main(argv=None) -> int:
     print("/inference ...", flush=True)
     http = bench_http(args.model, args.requests)
     results = {
-        "command": "python -m ablations.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m ablations.bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": describe(), "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "data": source, "images": len(images), "model": str(args.model), "config": config.name,

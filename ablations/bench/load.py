@@ -1,4 +1,4 @@
-"""`python -m app.loadtest --url URL [--clients 4] [--requests 200] [--size 256] [--out results/load.md]`
+"""`python -m ablations.bench.load --url URL [--clients 4] [--requests 200] [--size 256] [--out results/load.md]`
 
 A bounded load test of a running server, over loopback only, that writes a markdown report:
 
@@ -52,7 +52,7 @@ class CannotRun(RuntimeError):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m app.loadtest",
+    parser = argparse.ArgumentParser(prog="python -m ablations.bench.load",
                                      description="A bounded load test of POST /inference over "
                                                  "loopback, with a markdown report.")
     parser.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
@@ -363,7 +363,7 @@ def markdown(run: dict) -> str:
         + ("" if run["passed"] else f" ({'; '.join(run['failures'])})"), "",
         f"- Server: {run['url']} (PID {run['pid']}; model `{run['model']}`), "
         "loopback only", f"- Started {run['started']}, took {run['took_s']:.0f} s; "
-        f"`python -m app.loadtest {run['argv']}`",
+        f"`python -m ablations.bench.load {run['argv']}`",
         f"- Machine: {cpus} CPUs, {platform.machine()}, Python {platform.python_version()}; "
         f"load average (1, 5, 15 min) at start {_triple(load_start)}, at end {_triple(load_end)}",
     ]
@@ -489,7 +489,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # zoo.saving imports Keras
-    from zoo.saving import write_text_atomic
+    from zoo.files import write_text_atomic
 
     report = markdown(result)
     write_text_atomic(args.out, report)

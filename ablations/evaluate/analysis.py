@@ -1,4 +1,4 @@
-"""python -m ablations.analysis --data DIR [--model PATH] [--out results/error_analysis] [--test-area A]
+"""python -m ablations.evaluate.analysis --data DIR [--model PATH] [--out results/error_analysis] [--test-area A]
 
 An error-analysis page for a saved model on the held-out test split: scores per zoom level,
 how much of the error sits on building boundaries (the signature of misaligned labels or
@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from ablations.data import folders, splits  # noqa: E402
 from zoo.served import served_model_path  # noqa: E402
 
 BOUNDARY_PX = 3  # errors within this many pixels of a true building edge count as "boundary"
@@ -23,7 +24,7 @@ COLOURS = {"tp": (255, 255, 255), "fp": (230, 40, 40), "fn": (40, 110, 255)}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ablations.analysis", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m ablations.evaluate.analysis", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=served_model_path(),
                         help="default: the served model (results/MODEL, else the decoder_variants selection)")
@@ -60,12 +61,11 @@ def overlay(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.n
 
 
 def analyse(segmenter, samples, size: int) -> list[dict]:
-    from ablations import data
     from zoo.metrics import confusion_counts, per_image_iou
 
     rows = []
     for sample in samples:
-        image, truth = data.load_arrays([sample], size)
+        image, truth = folders.load_arrays([sample], size)
         image, truth = image[0], truth[0]
         predicted = segmenter.predict(image)
         rows.append({"name": sample.name, "zoom": sample.zoom, "iou": per_image_iou(truth, predicted),
@@ -112,15 +112,14 @@ def draw(rows, path: Path, title: str) -> None:
 def main(argv=None) -> int:
     from tabulate import tabulate
 
-    from ablations import data
     from zoo.predict import Segmenter
-    from zoo.saving import write_text_atomic
+    from zoo.files import write_text_atomic
 
     args = parse_args(argv)
     try:
         segmenter = Segmenter.from_file(args.model)
-        split = data.split_samples(data.scan_folder(args.data, check=False), test_area=args.test_area, seed=0)
-    except (OSError, data.DataError) as error:
+        split = splits.split_samples(folders.scan_folder(args.data, check=False), test_area=args.test_area, seed=0)
+    except (OSError, folders.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     size = int(segmenter.metadata.get("data", {}).get("size", 256))
@@ -141,7 +140,7 @@ def main(argv=None) -> int:
         # Only the test split matters here, and it does not depend on how validation is drawn.
         f"Model `{args.model}` (scales {', '.join(f'{x:g}' for x in segmenter.scales)}, threshold "
         f"{segmenter.threshold:.2f}) on the test split: {split.description.split('; ')[0]}.",
-        f"Written by `python -m ablations.analysis {' '.join(sys.argv[1:] if argv is None else argv)}`.", "",
+        f"Written by `python -m ablations.evaluate.analysis {' '.join(sys.argv[1:] if argv is None else argv)}`.", "",
         "## Scores by zoom level (pixels summed per group)", "",
         tabulate(scores_by(rows, "zoom"), headers="keys", tablefmt="github"), "",
         "## Where the wrong pixels are", "",

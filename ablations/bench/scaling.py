@@ -1,4 +1,4 @@
-"""python -m ablations.scaling [--data DIR] [--out results] [--points 250x256,500x256,...]
+"""python -m ablations.bench.scaling [--data DIR] [--out results] [--points 250x256,500x256,...]
                              [--check-against results/.../context.json]
 
 How the cost of a study grows with the number of images and with the tile size, measured.
@@ -34,7 +34,7 @@ POINT_PREFIX = "POINT "
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ablations.scaling", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m ablations.bench.scaling", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, help="images/ + masks/ folder (default: SYNTHETIC)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--points", default=DEFAULT_POINTS, help="comma-separated IMAGESxSIZE")
@@ -58,7 +58,6 @@ def parse_point(text: str) -> tuple[int, int]:
 def measure_point(data_root: Path | None, images: int, size: int, budget_name: str) -> dict:
     """One point, in this process: the parts a study is made of."""
     import dataclasses
-    from types import SimpleNamespace
 
     from ablations import pipeline, search, studies, train
     from ablations.machine import process_memory_gib
@@ -67,7 +66,7 @@ def measure_point(data_root: Path | None, images: int, size: int, budget_name: s
     budget = dataclasses.replace(studies.BUDGETS[budget_name], size=size, max_images=images)
     started = time.perf_counter()
     encoder = pipeline.load_encoder("imagenet")
-    split, arrays, _ = pipeline.load_data(SimpleNamespace(data=data_root, test_area=None, val_area=None), budget)
+    split, arrays, _ = pipeline.load_data(budget, data_root)
     loaded = time.perf_counter()
     shared = pipeline.shared_trial_data(encoder, arrays, budget)
     train_features = shared.train_features(studies.Recipe().augmentation)
@@ -94,7 +93,7 @@ def composed_study_minutes(point: dict) -> float:
 
 
 def run_point_process(data_root: Path | None, text: str, budget: str) -> dict:
-    command = [sys.executable, "-m", "ablations.scaling", "--point", text, "--budget", budget]
+    command = [sys.executable, "-m", "ablations.bench.scaling", "--point", text, "--budget", budget]
     if data_root is not None:
         command += ["--data", str(data_root)]
     finished = subprocess.run(command, capture_output=True, text=True)
@@ -157,7 +156,7 @@ def plot(out: Path, points: list[dict], check: dict | None) -> None:
 def write_report(out: Path, points: list[dict], check: dict | None, header: dict) -> None:
     from tabulate import tabulate
 
-    from zoo.saving import write_json_atomic, write_text_atomic
+    from zoo.files import write_json_atomic, write_text_atomic
 
     rows = [{"images": p["images"], "size": p["size"], "load s": f"{p['load_s']:.0f}",
              "encode s": f"{p['encode_s']:.0f}", "first epoch s": f"{p['first_epoch_s']:.0f}",
@@ -206,7 +205,7 @@ def main(argv=None) -> int:
     for text in wanted:
         parse_point(text)
     finished = load_finished(args.out / "scaling.json", args.fresh)
-    header = {"command": "python -m ablations.scaling " + " ".join(sys.argv[1:] if argv is None else argv),
+    header = {"command": "python -m ablations.bench.scaling " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": describe(), "data": str(args.data or "SYNTHETIC scenes"),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "load_start": os.getloadavg()[0]}

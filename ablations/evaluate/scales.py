@@ -1,4 +1,4 @@
-"""python -m ablations.context --data DIR [--model PATH] [--val-area AREA] [--out DIR] [--apply]
+"""python -m ablations.evaluate.scales --data DIR [--model PATH] [--val-area AREA] [--out DIR] [--apply]
 
 Does a saved model get better when it also sees the image at coarser scales, and when it
 sees the ground around a tile?
@@ -32,9 +32,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from ablations.data import folders, splits  # noqa: E402
 from zoo.served import served_model_path  # noqa: E402
 
-CONTEXT_PX = 128  # neighbouring pixels each side, counted after scaling
+NEIGHBOUR_PX = 128  # neighbouring pixels each side, counted after scaling
 SCALE_SETS = {
     "1": (1.0,),
     "1/2": (0.5,),
@@ -47,7 +48,7 @@ SETTINGS = ("alone", "with neighbours")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ablations.context", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m ablations.evaluate.scales", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, required=True, help="images/ + masks/ + index.csv with areas")
     parser.add_argument("--model", type=Path, default=served_model_path(),
                         help="default: the served model (results/MODEL, else the decoder_variants selection)")
@@ -63,20 +64,16 @@ class Neighbourhood:
     """Tiles of one split by (area, zoom, x, y), so a tile's neighbours can be laid around it."""
 
     def __init__(self, samples):
-        from ablations import data
-
         self.by_position, self.cache = {}, {}
         for sample in samples:
-            position = data.tile_position(sample.name)
+            position = folders.tile_position(sample.name)
             if position:
                 self.by_position[(sample.area, *position)] = sample
         self.position_of = {s.name: k for k, s in self.by_position.items()}
 
     def image(self, sample) -> np.ndarray:
-        from ablations import data
-
         if sample.name not in self.cache:
-            self.cache[sample.name] = data.read_image(sample.image_path)
+            self.cache[sample.name] = folders.read_image(sample.image_path)
         return self.cache[sample.name]
 
     def canvas(self, sample, margin: int) -> np.ndarray:
@@ -101,7 +98,7 @@ class Neighbourhood:
 
 
 def margin_for(scale: float, setting: str) -> int:
-    return 0 if setting == "alone" else int(round(CONTEXT_PX / scale))
+    return 0 if setting == "alone" else int(round(NEIGHBOUR_PX / scale))
 
 
 def view_probabilities(segmenter, neighbourhood, sample, scale: float, margin: int) -> np.ndarray:
@@ -133,10 +130,9 @@ class Views:
 
 
 def evaluate(segmenter, split, scale_sets=SCALE_SETS, progress=print) -> list[dict]:
-    from ablations import data
     from ablations.train import choose_threshold, score
 
-    masks = {name: np.stack([data.read_mask(s.mask_path) for s in getattr(split, name)]) for name in ("val", "test")}
+    masks = {name: np.stack([folders.read_mask(s.mask_path) for s in getattr(split, name)]) for name in ("val", "test")}
     views = {name: Views(segmenter, getattr(split, name)) for name in ("val", "test")}
     rows = []
     for setting in SETTINGS:
@@ -173,7 +169,7 @@ def select(rows: list[dict]) -> dict:
 def write_report(out: Path, rows: list[dict], header: dict) -> None:
     from tabulate import tabulate
 
-    from zoo.saving import write_json_atomic, write_text_atomic
+    from zoo.files import write_json_atomic, write_text_atomic
 
     best = select(rows)
     zooms = sorted({z for r in rows for z in r["test_by_zoom"]})
@@ -189,7 +185,7 @@ def write_report(out: Path, rows: list[dict], header: dict) -> None:
         f"Model `{header['model']}` (`{header['config']}`). Split: {header['split']}.", "",
         "Scales 1/2 and 1/4 predict the image shrunk to half or a quarter of its side and resize "
         "the probabilities back; a set of scales averages them (`zoo.predict.Segmenter(scales=...)`). "
-        f"*Alone*: the tile by itself. *With neighbours*: the tile inside {CONTEXT_PX} px (after "
+        f"*Alone*: the tile by itself. *With neighbours*: the tile inside {NEIGHBOUR_PX} px (after "
         "scaling) of its real neighbouring ground, mirrored where a neighbour is missing, "
         "neighbours only from the same split. Thresholds and the selection use validation only; "
         "test is the held-out area. ms per tile: this machine, including reading neighbours.", "",
@@ -206,12 +202,13 @@ def apply_policy(model_path: Path, best: dict, report: Path) -> None:
     it covers the weights file, which this does not touch)."""
     import json
 
-    from zoo.saving import metadata_path, write_json_atomic
+    from zoo.files import write_json_atomic
+    from zoo.saving import metadata_path
 
     path = metadata_path(model_path)
     metadata = json.loads(path.read_text())
     metadata["inference"] = {"scales": best["scales"], "threshold": best["threshold"],
-                             "chosen_by": f"ablations.context on the validation split, see {report}",
+                             "chosen_by": f"ablations.evaluate.scales on the validation split, see {report}",
                              "val_building_iou": best["val_building_iou"]}
     write_json_atomic(path, metadata)
 
@@ -226,7 +223,6 @@ def _config_name(metadata: dict) -> str:
 def main(argv=None) -> int:
     import datetime
 
-    from ablations import data
     from ablations.machine import describe
     from zoo.predict import Segmenter
 
@@ -235,14 +231,14 @@ def main(argv=None) -> int:
         print(f"error: no model at {args.model}", file=sys.stderr)
         return 2
     try:
-        samples = data.scan_folder(args.data, check=False)
-        split = data.split_samples(samples, test_area=args.test_area, val_area=args.val_area, seed=0)
-    except data.DataError as error:
+        samples = folders.scan_folder(args.data, check=False)
+        split = splits.split_samples(samples, test_area=args.test_area, val_area=args.val_area, seed=0)
+    except folders.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     segmenter = Segmenter.from_file(args.model, scales=(1.0,))
     rows = evaluate(segmenter, split)
-    header = {"command": "python -m ablations.context " + " ".join(sys.argv[1:] if argv is None else argv),
+    header = {"command": "python -m ablations.evaluate.scales " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": describe(), "model": str(args.model), "config": _config_name(segmenter.metadata),
               "split": split.description,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
