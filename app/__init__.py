@@ -3,9 +3,14 @@
 Routes (every answer, errors included, is JSON except `/` and a PNG mask):
 
 - `POST /inference`: JSON `{"image": H x W x 3 nested list of 0..255}` or a multipart upload
-  (field `file`, PNG or JPEG) -> `{"prediction": H x W nested list of 0/1}`, or a PNG mask
-  (0/255, one channel) with `?format=png` or `Accept: image/png`. Accepted shapes and value
-  rules are in `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels, the body
+  (field `file`, PNG, JPEG or TIFF) -> `{"prediction": H x W nested list of 0/1}`, or a PNG
+  mask (0/255, one channel) with `?format=png` or `Accept: image/png`, or the buildings as a
+  GeoJSON FeatureCollection (`zoo.polygons`) with `?format=geojson`, `"format": "geojson"` in
+  the JSON body or `Accept: application/geo+json`: in WGS84 lon/lat with areas in m² for a
+  GeoTIFF, in pixels otherwise (its `why_pixels` says why). `?include=mask,image,pixels` adds
+  what the page needs to draw one answer: the mask and the decoded image as base64 PNGs and,
+  for a GeoTIFF, each outline in pixels too. Accepted shapes and value rules are in
+  `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels, the body
   at most `max_body_mb` (64 MB; a JSON image costs ~11 bytes a pixel, so JSON reaches about
   2400 x 2400 and bigger images should go as PNG uploads).
 - `GET /health`: `{"status": "ok", "model": name, ...}`.
@@ -23,6 +28,7 @@ production with gunicorn (see `app/wsgi.py`):
 """
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import threading
@@ -34,8 +40,13 @@ from flask import Flask, Response, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
-from app.inputs import UPLOAD_FIELD, InputError, image_from_json, image_from_upload
+from app.inputs import (FORMAT_FIELD, UPLOAD_FIELD, UPLOAD_KINDS, InputError, Upload,
+                        json_request, read_upload)
 from app.model import load_segmenter, model_name, resolve_model_path
+
+# What POST /inference answers: the mask as JSON (the contract), as a PNG, or as outlines.
+FORMATS = {"json": "application/json", "png": "image/png", "geojson": "application/geo+json"}
+EXTRAS = ("mask", "image", "pixels")  # ?include= for format geojson: what the page draws
 
 MAX_SIDE = 4096
 MAX_BODY_MB = 64
@@ -51,7 +62,7 @@ def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
         segmenter = load_segmenter(resolve_model_path(model_path))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_body_mb * 2**20)
-    predict = _guarded(segmenter)
+    predict, predict_probabilities = _guarded(segmenter)
     name = model_name(segmenter)
     page = PAGE.read_bytes()
 
@@ -72,9 +83,16 @@ def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
 
     @app.post("/inference")
     def inference():
-        as_png = _wants_png()
-        mask = predict(_read_image(max_side))
-        return _png(mask) if as_png else _json({"prediction": mask})
+        queried = _query_format()
+        upload = _read_upload(max_side)
+        chosen = _chosen_format(queried, upload.format)
+        if chosen == "geojson":
+            extras = _extras()
+            mask, probabilities = predict_probabilities(upload.image)
+            return _geojson(upload, mask, probabilities, extras, model=name,
+                            threshold=segmenter.threshold)
+        mask = predict(upload.image)
+        return _png(mask) if chosen == "png" else _json({"prediction": mask})
 
     _add_error_handlers(app, max_body_mb)
     return app
@@ -83,7 +101,7 @@ def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
 def _guarded(segmenter):
     """Serialise model calls. TF already spreads one call over every core, so the lock costs
     little throughput, and it bounds peak memory when several big images arrive at once;
-    request parsing and answer encoding still run in parallel. Scale out with workers."""
+    request parsing, polygons and answer encoding still run in parallel. Scale out with workers."""
     lock = threading.Lock()
 
     def predict(image: np.ndarray) -> np.ndarray:
@@ -91,44 +109,95 @@ def _guarded(segmenter):
             mask = segmenter.predict(image)
         return np.ascontiguousarray(mask, dtype=np.uint8)
 
-    return predict
+    def predict_probabilities(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with lock:
+            probabilities = segmenter.probabilities(image)
+        # The same rule as Segmenter.predict, so the outlines are those of the served mask.
+        return (probabilities >= segmenter.threshold).astype(np.uint8), probabilities
+
+    return predict, predict_probabilities
 
 
-def _read_image(max_side: int) -> np.ndarray:
+def _read_upload(max_side: int) -> Upload:
     if request.mimetype.startswith("multipart/"):
         upload = request.files.get(UPLOAD_FIELD)
         if upload is None:
             if UPLOAD_FIELD in request.form:
                 raise InputError(f"multipart field '{UPLOAD_FIELD}' came as text; send it as a "
-                                 "file (a PNG or JPEG, with a filename)")
+                                 f"file (a {UPLOAD_KINDS}, with a filename)")
             # A part without a usable name comes keyed None: name it, do not sort None.
             got = sorted({name if isinstance(name, str) else "(no name)"
                           for name in [*request.files, *request.form]}) or "none"
-            raise InputError(f"missing multipart field '{UPLOAD_FIELD}' (a PNG or JPEG); "
+            raise InputError(f"missing multipart field '{UPLOAD_FIELD}' (a {UPLOAD_KINDS}); "
                              f"fields received: {got}")
-        return image_from_upload(upload, max_side)
-    return image_from_json(request.get_data(cache=False), max_side)
+        return read_upload(upload, max_side)
+    return json_request(request.get_data(cache=False), max_side)
 
 
-def _wants_png() -> bool:
-    chosen = request.args.get("format")
-    if chosen not in (None, "json", "png"):
-        raise InputError(f"query parameter 'format' must be 'json' or 'png', got {chosen!r}")
-    if chosen is not None:
-        return chosen == "png"
-    return request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png"
+def _query_format() -> str | None:
+    chosen = request.args.get(FORMAT_FIELD)
+    if chosen is not None and chosen not in FORMATS:
+        raise InputError(f"query parameter '{FORMAT_FIELD}' must be one of "
+                         f"{', '.join(FORMATS)}; got {chosen!r}")
+    return chosen
 
 
-def _json(payload, status: int = 200) -> Response:
+def _chosen_format(queried: str | None, in_body: str | None) -> str:
+    if in_body is not None and in_body not in FORMATS:
+        raise InputError(f"field '{FORMAT_FIELD}' must be one of {', '.join(FORMATS)}; "
+                         f"got {in_body!r}")
+    if queried and in_body and queried != in_body:
+        raise InputError(f"format asked twice and differently: {queried!r} in the query, "
+                         f"{in_body!r} in the body")
+    if queried or in_body:
+        return queried or in_body
+    best = request.accept_mimetypes.best_match(list(FORMATS.values()))
+    return {mimetype: name for name, mimetype in FORMATS.items()}.get(best, "json")
+
+
+def _extras() -> set[str]:
+    asked = {part.strip() for part in request.args.get("include", "").split(",") if part.strip()}
+    unknown = asked - set(EXTRAS)
+    if unknown:
+        raise InputError(f"query parameter 'include' takes {', '.join(EXTRAS)}; got "
+                         f"{', '.join(sorted(unknown))}")
+    return asked
+
+
+def _geojson(upload: Upload, mask: np.ndarray, probabilities: np.ndarray, extras: set[str],
+             **members) -> Response:
+    from zoo.polygons import footprints_geojson
+
+    height, width = mask.shape
+    if "mask" in extras:
+        members["mask_png"] = _base64_png(mask * 255)
+    if "image" in extras:
+        members["image_png"] = _base64_png(upload.image)
+    collection = footprints_geojson(mask, probabilities, upload.transform, upload.crs,
+                                    why_pixels=upload.why_pixels,
+                                    pixel_geometry="pixels" in extras,
+                                    image={"height": height, "width": width}, **members)
+    return _json(collection, mimetype=FORMATS["geojson"])
+
+
+def _json(payload, status: int = 200, mimetype: str = "application/json") -> Response:
     body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
-    return Response(body, status=status, mimetype="application/json")
+    return Response(body, status=status, mimetype=mimetype)
 
 
 def _png(mask: np.ndarray) -> Response:
-    buffer = io.BytesIO()
     # 0/255 rather than 0/1 so the file is visible in any image viewer.
-    Image.fromarray(mask * 255, mode="L").save(buffer, format="PNG")
-    return Response(buffer.getvalue(), mimetype="image/png")
+    return Response(_png_bytes(mask * 255), mimetype="image/png")
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _base64_png(pixels: np.ndarray) -> str:
+    return base64.b64encode(_png_bytes(pixels)).decode("ascii")
 
 
 def _add_error_handlers(app: Flask, max_body_mb: float) -> None:

@@ -20,13 +20,21 @@ in ~8 ms instead of ~45 ms, 1024 x 1024 in ~0.13 s instead of ~0.85 s). Anything
 mistake included, goes through the careful path, so error messages do not depend on the
 fast path.
 
-Multipart body: field `file`, a PNG or JPEG. Its EXIF orientation is applied (a browser
-shows it that way, so the mask lines up with what the user sees), then it is converted to
-RGB the same way (alpha dropped, gray replicated).
+A JSON body may also name the answer's format: `{"image": [...], "format": "geojson"}`.
+The fast path takes a body whose last member is `"format"` too (`json_request`).
+
+Multipart body: field `file`, a PNG, JPEG or TIFF. A PNG or JPEG has its EXIF orientation
+applied (a browser shows it that way, so the mask lines up with what the user sees). A TIFF
+is read with rasterio, which keeps a GeoTIFF's transform and CRS for georeferenced outlines;
+it must hold 8-bit pixels in 1, 3 or 4 bands (R, G, B picked by their colour interpretation
+when the file names them, else the first three). Either is then converted to RGB the same way
+(alpha dropped, gray replicated).
 """
 from __future__ import annotations
 
 import re
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -34,7 +42,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 FIELD = "image"
 UPLOAD_FIELD = "file"
+FORMAT_FIELD = "format"
 UPLOAD_FORMATS = ("PNG", "JPEG")
+UPLOAD_KINDS = "PNG, JPEG or TIFF"
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 SHAPES = "H x W x 3 RGB (or H x W x 4 RGBA, or H x W grayscale)"
 
 
@@ -46,15 +57,50 @@ class InputError(ValueError):
         self.status = status
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An RGB image and, for a GeoTIFF, where it lies: `transform` (affine.Affine, pixel
+    corner to CRS) and `crs` (rasterio CRS). `why_pixels` says why outlines of an image without
+    them can only be in pixels. `format` is a format named in a JSON body."""
+    image: np.ndarray
+    transform: object = None
+    crs: object = None
+    why_pixels: str | None = None
+    format: str | None = None
+
+
 def image_from_json(body: bytes, max_side: int) -> np.ndarray:
-    fast = fast_image_from_json(body, max_side)
+    return json_request(body, max_side).image
+
+
+# `, "format": "name"}` closing a body; a name has no quote or escape, so this cannot match
+# inside a string, and what precedes it must still pass the fast path whole.
+_FORMAT_TAIL = re.compile(rb',[ \t\n\r]*"format"[ \t\n\r]*:[ \t\n\r]*"([A-Za-z0-9_+-]{0,32})"'
+                          rb'[ \t\n\r]*\}[ \t\n\r]*\Z')
+
+
+def json_request(body: bytes, max_side: int) -> Upload:
+    """The image of a JSON body and the format it names, if any."""
+    why = "the image came as a JSON array, which carries no georeferencing"
+    tail = _FORMAT_TAIL.search(body, max(0, len(body) - 128))
+    head = body[:tail.start()] + b"}" if tail else body
+    fast = fast_image_from_json(head, max_side)
     if fast is not None:
-        return fast
-    return careful_image_from_json(body, max_side)
+        return Upload(fast, why_pixels=why, format=tail.group(1).decode() if tail else None)
+    image, payload = _careful(body, max_side)
+    chosen = payload.get(FORMAT_FIELD)
+    if chosen is not None and not isinstance(chosen, str):
+        raise InputError(f"field '{FORMAT_FIELD}' must be a string, got a JSON "
+                         f"{_json_type(chosen)}")
+    return Upload(image, why_pixels=why, format=chosen)
 
 
 def careful_image_from_json(body: bytes, max_side: int) -> np.ndarray:
     """The reference path: orjson to Python lists, then numpy; every refusal is made here."""
+    return _careful(body, max_side)[0]
+
+
+def _careful(body: bytes, max_side: int) -> tuple[np.ndarray, dict]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -72,7 +118,7 @@ def careful_image_from_json(body: bytes, max_side: int) -> np.ndarray:
     _check_outer_size(nested, max_side)
     # The bool walk is slow, so run it only when the body could hold a JSON boolean at all.
     may_hold_bools = b"true" in body or b"false" in body
-    return to_rgb(_as_array(nested, may_hold_bools), max_side)
+    return to_rgb(_as_array(nested, may_hold_bools), max_side), payload
 
 
 # -- the fast path -------------------------------------------------------------------------------
@@ -202,20 +248,80 @@ def _ten_or_one(flags: np.ndarray) -> np.ndarray:
 
 
 def image_from_upload(storage, max_side: int) -> np.ndarray:
+    return read_upload(storage, max_side).image
+
+
+def read_upload(storage, max_side: int) -> Upload:
+    """A multipart file as an `Upload`: a TIFF through rasterio, a PNG or JPEG through PIL."""
     name = storage.filename or UPLOAD_FIELD
+    start = storage.stream.read(4)
+    storage.stream.seek(0)
+    if start in TIFF_MAGIC:
+        return _tiff_upload(storage.stream.read(), name, max_side)
     try:
         with Image.open(storage.stream, formats=UPLOAD_FORMATS) as image:
             # The header is read, the pixels not yet: refuse a huge image before decoding it.
             _check_side(image.height, image.width, max_side)
+            kind = image.format
             image = ImageOps.exif_transpose(image).convert("RGB")
-            return np.asarray(image, dtype=np.uint8)
+            return Upload(np.asarray(image, dtype=np.uint8),
+                          why_pixels=f"a {kind} carries no georeferencing; upload a GeoTIFF "
+                                     "for longitude/latitude and m²")
     except InputError:
         raise
     except Image.DecompressionBombError as error:
         raise InputError(f"file '{name}' is too large to decode: {error}", 413) from None
     except Exception as error:  # noqa: BLE001 - a malformed file can fail in many ways, all
         # of them the client's: PIL raises OSError, SyntaxError, struct.error, EOFError ...
-        raise InputError(f"file '{name}' is not a readable PNG or JPEG image "
+        raise InputError(f"file '{name}' is not a readable {UPLOAD_KINDS} image "
+                         f"({_short_reason(error)})") from None
+
+
+def read_tiff(dataset, name: str, max_side: int | None = None) -> Upload:
+    """An open rasterio dataset as an `Upload` (RGB bands, transform, CRS), or InputError."""
+    from rasterio.enums import ColorInterp
+
+    from zoo.polygons import is_georeferenced
+
+    if max_side is not None:
+        _check_side(dataset.height, dataset.width, max_side)
+    if dataset.dtypes[0] != "uint8":
+        raise InputError(f"file '{name}' has {dataset.dtypes[0]} pixels; the model reads 8-bit "
+                         "RGB (uint8 0..255): convert it first, e.g. gdal_translate -ot Byte "
+                         "-scale")
+    interp = list(dataset.colorinterp)
+    if ColorInterp.palette in interp:
+        raise InputError(f"file '{name}' is a palette image; convert it to RGB first")
+    rgb = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if all(colour in interp for colour in rgb):
+        bands = [interp.index(colour) + 1 for colour in rgb]
+    elif dataset.count in (1, 3, 4):
+        bands = list(range(1, min(dataset.count, 3) + 1))
+    else:
+        raise InputError(f"file '{name}' has {dataset.count} bands; send 1 (gray), 3 (RGB) "
+                         "or 4 (RGBA)")
+    image = to_rgb(np.moveaxis(dataset.read(bands), 0, -1), max_side or max(dataset.shape))
+    transform, crs = dataset.transform, dataset.crs
+    if is_georeferenced(transform, crs):
+        return Upload(image, transform, crs)
+    missing = "no CRS" if crs is None else "no geotransform"
+    return Upload(image, why_pixels=f"the TIFF '{name}' has {missing}, so it is not "
+                                    "georeferenced")
+
+
+def _tiff_upload(data: bytes, name: str, max_side: int) -> Upload:
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # reported in the answer
+            with MemoryFile(data) as memory, memory.open() as dataset:
+                return read_tiff(dataset, name, max_side)
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - GDAL raises RasterioIOError, CPLE_* ...
+        raise InputError(f"file '{name}' is not a readable {UPLOAD_KINDS} image "
                          f"({_short_reason(error)})") from None
 
 
@@ -292,7 +398,7 @@ def _holds_bool(nested: list) -> bool:
 
 def _short_reason(error: Exception) -> str:
     if isinstance(error, UnidentifiedImageError):
-        return "not recognised as either format"  # PIL's text names a temp file: no help
+        return f"not recognised as any of {UPLOAD_KINDS}"  # PIL's text names a temp file: no help
     return f"{type(error).__name__}: {error}"
 
 

@@ -5,6 +5,7 @@ passing test means the HTTP layer changes nothing about the masks.
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import sys
@@ -32,7 +33,8 @@ def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def post_json(url: str, payload, session=None, **kwargs) -> requests.Response:
     if not isinstance(payload, bytes):
-        payload = orjson.dumps({key: np.ascontiguousarray(value) for key, value in payload.items()},
+        payload = orjson.dumps({key: np.ascontiguousarray(value) if isinstance(value, np.ndarray)
+                                else value for key, value in payload.items()},
                                option=orjson.OPT_SERIALIZE_NUMPY)
     return (session or requests).post(f"{url}/inference", data=payload, timeout=120,
                                       headers={"Content-Type": "application/json"}, **kwargs)
@@ -166,8 +168,9 @@ def test_body_over_the_limit_is_413(app_server):
 
 @pytest.mark.parametrize("files, named", [
     ({"upload": ("a.png", b"x")}, "missing multipart field 'file'"),
-    ({"file": ("a.png", b"not an image")}, "file 'a.png' is not a readable PNG or JPEG"),
-    ({"file": ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")}, "not a readable PNG or JPEG"),
+    ({"file": ("a.png", b"not an image")}, "file 'a.png' is not a readable PNG, JPEG or TIFF"),
+    ({"file": ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")}, "not a readable PNG, JPEG or TIFF"),
+    ({"file": ("a.tif", b"II*\x00broken")}, "file 'a.tif' is not a readable PNG, JPEG or TIFF"),
 ])
 def test_bad_upload_is_refused_with_its_reason(app_server, files, named):
     answer = requests.post(f"{app_server}/inference", files=files, timeout=60)
@@ -178,6 +181,7 @@ def test_bad_upload_is_refused_with_its_reason(app_server, files, named):
 def test_unknown_format_parameter_is_400(app_server):
     answer = post_json(app_server, {"image": rgb(2, 2)}, params={"format": "bmp"})
     assert answer.status_code == 400 and "'format'" in error_of(answer)
+    assert "json, png, geojson" in error_of(answer)
 
 
 def test_wrong_method_is_405_json(app_server):
@@ -202,6 +206,181 @@ def test_a_bug_of_ours_is_a_json_500_without_internals(small_segmenter):
         "/inference", json={"image": [[[1, 2, 3]]]})
     assert answer.status_code == 500
     assert "internal error" in answer.json["error"] and "secret" not in answer.json["error"]
+
+
+# -- outlines: format geojson, GeoTIFF uploads --------------------------------------------------
+
+UTM_37S = "EPSG:32737"
+HALF_METRE = (0.5, 0, 530_000.0, 0, -0.5, 9_250_000.0)  # 0.5 m pixels in Dar es Salaam
+
+
+def blobby(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth image, so the fixture model's mask has sizeable blobs rather than speckle."""
+    small = rgb(max(1, height // 16), max(1, width // 16), seed)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+
+
+def geotiff_bytes(image: np.ndarray, crs=UTM_37S, transform=HALF_METRE, dtype="uint8") -> bytes:
+    import warnings
+
+    from affine import Affine
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with MemoryFile() as memory:
+            options = {"crs": crs, "transform": Affine(*transform)} if crs else {}
+            with memory.open(driver="GTiff", height=image.shape[0], width=image.shape[1],
+                             count=3, dtype=dtype, **options) as dataset:
+                dataset.write(np.moveaxis(image, -1, 0).astype(dtype))
+            return memory.read()
+
+
+def direct_collection(segmenter, image, transform=None, crs=None) -> dict:
+    """What the server should answer, computed in this process."""
+    from zoo.polygons import footprints_geojson
+
+    probabilities = segmenter.probabilities(image)
+    mask = (probabilities >= segmenter.threshold).astype(np.uint8)
+    np.testing.assert_array_equal(mask, segmenter.predict(image))
+    from affine import Affine
+
+    return footprints_geojson(mask, probabilities, transform and Affine(*transform), crs)
+
+
+def geojson_of(response) -> dict:
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/geo+json")
+    return response.json()
+
+
+def test_geojson_from_a_json_body_matches_direct_outlines(app_server, small_segmenter):
+    image = blobby(96, 128, seed=21)
+    collection = geojson_of(post_json(app_server, {"image": image, "format": "geojson"}))
+    expected = direct_collection(small_segmenter, image)
+    assert collection["count"] > 0, "the fixture model should find some buildings"
+    assert orjson.loads(orjson.dumps(expected["features"])) == collection["features"]
+    assert collection["crs"] is None and collection["georeferenced"] is False
+    assert "JSON array" in collection["why_pixels"]
+    assert collection["image"] == {"height": 96, "width": 128}
+    assert collection["threshold"] == small_segmenter.threshold
+    for feature in collection["features"]:
+        assert set(feature["properties"]) == {"area_px", "mask_pixels", "mean_probability"}
+        assert small_segmenter.threshold <= feature["properties"]["mean_probability"] <= 1
+
+
+def test_geojson_is_also_asked_by_query_or_accept(app_server, small_segmenter):
+    image = blobby(64, 64, seed=22)
+    expected = geojson_of(post_json(app_server, {"image": image, "format": "geojson"}))
+    upload = {"file": ("tile.png", encoded(image), "image/png")}
+    for kwargs in ({"params": {"format": "geojson"}},
+                   {"headers": {"Accept": "application/geo+json"}}):
+        answer = geojson_of(requests.post(f"{app_server}/inference", files=upload, timeout=60,
+                                          **kwargs))
+        assert answer["features"] == expected["features"]
+        assert "PNG carries no georeferencing" in answer["why_pixels"]
+
+
+def test_geotiff_upload_gives_lon_lat_and_square_metres(app_server, small_segmenter):
+    from shapely.geometry import shape
+
+    image = blobby(128, 160, seed=23)
+    answer = geojson_of(requests.post(
+        f"{app_server}/inference", params={"format": "geojson"}, timeout=60,
+        files={"file": ("scene.tif", geotiff_bytes(image), "image/tiff")}))
+    expected = direct_collection(small_segmenter, image, HALF_METRE, UTM_37S)
+    assert answer["features"] == orjson.loads(orjson.dumps(expected["features"]))
+    assert answer["georeferenced"] is True and answer["source_crs"] == UTM_37S
+    assert answer["crs"]["properties"]["name"].endswith("CRS84")
+    assert answer["count"] > 0
+    for feature in answer["features"]:
+        properties = feature["properties"]
+        assert properties["area_m2"] == pytest.approx(properties["area_px"] * 0.25, rel=1e-6)
+        lon, lat = shape(feature["geometry"]).centroid.coords[0]
+        assert 39.2 < lon < 39.4 and -6.9 < lat < -6.7  # Dar es Salaam, not pixels
+
+
+def test_geotiff_upload_keeps_the_mask_contract(app_server, small_segmenter):
+    image = blobby(40, 56, seed=24)
+    answer = requests.post(f"{app_server}/inference", timeout=60,
+                           files={"file": ("scene.tif", geotiff_bytes(image), "image/tiff")})
+    np.testing.assert_array_equal(prediction_of(answer), small_segmenter.predict(image))
+
+
+def test_tiff_without_georeferencing_falls_back_to_pixels(client):
+    image = blobby(48, 48, seed=25)
+    answer = client.post("/inference?format=geojson", content_type="multipart/form-data",
+                         data={"file": (io.BytesIO(geotiff_bytes(image, crs=None)), "plain.tif")})
+    assert answer.status_code == 200, answer.json
+    assert answer.json["georeferenced"] is False and answer.json["crs"] is None
+    assert "TIFF 'plain.tif' has no CRS" in answer.json["why_pixels"]
+
+
+def test_16_bit_tiff_is_refused_naming_its_type(client):
+    answer = client.post("/inference", content_type="multipart/form-data", data={
+        "file": (io.BytesIO(geotiff_bytes(rgb(8, 8), dtype="uint16")), "deep.tif")})
+    assert answer.status_code == 400 and "'deep.tif' has uint16 pixels" in answer.json["error"]
+
+
+@pytest.mark.parametrize("body, named", [
+    (b'{"image": [[[1, 2, 3]]], "format": "shp"}', "field 'format' must be one of json, png, geojson"),
+    (b'{"image": [[[1, 2, 3]]], "format": 7}', "field 'format' must be a string"),
+    (b'{"format": "kml", "image": [[[1, 2, 3]]]}', "must be one of json, png, geojson; got 'kml'"),
+])
+def test_unknown_format_in_the_body_is_400_naming_the_choices(client, body, named):
+    answer = client.post("/inference", data=body, content_type="application/json")
+    assert answer.status_code == 400 and named in answer.json["error"]
+
+
+def test_format_asked_twice_differently_is_400(client):
+    answer = client.post("/inference?format=png", content_type="application/json",
+                         data=b'{"image": [[[1, 2, 3]]], "format": "geojson"}')
+    assert answer.status_code == 400 and "'png' in the query" in answer.json["error"]
+
+
+def test_format_in_the_body_keeps_the_fast_path(monkeypatch):
+    from app import inputs
+
+    image = rgb(3, 4, seed=26)
+    body = orjson.dumps({"image": image}, option=orjson.OPT_SERIALIZE_NUMPY)
+    expected = inputs.json_request(body, 4096).image
+    monkeypatch.setattr(inputs, "_careful", lambda *args: pytest.fail("took the careful path"))
+    for tail in (b', "format": "geojson"}', b' ,\n "format" : "png" } \n'):
+        upload = inputs.json_request(body[:-1] + tail, 4096)
+        np.testing.assert_array_equal(upload.image, expected)
+        assert upload.format in ("geojson", "png")
+
+
+def test_json_body_with_format_anywhere_reads_like_orjson():
+    from app.inputs import json_request
+
+    for body, chosen in [(b'{"format": "geojson", "image": [[[1, 2, 3]]]}', "geojson"),
+                         (b'{"image": [[[1, 2, 3]]], "format": "png", "format": "geojson"}',
+                          "geojson"),
+                         (b'{"image": [[[1, 2, 3]]], "format": null}', None)]:
+        assert json_request(body, 4096).format == orjson.loads(body).get("format") == chosen
+
+
+def test_include_gives_the_page_mask_image_and_pixel_outlines(client, small_segmenter):
+    from shapely.geometry import shape
+
+    image = blobby(64, 80, seed=27)
+    answer = client.post("/inference?format=geojson&include=mask,image,pixels",
+                         content_type="multipart/form-data",
+                         data={"file": (io.BytesIO(geotiff_bytes(image)), "scene.tif")})
+    collection = answer.json
+    assert answer.status_code == 200 and collection["count"] > 0
+    decode = lambda text: np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))  # noqa: E731
+    np.testing.assert_array_equal(decode(collection["mask_png"]),
+                                  small_segmenter.predict(image) * 255)
+    np.testing.assert_array_equal(decode(collection["image_png"]), image)
+    for feature in collection["features"]:
+        outline = shape(feature["properties"]["pixel_geometry"])
+        assert outline.area == pytest.approx(feature["properties"]["area_px"])
+    bad = client.post("/inference?format=geojson&include=everything",
+                      json={"image": [[[1, 2, 3]]]})
+    assert bad.status_code == 400 and "mask, image, pixels" in bad.json["error"]
 
 
 # -- health, metadata, page ----------------------------------------------------------------------
