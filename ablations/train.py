@@ -56,10 +56,13 @@ class TrialResult:
 
 
 def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: int,
-                  callbacks=(), eager: bool = False) -> tuple[dict, float]:
+                  callbacks=(), eager: bool = False, schedule_epochs: int | None = None) -> tuple[dict, float]:
+    """Train the decoder for `epochs`. The learning rate follows a cosine over
+    `schedule_epochs` (default `epochs`): the final fit stops such a schedule at the epoch
+    cross-validation chose, so it trains exactly as the folds it was chosen on did."""
     keras.utils.set_random_seed(seed)
     decoder = decoder_of(model)
-    steps = epochs * math.ceil(train.count / recipe.batch_size)
+    steps = (schedule_epochs or epochs) * math.ceil(train.count / recipe.batch_size)
     # Cosine decay: large steps early while the decoder is random, small ones to settle.
     schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, max(1, steps))
     decoder.compile(
@@ -78,7 +81,11 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
 
 
 def probabilities(model, features: FeatureSet, batch_size: int = 16) -> np.ndarray:
-    decoder = decoder_of(model)
+    return decoder_probabilities(decoder_of(model), features, batch_size)
+
+
+def decoder_probabilities(decoder, features: FeatureSet, batch_size: int = 16) -> np.ndarray:
+    """Probabilities for copy 0 (the originals) of every image, from cached features."""
     index = np.arange(features.count)
     out = []
     for start in range(0, features.count, batch_size):

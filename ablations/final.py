@@ -1,0 +1,289 @@
+"""The final fit: the selected recipe trained on every non-test area, for as long as
+cross-validation by area says helps, then saved, reported and pointed at by results/MODEL.
+
+Two stages, so the model that ships takes minutes, not hours:
+
+1. The learning curve (`--curve`): one decoder per area fold (trained on the other areas) for
+   `curve_epochs`, scored on its held-out area after every epoch at every threshold. The
+   epoch count is the first epoch within 0.005 of the best mean held-out building IoU, the
+   threshold that epoch's best. Written to OUT/curve.json, which the next fits reuse.
+2. The fit: one decoder on every pool tile for the chosen epochs of the same cosine
+   schedule (`schedule_epochs` = the curve's length), so the final model trains exactly as
+   the folds did up to the chosen epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ablations import features, folds, plots_final, provenance, studies
+from ablations.data import folders, splits, synthetic
+from ablations.errors import UserFacingError
+from ablations.machine import describe as describe_machine, process_memory_gib
+from zoo import saving, unet
+from zoo.config import DecoderConfig
+from zoo.files import write_json_atomic, write_text_atomic
+
+SEED = 0
+# The recipe the cross-city studies selected (results/EXPERIMENTS.md, steps 10 and 11), with
+# the head that cannot go dead (issue: a width-0.25 ReLU head left a constant floor).
+SELECTED_DECODER = DecoderConfig(upsampler="nearest", skip="attention", conv="double", width=0.25)
+SELECTED_RECIPE = studies.Recipe(augmentation="sensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitRequest:
+    data: Path | None = None          # None: synthetic scenes (a smoke test, not a model)
+    test_area: str | None = "none"    # "none": every area trains (the model that ships)
+    out: Path = Path("results/final")
+    budget: str = "standard"
+    weights: str = "imagenet"
+    curve: bool = False               # run the cross-validated learning curve first
+    curve_epochs: int = 12
+    epochs: int | None = None         # overrides the curve's choice
+    recipe_from: Path | None = None   # a model.json whose config and recipe to fit
+    point_served: bool = True         # write results/MODEL -> OUT/model.keras
+    fresh: bool = False
+
+    @property
+    def results_root(self) -> Path:
+        return Path(self.out).parent
+
+
+def run_fit(request: FitRequest) -> dict:
+    started = time.time()
+    budget = studies.BUDGETS[request.budget]
+    config, recipe = selected_recipe(request.recipe_from)
+    pool_samples, test_samples, source = load_samples(request, budget)
+    binding = {"data_kind": provenance.data_kind(source),
+               "data_fingerprint": provenance.data_fingerprint(pool_samples + test_samples, _root(request, budget)),
+               "budget": budget.name, "test_area": request.test_area, "weights": request.weights,
+               "config": config.to_dict(), "recipe": recipe.to_dict(), "curve_epochs": request.curve_epochs}
+    provenance.check_binding(request.out, binding, fresh=request.fresh or request.curve)
+    encoder = _encoder(request.weights)
+    pool = encode_pool(encoder, pool_samples, budget, recipe)
+    curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
+    provenance.write_binding(request.out, binding)
+    epochs = request.epochs or curve["chosen"]["epochs"]
+    threshold = curve["chosen"]["threshold"]
+    print(f"final fit: {config.name}, {recipe.augmentation} augmentation, {epochs} of "
+          f"{curve['curve_epochs']} cosine epochs, threshold {threshold:.2f}, {pool.count} tiles")
+    model = _build(config, encoder)
+    history, seconds = _train(model, recipe, pool, epochs, curve["curve_epochs"], budget)
+    test = score_test(model, threshold, test_samples, budget)
+    metadata = final_metadata(request, config, recipe, epochs, threshold, curve, history, seconds,
+                              test, source, pool_samples, test_samples)
+    path = saving.save(model, Path(request.out) / "model.keras", metadata)
+    plots_final.samples(model, threshold, pool, test_samples, budget.size, Path(request.out) / "samples.png")
+    metadata["cost"] = {"wall_minutes": round((time.time() - started) / 60, 1),
+                        "peak_rss_gib": round(process_memory_gib()[1], 2)}
+    write_text_atomic(Path(request.out) / "README.md", report(request, metadata, curve))
+    if request.point_served:
+        point_served_model(request.results_root, path)
+    print(f"done in {metadata['cost']['wall_minutes']} min; saved {path}; see {Path(request.out) / 'README.md'}")
+    return metadata
+
+
+def selected_recipe(recipe_from: Path | None) -> tuple[DecoderConfig, studies.Recipe]:
+    if recipe_from is None:
+        return SELECTED_DECODER, SELECTED_RECIPE
+    import json
+
+    fields = json.loads(Path(recipe_from).read_text())
+    config = {"head": "linear", **fields["config"]}  # a new fit always gets the live head
+    return DecoderConfig.from_dict(config), studies.Recipe(**fields["recipe"])
+
+
+def _root(request: FitRequest, budget) -> Path:
+    return request.data or synthetic.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
+
+
+def load_samples(request: FitRequest, budget):
+    root = _root(request, budget)
+    source = str(request.data) if request.data else f"SYNTHETIC scenes ({root})"
+    try:
+        samples = folders.scan_folder(root, check=True)
+        if budget.max_images:
+            samples = splits.limit(samples, budget.max_images, SEED)
+    except folders.DataError as error:
+        raise UserFacingError(str(error)) from error
+    areas = sorted({s.area for s in samples if s.area})
+    if request.test_area not in (None, "none") and request.test_area not in areas:
+        raise UserFacingError(f"--test-area {request.test_area!r} is not an area of {root}; "
+                              f"known: {', '.join(areas) or 'none (no index.csv areas)'}, or 'none'")
+    test = [s for s in samples if s.area == request.test_area]
+    pool = [s for s in samples if s.area != request.test_area]
+    print(f"data: {source}; pool {len(pool)} tiles ({', '.join(sorted({s.area or '?' for s in pool}))}); "
+          f"test {len(test)} tiles ({request.test_area})")
+    return pool, test, source
+
+
+def _encoder(weights: str):
+    from ablations.pipeline import load_encoder
+
+    return load_encoder(weights)
+
+
+def _build(config: DecoderConfig, encoder):
+    import keras
+
+    keras.utils.set_random_seed(SEED)  # every fold and the final model start from the same weights
+    return unet.build(config, encoder=encoder)
+
+
+def encode_pool(encoder, pool_samples, budget, recipe) -> features.FeatureSet:
+    images, masks = folders.load_arrays(pool_samples, budget.size)
+    model = unet.build(studies.DEFAULT_DECODER, encoder=encoder)  # carries the preprocessing
+    print(f"encoding {len(images)} pool tiles once for every fold and the fit: "
+          f"{budget.augmented_copies} copies with '{recipe.augmentation}' augmentation ...")
+    return features.encode(model, images, masks, copies=budget.augmented_copies,
+                           augmentation=recipe.augmentation, seed=SEED)
+
+
+def _train(model, recipe, pool, epochs: int, schedule_epochs: int, budget):
+    from ablations.search import EpochProgress
+    from ablations.train import train_decoder
+
+    return train_decoder(model, recipe, pool, epochs, SEED, callbacks=[EpochProgress()],
+                         eager=budget.eager, schedule_epochs=schedule_epochs)
+
+
+def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget) -> dict:
+    """Run the cross-validated curve (--curve), or read the one this folder already holds."""
+    path = Path(request.out) / "curve.json"
+    if not request.curve:
+        if not path.is_file():
+            raise UserFacingError(f"{path} does not exist: run once with --curve (the cross-validated "
+                                  "learning curve that chooses the epochs and threshold)")
+        import json
+
+        return json.loads(path.read_text())
+    from ablations.search import EpochProgress
+
+    area_folds = folds.area_folds([s.area for s in pool_samples])
+    started = time.time()
+    results = folds.cross_validate(lambda: _build(config, encoder), recipe, pool, area_folds,
+                                   request.curve_epochs, SEED, schedule_epochs=request.curve_epochs,
+                                   eager=budget.eager, callbacks=[EpochProgress()])
+    curve = curve_record(results, request.curve_epochs, time.time() - started)
+    write_json_atomic(path, curve)
+    plots_final.learning_curve(curve, Path(request.out) / "curve.png")
+    return curve
+
+
+def curve_record(results: list[folds.FoldResult], curve_epochs: int, seconds: float) -> dict:
+    epochs, threshold = folds.choose_schedule(results)
+    per_city = {}
+    for result in results:  # each city scored with epochs and threshold chosen on the others
+        own_epochs, own_threshold = folds.choose_schedule(results, exclude=result.val_area)
+        per_city[result.val_area] = {"epochs": own_epochs, "threshold": own_threshold,
+                                     "tiles_held_out": result.tiles,
+                                     **folds.fold_scores(result, own_epochs, own_threshold)}
+    mean_iou = folds.mean_fold_iou(results)
+    return {
+        "curve_epochs": curve_epochs, "thresholds": [float(t) for t in folds.train.THRESHOLDS],
+        "chosen": {"epochs": epochs, "threshold": threshold,
+                   "rule": f"first epoch within {folds.TIE} of the best mean held-out building IoU, "
+                           "at that epoch's best threshold"},
+        "mean_heldout_building_iou_by_epoch": [float(v) for v in mean_iou.max(axis=1)],
+        "folds": {r.val_area: {"counts": r.counts.tolist(), "history": r.history,
+                               "train_seconds": round(r.train_seconds, 1)} for r in results},
+        "per_city": per_city, "seconds": round(seconds, 1), "machine": describe_machine(),
+        "date": _now(),
+    }
+
+
+def score_test(model, threshold: float, test_samples, budget) -> dict | None:
+    if not test_samples:
+        return None
+    from ablations.verify import full_model_scores
+
+    return full_model_scores(model, threshold, *folders.load_arrays(test_samples, budget.size))
+
+
+def final_metadata(request, config, recipe, epochs, threshold, curve, history, seconds, test,
+                   source, pool_samples, test_samples) -> dict:
+    areas = sorted({s.area or "?" for s in pool_samples})
+    return {
+        "name": f"final/{config.name}", "config": config.to_dict(), "recipe": recipe.to_dict(),
+        "threshold": threshold, "inference": {"threshold": threshold, "scales": [1.0], "tta": "none"},
+        "epochs": epochs, "schedule_epochs": curve["curve_epochs"], "seed": SEED,
+        "history": history, "train_seconds": round(seconds, 1),
+        "metrics": {"test": test, "cross_validated": {
+            "mean_heldout_building_iou": curve["mean_heldout_building_iou_by_epoch"][epochs - 1],
+            "per_city": curve["per_city"]}},
+        "data": {"source": source, "trained_on": areas, "tiles": len(pool_samples),
+                 "test_area": request.test_area, "test_tiles": len(test_samples)},
+        "budget": request.budget, "machine": describe_machine(), "date": _now(),
+        "command": "python -m ablations.fit " + " ".join(fit_argv(request)),
+    }
+
+
+def report(request, metadata: dict, curve: dict) -> str:
+    from tabulate import tabulate
+
+    rows = [{"held-out city": city, "epochs (chosen on the other cities)": row["epochs"],
+             "threshold": f"{row['threshold']:.2f}", "precision": f"{row['precision']:.3f}",
+             "recall": f"{row['recall']:.3f}", "building IoU": f"{row['building_iou']:.3f}",
+             "mean IoU": f"{row['mean_iou']:.3f}"} for city, row in curve["per_city"].items()]
+    test = metadata["metrics"]["test"]
+    data = metadata["data"]
+    lines = [
+        f"# Final fit: `{metadata['name']}`", "",
+        f"- **Command:** `{metadata['command']}`; {metadata['date']}; {metadata['machine']}",
+        f"- **Trained on:** {data['tiles']} tiles of {', '.join(data['trained_on'])} ({data['source']}), "
+        f"{metadata['epochs']} epochs of a {metadata['schedule_epochs']}-epoch cosine schedule, "
+        f"{metadata['recipe']['augmentation']} augmentation, threshold {metadata['threshold']:.2f}; "
+        f"{metadata['train_seconds']:.0f} s of training, {metadata['cost']['wall_minutes']} min and "
+        f"{metadata['cost']['peak_rss_gib']} GiB peak in all.",
+        f"- **Epochs and threshold** from the cross-validated learning curve ({curve['chosen']['rule']}): "
+        f"mean held-out building IoU {metadata['metrics']['cross_validated']['mean_heldout_building_iou']:.3f}.",
+        "", "## Quality on a city the model never saw", "",
+        "Each row: the same recipe trained on the other cities only (a fold of the learning curve), "
+        "scored on the held-out city at the epoch and threshold chosen on the *other* folds, so "
+        "nothing in a row is chosen on its own city. Pixel counts summed over the city; building "
+        "IoU = TP/(TP+FP+FN), mean IoU = mean of building and background IoU.", "",
+        tabulate(rows, headers="keys", tablefmt="github"), "",
+    ]
+    if test:
+        lines += [f"**Test area {data['test_area']}** ({data['test_tiles']} tiles, end to end): precision "
+                  f"{test['precision']:.3f}, recall {test['recall']:.3f}, building IoU {test['building_iou']:.3f}, "
+                  f"mean IoU {test['mean_iou']:.3f}.", ""]
+    else:
+        lines += ["No test area (`--test-area none`): every city trains the model that ships, so its "
+                  "quality estimate is the per-city table above.", ""]
+    lines += ["![learning curve: training and held-out building IoU by epoch](curve.png)", "",
+              "![samples: RGB, truth, prediction](samples.png)", ""]
+    return "\n".join(lines)
+
+
+def point_served_model(results_root: Path, model_path: Path) -> None:
+    from zoo.served import POINTER
+
+    relative = Path(model_path).resolve().relative_to(Path(results_root).resolve())
+    write_text_atomic(Path(results_root) / POINTER, f"{relative}\n")
+    print(f"{Path(results_root) / POINTER} now names {relative}")
+
+
+def fit_argv(request: FitRequest) -> list[str]:
+    parts = []
+    if request.data:
+        parts += ["--data", str(request.data)]
+    parts += ["--test-area", str(request.test_area)]
+    if request.budget != "standard":
+        parts += ["--budget", request.budget]
+    if request.curve:
+        parts += ["--curve", "--curve-epochs", str(request.curve_epochs)]
+    if request.epochs:
+        parts += ["--epochs", str(request.epochs)]
+    if Path(request.out) != Path("results/final"):
+        parts += ["--out", str(request.out)]
+    return parts
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
