@@ -1,20 +1,28 @@
-"""`python -m app [--model PATH] [--host H] [--port P] [--max-body-mb MB]`: the development server.
+"""`python -m app [--model PATH] [--runtime R] [--host H] [--port P] [--max-body-mb MB]`: the
+development server.
 
-For production use gunicorn; the command is in `app/wsgi.py`. A missing or corrupted model
-stops the start with one message on stderr and exit status 1.
+For production use gunicorn; the command is in `app/wsgi.py`. A missing or corrupted model, or
+an explicitly chosen runtime without a current export, stops the start with one message on
+stderr and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 from app import MAX_BODY_MB, create_app
-from app.model import ENV, ModelUnavailable, load_for_serving, resolve_model_path
+from app.model import (ENV, RUNTIME_CHOICES, RUNTIME_ENV, ModelUnavailable, load_for_serving,
+                       resolve_model_path, runtime_of)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help=f"a .keras file saved by zoo.saving (default: ${ENV}, "
                         "else results/MODEL, else results/decoder_variants/best/model.keras)")
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES,
+                        default=os.environ.get(RUNTIME_ENV, RUNTIME_CHOICES[0]),
+                        help=f"what runs the forward pass (default: ${RUNTIME_ENV}, else auto: the "
+                        "fastest one `python -m zoo.export` made for this model, else keras)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-body-mb", type=float, default=None,
@@ -26,11 +34,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     path = resolve_model_path(args.model)
     try:
-        segmenter = load_for_serving(path)
+        segmenter = load_for_serving(path, args.runtime)
     except ModelUnavailable as error:
         raise SystemExit(f"error: {error}") from None
     app = create_app(segmenter=segmenter, max_body_mb=args.max_body_mb or MAX_BODY_MB)
-    print(f"serving {path} on http://{args.host}:{args.port}/", flush=True)
+    print(f"serving {path} through {runtime_of(segmenter)} on http://{args.host}:{args.port}/",
+          flush=True)
     app.run(host=args.host, port=args.port, threaded=True)
 
 

@@ -1,26 +1,34 @@
-"""Which model the app serves, and loading it so that a missing or corrupted file is refused.
+"""Which model the app serves, through which runtime, and loading it so that a missing,
+corrupted or stale file is refused.
 
 The default is the model `ablations` selected: `results/decoder_variants/best/model.keras`,
 unless `results/MODEL` exists, in which case it holds a path relative to `results/`.
 `$ZOO_MODEL` overrides both (used by `app.wsgi` and `python -m app`).
-This module imports zoo's Keras code only inside `load_segmenter`, so a missing model is
-reported in a fraction of a second instead of after TensorFlow's import.
+
+The runtime (`zoo.runtimes`) is `keras` (the `.keras` file itself), `tflite`, `onnx` or
+`savedmodel` (the artifacts `python -m zoo.export` writes beside it), or `auto`, the servers'
+default: the fastest runtime whose export is present and made from this very model file and
+metadata, else `keras`, with a note saying why. Every runtime gives the Keras model's masks
+(tests/test_export.py; the tolerance is in zoo/export.py).
+This module imports zoo's Keras code only for the `keras` and `savedmodel` runtimes, so a
+missing model is reported in a fraction of a second, and a LiteRT or ONNX server never loads
+TensorFlow.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from zoo.served import DEFAULT_MODEL, POINTER, served_model_path
+from zoo import runtimes
+from zoo.served import DEFAULT_MODEL, ENV, POINTER, resolve_model_path as _resolve, served_model_path
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-ENV = "ZOO_MODEL"
+RUNTIME_ENV = "ZOO_RUNTIME"
+RUNTIME_CHOICES = (runtimes.AUTO, *runtimes.RUNTIMES)
 MAKE_ONE = "python -m ablations.run decoder_variants"
 
-
 class ModelUnavailable(RuntimeError):
-    """No servable model: missing, unreadable or not matching its recorded checksum."""
+    """No servable model: missing, unreadable, not matching its checksum, or not exported."""
 
 
 def default_model_path(results: Path = RESULTS) -> Path:
@@ -28,18 +36,45 @@ def default_model_path(results: Path = RESULTS) -> Path:
 
 
 def resolve_model_path(explicit=None, results: Path = RESULTS) -> Path:
-    return Path(explicit or os.environ.get(ENV) or default_model_path(results))
+    return _resolve(explicit, results)
 
 
-def load_segmenter(path):
-    """A `zoo.predict.Segmenter` for `path`, or `ModelUnavailable` with a message to act on."""
+def load_segmenter(path, runtime: str = "keras"):
+    """A `zoo.predict.Segmenter` for `path` through `runtime`, or `ModelUnavailable` with a
+    message to act on."""
     path = Path(path)
+    if runtime not in RUNTIME_CHOICES:
+        raise ModelUnavailable(f"runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {runtime!r}")
     if not path.is_file():
         raise ModelUnavailable(
             f"no model file at {path}. Make one with `{MAKE_ONE}` (it writes "
             f"results/{DEFAULT_MODEL.as_posix()}; results/{POINTER}, when present, names the "
             "served model instead, and the README's 'Serving' section gives the commands that "
             f"make it), or pass --model PATH / set ${ENV}.")
+    if runtime == runtimes.AUTO:
+        return _fastest_available(path)
+    if runtime == "keras":
+        return _keras(path)
+    try:
+        return _exported(path, runtime)
+    except runtimes.ExportUnavailable as error:
+        raise ModelUnavailable(f"cannot serve {path} through {runtime}: {error}") from None
+
+
+def _fastest_available(path: Path):
+    reasons = []
+    for runtime in runtimes.RUNTIMES:
+        if runtime == "keras":
+            break
+        try:
+            return _exported(path, runtime)
+        except runtimes.ExportUnavailable as error:
+            reasons.append(str(error))
+    print(f"note: serving through keras, the slowest runtime: {reasons[0]}", file=sys.stderr)
+    return _keras(path)
+
+
+def _keras(path: Path):
     from zoo import saving
     from zoo.predict import Segmenter
 
@@ -47,30 +82,53 @@ def load_segmenter(path):
         print(f"warning: {path} has no {saving.metadata_path(path).name} beside it, so its "
               "checksum cannot be verified", file=sys.stderr)
     try:
-        return Segmenter.from_file(path, verify=True)
+        segmenter = Segmenter.from_file(path, verify=True)
     except saving.ModelIntegrityError as error:
         raise ModelUnavailable(f"refusing to serve {path}: {error}. Re-create it with "
                                f"`{MAKE_ONE}` or restore the original file.") from None
+    segmenter.metadata = {**segmenter.metadata,
+                          "serving": {"runtime": "keras", "name": segmenter.model.name}}
+    return segmenter
 
 
-def load_for_serving(path):
-    """`load_segmenter`, then one small prediction and a frozen heap, for a server process.
+def _exported(path: Path, runtime: str):
+    from zoo.predict import Segmenter, options_from
 
-    The warm-up traces the model's graph before any request thread exists, so the first
-    user does not wait for it. The freeze moves every object alive then (TensorFlow, Keras,
-    the model: ~400k) out of the garbage collector's view: parsing a JSON image allocates
-    ~H*W lists, which triggers full collections, and with those objects tracked the JSON parse
-    of a 256 x 256 image took 145 ms instead of 30 ms (measured)."""
+    sidecar = runtimes.read_export(path, runtime)
+    entry = sidecar["artifacts"][runtime]
+    artifact = runtimes.export_dir(path) / entry["path"]
+    metadata = {**sidecar["metadata"],
+                "serving": {"runtime": runtime, "name": sidecar["name"], "artifact": str(artifact),
+                            "max_abs_logit_diff": entry["max_abs_logit_diff"]}}
+    return Segmenter(None, metadata=metadata, forward=runtimes.forward_for(runtime, artifact),
+                     **options_from(sidecar["metadata"]))
+
+
+def load_for_serving(path, runtime: str = runtimes.AUTO):
+    """`load_segmenter`, then one prediction per shape a request will use, and a frozen heap,
+    for a server process.
+
+    The warm-up traces the Keras graph, or builds the LiteRT interpreters of the common shapes,
+    before any request thread exists, so the first user does not wait for it. The freeze
+    moves every object alive then (TensorFlow, Keras, the model: ~400k) out of the garbage
+    collector's view: parsing a JSON image allocates ~H*W lists, which triggers full
+    collections, and with those objects tracked the JSON parse of a 256 x 256 image took
+    145 ms instead of 30 ms (measured)."""
     import gc
 
     import numpy as np
 
-    segmenter = load_segmenter(path)
-    segmenter.predict(np.zeros((64, 64, 3), np.uint8))
+    segmenter = load_segmenter(path, runtime)
+    segmenter.predict(np.zeros((256, 256, 3), np.uint8))
     gc.collect()
     gc.freeze()
     return segmenter
 
 
 def model_name(segmenter) -> str:
-    return str(segmenter.metadata.get("name") or segmenter.model.name)
+    serving = segmenter.metadata.get("serving") or {}
+    return str(segmenter.metadata.get("name") or serving.get("name") or segmenter.model.name)
+
+
+def runtime_of(segmenter) -> str:
+    return (segmenter.metadata.get("serving") or {}).get("runtime", "keras")

@@ -4,11 +4,13 @@
         gunicorn -w 2 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
 
 Without $ZOO_MODEL the default model is served (results/MODEL, else
-results/decoder_variants/best/model.keras). Do not use `--preload`: TensorFlow's thread pools
-do not survive a fork, so each worker must load the model itself. Each worker holds one copy
-of the model and serialises its calls, so `-w` is the number of predictions in flight;
-`--timeout 120` leaves room for a 4096 x 4096 image on a small CPU. `$ZOO_MAX_BODY_MB`
-changes the body limit (default 64).
+results/decoder_variants/best/model.keras). `$ZOO_RUNTIME` chooses the runtime as `--runtime`
+does for `python -m app` (default auto: the fastest current export, else keras); each runtime
+uses every core for one call, so on a small CPU `-w 1` or 2 is enough. Do not use `--preload`:
+TensorFlow's thread pools do not survive a fork, so each worker must load the model itself.
+Each worker holds one copy of the model and serialises its calls, so `-w` is the number of
+predictions in flight; `--timeout 120` leaves room for a 4096 x 4096 image on a small CPU.
+`$ZOO_MAX_BODY_MB` changes the body limit (default 64).
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import os
 import sys
 
 from app import MAX_BODY_MB, create_app
-from app.model import ModelUnavailable, load_for_serving, resolve_model_path
+from app.model import RUNTIME_ENV, ModelUnavailable, load_for_serving, resolve_model_path
+from zoo.runtimes import AUTO
 
 try:
-    segmenter = load_for_serving(resolve_model_path())
+    segmenter = load_for_serving(resolve_model_path(), os.environ.get(RUNTIME_ENV, AUTO))
     app = create_app(segmenter=segmenter,
                      max_body_mb=float(os.environ.get("ZOO_MAX_BODY_MB", MAX_BODY_MB)))
 except ModelUnavailable as error:

@@ -7,10 +7,12 @@ written by hand or by the README's serving commands); otherwise the served model
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 POINTER = "MODEL"
 DEFAULT_MODEL = Path("decoder_variants") / "best" / "model.keras"
+ENV = "ZOO_MODEL"  # overrides the pointer: the app, its WSGI entry and zoo.export read it
 
 
 def served_model_path(results="results") -> Path:
@@ -18,3 +20,8 @@ def served_model_path(results="results") -> Path:
     if pointer.is_file():
         return Path(results) / pointer.read_text().strip()
     return Path(results) / DEFAULT_MODEL
+
+
+def resolve_model_path(explicit=None, results="results") -> Path:
+    """`explicit`, else $ZOO_MODEL, else the served model of `results`."""
+    return Path(explicit or os.environ.get(ENV) or served_model_path(results))
