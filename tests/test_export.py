@@ -48,7 +48,7 @@ def exported(small_model_file, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def real_images() -> dict[str, np.ndarray]:
-    """One tile of each city, and a 768 x 768 mosaic of nine (overlap-tiles at 512 px)."""
+    """One tile of each city, and three side by side cut to 256 x 600 (two overlap-tiles)."""
     if not (REAL_DATA / "index.csv").is_file():
         pytest.skip(f"OAM tiles not found at {REAL_DATA} (set OAM_DATA)")
     with open(REAL_DATA / "index.csv") as handle:
@@ -61,8 +61,8 @@ def real_images() -> dict[str, np.ndarray]:
         return np.asarray(Image.open(REAL_DATA / "images" / name).convert("RGB"))
 
     images = {area: read(files[len(files) // 2]) for area, files in by_area.items()}
-    nine = [read(row["file"]) for row in rows[::len(rows) // 9][:9]]
-    images["mosaic"] = np.concatenate([np.concatenate(nine[i:i + 3], axis=1) for i in (0, 3, 6)], axis=0)
+    three = [read(row["file"]) for row in rows[::len(rows) // 3][:3]]
+    images["mosaic"] = np.concatenate(three, axis=1)[:, :600]
     return images
 
 
@@ -154,7 +154,7 @@ def test_app_serves_the_export(runtime, exported, serve, real_images):
                  "--runtime", runtime])
     serving = requests.get(f"{url}/model", timeout=10).json()["serving"]
     assert serving["runtime"] == ("tflite" if runtime == "auto" else runtime)
-    image = real_images["mosaic"][:300, :200]
+    image = real_images["mosaic"][:, :200]
     answer = requests.post(f"{url}/inference", json={"image": image.tolist()}, timeout=60)
     assert answer.status_code == 200, answer.text
     threshold = json.loads(exported.with_suffix(".json").read_text())["threshold"]
@@ -168,3 +168,13 @@ def test_explicit_runtime_without_export_stops_the_server(small_model_file, tmp_
     result = run_module("app", "--model", model, "--runtime", "tflite", "--port", "1", timeout=60)
     assert result.returncode == 1
     assert "no export at" in result.stderr and "python -m zoo.export" in result.stderr
+
+
+def test_bench_section_is_replaced_in_place():
+    from ablations.bench.runtimes import SECTION, replace_section, section_of
+
+    report = "# Benchmark\n\n## Forward cost\n\nrows\n"
+    once = replace_section(report, f"{SECTION}\n\nfirst\n")
+    twice = replace_section(once + "\n## Later\n\nkept\n", f"{SECTION}\n\nsecond\n")
+    assert section_of(twice) == f"{SECTION}\n\nsecond\n\n"
+    assert twice.startswith(report) and twice.endswith("## Later\n\nkept\n") and "first" not in twice

@@ -109,9 +109,9 @@ class OnnxForward:
     def __init__(self, path, threads: int | None = None):
         import onnxruntime
 
+        onnxruntime.set_default_logger_severity(3)  # tf2onnx's nearest resize warns at each load
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.log_severity_level = 3  # tf2onnx's nearest-resize attribute warns on every load
         self.session = onnxruntime.InferenceSession(str(path), options,
                                                     providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name

@@ -252,7 +252,11 @@ def write_report(out: Path, results: dict) -> None:
     ]
     lines += ["## How cost grows", "",
               "Measured point by point by `python -m ablations.bench.scaling`: see [scaling.md](scaling.md).", ""]
-    write_text_atomic(out / "bench.md", "\n".join(lines))
+    # The serving-runtimes section is written by its own command: keep it, do not erase it.
+    from ablations.bench.runtimes import section_of
+
+    previous = (out / "bench.md").read_text() if (out / "bench.md").is_file() else ""
+    write_text_atomic(out / "bench.md", "\n".join(lines + [section_of(previous)]).rstrip("\n") + "\n")
     write_json_atomic(out / "bench.json", results)
 
 

@@ -1,0 +1,244 @@
+"""`python -m ablations.bench.runtimes [--model PATH | --stand-in METADATA_JSON] [--runtimes ...]`
+
+The served model through each runtime (`python -m app --runtime R`), end to end over loopback
+HTTP with JSON bodies: single requests of 256 x 256 and 1024 x 1024 pixels (one client, p50,
+p95 and the interquartile range), and throughput with `--clients` clients at 256 px. Every
+answer must equal that server's own serial answer byte for byte, and each runtime's masks are
+compared with the Keras runtime's, pixel by pixel. The section "Serving runtimes" of
+OUT/bench.md is replaced (the rest of the file is left as `ablations.bench.speed` wrote it),
+and OUT/bench_runtimes.json holds every number.
+
+`--stand-in` benchmarks a stand-in instead of a trained model: the architecture and inference
+settings given as model metadata (JSON: "config", "inference"), on the real ImageNet encoder,
+with a seeded random decoder. Its latency is the trained model's (no operation depends on the
+weights' values); its masks are not.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+
+from ablations.bench import load, server
+from ablations.machine import describe
+from zoo.runtimes import RUNTIMES
+from zoo.served import resolve_model_path
+
+SECTION = "## Serving runtimes"
+# Masks "match" when at most this fraction of pixels differ from the Keras runtime's: on random
+# images a few pixels sit within 1e-4 of the threshold (tests/test_export.py bounds them exactly).
+MATCH_FRACTION = 1e-4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ablations.bench.runtimes",
+                                     description=__doc__.split("\n\n")[1])
+    parser.add_argument("--model", type=Path, help="a .keras file exported by `python -m zoo.export` "
+                        "(default: the served model, as `python -m app` resolves it)")
+    parser.add_argument("--stand-in", help="model metadata as JSON, e.g. '{\"config\": {\"upsampler\": "
+                        "\"nearest\", \"skip\": \"attention\"}, \"inference\": {\"threshold\": 0.6, "
+                        "\"scales\": [1, 0.5, 0.25]}}': build, export and benchmark a stand-in instead")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES))
+    parser.add_argument("--requests", type=int, default=40, help="single requests at 256 px")
+    parser.add_argument("--requests-1024", type=int, default=8, help="single requests at 1024 px")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--per-client", type=int, default=5, help="requests per client at 256 px")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    args.runtimes = [name.strip() for name in args.runtimes.split(",") if name.strip()]
+    unknown = sorted(set(args.runtimes) - set(RUNTIMES))
+    if unknown or not args.runtimes:
+        parser.error(f"--runtimes: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}")
+    return args
+
+
+def build_stand_in(metadata: dict, folder: Path) -> Path:
+    """The architecture of `metadata["config"]` on the ImageNet encoder, saved and exported."""
+    import keras
+
+    from zoo import export, runtimes, saving, unet
+    from zoo.config import DecoderConfig
+
+    keras.utils.set_random_seed(0)
+    config = DecoderConfig.from_dict(metadata["config"])
+    path = saving.save(unet.build(config), folder / "model.keras",
+                       {**metadata, "config": config.to_dict(), "data": {"name": "stand-in: random decoder"}})
+    export.export(export.ExportRequest(path, runtimes.export_dir(path)))
+    return path
+
+
+def spread_ms(seconds) -> dict:
+    ms = np.asarray(seconds) * 1000
+    p25, p50, p75, p95 = np.percentile(ms, [25, 50, 75, 95])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "iqr_ms": [float(p25), float(p75)],
+            "min_ms": float(ms.min()), "n": int(ms.size)}
+
+
+def single_requests(url: str, body: bytes, count: int) -> tuple[dict, np.ndarray]:
+    """Latency of `count` requests one after another, after two warm-ups; the mask."""
+    with requests.Session() as session:
+        post = lambda: session.post(f"{url}/inference", data=body, headers=load.JSON_HEADERS,  # noqa: E731
+                                    timeout=600)
+        for _ in range(2):
+            answer = post()
+            answer.raise_for_status()
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            post().raise_for_status()
+            times.append(time.perf_counter() - began)
+    return spread_ms(times), np.asarray(orjson.loads(answer.content)["prediction"], np.uint8)
+
+
+def bench_runtime(model: Path, runtime: str, bodies: dict, args) -> dict:
+    log_path = Path(tempfile.mkstemp(prefix=f"bench-{runtime}-", suffix=".log")[1])
+    began = time.perf_counter()
+    with server.running_server(["--model", str(model), "--runtime", runtime], log_path=log_path,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300) as running:
+        result = {"start_s": time.perf_counter() - began, "load_start": os.getloadavg()[0]}
+        served = requests.get(f"{running.url}/model", timeout=30).json().get("serving", {})
+        if served.get("runtime") != runtime:
+            raise RuntimeError(f"asked for {runtime}, the server runs {served.get('runtime')}")
+        masks = {}
+        for size, count in ((256, args.requests), (1024, args.requests_1024)):
+            result[str(size)], masks[size] = single_requests(running.url, bodies[size], count)
+        clients = bodies["clients"]
+        answers = load.reference_answers(running.url, clients, 256, 600)
+        tally, wall = load.run_clients(running.url, clients, answers, [args.per_client] * len(clients), 600)
+        result["clients"] = {**spread_ms(tally.latencies), "errors": tally.error_count,
+                             "requests_per_s": len(tally.latencies) / wall, "clients": len(clients)}
+        result["server_peak_rss_mb"] = _peak_rss_mb(running.process.pid)
+        result["load_end"] = os.getloadavg()[0]
+    log_path.unlink(missing_ok=True)
+    return result, masks
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM"))
+
+
+def compare_masks(masks: dict, reference: dict) -> dict:
+    return {str(size): int((masks[size] != reference[size]).sum()) for size in reference}
+
+
+def section(run: dict) -> str:
+    rows = []
+    for runtime, r in run["runtimes"].items():
+        c = r["clients"]
+        rows.append(f"| {runtime} | {_cell(r['256'])} | {_cell(r['1024'])} | {c['requests_per_s']:.1f} "
+                    f"| {c['p50_ms']:.0f} / {c['p95_ms']:.0f} | {r['differ_from_keras'].get('256', '-')} / "
+                    f"{r['differ_from_keras'].get('1024', '-')} | {r['server_peak_rss_mb']:.0f} "
+                    f"| {r['start_s']:.1f} | {r['load_start']:.1f} / {r['load_end']:.1f} |")
+    default = run["default"]
+    return "\n".join([
+        SECTION, "",
+        f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
+        f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}: "
+        f"{len(run['scales'])} forward passes a request). Each runtime is its own `python -m app "
+        "--runtime R` process on a free loopback port, sent JSON bodies (`ablations.bench.load`); "
+        "latency is at the client, from sending to the whole answer read.", "",
+        f"Single requests: {run['requests']} at 256 x 256 and {run['requests_1024']} at 1024 x 1024, "
+        f"one after another after two warm-ups; p50 [p25-p75] / p95 ms. Throughput: {run['clients']} "
+        f"clients x {run['per_client']} requests of 256 x 256 at once, answers checked byte for byte "
+        "against each server's serial answer. Masks: pixels of the 256 and 1024 answers that differ "
+        "from the Keras runtime's (the parity test, tests/test_export.py, checks real tiles).", "",
+        "| runtime | 256 px: p50 [IQR] / p95 ms | 1024 px: p50 [IQR] / p95 ms | 8 clients: requests/s "
+        "| 8 clients: p50 / p95 ms | mask pixels differing from keras (256 / 1024) | server peak RSS MiB "
+        "| start s | load avg start / end |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        *rows, "",
+        f"Default (`python -m app`, `--runtime auto`): **{default}**, the fastest at 256 px whose masks "
+        f"match. Target p50 <= 25 ms for a single 256 px request: "
+        f"{'met' if run['runtimes'][default]['256']['p50_ms'] <= 25 else 'not met'} "
+        f"({run['runtimes'][default]['256']['p50_ms']:.1f} ms)."
+        + ("" if default == RUNTIMES[0] else f" **zoo.runtimes.RUNTIMES lists {RUNTIMES[0]} first, "
+           f"not {default}: its order is what `auto` serves.**")
+        + f" {run['load_note']}", ""])
+
+
+def _cell(r: dict) -> str:
+    return f"{r['p50_ms']:.0f} [{r['iqr_ms'][0]:.0f}-{r['iqr_ms'][1]:.0f}] / {r['p95_ms']:.0f}"
+
+
+def replace_section(text: str, new: str) -> str:
+    """`text` with its "Serving runtimes" section (up to the next `## ` heading) replaced by
+    `new`, or `new` appended."""
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda _: new.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
+    return text.rstrip("\n") + "\n\n" + new
+
+
+def section_of(text: str) -> str:
+    """The "Serving runtimes" section of a bench.md, or "" (for `ablations.bench.speed` to keep)."""
+    match = re.search(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", text, re.S | re.M)
+    return match.group(0) if match else ""
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.stand_in:
+            model = build_stand_in(json.loads(args.stand_in), Path(scratch))
+            described = (f"stand-in `{model.stem}` of the served architecture "
+                         f"({json.dumps(json.loads(args.stand_in)['config'])}, ImageNet encoder, "
+                         "seeded random decoder)")
+        else:
+            model = resolve_model_path(args.model)
+            described = f"`{model}`"
+        if not model.is_file():
+            print(f"error: no model at {model}; pass --model or --stand-in", file=sys.stderr)
+            return 2
+        metadata = json.loads(model.with_suffix(".json").read_text())
+        rng = np.random.default_rng(0)
+        image = lambda side: rng.integers(0, 256, (side, side, 3), dtype=np.uint8)  # noqa: E731
+        as_body = lambda pixels: orjson.dumps({"image": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)  # noqa: E731
+        bodies = {256: as_body(image(256)), 1024: as_body(image(1024)),
+                  "clients": load.client_bodies(args.clients, 256, seed=1)}
+        results, masks = {}, {}
+        for runtime in args.runtimes:
+            print(f"{runtime} ...", flush=True)
+            results[runtime], masks[runtime] = bench_runtime(model, runtime, bodies, args)
+            print(f"{runtime}: 256 px p50 {results[runtime]['256']['p50_ms']:.1f} ms, 1024 px p50 "
+                  f"{results[runtime]['1024']['p50_ms']:.0f} ms, {results[runtime]['clients']['requests_per_s']:.1f} "
+                  "requests/s", flush=True)
+    for runtime in results:
+        results[runtime]["differ_from_keras"] = (compare_masks(masks[runtime], masks["keras"])
+                                                 if "keras" in masks else {})
+    matching = [r for r in results if all(count <= MATCH_FRACTION * int(size) ** 2
+                                          for size, count in results[r]["differ_from_keras"].items())]
+    default = min(matching, key=lambda r: results[r]["256"]["p50_ms"])
+    loads = [v for r in results.values() for v in (r["load_start"], r["load_end"])]
+    run = {"command": "python -m ablations.bench.runtimes " + " ".join(argv), "machine": describe(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "model": described, "threshold": float((metadata.get("inference") or {}).get("threshold", metadata.get("threshold", 0.5))),
+           "scales": (metadata.get("inference") or {}).get("scales", [1.0]),
+           "requests": args.requests, "requests_1024": args.requests_1024, "clients": args.clients,
+           "per_client": args.per_client, "runtimes": results, "default": default,
+           "load_note": (f"Load average (1 min) between {min(loads):.1f} and {max(loads):.1f} on "
+                         f"{os.cpu_count()} cores during the run" + (": other work shared the CPU, so "
+                         "every number is slower and noisier than on an idle machine." if max(loads) > 1 else "."))}
+    from zoo.files import write_json_atomic, write_text_atomic
+
+    bench_md = args.out / "bench.md"
+    existing = bench_md.read_text() if bench_md.is_file() else "# Benchmark\n"
+    write_text_atomic(bench_md, replace_section(existing, section(run)))
+    write_json_atomic(args.out / "bench_runtimes.json", run)
+    print(section(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
