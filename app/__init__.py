@@ -14,8 +14,10 @@ Routes (every answer, errors included, is JSON except `/` and a PNG mask):
   at most `max_body_mb` (64 MB; a JSON image costs ~11 bytes a pixel, so JSON reaches about
   2400 x 2400 and bigger images should go as PNG uploads).
 - `GET /health`: `{"status": "ok", "model": name, ...}`.
-- `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256).
-- `GET /`: a page to drop an image on and see its mask.
+- `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256),
+  plus under `serving` the runtime, threshold, scales and test-time views this server applies.
+- `GET /`: a page to drop an image on: RGB, mask and overlay with outlines side by side, the
+  building count and total area, the GeoJSON and the mask PNG to download.
 
 Bad input gets a 4xx `{"error": "..."}` naming the field, shape or value at fault; no client
 input can cause a 500.
@@ -79,7 +81,13 @@ def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
 
     @app.get("/model")
     def model():
-        return _json({"name": name, **segmenter.metadata})
+        # "serving": what this server applies, whatever the saved metadata says (the page shows
+        # it), beside the runtime that app.model records there.
+        serving = {**(segmenter.metadata.get("serving") or {}),
+                   "threshold": segmenter.threshold,
+                   "scales": list(getattr(segmenter, "scales", (1.0,))),
+                   "tta": getattr(segmenter, "tta", "none")}
+        return _json({"name": name, **segmenter.metadata, "serving": serving})
 
     @app.post("/inference")
     def inference():

@@ -3,8 +3,11 @@
     python -m app.client --url http://127.0.0.1:8000 --data DIR \
         [--out DIR] [--limit N] [--samples K]
 
-DIR holds `images/NAME.png|jpg` (RGB) and `masks/NAME.png` (one channel, 0/255 or 0/1; any
-non-zero value is building). Every image goes to URL/inference as JSON; the answers are
+DIR is a data folder as the harness reads it (`ablations.data.folders`, the same reader, the
+same checks): `images/NAME.ext` (RGB) and `masks/NAME.ext` (one channel, 0/255 or 0/1, same
+name and size), PNG, JPEG or TIFF. A missing partner, an unreadable file, a size mismatch or a
+non-binary mask stops the run before any request, with the file's path (exit status 1).
+Every image goes to URL/inference as JSON; the answers are
 scored with zoo.metrics, the same definitions training and the reports use (pixel counts
 summed over the whole set; building IoU = TP/(TP+FP+FN), mean IoU = mean of building and
 background IoU), plus the distribution of per-image building IoU. A markdown table goes to
@@ -13,8 +16,7 @@ errors) chosen across the per-image IoU ranking, worst to best.
 
 Notebook use: `evaluate(url, data_dir)` -> dict, `markdown_table(result)`,
 `draw_side_by_side(image, truth, prediction)` -> matplotlib Figure.
-This module reads files with PIL itself, so it needs only numpy, PIL, requests, orjson,
-tabulate, matplotlib and zoo.metrics: no TensorFlow.
+The data reader imports only numpy and Pillow, so the client needs no TensorFlow.
 """
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import requests
-from PIL import Image
 
+from ablations.data import folders
+from ablations.data.folders import DataError, read_image, read_mask
 from zoo.metrics import Confusion, iou_distribution, per_image_iou
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 METRIC_LABELS = {
     "accuracy": "accuracy",
     "precision": "precision",
@@ -43,32 +45,12 @@ METRIC_LABELS = {
 ERROR_COLOURS = {"tp": (255, 255, 255), "fp": (230, 40, 40), "fn": (40, 90, 255), "tn": (0, 0, 0)}
 
 
-def read_image(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def read_mask(path) -> np.ndarray:
-    """Boolean building mask. Palette PNGs read as indices, so index 0 is background too."""
-    with Image.open(path) as image:
-        mask = np.asarray(image)
-    return (mask[..., 0] if mask.ndim == 3 else mask) > 0
-
-
-def scan(data_dir) -> list[tuple[str, Path, Path]]:
-    """(name, image path, mask path) for every image, sorted by name."""
-    images, masks = Path(data_dir) / "images", Path(data_dir) / "masks"
-    if not images.is_dir():
-        raise FileNotFoundError(f"no images folder at {images}")
-    pairs = []
-    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        mask = masks / f"{path.stem}.png"
-        if not mask.is_file():
-            raise FileNotFoundError(f"image {path} has no mask at {mask}")
-        pairs.append((path.stem, path, mask))
-    if not pairs:
-        raise FileNotFoundError(f"no PNG or JPEG images in {images}")
-    return pairs
+def scan(data_dir, limit: int | None = None) -> list[tuple[str, Path, Path]]:
+    """(name, image path, mask path) of the first `limit` pairs by name, every one read and
+    checked first (`DataError` naming the bad files)."""
+    samples = folders.scan_folder(data_dir, check=False)[:limit]
+    folders.check_samples(samples)
+    return [(sample.name, sample.image_path, sample.mask_path) for sample in samples]
 
 
 def predict(url: str, image: np.ndarray, session=None, timeout: float = 300) -> np.ndarray:
@@ -88,14 +70,11 @@ def predict(url: str, image: np.ndarray, session=None, timeout: float = 300) -> 
 
 def evaluate(url: str, data_dir, limit: int | None = None) -> dict:
     """Metrics of the server at `url` on `data_dir` (first `limit` images), JSON-serialisable."""
-    pairs = scan(data_dir)[:limit]
+    pairs = scan(data_dir, limit)
     confusion, per_image = Confusion(), []
     with requests.Session() as session:
         for name, image_path, mask_path in pairs:
-            image, truth = read_image(image_path), read_mask(mask_path)
-            if truth.shape != image.shape[:2]:
-                raise ValueError(f"mask {mask_path} is {truth.shape}, image {image_path} "
-                                 f"is {image.shape[:2]}")
+            image, truth = read_image(image_path), read_mask(mask_path).astype(bool)
             start = time.perf_counter()
             prediction = predict(url, image, session)
             seconds = time.perf_counter() - start
@@ -174,7 +153,7 @@ def save_samples(url: str, data_dir, names, out_dir) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for rank, name in enumerate(names):
-        image, truth = read_image(paths[name][0]), read_mask(paths[name][1])
+        image, truth = read_image(paths[name][0]), read_mask(paths[name][1]).astype(bool)
         figure = draw_side_by_side(image, truth, predict(url, image), title=name)
         target = out_dir / f"sample_{rank:02d}_{name}.png"
         figure.savefig(target, dpi=100)
@@ -184,7 +163,10 @@ def save_samples(url: str, data_dir, names, out_dir) -> list[Path]:
 
 def main(argv=None) -> dict:
     args = _parse_args(argv)
-    result = evaluate(args.url, args.data, args.limit)
+    try:
+        result = evaluate(args.url, args.data, args.limit)
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
     print(markdown_table(result))
     if args.out:
         out = Path(args.out)
@@ -200,7 +182,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app.client",
                                      description="Score a running server on an image/mask folder.")
     parser.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
-    parser.add_argument("--data", required=True, help="folder with images/ and masks/")
+    parser.add_argument("--data", required=True,
+                        help="folder with images/ and masks/ (PNG, JPEG or TIFF)")
     parser.add_argument("--out", help="write metrics.json and sample figures here")
     parser.add_argument("--limit", type=int, help="score only the first N images (by name)")
     parser.add_argument("--samples", type=int, default=4, help="side-by-side figures (with --out)")

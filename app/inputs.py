@@ -258,10 +258,36 @@ def read_upload(storage, max_side: int) -> Upload:
     storage.stream.seek(0)
     if start in TIFF_MAGIC:
         return _tiff_upload(storage.stream.read(), name, max_side)
+    return _picture(storage.stream, name, max_side)
+
+
+def read_image_file(path, max_side: int | None = None) -> Upload:
+    """A PNG, JPEG or (Geo)TIFF file on disk as an `Upload`; a TIFF is read in place."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with open(path, "rb") as handle:
+        if handle.read(4) not in TIFF_MAGIC:
+            handle.seek(0)
+            return _picture(handle, str(path), max_side)
     try:
-        with Image.open(storage.stream, formats=UPLOAD_FORMATS) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # reported in why_pixels
+            with rasterio.open(path) as dataset:
+                return read_tiff(dataset, str(path), max_side)
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - GDAL raises RasterioIOError, CPLE_* ...
+        raise InputError(f"file '{path}' is not a readable {UPLOAD_KINDS} image "
+                         f"({_short_reason(error)})") from None
+
+
+def _picture(stream, name: str, max_side: int | None) -> Upload:
+    try:
+        with Image.open(stream, formats=UPLOAD_FORMATS) as image:
             # The header is read, the pixels not yet: refuse a huge image before decoding it.
-            _check_side(image.height, image.width, max_side)
+            if max_side is not None:
+                _check_side(image.height, image.width, max_side)
             kind = image.format
             image = ImageOps.exif_transpose(image).convert("RGB")
             return Upload(np.asarray(image, dtype=np.uint8),

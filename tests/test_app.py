@@ -394,12 +394,15 @@ def test_health_and_model(app_server, small_model_file):
     for key in ("config", "threshold", "metrics", "data", "versions", "sha256"):
         assert model[key] == recorded[key]
     assert model["name"] == health["model"]
+    assert model["serving"]["threshold"] == recorded["threshold"]
+    assert model["serving"]["scales"] == [1.0]  # the page shows what the server applies
 
 
 def test_page_is_self_contained(app_server):
     page = requests.get(f"{app_server}/", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    for element in ('id="file"', 'id="overlay"', 'id="status"', 'id="model-name"'):
+    for element in ('id="file"', 'id="image"', 'id="mask"', 'id="overlay"', 'id="status"',
+                    'id="model-name"', 'id="download-geojson"', 'id="download-mask"'):
         assert element in page.text
     assert "http://" not in page.text and "https://" not in page.text  # offline: no CDN
 
@@ -478,6 +481,27 @@ def test_client_evaluate_respects_limit(app_server, tmp_path):
     result = app_client.evaluate(app_server, write_folder(tmp_path / "data"), limit=2)
     assert result["images"] == 2 and set(result["metrics"]) >= {"building_iou", "mean_iou"}
     assert "per-image building IoU" in app_client.markdown_table(result)
+
+
+def test_client_reads_folders_like_the_harness(app_server, small_segmenter, run_module, tmp_path):
+    from app import client as app_client
+
+    data = write_folder(tmp_path / "data")
+    # A TIFF mask, which the data layer reads and the client used not to.
+    mask = np.asarray(Image.open(data / "masks" / "tile2.png"))
+    (data / "masks" / "tile2.png").unlink()
+    Image.fromarray(mask).save(data / "masks" / "tile2.tif")
+    result = app_client.evaluate(app_server, data)
+    image = np.asarray(Image.open(data / "images" / "tile2.png").convert("RGB"))
+    assert result["images"] == 3
+    assert result["per_image"][2]["building_iou"] == per_image_iou(
+        mask > 0, small_segmenter.predict(image))
+
+    # A bad mask stops the run before any request (the URL answers nothing), naming the file.
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(data / "masks" / "tile2.tif")
+    done = run_module("app.client", "--url", "http://127.0.0.1:9", "--data", data)
+    assert done.returncode == 1
+    assert str(data / "masks" / "tile2.tif") in done.stderr and "Traceback" not in done.stderr
 
 
 def test_error_overlay_colours():
@@ -577,3 +601,34 @@ def test_fuzzed_uploads_never_cause_a_500(client, data, header):
     answer = client.post("/inference", data={"file": (io.BytesIO(header + data), "f.png")},
                          content_type="multipart/form-data")
     assert answer.status_code < 500, answer.json
+
+
+# -- python -m app.predict -------------------------------------------------------------------------
+
+def test_predict_cli_writes_lon_lat_geojson_and_the_mask(small_model_file, small_segmenter,
+                                                         run_module, tmp_path):
+    image = blobby(128, 160, seed=28)
+    (tmp_path / "scene.tif").write_bytes(geotiff_bytes(image))
+    out, mask_path = tmp_path / "footprints.geojson", tmp_path / "mask.png"
+    done = run_module("app.predict", tmp_path / "scene.tif", "--out", out, "--mask", mask_path,
+                      "--model", small_model_file)
+    assert done.returncode == 0, done.stderr
+    collection = json.loads(out.read_text())
+    expected = direct_collection(small_segmenter, image, HALF_METRE, UTM_37S)
+    assert collection["features"] == orjson.loads(orjson.dumps(expected["features"]))
+    assert collection["georeferenced"] and collection["image"]["file"] == "scene.tif"
+    assert f"{collection['count']} buildings, {collection['total_area_m2']:.1f} m²" in done.stdout
+    np.testing.assert_array_equal(np.asarray(Image.open(mask_path)),
+                                  small_segmenter.predict(image) * 255)
+
+
+def test_predict_cli_on_a_png_says_pixels_and_names_a_bad_file(small_model_file, run_module,
+                                                               tmp_path):
+    (tmp_path / "tile.png").write_bytes(encoded(blobby(64, 64, seed=29)))
+    done = run_module("app.predict", tmp_path / "tile.png", "--model", small_model_file)
+    assert done.returncode == 0, done.stderr
+    collection = json.loads((tmp_path / "tile.geojson").read_text())
+    assert collection["crs"] is None and "PNG carries no georeferencing" in collection["why_pixels"]
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really")
+    done = run_module("app.predict", tmp_path / "broken.tif", "--model", small_model_file)
+    assert done.returncode == 1 and "broken.tif' is not a readable" in done.stderr

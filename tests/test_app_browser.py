@@ -1,4 +1,5 @@
-"""The page at `/` in a real headless Chromium: upload an image, see its mask drawn.
+"""The page at `/` in a real headless Chromium: upload an image (a PNG, a GeoTIFF, a broken
+file) and see RGB, mask and overlay with outlines, the count and area, the downloads.
 
 Skipped only when /usr/bin/chromium or /usr/bin/chromedriver is missing.
 """
@@ -12,12 +13,12 @@ from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# Count the overlay canvas's non-transparent pixels, i.e. the building pixels drawn.
-COUNT_OPAQUE = """
-const canvas = document.getElementById("overlay");
+# A canvas's size and how many of its pixels have red above 127 (the mask's white pixels).
+COUNT_WHITE = """
+const canvas = document.getElementById(arguments[0]);
 const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
 let count = 0;
-for (let i = 3; i < data.length; i += 4) if (data[i] > 0) count++;
+for (let i = 0; i < data.length; i += 4) if (data[i] > 127) count++;
 return [canvas.width, canvas.height, count];
 """
 
@@ -45,29 +46,136 @@ def browser(tmp_path):
         driver.quit()
 
 
-def test_upload_draws_the_mask_overlay(browser, app_server, small_segmenter, tmp_path):
+def open_page(browser, url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    image = np.random.default_rng(11).integers(0, 256, (96, 80, 3), dtype=np.uint8)
-    Image.fromarray(image).save(tmp_path / "tile.png")
-    expected = small_segmenter.predict(image)
-    assert expected.any(), "the fixture model should find some building pixels"
-
-    browser.get(f"{app_server}/")
+    browser.get(f"{url}/")
     name = browser.find_element(By.ID, "model-name")
     WebDriverWait(browser, 30).until(lambda _: name.text != "loading...")
-    assert name.text.startswith("unet_")
+    return name.text
 
-    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "tile.png"))
+
+def upload(browser, path):
+    """Choose `path` in the page's file input; the page's status once it is done."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.find_element(By.ID, "file").send_keys(str(path))
     overlay = browser.find_element(By.ID, "overlay")
-    WebDriverWait(browser, 60).until(lambda _: overlay.get_attribute("data-done"))
+    WebDriverWait(browser, 90).until(lambda _: overlay.get_attribute("data-done"))
     status = browser.find_element(By.ID, "status").text
     assert overlay.get_attribute("data-done") == "ok", status
-    assert status.startswith("mask 96 x 80 (H x W)")
-    assert int(overlay.get_attribute("data-positive")) == int(expected.sum())
-    assert browser.execute_script(COUNT_OPAQUE) == [80, 96, int(expected.sum())]
+    return status
 
-    assert "0.123" in browser.find_element(By.ID, "metrics").text  # metrics from /model
+
+def download(browser, link_id: str) -> bytes:
+    """The bytes behind a download link (a blob: URL), fetched inside the page."""
+    import base64
+
+    encoded = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(document.getElementById(arguments[0]).href).then((r) => r.arrayBuffer()).then((b) => {
+          let text = ""; for (const byte of new Uint8Array(b)) text += String.fromCharCode(byte);
+          done(btoa(text));
+        });""", link_id)
+    return base64.b64decode(encoded)
+
+
+def test_upload_draws_image_mask_overlay_and_outlines(browser, app_server, small_segmenter,
+                                                      tmp_path):
+    import io
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from zoo.polygons import footprints_geojson
+
+    image = smooth_image(96, 80, seed=11)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    probabilities = small_segmenter.probabilities(image)
+    expected = small_segmenter.predict(image)
+    outlines = footprints_geojson(expected, probabilities)
+    assert expected.any() and outlines["count"], "the fixture model should find buildings"
+
+    assert open_page(browser, app_server).startswith("unet_")
+    # The drop zone comes first, right under the title.
+    first = browser.execute_script("return document.querySelector('h1').nextElementSibling.id")
+    assert first == "drop"
+    # A compact one-line summary of the model, not a table of raw metrics.
+    summary = browser.find_element(By.ID, "summary").text
+    for part in ("building IoU 0.123", "mean IoU 0.456", "threshold 0.50", "scales 1",
+                 "test precision n/a"):
+        assert part in summary, summary
+    assert not browser.find_elements(By.CSS_SELECTOR, "#model table")
+
+    status = upload(browser, tmp_path / "tile.png")
+    assert status.startswith("mask 96 x 80 (H x W)")
+    overlay = browser.find_element(By.ID, "overlay")
+    assert int(overlay.get_attribute("data-positive")) == int(expected.sum())
+    assert browser.execute_script(COUNT_WHITE, "mask") == [80, 96, int(expected.sum())]
+    assert int(overlay.get_attribute("data-outlines")) == outlines["count"]
+    for canvas in ("image", "mask", "overlay"):  # side by side: one row, three columns
+        assert browser.find_element(By.ID, canvas).is_displayed()
+    tops = {browser.find_element(By.ID, canvas).location["y"] for canvas in ("image", "mask",
+                                                                           "overlay")}
+    assert len(tops) == 1
+    found = browser.find_element(By.ID, "found").text
+    assert found == (f"{outlines['count']} buildings, total area "
+                     f"{round(outlines['total_area_px'])} px²")
+    assert "PNG carries no georeferencing" in browser.find_element(By.ID, "coordinates").text
+    # Progress was shown while the request ran.
+    phases = browser.execute_script("return document.body.dataset.phases").split()
+    assert "predicting" in phases and phases[-1] == "done"
+
+    mask_png = np.asarray(Image.open(io.BytesIO(download(browser, "download-mask"))))
+    np.testing.assert_array_equal(mask_png, expected * 255)
+    geojson = json.loads(download(browser, "download-geojson"))
+    assert geojson["type"] == "FeatureCollection" and "mask_png" not in geojson
+    assert [f["geometry"] for f in geojson["features"]] == json.loads(
+        json.dumps([f["geometry"] for f in outlines["features"]]))
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_geotiff_upload_shows_square_metres_and_lon_lat(browser, app_server, small_segmenter,
+                                                        tmp_path):
+    import rasterio
+    from affine import Affine
+    from selenium.webdriver.common.by import By
+
+    image = smooth_image(64, 96, seed=12)
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=64, width=96,
+                       count=3, dtype="uint8", crs="EPSG:32737",
+                       transform=Affine(0.5, 0, 530_000, 0, -0.5, 9_250_000)) as dataset:
+        dataset.write(np.moveaxis(image, -1, 0))
+    expected = small_segmenter.predict(image)
+
+    open_page(browser, app_server)
+    upload(browser, tmp_path / "scene.tif")  # the browser cannot decode a TIFF: the server's RGB
+    assert browser.execute_script(COUNT_WHITE, "mask") == [96, 64, int(expected.sum())]
+    assert browser.find_element(By.ID, "found").text.endswith(" m²")
+    assert "longitude/latitude" in browser.find_element(By.ID, "coordinates").text
+    painted = browser.execute_script(COUNT_WHITE, "image")[2]
+    assert painted == int((image[..., 0] > 127).sum())  # the RGB panel is the TIFF's pixels
+
+
+def test_a_refused_upload_shows_the_error(browser, app_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    open_page(browser, app_server)
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "broken.png"))
+    overlay = browser.find_element(By.ID, "overlay")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 60).until(lambda _: overlay.get_attribute("data-done"))
+    assert overlay.get_attribute("data-done") == "error"
+    assert "not a readable PNG, JPEG or TIFF" in browser.find_element(By.ID, "status").text
+
+
+def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth colour blobs, so the fixture model's mask has outlines rather than speckle."""
+    small = np.random.default_rng(seed).integers(0, 256, (height // 16, width // 16, 3),
+                                                 dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
