@@ -1,5 +1,5 @@
 """python -m ablations.bench.scaling [--data DIR] [--out results] [--points 250x256,500x256,...]
-                             [--check-against results/.../context.json]
+                                   [--check-against results/.../context.json]
 
 How the cost of a study grows with the number of images and with the tile size, measured.
 
