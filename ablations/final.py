@@ -60,7 +60,7 @@ def run_fit(request: FitRequest) -> dict:
     config, recipe = selected_recipe(request.recipe_from)
     pool_samples, test_samples, source = load_samples(request, budget)
     binding = {"data_kind": provenance.data_kind(source),
-               "data_fingerprint": provenance.data_fingerprint(pool_samples + test_samples, _root(request, budget)),
+               "data_fingerprint": provenance.data_fingerprint(pool_samples + test_samples),
                "budget": budget.name, "test_area": request.test_area, "weights": request.weights,
                "config": config.to_dict(), "recipe": recipe.to_dict(), "curve_epochs": request.curve_epochs}
     provenance.check_binding(request.out, binding, fresh=request.fresh or request.curve)

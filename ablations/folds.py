@@ -157,3 +157,34 @@ def choose_schedule(results: list[FoldResult], exclude: str | None = None) -> tu
 def fold_scores(result: FoldResult, epochs: int, threshold: float) -> dict:
     index = int(np.flatnonzero(np.isclose(train.THRESHOLDS, threshold))[0])
     return scores(result.counts[epochs - 1, index])
+
+
+def run_cv_trial(model, build_model, recipe, pool, area_folds: list[Fold], test, epochs: int,
+                 seed: int, samples: int = 4, callbacks=(), eager: bool = False) -> train.TrialResult:
+    """A study's trial under cross-validation by area: one decoder per fold, one threshold for
+    all folds (the best mean held-out building IoU at the last epoch), the objective the mean
+    over folds. Test scores are each fold model's, averaged; per-fold numbers are kept as
+    `fold_<area>_<metric>` so trials.csv and the table show every fold."""
+    results = cross_validate(build_model, recipe, pool, area_folds, epochs, seed, eager=eager,
+                             first_model=model, callbacks=callbacks)
+    last = np.stack([r.counts[-1] for r in results])  # (folds, thresholds, 4)
+    best = int(np.argmax(building_iou(last).mean(axis=0)))
+    threshold = float(train.THRESHOLDS[best])
+    per_fold = {r.val_area: _fold_metrics(r, best, test, threshold) for r in results}
+    metrics = {key: float(np.mean([m[key] for m in per_fold.values()])) for key in next(iter(per_fold.values()))}
+    metrics["val_building_iou_fold_std"] = float(np.std([m["val_building_iou"] for m in per_fold.values()]))
+    for area, fold_metrics in per_fold.items():
+        metrics.update({f"fold_{area}_{key}": value for key, value in fold_metrics.items()
+                        if key in ("val_building_iou", "val_precision", "val_recall", "building_iou")})
+    history = {f"{r.val_area}/{key}": values for r in results for key, values in r.history.items()}
+    sample_masks = np.zeros((0,), np.uint8)
+    if test is not None:
+        sample_masks = (train.probabilities(model, test)[:samples] >= threshold).astype(np.uint8)
+    return train.TrialResult(metrics, history, threshold, sum(r.train_seconds for r in results), sample_masks)
+
+
+def _fold_metrics(result: FoldResult, threshold_index: int, test, threshold: float) -> dict:
+    fold = {f"val_{key}": value for key, value in scores(result.counts[-1, threshold_index]).items()}
+    if test is not None:
+        fold.update(train.score(train.probabilities(result.model, test), test.masks[0], threshold))
+    return fold

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from ablations import distributed, features, report, search, studies
+from ablations import distributed, features, folds, provenance, report, search, studies
 from ablations.data import folders, splits, synthetic
 from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.errors import UserFacingError
@@ -34,13 +34,18 @@ def run_study(request: StudyRequest) -> None:
     study_dir = study_folder(request.out, study.name, request.only)
     keras.utils.set_random_seed(SEED)
     encoder = load_encoder(request.weights)
-    split, arrays, source = load_data(budget, request.data, request.test_area, request.val_area)
+    split, arrays, source = load_data(budget, request.data, request.test_area, request.val_area,
+                                      cv=request.cv)
+    binding = study_binding(request, budget, split, source)
+    provenance.check_binding(study_dir, binding, fresh=request.fresh)  # before anything is written
     if request.fresh and study_dir.exists():  # only once weights and data are known good
         shutil.rmtree(study_dir)
+    if role != "worker":
+        provenance.write_binding(study_dir, binding)
     if role == "chief":  # runs no trials: nothing to encode
         shared = search.TrialData(encoder, _chief_trains_nothing, None, None, budget)
     else:
-        shared = shared_trial_data(encoder, arrays, budget)
+        shared = shared_trial_data(encoder, arrays, budget, split if request.cv == "areas" else None)
     base = studies.base_decoder(study, request.out)
     hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=request.only)
     hp = keras_tuner.HyperParameters()
@@ -116,9 +121,20 @@ def load_encoder(weights: str):
         raise UserFacingError(str(error)) from error
 
 
+def study_binding(request: StudyRequest, budget, split, source: str) -> dict:
+    """What a study folder is bound to: a run with anything different refuses to write there."""
+    return {"data_kind": provenance.data_kind(source),
+            "data_fingerprint": provenance.data_fingerprint(split.train + split.val + split.test),
+            "budget": budget.name, "split": split.description, "cv": request.cv,
+            "weights": request.weights}
+
+
 def load_data(budget, data: Path | None = None, test_area: str | None = None,
-              val_area: str | None = None):
-    """Scan, check and split the data (None: synthetic scenes), then load each split as arrays."""
+              val_area: str | None = None, cv: str = "none"):
+    """Scan, check and split the data (None: synthetic scenes), then load each split as arrays.
+
+    With cv="areas" the train split is every non-test tile (the folds' pool) and val is empty:
+    each fold validates on one of the pool's areas."""
     if data is None:
         root = synthetic.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
         print("=" * 72 + f"\nNo --data given: using SYNTHETIC aerial-like scenes in {root}.\n"
@@ -131,21 +147,36 @@ def load_data(budget, data: Path | None = None, test_area: str | None = None,
         if budget.max_images:
             samples = splits.limit(samples, budget.max_images, SEED)
         split = splits.split_samples(samples, test_area=test_area, seed=SEED, val_area=val_area)
+        if cv == "areas":
+            split = pool_for_folds(split)
         arrays = {name: folders.load_arrays(getattr(split, name), budget.size)
                   for name in ("train", "val", "test")}
     except folders.DataError as error:
         raise UserFacingError(str(error)) from error
     for name, (images, _) in arrays.items():
-        if len(images) == 0:
+        if len(images) == 0 and not (cv == "areas" and name == "val"):
             raise UserFacingError(f"the {name} split of {root} is empty: {split.description}")
     print(f"data: {source}; {split.description}; counts {split.counts()}")
     return split, arrays, source
 
 
-def shared_trial_data(encoder, arrays, budget) -> search.TrialData:
+def pool_for_folds(split: splits.Split) -> splits.Split:
+    """The split for cross-validation by area: train and val merged into one pool."""
+    pool = split.train + split.val
+    try:
+        area_folds = folds.area_folds([s.area for s in pool])
+    except folders.DataError as error:
+        raise UserFacingError(f"--cv areas: {error}") from error
+    test_text = split.description.split(";")[0]
+    held_out = ", ".join(f.val_area for f in area_folds)
+    return splits.Split(pool, [], split.test, f"{test_text}; cross-validation by area over the other "
+                        f"{len(pool)} tiles: each of {held_out} held out in turn, trained on the rest")
+
+
+def shared_trial_data(encoder, arrays, budget, cv_split: splits.Split | None = None) -> search.TrialData:
     model = unet.build(studies.DEFAULT_DECODER, encoder=encoder)  # carries the preprocessing
     print("encoding validation and test tiles once for every trial ...")
-    val = features.encode(model, *arrays["val"], copies=1, augmentation="none", seed=SEED)
+    val = None if cv_split else features.encode(model, *arrays["val"], copies=1, augmentation="none", seed=SEED)
     test = features.encode(model, *arrays["test"], copies=1, augmentation="none", seed=SEED)
     cache = {}
 
@@ -160,7 +191,8 @@ def shared_trial_data(encoder, arrays, budget) -> search.TrialData:
                                                   augmentation=augmentation, seed=SEED)
         return cache[augmentation]
 
-    return search.TrialData(encoder, train_features, val, test, budget)
+    area_folds = folds.area_folds([s.area for s in cv_split.train]) if cv_split else None
+    return search.TrialData(encoder, train_features, val, test, budget, folds=area_folds)
 
 
 def study_folder(out: Path, study: str, only: dict | None) -> Path:
@@ -180,7 +212,8 @@ def run_context(request: StudyRequest, study, budget, seeds, split, source, base
         "seeds": seeds, "planned_trials": planned, "search": study.search,
         "data": source, "split": split.description, "counts": split.counts(),
         "base_decoder": base.to_dict(), "objective": f"{studies.OBJECTIVE} (max)",
-        "weights": request.weights, "machine": describe_machine(), "versions": versions(),
+        "weights": request.weights, "cv": request.cv,
+        "machine": describe_machine(), "versions": versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m ablations.run " + " ".join(request.argv()),
     }

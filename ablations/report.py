@@ -103,12 +103,24 @@ def markdown_table(summary: pd.DataFrame, best_variant_row: pd.Series) -> str:
         cells = {c: f"{row[c]}{mark if c == 'variant' else ''}" for c in shown}
         for metric in TEST_METRICS + ("val_building_iou",):
             cells[_label(metric)] = _mean_std(row, metric)
+        cells.update(fold_cells(summary, row))
         cells["threshold"] = f"{row['threshold']:.2f}"
         cells["trainable params"] = f"{row['trainable_params'] / 1e6:.2f} M"
         cells["latency ms"] = f"{row['latency_ms']:.0f}"
         cells["train s"] = f"{row['train_seconds']:.0f}"
         rows.append(cells)
     return tabulate(rows, headers="keys", tablefmt="github")
+
+
+def fold_cells(summary: pd.DataFrame, row) -> dict:
+    """Under cross-validation by area: each fold's validation building IoU, and the spread
+    across folds beside the mean (the objective)."""
+    columns = [c for c in summary.columns if c.startswith("fold_") and c.endswith("_val_building_iou")]
+    if not columns:
+        return {}
+    cells = {f"val {c[len('fold_'):-len('_val_building_iou')]}": f"{row[c]:.3f}" for c in columns}
+    cells["val std across folds"] = f"{row['val_building_iou_fold_std']:.3f}"
+    return cells
 
 
 def _label(metric: str) -> str:
@@ -137,7 +149,7 @@ def header(context: dict) -> str:
         f"{b['augmented_copies']} encoded copies per training tile, images "
         f"{b['max_images'] or 'all'}; seeds per configuration: {context['seeds']}",
         f"- **Search:** {context['search']} over {context['planned_trials']} trials; objective "
-        f"{context['objective']}; base decoder `{DecoderConfig(**context['base_decoder']).name}`",
+        f"{context['objective']}; base decoder `{DecoderConfig.from_dict(context['base_decoder']).name}`",
         f"- **Selection rule:** {SELECTION_RULE}. Thresholds are chosen on the validation "
         "split; test numbers are pixel counts summed over the whole test split.",
         f"- **Machine:** {context['machine']}; {_versions(context['versions'])}",

@@ -20,6 +20,7 @@ class StudyRequest:
     fresh: bool = False
     test_area: str | None = None
     val_area: str | None = None
+    cv: str = "none"  # "areas": each non-test area held out in turn (ablations.folds)
     weights: str = "imagenet"
     chief: bool = False
     worker: str | None = None
@@ -38,6 +39,8 @@ class StudyRequest:
             parts += ["--test-area", self.test_area]
         if self.val_area:
             parts += ["--val-area", self.val_area]
+        if self.cv != "none":
+            parts += ["--cv", self.cv]
         if Path(self.out) != Path("results"):
             parts += ["--out", str(self.out)]
         if self.weights != "imagenet":

@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-area", help="area held out as the test split (default: the middle-sized area)")
     parser.add_argument("--val-area", help="validate on this whole area (cross-city validation) "
                         "instead of random ground groups of the training areas")
+    parser.add_argument("--cv", choices=("none", "areas"), default="none",
+                        help="'areas': cross-validation by area; each trial trains once per non-test "
+                        "area held out, and the objective is the mean over those folds")
     parser.add_argument("--weights", default="imagenet",
                         help="encoder weights: 'imagenet' (default; honours $ZOO_ENCODER_WEIGHTS), "
                         "a .h5 path, or 'none' for random weights (tests only)")
@@ -81,10 +84,12 @@ def make_request(args: argparse.Namespace) -> StudyRequest:
         raise UserFacingError("--seeds must be at least 1")
     if args.data is not None and not args.data.is_dir():
         raise UserFacingError(f"data folder {args.data} does not exist")
+    if args.cv == "areas" and args.val_area:
+        raise UserFacingError("--cv areas validates on every non-test area in turn: drop --val-area")
     request = StudyRequest(
         study=args.study, data=args.data, budget=args.budget, out=args.out, seeds=args.seeds,
         only=parse_only(args.only), fresh=args.fresh, test_area=args.test_area,
-        val_area=args.val_area, weights=args.weights, chief=args.chief, worker=args.worker,
+        val_area=args.val_area, cv=args.cv, weights=args.weights, chief=args.chief, worker=args.worker,
         oracle=args.oracle)
     # KerasTuner reads its chief/worker roles from the environment when the tuner is made.
     distributed.configure(request.chief, request.worker, request.oracle)

@@ -21,7 +21,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from ablations import train
+from ablations import folds, train
 from ablations.errors import UserFacingError
 from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.studies import OBJECTIVE, Study
@@ -38,6 +38,7 @@ class TrialData:
     val: object
     test: object
     budget: object  # studies.Budget: epochs, size, eager, latency_repeats
+    folds: list | None = None  # ablations.folds.Fold list under --cv areas; train_features is then the pool
 
 
 class RestrictedChoices:
@@ -94,6 +95,11 @@ class StudyHyperModel(keras_tuner.HyperModel):
     def fit(self, hp, model, callbacks=(), **kwargs):
         _, recipe = self.trial_setup(hp)
         features = self.shared.train_features(recipe.augmentation)
+        seed = int(hp.values.get("seed", 0))
+        if self.shared.folds:
+            return folds.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
+                                      self.shared.test, self.shared.budget.epochs, seed,
+                                      eager=self.shared.budget.eager, callbacks=callbacks)
         return train.run_trial(model, recipe, features, self.shared.val, self.shared.test,
                                self.shared.budget.epochs, seed=int(hp.values.get("seed", 0)),
                                eager=self.shared.budget.eager,

@@ -1,0 +1,158 @@
+"""Cross-validation by area in the harness, folders bound to what made them, and the final
+fit, each run as a real subprocess on the smoke budget (synthetic scenes, three areas)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_ablations import REPO, run_cli, weights_flag
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    return {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory, cache_home):
+    out = tmp_path_factory.mktemp("cv")
+    result = run_cli("loss", "--budget", "smoke", "--cv", "areas", "--only", "loss=bce,dice",
+                     "--out", str(out), *weights_flag(), env_extra=cache_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, out / "loss-loss-bce-dice"
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_trial_is_scored_on_every_fold_and_the_objective_is_their_mean(cv_run):
+    _, study = cv_run
+    trials = pd.read_csv(study / "trials.csv")
+    context = json.loads((study / "context.json").read_text())
+    test_area = context["split"].split("area ")[1].split(" ")[0]
+    fold_columns = sorted(c for c in trials if c.startswith("fold_") and c.endswith("_val_building_iou"))
+    areas = [c[len("fold_"):-len("_val_building_iou")] for c in fold_columns]
+    assert len(trials) == 2 and len(areas) == 2 and test_area not in areas
+    assert trials["val_building_iou"].tolist() == pytest.approx(trials[fold_columns].mean(axis=1).tolist())
+    assert trials["val_building_iou_fold_std"].tolist() == pytest.approx(
+        trials[fold_columns].std(axis=1, ddof=0).tolist())
+    assert context["cv"] == "areas" and "--cv areas" in context["command"]
+
+
+def test_the_table_shows_each_fold_and_the_spread(cv_run):
+    _, study = cv_run
+    table = (study / "table.md").read_text()
+    assert "cross-validation by area" in table
+    assert "val std across folds" in table
+    assert table.count("| val synth_") == 0 and table.count("val synth_") == 2  # two fold columns
+
+
+def test_a_run_with_another_setting_refuses_and_writes_nothing(cv_run, cache_home):
+    out, study = cv_run
+    before = snapshot(out)
+    result = run_cli("loss", "--budget", "smoke", "--only", "loss=bce,dice", "--out", str(out),
+                     *weights_flag(), env_extra=cache_home)  # the same study without --cv
+    assert result.returncode == 2
+    assert "--fresh" in result.stderr and "--out" in result.stderr and "cv 'areas' -> 'none'" in result.stderr
+    assert snapshot(out) == before
+
+
+def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, cache_home):
+    """The issue's case: `ablations.run decoder_variants --budget smoke` into the folder that
+    holds the committed real-data study used to overwrite its records with synthetic ones."""
+    committed = REPO / "results" / "decoder_variants"
+    if not (committed / "context.json").is_file():
+        pytest.skip("no committed decoder_variants study in results/")
+    copy = tmp_path / "decoder_variants"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("best", "tuner"))
+    before = snapshot(tmp_path)
+    result = run_cli("decoder_variants", "--budget", "smoke", "--out", str(tmp_path),
+                     *weights_flag(), env_extra=cache_home)
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "holds results of a different run" in result.stderr and "budget 'standard' -> 'smoke'" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def run_fit(*args, env_extra=None):
+    return subprocess.run([sys.executable, "-m", "ablations.fit", *args], cwd=REPO,
+                          env={**__import__("os").environ, **(env_extra or {})},
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def fit_run(tmp_path_factory, cache_home):
+    results = tmp_path_factory.mktemp("results")
+    out = results / "final"
+    result = run_fit("--budget", "smoke", "--curve", "--curve-epochs", "2", "--out", str(out),
+                     *weights_flag(), env_extra=cache_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return results, out
+
+
+def test_the_final_fit_makes_the_served_model(fit_run):
+    results, out = fit_run
+    from zoo.predict import Segmenter
+    from zoo.served import served_model_path
+
+    assert served_model_path(results) == out / "model.keras"
+    metadata = json.loads((out / "model.json").read_text())
+    curve = json.loads((out / "curve.json").read_text())
+    assert metadata["epochs"] == curve["chosen"]["epochs"] and 1 <= metadata["epochs"] <= 2
+    assert metadata["inference"]["threshold"] == curve["chosen"]["threshold"]
+    assert metadata["data"]["test_area"] == "none" and len(metadata["data"]["trained_on"]) == 3
+    segmenter = Segmenter.from_file(out / "model.keras")
+    assert segmenter.predict(__import__("numpy").zeros((64, 64, 3), "uint8")).shape == (64, 64)
+
+
+def test_each_city_is_scored_with_a_schedule_chosen_on_the_others(fit_run):
+    _, out = fit_run
+    curve = json.loads((out / "curve.json").read_text())
+    assert sorted(curve["per_city"]) == sorted(curve["folds"]) and len(curve["folds"]) == 3
+    for city, row in curve["per_city"].items():
+        assert 0 <= row["building_iou"] <= 1 and row["epochs"] in (1, 2)
+        fold_counts = curve["folds"][city]["counts"]
+        assert len(fold_counts) == 2 and len(fold_counts[0]) == len(curve["thresholds"])
+    readme = (out / "README.md").read_text()
+    assert "chosen on the *other* folds" in readme and (out / "curve.png").is_file()
+
+
+def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, cache_home):
+    _, out = fit_run
+    before = snapshot(out)
+    result = run_fit("--budget", "smoke", "--test-area", "synth_a", "--out", str(out),
+                     *weights_flag(), env_extra=cache_home)
+    assert result.returncode == 2 and "test_area 'none' -> 'synth_a'" in result.stderr
+    assert snapshot(out) == before
+
+
+def test_a_fit_without_a_curve_names_the_flag(tmp_path, cache_home):
+    result = run_fit("--budget", "smoke", "--out", str(tmp_path / "final"), *weights_flag(),
+                     env_extra=cache_home)
+    assert result.returncode == 2 and "--curve" in result.stderr
+
+
+def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path):
+    _, out = fit_run
+    curve = json.loads((out / "curve.json").read_text())
+    city = sorted(curve["per_city"])[0]
+    tutorial = tmp_path / f"tutorial-{city}" / "tutorial_recipe" / "metrics.json"
+    tutorial.parent.mkdir(parents=True)
+    scores = {"precision": 0.512, "recall": 0.634, "building_iou": 0.398, "mean_iou": 0.611}
+    tutorial.write_text(json.dumps({"scores": scores, "epochs": 5, "batch_size": 16}))
+    result = subprocess.run([sys.executable, "-m", "ablations.evaluate.cities", "--final", str(out),
+                             "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "README.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith(f"| {city} "))
+    assert "0.512" in row and "0.398" in row and f"{curve['per_city'][city]['building_iou']:.3f}" in row
+    mean = sum(r["building_iou"] for r in curve["per_city"].values()) / 3
+    assert f"**{mean:.3f}**" in page and "(1 of 3 run)" in page
