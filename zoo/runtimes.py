@@ -112,6 +112,9 @@ class OnnxForward:
         onnxruntime.set_default_logger_severity(3)  # tf2onnx's nearest resize warns at each load
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
+        # Idle threads spinning for work doubled the CPU time of a call on a busy 2-core
+        # machine (95 ms against 58 ms per 256 px forward, measured), for no gain in latency.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options,
                                                     providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name

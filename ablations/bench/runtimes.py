@@ -84,20 +84,27 @@ def spread_ms(seconds) -> dict:
             "min_ms": float(ms.min()), "n": int(ms.size)}
 
 
-def single_requests(url: str, body: bytes, count: int) -> tuple[dict, np.ndarray]:
-    """Latency of `count` requests one after another, after two warm-ups; the mask."""
+def single_requests(url: str, body: bytes, count: int, pid: int) -> tuple[dict, np.ndarray]:
+    """Latency of `count` requests one after another, after two warm-ups, and the server's
+    CPU time per request (user + system, all its threads: what other work on the machine
+    cannot inflate much); the mask."""
+    import psutil
+
     with requests.Session() as session:
         post = lambda: session.post(f"{url}/inference", data=body, headers=load.JSON_HEADERS,  # noqa: E731
                                     timeout=600)
         for _ in range(2):
             answer = post()
             answer.raise_for_status()
-        times = []
+        times, cpu = [], psutil.Process(pid).cpu_times()
         for _ in range(count):
             began = time.perf_counter()
             post().raise_for_status()
             times.append(time.perf_counter() - began)
-    return spread_ms(times), np.asarray(orjson.loads(answer.content)["prediction"], np.uint8)
+        after = psutil.Process(pid).cpu_times()
+    cpu_ms = ((after.user - cpu.user) + (after.system - cpu.system)) * 1000 / count
+    return ({**spread_ms(times), "server_cpu_ms": cpu_ms},
+            np.asarray(orjson.loads(answer.content)["prediction"], np.uint8))
 
 
 def bench_runtime(model: Path, runtime: str, bodies: dict, args) -> dict:
@@ -111,7 +118,8 @@ def bench_runtime(model: Path, runtime: str, bodies: dict, args) -> dict:
             raise RuntimeError(f"asked for {runtime}, the server runs {served.get('runtime')}")
         masks = {}
         for size, count in ((256, args.requests), (1024, args.requests_1024)):
-            result[str(size)], masks[size] = single_requests(running.url, bodies[size], count)
+            result[str(size)], masks[size] = single_requests(running.url, bodies[size], count,
+                                                             running.process.pid)
         clients = bodies["clients"]
         answers = load.reference_answers(running.url, clients, 256, 600)
         tally, wall = load.run_clients(running.url, clients, answers, [args.per_client] * len(clients), 600)
@@ -149,11 +157,14 @@ def section(run: dict) -> str:
         "--runtime R` process on a free loopback port, sent JSON bodies (`ablations.bench.load`); "
         "latency is at the client, from sending to the whole answer read.", "",
         f"Single requests: {run['requests']} at 256 x 256 and {run['requests_1024']} at 1024 x 1024, "
-        f"one after another after two warm-ups; p50 [p25-p75] / p95 ms. Throughput: {run['clients']} "
+        f"one after another after two warm-ups; p50 [p25-p75] / p95 ms, and in brackets the server's "
+        "CPU time per request (user + system over all its threads: other work on the machine "
+        "inflates it far less than the wall time; on an idle machine a request takes roughly between half "
+        f"of it, both cores busy, and all of it). Throughput: {run['clients']} "
         f"clients x {run['per_client']} requests of 256 x 256 at once, answers checked byte for byte "
         "against each server's serial answer. Masks: pixels of the 256 and 1024 answers that differ "
         "from the Keras runtime's (the parity test, tests/test_export.py, checks real tiles).", "",
-        "| runtime | 256 px: p50 [IQR] / p95 ms | 1024 px: p50 [IQR] / p95 ms | 8 clients: requests/s "
+        "| runtime | 256 px: p50 [IQR] / p95 ms (CPU ms) | 1024 px: p50 [IQR] / p95 ms (CPU ms) | 8 clients: requests/s "
         "| 8 clients: p50 / p95 ms | mask pixels differing from keras (256 / 1024) | server peak RSS MiB "
         "| start s | load avg start / end |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -168,7 +179,8 @@ def section(run: dict) -> str:
 
 
 def _cell(r: dict) -> str:
-    return f"{r['p50_ms']:.0f} [{r['iqr_ms'][0]:.0f}-{r['iqr_ms'][1]:.0f}] / {r['p95_ms']:.0f}"
+    return (f"{r['p50_ms']:.0f} [{r['iqr_ms'][0]:.0f}-{r['iqr_ms'][1]:.0f}] / {r['p95_ms']:.0f} "
+            f"({r['server_cpu_ms']:.0f})")
 
 
 def replace_section(text: str, new: str) -> str:
