@@ -122,8 +122,9 @@ def export(request: ExportRequest, log=print) -> dict:
             artifacts[runtime] = _checked(runtime, path, probes, reference)
             log(f"{runtime}: {path.name}, largest logit difference from Keras "
                 f"{artifacts[runtime]['max_abs_logit_diff']:.2e}")
-        for runtime in set(runtimes.EXPORTED) - set(request.formats):
-            shutil.rmtree(stage / runtimes.EXPORTED[runtime], ignore_errors=True)  # build step only
+        for runtime in set(artifacts) - set(request.formats):  # a build step only: not kept
+            shutil.rmtree(stage / runtimes.EXPORTED[runtime])
+            del artifacts[runtime]
         sidecar = _sidecar(request, model, metadata, artifacts, graph is not model)
         write_json_atomic(stage / runtimes.SIDECAR, sidecar)
         os.chmod(stage, 0o755)  # mkdtemp makes 0700
