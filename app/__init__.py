@@ -1,4 +1,4 @@
-"""The Flask app that serves the building-footprint model `ablations` selected.
+"""The Flask app that serves the building-footprint model `ablations` fitted (`results/MODEL`).
 
 Routes (every answer, errors included, is JSON except `/` and a PNG mask):
 
@@ -25,7 +25,7 @@ input can cause a 500.
 Run it with `python -m app [--model PATH] [--host H] [--port P]` (development server), or in
 production with gunicorn (see `app/wsgi.py`):
 
-    ZOO_MODEL=results/decoder_variants/best/model.keras \\
+    ZOO_MODEL=results/final/model.keras \\
         gunicorn -w 2 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
 """
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """`python -m app [--model PATH] [--runtime R] [--host H] [--port P] [--max-body-mb MB]`: the
 development server.
 
-For production use gunicorn; the command is in `app/wsgi.py`. A missing or corrupted model, or
-an explicitly chosen runtime without a current export, stops the start with one message on
-stderr and exit status 1.
+Serves the model `results/MODEL` names (`final/model.keras` once `python -m ablations.fit` ran;
+see `app/model.py`). For production use gunicorn; the command is in `app/wsgi.py`. A missing
+or corrupted model, or an explicitly chosen runtime without a current export, stops the start
+with one message on stderr (a missing one names the command that makes it) and exit status 1.
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import argparse
 import os
 
 from app import MAX_BODY_MB, create_app
-from app.model import (ENV, RUNTIME_CHOICES, RUNTIME_ENV, ModelUnavailable, load_for_serving,
-                       resolve_model_path, runtime_of)
+from app.model import (DEFAULT_MODEL, ENV, POINTER, RUNTIME_CHOICES, RUNTIME_ENV, ModelUnavailable,
+                       load_for_serving, resolve_model_path, runtime_of)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help=f"a .keras file saved by zoo.saving (default: ${ENV}, "
-                        "else results/MODEL, else results/decoder_variants/best/model.keras)")
+                        f"else the one results/{POINTER} names, else "
+                        f"results/{DEFAULT_MODEL.as_posix()}: what python -m ablations.fit writes)")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES,
                         default=os.environ.get(RUNTIME_ENV, RUNTIME_CHOICES[0]),
                         help=f"what runs the forward pass (default: ${RUNTIME_ENV}, else auto: the "

@@ -1,9 +1,11 @@
 """Which model the app serves, through which runtime, and loading it so that a missing,
 corrupted or stale file is refused.
 
-The default is the model `ablations` selected: `results/decoder_variants/best/model.keras`,
-unless `results/MODEL` exists, in which case it holds a path relative to `results/`.
-`$ZOO_MODEL` overrides both (used by `app.wsgi` and `python -m app`).
+The served model is the one `results/MODEL` names, relative to `results/`: `final/model.keras`,
+which `python -m ablations.fit` (the README's main job) fits on every city and points it at;
+without that file, `results/final/model.keras` (`zoo.served`). `--model` and `$ZOO_MODEL`
+override both (`python -m app`, `app.wsgi`). A clone has no model file: the refusal names
+`MAKE_ONE`, the command that makes it.
 
 The runtime (`zoo.runtimes`) is `keras` (the `.keras` file itself), `tflite`, `onnx` or
 `savedmodel` (the artifacts `python -m zoo.export` writes beside it), or `auto`, the servers'
@@ -25,7 +27,12 @@ from zoo.served import DEFAULT_MODEL, ENV, POINTER, resolve_model_path as _resol
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RUNTIME_ENV = "ZOO_RUNTIME"
 RUNTIME_CHOICES = (runtimes.AUTO, *runtimes.RUNTIMES)
-MAKE_ONE = "python -m ablations.run decoder_variants"
+# The one command that makes the served model, from the repository root with ../shared beside it
+# (the README's main job), and a smoke model for a quick look (synthetic scenes, meaningless).
+MAKE_ONE = "python -m ablations.fit --data ../shared/data/oam_buildings"
+MAKE_ONE_TIME = "about 20 minutes on 2 CPU cores"
+SMOKE_DIR = "/tmp/smoke/final"
+MAKE_SMOKE = f"python -m ablations.fit --budget smoke --curve --curve-epochs 2 --out {SMOKE_DIR}"
 
 class ModelUnavailable(RuntimeError):
     """No servable model: missing, unreadable, not matching its checksum, or not exported."""
@@ -47,10 +54,11 @@ def load_segmenter(path, runtime: str = "keras"):
         raise ModelUnavailable(f"runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {runtime!r}")
     if not path.is_file():
         raise ModelUnavailable(
-            f"no model file at {path}. Make one with `{MAKE_ONE}` (it writes "
-            f"results/{DEFAULT_MODEL.as_posix()}; results/{POINTER}, when present, names the "
-            "served model instead, and the README's 'Serving' section gives the commands that "
-            f"make it), or pass --model PATH / set ${ENV}.")
+            f"no model file at {path}. Make the served model with `{MAKE_ONE}` ({MAKE_ONE_TIME}; "
+            f"it writes results/{DEFAULT_MODEL.as_posix()} and points results/{POINTER} at it), "
+            f"or for a quick look a smoke model trained on synthetic scenes with `{MAKE_SMOKE}` "
+            f"(a minute or two) and serve it with `python -m app --model {SMOKE_DIR}/model.keras`; "
+            f"or pass --model PATH / set ${ENV}.")
     if runtime == runtimes.AUTO:
         return _fastest_available(path)
     if runtime == "keras":

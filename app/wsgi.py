@@ -1,15 +1,17 @@
 """The WSGI entry point for production: the model path comes from $ZOO_MODEL.
 
-    ZOO_MODEL=results/decoder_variants/best/model.keras \\
+    ZOO_MODEL=results/final/model.keras \\
         gunicorn -w 2 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
 
-Without $ZOO_MODEL the default model is served (results/MODEL, else
-results/decoder_variants/best/model.keras). `$ZOO_RUNTIME` chooses the runtime as `--runtime`
-does for `python -m app` (default auto: the fastest current export, else keras); each runtime
-uses every core for one call, so on a small CPU `-w 1` or 2 is enough. Do not use `--preload`:
-TensorFlow's thread pools do not survive a fork, so each worker must load the model itself.
-Each worker holds one copy of the model and serialises its calls, so `-w` is the number of
-predictions in flight; `--timeout 120` leaves room for a 4096 x 4096 image on a small CPU.
+Without $ZOO_MODEL the served model is the one results/MODEL names (final/model.keras, which
+`python -m ablations.fit` writes and points it at), else results/final/model.keras; a missing
+file stops the worker with the message that names the command making it. `$ZOO_RUNTIME`
+chooses the runtime as `--runtime` does for `python -m app` (default auto: the fastest current
+export, else keras); each runtime uses every core for one call, so on a small CPU `-w 1` or 2
+is enough. Do not use `--preload`: TensorFlow's thread pools do not survive a fork, so each
+worker must load the model itself. Each worker holds one copy of the model and serialises its
+calls, so `-w` is the number of predictions in flight; `--timeout 120` leaves room for a
+4096 x 4096 image on a small CPU.
 `$ZOO_MAX_BODY_MB` changes the body limit (default 64).
 """
 from __future__ import annotations

@@ -21,6 +21,21 @@ if str(REPO) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not a
 
 from ablations.bench import server  # noqa: E402
 
+# Fixtures that start a server, or run a whole study or final fit, as subprocesses: a test that
+# uses one is `slow` (pytest.ini), so `pytest -m "not slow"` is the fast path. Tests that start
+# such a process themselves carry the mark in their own file.
+SLOW_FIXTURES = {"app_server", "serve",  # conftest: `python -m app` / gunicorn
+                 "smoke_run",            # test_ablations: the decoder_variants smoke study
+                 "search",               # test_distributed: a chief and two workers
+                 "measured",             # test_scaling: each point in its own process
+                 "cv_run", "fit_run"}    # test_cv: a cross-validated study, the final fit
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def child_env(**extra) -> dict:
     """This environment for a child process, minus any $ZOO_MODEL the caller did not pass."""

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from app import create_app
-from app.model import MAKE_ONE, default_model_path
+from app.model import MAKE_ONE, MAKE_ONE_TIME, MAKE_SMOKE, default_model_path
 from zoo.metrics import Confusion, iou_distribution, per_image_iou
 
 REPO = Path(__file__).resolve().parent.parent
@@ -526,15 +526,33 @@ def test_notebook_is_valid_and_uses_the_client():
 def test_missing_model_exits_naming_the_command_that_makes_one(run_module, tmp_path):
     done = run_module("app", "--model", tmp_path / "absent.keras", "--port", 0, timeout=30)
     assert done.returncode != 0
-    assert str(tmp_path / "absent.keras") in done.stderr and MAKE_ONE in done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1  # one message
+    assert str(tmp_path / "absent.keras") in done.stderr
+    assert f"`{MAKE_ONE}` ({MAKE_ONE_TIME}" in done.stderr and f"`{MAKE_SMOKE}`" in done.stderr
+
+
+def test_the_command_in_the_message_writes_the_served_model(tmp_path):
+    """Both commands parse, and MAKE_ONE's --out holds the model that a results folder without
+    a MODEL file serves (the fit also points MODEL at it)."""
+    import shlex
+
+    from ablations import fit
+
+    for command in (MAKE_ONE, MAKE_SMOKE):
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", "ablations.fit"]
+        fit.parse_args(words[3:])
+    out = fit.parse_args(shlex.split(MAKE_ONE)[3:]).out
+    assert default_model_path(tmp_path) == tmp_path / out.relative_to("results") / "model.keras"
 
 
 def test_default_model_follows_results_pointer(tmp_path):
-    assert default_model_path(tmp_path) == tmp_path / "decoder_variants/best/model.keras"
+    assert default_model_path(tmp_path) == tmp_path / "final/model.keras"
     (tmp_path / "MODEL").write_text("other_study/best/model.keras\n")
     assert default_model_path(tmp_path) == tmp_path / "other_study/best/model.keras"
 
 
+@pytest.mark.slow
 def test_corrupted_model_is_refused(small_model_file, run_module, tmp_path):
     copy = tmp_path / "model.keras"
     data = bytearray(small_model_file.read_bytes())
@@ -605,6 +623,7 @@ def test_fuzzed_uploads_never_cause_a_500(client, data, header):
 
 # -- python -m app.predict -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_predict_cli_writes_lon_lat_geojson_and_the_mask(small_model_file, small_segmenter,
                                                          run_module, tmp_path):
     image = blobby(128, 160, seed=28)
@@ -622,6 +641,7 @@ def test_predict_cli_writes_lon_lat_geojson_and_the_mask(small_model_file, small
                                   small_segmenter.predict(image) * 255)
 
 
+@pytest.mark.slow
 def test_predict_cli_on_a_png_says_pixels_and_names_a_bad_file(small_model_file, run_module,
                                                                tmp_path):
     (tmp_path / "tile.png").write_bytes(encoded(blobby(64, 64, seed=29)))

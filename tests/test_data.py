@@ -495,10 +495,37 @@ def test_real_index_split_by_area_never_shares_ground():
 
 
 @needs_real_data
-def test_real_folder_full_check(capsys):
+def test_real_folder_full_check(monkeypatch, capsys):
+    """check=True decodes every image and every mask once, and the real tiles pass: 256 x 256
+    RGB, masks read as 0/1 whose building fraction and area are those of index.csv."""
+    read, calls = {}, []  # path -> (shape, a mask's building fraction); filled by the check's threads
+
+    def recording(reader):
+        def read_and_record(path):
+            array = reader(path)
+            calls.append(pathlib.Path(path))
+            read[pathlib.Path(path)] = (array.shape, float(array.mean()) if array.ndim == 2 else None)
+            assert array.ndim == 3 or set(np.unique(array)) <= {0, 1}, path
+            return array
+        return read_and_record
+
+    monkeypatch.setattr(folders, "read_image", recording(folders.read_image))
+    monkeypatch.setattr(folders, "read_mask", recording(folders.read_mask))
     started = time.perf_counter()
     samples = folders.scan_folder(REAL_DATA, check=True)
     seconds = time.perf_counter() - started
+
+    with open(REAL_DATA / "index.csv", newline="") as handle:
+        index = {pathlib.Path(row["file"]).stem: row for row in csv.DictReader(handle)}
+    assert sorted(s.name for s in samples) == sorted(index) and len(samples) == 1638
+    assert sorted(calls) == sorted([s.image_path for s in samples] + [s.mask_path for s in samples])
+    for sample in samples:
+        row = index[sample.name]
+        assert (sample.area, sample.zoom) == (row["area"], int(row["zoom"])), sample.name
+        assert read[sample.image_path][0] == (256, 256, 3), sample.image_path
+        shape, fraction = read[sample.mask_path]
+        assert shape == (256, 256), sample.mask_path
+        assert fraction == pytest.approx(float(row["building_frac"]), abs=1e-4), sample.mask_path
     with capsys.disabled():
         print(f"\nscan_folder(check=True) on {len(samples)} real tiles: {seconds:.1f} s")
 

@@ -56,7 +56,7 @@ class ExportRequest:
 def parse_args(argv=None) -> ExportRequest:
     parser = argparse.ArgumentParser(prog="python -m zoo.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a .keras file saved by zoo.saving (default: "
-                        "$ZOO_MODEL, else results/MODEL, else results/decoder_variants/best/model.keras)")
+                        "$ZOO_MODEL, else the one results/MODEL names, else results/final/model.keras)")
     parser.add_argument("--out", type=Path, help="folder to write (default: NAME.export/ beside "
                         "NAME.keras, where `python -m app --runtime` looks)")
     parser.add_argument("--formats", default=",".join(FORMATS),
