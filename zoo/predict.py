@@ -9,7 +9,7 @@ With several `scales`, the image is also predicted resized by each scale (0.5: h
 pixels a side, so twice the ground per pixel) and the probabilities, resized back, are
 averaged. A model trained on small houses then also sees a city's large roofs at the size
 it learned (results/cross_city/inference/README.md measures what that buys). A saved model's
-metadata may name its scales and threshold under "inference" (`ablations.context --apply`).
+metadata may name its scales and threshold under "inference" (`ablations.evaluate.scales --apply`).
 
 Test-time augmentation (`tta`): each forward pass also runs on the batch flipped ("flips":
 identity, horizontal, vertical, both) or on all eight rotations and flips ("dihedral"), and
