@@ -303,14 +303,21 @@ def _picture(stream, name: str, max_side: int | None) -> Upload:
                          f"({_short_reason(error)})") from None
 
 
-def read_tiff(dataset, name: str, max_side: int | None = None) -> Upload:
-    """An open rasterio dataset as an `Upload` (RGB bands, transform, CRS), or InputError."""
-    from rasterio.enums import ColorInterp
-
-    from zoo.polygons import is_georeferenced
-
+def read_tiff(dataset, name: str, max_side: int | None = None, window=None) -> Upload:
+    """An open rasterio dataset (or its `window`, a rasterio Window) as an `Upload`: RGB bands,
+    transform and CRS of the whole dataset; or InputError."""
     if max_side is not None:
         _check_side(dataset.height, dataset.width, max_side)
+    pixels = dataset.read(tiff_bands(dataset, name), window=window)
+    image = to_rgb(np.moveaxis(pixels, 0, -1), max(pixels.shape[1:]))
+    transform, crs, why_pixels = tiff_georeference(dataset, name)
+    return Upload(image, transform, crs, why_pixels)
+
+
+def tiff_bands(dataset, name: str) -> list[int]:
+    """The 1-based bands to read as R, G, B (or the one gray band), or InputError."""
+    from rasterio.enums import ColorInterp
+
     if dataset.dtypes[0] != "uint8":
         raise InputError(f"file '{name}' has {dataset.dtypes[0]} pixels; the model reads 8-bit "
                          "RGB (uint8 0..255): convert it first, e.g. gdal_translate -ot Byte "
@@ -320,19 +327,21 @@ def read_tiff(dataset, name: str, max_side: int | None = None) -> Upload:
         raise InputError(f"file '{name}' is a palette image; convert it to RGB first")
     rgb = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
     if all(colour in interp for colour in rgb):
-        bands = [interp.index(colour) + 1 for colour in rgb]
-    elif dataset.count in (1, 3, 4):
-        bands = list(range(1, min(dataset.count, 3) + 1))
-    else:
-        raise InputError(f"file '{name}' has {dataset.count} bands; send 1 (gray), 3 (RGB) "
-                         "or 4 (RGBA)")
-    image = to_rgb(np.moveaxis(dataset.read(bands), 0, -1), max_side or max(dataset.shape))
-    transform, crs = dataset.transform, dataset.crs
-    if is_georeferenced(transform, crs):
-        return Upload(image, transform, crs)
-    missing = "no CRS" if crs is None else "no geotransform"
-    return Upload(image, why_pixels=f"the TIFF '{name}' has {missing}, so it is not "
-                                    "georeferenced")
+        return [interp.index(colour) + 1 for colour in rgb]
+    if dataset.count in (1, 3, 4):
+        return list(range(1, min(dataset.count, 3) + 1))
+    raise InputError(f"file '{name}' has {dataset.count} bands; send 1 (gray), 3 (RGB) "
+                     "or 4 (RGBA)")
+
+
+def tiff_georeference(dataset, name: str) -> tuple:
+    """(transform, crs, None) of a georeferenced dataset, else (None, None, why not)."""
+    from zoo.polygons import is_georeferenced
+
+    if is_georeferenced(dataset.transform, dataset.crs):
+        return dataset.transform, dataset.crs, None
+    missing = "no CRS" if dataset.crs is None else "no geotransform"
+    return None, None, f"the TIFF '{name}' has {missing}, so it is not georeferenced"
 
 
 def _tiff_upload(data: bytes, name: str, max_side: int) -> Upload:

@@ -266,3 +266,43 @@ def test_web_mercator_areas_are_measured_in_an_equal_area_projection():
     ground = 800 * side ** 2 * math.cos(math.radians(27.70)) ** 2 * (1 - e2) / (1 - e2 * sin2) ** 2
     assert collection["features"][0]["properties"]["area_m2"] == pytest.approx(ground, rel=1e-3)
     assert "laea" in collection["area_crs"] and "EPSG:3857 misstates" in collection["area_crs"]
+
+
+def blobs(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth random blobs with holes and bridges: buildings of every shape and size."""
+    from PIL import Image
+
+    small = np.random.default_rng(seed).random((height // 12, width // 12)).astype(np.float32)
+    smooth = np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+    return (smooth > 0.55).astype(np.uint8)
+
+
+@pytest.mark.parametrize("part", [(64, 80), (50, 300), (97, 41)])
+def test_a_scene_outlined_part_by_part_equals_the_whole(part):
+    height, width = 200, 300
+    mask = np.maximum(blobs(height, width, seed=part[0]), burn(scene_shapes().values(),
+                                                                height, width))
+    probabilities = np.random.default_rng(1).random(mask.shape).astype(np.float32)
+    whole = polygons.outlines(mask, probabilities, tolerance=0)
+    scene = polygons.SceneOutlines(height, width, tolerance=0)
+    for row in range(0, height, part[0]):
+        for col in range(0, width, part[1]):
+            window = np.s_[row:row + part[0], col:col + part[1]]
+            scene.add(mask[window], probabilities[window], row, col)
+    parts = scene.footprints()
+    assert len(parts) == len(whole) > 10
+    for joined, alone in zip(parts, whole):
+        assert joined.geometry.equals(alone.geometry)  # the same point set, holes included
+        assert joined.pixels == alone.pixels
+        assert joined.mean_probability == pytest.approx(alone.mean_probability, rel=1e-9)
+
+    simplified = polygons.SceneOutlines(height, width)
+    for row in range(0, height, part[0]):
+        for col in range(0, width, part[1]):
+            window = np.s_[row:row + part[0], col:col + part[1]]
+            simplified.add(mask[window], None, row, col)
+    # Simplified, a joined building may differ from the whole mask's only along the joins.
+    back = burn([footprint.geometry for footprint in simplified.footprints()], height, width)
+    reference = burn([footprint.geometry for footprint in polygons.outlines(mask)], height, width)
+    assert iou(back, reference) >= 0.99
+    assert all(footprint.geometry.is_valid for footprint in simplified.footprints())

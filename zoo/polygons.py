@@ -5,6 +5,8 @@ How an outline is made (no contour tracing of our own):
 
 1. Connected components of the mask, 4-connected (OpenCV), so two roofs that touch only at a
    corner stay two buildings. Each component's mean probability is read off its own pixels.
+   A scene too large to hold is taken part by part (`SceneOutlines`), and the buildings a
+   part's edge cuts are joined at the end.
 2. `rasterio.features.shapes` (GDAL's polygonize) turns each component into its exact
    pixel-edge polygon, holes included.
 3. shapely simplifies it within `tolerance` pixels (topology preserved), drops holes and parts
@@ -51,10 +53,66 @@ class Footprint:
 
 def outlines(mask, probabilities=None, tolerance: float = DEFAULT_TOLERANCE,
              min_area: float = DEFAULT_MIN_AREA) -> list[Footprint]:
-    """The buildings of an H x W mask (nonzero = building), in raster order of their first pixel.
+    """The buildings of an H x W mask (nonzero = building), top to bottom, left to right.
 
     `probabilities`, an H x W float map, gives each building its mean probability."""
+    found = []
+    for geometry, pixels, total, _ in _pieces(mask, probabilities, min_area):
+        cleaned = clean(geometry, tolerance, min_area)
+        if cleaned is not None:
+            found.append(Footprint(cleaned, pixels, _mean(total, pixels)))
+    return sorted(found, key=_reading_order)
+
+
+class SceneOutlines:
+    """The buildings of a scene too large to hold, added part by part (`add`): a building
+    inside one part is outlined at once; the pieces of one that a part's edge cuts are kept
+    pixel-exact and joined when every part is in (`footprints`), so the result equals what
+    `outlines` gives on the whole mask (up to how simplification meets the joined edge)."""
+
+    def __init__(self, height: int, width: int, tolerance: float = DEFAULT_TOLERANCE,
+                 min_area: float = DEFAULT_MIN_AREA):
+        self.height, self.width, self.tolerance, self.min_area = height, width, tolerance, min_area
+        self._done: list[Footprint] = []
+        self._open: list[tuple[Polygon, int, float | None]] = []
+
+    def add(self, mask, probabilities, row: int, col: int) -> None:
+        """The mask (and probabilities) of the part whose top-left pixel is (row, col)."""
+        height, width = np.shape(mask)
+        shared = (row > 0, row + height < self.height, col > 0, col + width < self.width)
+        for geometry, pixels, total, cut in _pieces(mask, probabilities, self.min_area,
+                                                   row, col, shared):
+            if cut:
+                self._open.append((geometry, pixels, total))
+                continue
+            cleaned = clean(geometry, self.tolerance, self.min_area)
+            if cleaned is not None:
+                self._done.append(Footprint(cleaned, pixels, _mean(total, pixels)))
+
+    def footprints(self) -> list[Footprint]:
+        joined = []
+        if self._open:
+            pieces = [geometry for geometry, _, _ in self._open]
+            tree = shapely.STRtree(pieces)
+            # Pixel-edge polygons share exact integer edges, so their union is exact too.
+            for building in _polygons_in(shapely.unary_union(pieces)):
+                members = [self._open[i] for i in tree.query(building, predicate="covers")]
+                pixels = sum(member[1] for member in members)
+                totals = [member[2] for member in members]
+                total = None if None in totals else sum(totals)
+                cleaned = clean(building, self.tolerance, self.min_area)
+                if cleaned is not None:
+                    joined.append(Footprint(cleaned, pixels, _mean(total, pixels)))
+        return sorted(self._done + joined, key=_reading_order)
+
+
+def _pieces(mask, probabilities, min_area: float, row: int = 0, col: int = 0,
+            shared=(False, False, False, False)):
+    """(pixel-edge polygon in scene pixels, pixel count, probability sum or None, whether it
+    touches a shared side) for each 4-connected component with at least `min_area` pixels or
+    on a shared side (top, bottom, left, right: where the mask continues in another part)."""
     import cv2
+    from affine import Affine
     from rasterio.features import shapes
 
     mask = np.asarray(mask)
@@ -66,24 +124,33 @@ def outlines(mask, probabilities=None, tolerance: float = DEFAULT_TOLERANCE,
     count, labels = cv2.connectedComponents((mask != 0).view(np.uint8), connectivity=4,
                                             ltype=cv2.CV_32S)
     if count <= 1:
-        return []
+        return
     sizes = np.bincount(labels.ravel(), minlength=count)
-    means = None
+    sums = None
     if probabilities is not None:
         sums = np.bincount(labels.ravel(), weights=np.asarray(probabilities).ravel(),
                            minlength=count)
-        means = sums / np.maximum(sizes, 1)
-    keep = labels > 0
+    cut = np.zeros(count, bool)
+    for side, line in zip(shared, (labels[0], labels[-1], labels[:, 0], labels[:, -1])):
+        if side:
+            cut[line] = True
+    cut[0] = False  # background
     # A component smaller than min_area cannot make a polygon that large: skip polygonizing it.
-    keep &= (sizes >= min_area)[labels]
-    found = []
-    for geometry, value in shapes(labels, mask=keep, connectivity=4):
+    keep = ((sizes >= min_area) | cut)[labels] & (labels > 0)
+    for geometry, value in shapes(labels, mask=keep, connectivity=4,
+                                  transform=Affine.translation(col, row)):
         label = int(value)
-        cleaned = clean(shape(geometry), tolerance, min_area)
-        if cleaned is not None:
-            found.append(Footprint(cleaned, int(sizes[label]),
-                                   None if means is None else float(means[label])))
-    return found
+        yield (shape(geometry), int(sizes[label]), None if sums is None else float(sums[label]),
+               bool(cut[label]))
+
+
+def _mean(total: float | None, pixels: int) -> float | None:
+    return None if total is None else total / max(pixels, 1)
+
+
+def _reading_order(footprint: Footprint) -> tuple:
+    left, top, right, bottom = footprint.geometry.bounds  # in pixels, y grows downwards
+    return top, left, bottom, right
 
 
 def clean(geometry, tolerance: float, min_area: float) -> Polygon | MultiPolygon | None:

@@ -1,4 +1,5 @@
-"""python -m ablations.bench.polygons [--data DIR] [--model PATH] [--sides 1024,2048,4096] [--out results]
+"""python -m ablations.bench.polygons [--data DIR] [--model PATH] [--sides 1024,2048,4096]
+                                    [--windows 1024,2048] [--out results]
 
 What outlines cost on a large scene: peak memory and time of `python -m app.predict` (model,
 overlap tiles, polygons, GeoJSON) on real georeferenced imagery, and of the polygon step alone
@@ -7,8 +8,10 @@ on the scene's true building outlines.
 The scene is real: the largest square block of neighbouring XYZ tiles of one zoom in the data
 folder (16 x 16 zoom-21 tiles of Nairobi in the OAM data: 4096 x 4096 px), stitched and
 written as a GeoTIFF in Web Mercator (EPSG:3857) with the tiles' exact transform, so the
-outlines come back in longitude/latitude. Smaller sides are its centre crops. Each point
-runs in its own process, so its peak memory (the child's maximum resident set) is its own.
+outlines come back in longitude/latitude. Smaller sides are its centre crops. The largest
+side is also run in parts (`app.predict --window W` for each of `--windows`), to show that
+memory then follows the window, not the scene. Each point runs in its own process, so its peak
+memory (the child's maximum resident set) is its own.
 
 Without a model file (`--model`, else the served one) the served architecture is built with
 an untrained decoder and the served scales: its memory and time are the served model's, its
@@ -44,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=None,
                         help="a .keras file (default: the served model, else an untrained one)")
     parser.add_argument("--sides", default="1024,2048,4096")
+    parser.add_argument("--windows", default="1024,2048",
+                        help="also run the largest side in parts of these sizes")
     parser.add_argument("--out", type=Path, default=REPO / "results")
     parser.add_argument("--polygons-only", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-untrained", type=Path, default=None, help=argparse.SUPPRESS)
@@ -114,7 +119,7 @@ def write_scene(data: Path, folder: Path, side: int) -> tuple[Path, Path, str]:
 
 # -- the model ------------------------------------------------------------------------------------
 
-def model_file(explicit: Path | None, folder: Path) -> tuple[Path, str]:
+def model_file(explicit: Path | None, folder: Path, data: Path) -> tuple[Path, str]:
     """The model to measure and how to describe it."""
     from zoo.served import served_model_path
 
@@ -124,10 +129,13 @@ def model_file(explicit: Path | None, folder: Path) -> tuple[Path, str]:
     # Built in a child: TensorFlow in this process would raise the floor of every child's peak
     # memory (Linux carries a parent's resident high-water mark into the children it forks).
     path = folder / "untrained.keras"
-    measured([sys.executable, "-m", "ablations.bench.polygons", "--save-untrained", str(path)])
-    return path, (f"**untrained decoder** `{_served_config().name}` with the served scales "
-                  f"{list(SERVED_SCALES)} ({chosen} is not on this machine): memory and time "
-                  "are the served architecture's; the outlines are not buildings")
+    measured([sys.executable, "-m", "ablations.bench.polygons", "--save-untrained", str(path),
+              "--data", str(data)])
+    return path, (f"**untrained decoder** `{_served_config().name}` (seed 0, last layer "
+                  "rescaled so about half the pixels come out building, in speckle: the worst "
+                  f"case for outlines) with the served scales {list(SERVED_SCALES)} ({chosen} "
+                  "is not on this machine): memory and time are the served architecture's; "
+                  "the outlines are not buildings")
 
 
 def _served_config():
@@ -136,19 +144,34 @@ def _served_config():
     return DecoderConfig(**SERVED_CONFIG)
 
 
-def save_untrained(path: Path) -> None:
+def save_untrained(path: Path, data: Path) -> None:
+    """The served architecture, seeded, its last layer rescaled so that the logits spread
+    around 0 on real tiles: about half the pixels come out building, in speckle, the worst
+    case for the outline step (a fresh decoder's logits all sit near one value)."""
+    import keras
+
+    from ablations.data.folders import read_image
     from zoo import saving, unet
 
+    keras.utils.set_random_seed(0)
     config = _served_config()
-    saving.save(unet.build(config), path,
-                {"config": config.to_dict(), "threshold": 0.5,
-                 "inference": {"scales": list(SERVED_SCALES), "threshold": 0.5}})
+    model = unet.build(config)
+    logits = unet.decoder_of(model).get_layer("logits")
+    tiles = sorted((data / "images").glob("*.png"))[:4]
+    probe = np.stack([read_image(tile) for tile in tiles]).astype("float32")
+    raw = keras.ops.convert_to_numpy(model(probe, training=False))
+    scale = 2.0 / max(float(raw.std()), 1e-12)
+    logits.kernel.assign(logits.kernel * scale)
+    logits.bias.assign((logits.bias - float(np.median(raw))) * scale)
+    saving.save(model, path, {"config": config.to_dict(), "threshold": 0.5,
+                              "inference": {"scales": list(SERVED_SCALES), "threshold": 0.5}})
 
 
 # -- measuring ------------------------------------------------------------------------------------
 
-def measured(command: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak resident GiB of the child, and its stdout."""
+def measured(command: list[str]) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + system), peak resident GiB of the child, its stdout.
+    CPU time is what a machine busy with other jobs inflates least."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
@@ -159,7 +182,8 @@ def measured(command: list[str]) -> tuple[float, float, str]:
         text = output.read().decode(errors="replace")
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{text}")
-    return time.perf_counter() - started, usage.ru_maxrss / 2**20, text
+    return (time.perf_counter() - started, usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 2**20, text)
 
 
 def polygons_only(truth: Path) -> None:
@@ -194,48 +218,68 @@ def main(argv=None) -> int:
         polygons_only(args.polygons_only)
         return 0
     if args.save_untrained:
-        save_untrained(args.save_untrained)
+        save_untrained(args.save_untrained, args.data)
         return 0
+    sides = [int(side) for side in args.sides.split(",")]
+    windows = [int(window) for window in args.windows.split(",") if window]
+    runs = [(side, None) for side in sides] + [(max(sides), window) for window in windows]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        model, model_text = model_file(args.model, folder, args.data)
+        for side, window in runs:
+            scene, truth, where = write_scene(args.data, folder, side)
+            out = folder / f"scene_{side}.geojson"
+            # Without --window the scene is predicted whole up to any side, like the server.
+            parted = ["--window", str(window)] if window else ["--window", str(side)]
+            seconds, cpu, peak, _ = measured([sys.executable, "-m", "app.predict", str(scene),
+                                         "--out", str(out), "--model", str(model), *parted])
+            collection = json.loads(out.read_text())
+            row = {"side": side, "window": window, "parts": (collection.get("parts") or {})
+                   .get("count", 1), "predict_seconds": seconds, "predict_cpu_seconds": cpu,
+                   "predict_peak_gib": peak,
+                   "predicted_outlines": collection["count"]}
+            if window is None:
+                _, _, _, text = measured([sys.executable, "-m", "ablations.bench.polygons",
+                                       "--polygons-only", str(truth)])
+                alone = json.loads(text.strip().splitlines()[-1])
+                row.update({f"truth_{key}": value for key, value in alone.items()})
+            rows.append(row)
+            _write(args.out, {**header(), "scene": where, "model": model_text}, rows)
+            print(f"{side} px{f' in parts of {window}' if window else ''}: app.predict "
+                  f"{seconds:.1f} s, peak {peak:.2f} GiB, {collection['count']} outlines",
+                  flush=True)
+    return 0
+
+
+def header() -> dict:
     import datetime
 
     from ablations.machine import describe
 
-    sides = [int(side) for side in args.sides.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        model, model_text = model_file(args.model, folder)
-        for side in sides:
-            scene, truth, where = write_scene(args.data, folder, side)
-            out = folder / f"scene_{side}.geojson"
-            seconds, peak, _ = measured([sys.executable, "-m", "app.predict", str(scene),
-                                         "--out", str(out), "--model", str(model)])
-            collection = json.loads(out.read_text())
-            _, _, text = measured([sys.executable, "-m", "ablations.bench.polygons",
-                                   "--polygons-only", str(truth)])
-            alone = json.loads(text.strip().splitlines()[-1])
-            rows.append({"side": side, "predict_seconds": seconds, "predict_peak_gib": peak,
-                         "predicted_outlines": collection["count"], **{
-                             f"truth_{key}": value for key, value in alone.items()}})
-            print(f"{side} px: app.predict {seconds:.1f} s, peak {peak:.2f} GiB; polygons of the "
-                  f"truth {alone['seconds']:.2f} s, {alone['count']} outlines, IoU "
-                  f"{alone['iou']:.4f}", flush=True)
-    header = {"machine": describe(), "date": datetime.datetime.now(datetime.timezone.utc)
-              .strftime("%Y-%m-%d %H:%M UTC"), "scene": where, "model": model_text,
-              "command": "python -m ablations.bench.polygons " + " ".join(argv or sys.argv[1:])}
+    return {"machine": describe(), "date": datetime.datetime.now(datetime.timezone.utc)
+            .strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python -m ablations.bench.polygons " + " ".join(sys.argv[1:])}
+
+
+def _write(out: Path, head: dict, rows: list[dict]) -> None:
+    """After every point, so an interrupted run keeps what it measured."""
     from zoo.files import write_json_atomic, write_text_atomic
 
-    write_json_atomic(args.out / "polygons.json", {**header, "rows": rows})
-    write_text_atomic(args.out / "polygons.md", report(header, rows))
-    return 0
+    write_json_atomic(out / "polygons.json", {**head, "rows": rows})
+    write_text_atomic(out / "polygons.md", report(head, rows))
 
 
 def report(header: dict, rows: list[dict]) -> str:
+    whole = [row for row in rows if row["window"] is None]
+    parted = [row for row in rows if row["window"] is not None]
     lines = [
         "# Outlines on a large scene: memory and time",
         "",
         f"- **Command:** `{header['command']}`",
-        f"- **Machine:** {header['machine']}, CPU only, shared with a training job; {header['date']}",
+        f"- **Machine:** {header['machine']}, CPU only; {header['date']}. Other jobs (training, "
+        "tests) shared the two cores while this ran, so wall times are upper bounds; CPU time "
+        "is inflated less; peak memory is each process's own and is not affected",
         f"- **Scene:** real imagery, {header['scene']}: neighbouring tiles stitched into one "
         "GeoTIFF in EPSG:3857 with their exact transform; smaller sides are its centre crops",
         f"- **Model:** {header['model']}",
@@ -247,27 +291,43 @@ def report(header: dict, rows: list[dict]) -> str:
         "is those outlines reprojected back, rasterised onto the scene's grid and compared with "
         "the mask (building IoU, pixel counts over the whole scene).",
         "",
-        "| side (px) | app.predict wall (s) | app.predict peak memory (GiB) | predicted outlines "
-        "| polygons alone (s) | their peak memory (GiB above what was resident before) | true outlines | IoU back "
-        "| true building area (m²) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "## The scene whole",
+        "",
+        "| side (px) | app.predict wall (s) | its CPU time (s) | its peak memory (GiB) "
+        "| outlines predicted "
+        "| polygons alone (s) | their peak memory (GiB above what was resident before) "
+        "| true outlines | IoU back | true building area (m²) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for row in rows:
+    for row in whole:
         lines.append(
-            f"| {row['side']} | {row['predict_seconds']:.1f} | {row['predict_peak_gib']:.2f} | "
-            f"{row['predicted_outlines']} | {row['truth_seconds']:.2f} | "
+            f"| {row['side']} | {row['predict_seconds']:.1f} | {row['predict_cpu_seconds']:.1f} | "
+            f"{row['predict_peak_gib']:.2f} | {row['predicted_outlines']} | {row['truth_seconds']:.2f} | "
             f"{row['truth_peak_gib'] - row['truth_resident_gib_before']:.2f} | {row['truth_count']} | "
             f"{row['truth_iou']:.4f} | {row['truth_total_area_m2']:.0f} |")
-    if len(rows) > 1:
-        first, last = rows[0], rows[-1]
+    if len(whole) > 1:
+        first, last = whole[0], whole[-1]
         growth = ((last["predict_peak_gib"] - first["predict_peak_gib"])
                   / (last["side"] ** 2 - first["side"] ** 2) * 2**30)
-        lines += ["", f"Peak memory grows by about {growth:.0f} bytes a pixel from "
+        lines += ["", f"Whole, peak memory grows by about {growth:.0f} bytes a pixel from "
                   f"{first['side']} to {last['side']} px (image, probabilities at each scale, "
                   "mask, component labels); the model's own working set is bounded by the "
-                  "512 px tiles, so it does not grow with the scene."]
-    lines += ["", f"Areas measured in: {rows[-1]['truth_area_crs']}.", ""]
-    return "\n".join(lines)
+                  "512 px tiles."]
+    if parted:
+        lines += ["", "## The largest scene in parts (`app.predict --window W`)", "",
+                  "Each part is predicted with W/16 px of its neighbours around it for context; "
+                  "buildings a part's edge cuts are joined at the end. Above 4096 px a side "
+                  "(the default window) a TIFF always goes this way.", "",
+                  "| side (px) | window (px) | parts | app.predict wall (s) | its CPU time (s) "
+                  "| its peak memory (GiB) | outlines predicted |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for row in parted:
+            lines.append(f"| {row['side']} | {row['window']} | {row['parts']} | "
+                         f"{row['predict_seconds']:.1f} | {row['predict_cpu_seconds']:.1f} | "
+                         f"{row['predict_peak_gib']:.2f} | {row['predicted_outlines']} |")
+    if whole:
+        lines += ["", f"Areas measured in: {whole[-1]['truth_area_crs']}."]
+    return "\n".join(lines + [""])
 
 
 if __name__ == "__main__":
