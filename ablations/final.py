@@ -62,7 +62,7 @@ def run_fit(request: FitRequest) -> dict:
     binding = {"data_kind": provenance.data_kind(source),
                "data_fingerprint": provenance.data_fingerprint(pool_samples + test_samples),
                "budget": budget.name, "test_area": request.test_area, "weights": request.weights,
-               "config": config.to_dict(), "recipe": recipe.to_dict(), "curve_epochs": request.curve_epochs}
+               "config": config.to_dict(), "recipe": recipe.to_dict()}
     provenance.check_binding(request.out, binding, fresh=request.fresh or request.curve)
     encoder = _encoder(request.weights)
     pool = encode_pool(encoder, pool_samples, budget, recipe)

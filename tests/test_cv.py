@@ -156,3 +156,18 @@ def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path
     assert "0.512" in row and "0.398" in row and f"{curve['per_city'][city]['building_iou']:.3f}" in row
     mean = sum(r["building_iou"] for r in curve["per_city"].values()) / 3
     assert f"**{mean:.3f}**" in page and "(1 of 3 run)" in page
+
+
+def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, cache_home):
+    """What a clone has: curve.json and binding.json (model files are never committed)."""
+    _, out = fit_run
+    clone = tmp_path / "results" / "final"
+    clone.mkdir(parents=True)
+    for name in ("curve.json", "binding.json"):
+        shutil.copy(out / name, clone / name)
+    result = run_fit("--budget", "smoke", "--out", str(clone), *weights_flag(), env_extra=cache_home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metadata = json.loads((clone / "model.json").read_text())
+    curve = json.loads((clone / "curve.json").read_text())
+    assert metadata["epochs"] == curve["chosen"]["epochs"] and metadata["schedule_epochs"] == 2
+    assert (tmp_path / "results" / "MODEL").read_text().strip() == "final/model.keras"
