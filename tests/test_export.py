@@ -100,6 +100,7 @@ def test_sidecar_carries_threshold_scales_and_checksums(exported):
     assert sidecar["source"] == {"file": exported.name, "sha256": metadata["sha256"],
                                  "metadata_file": exported.with_suffix(".json").name}
     assert set(sidecar["artifacts"]) == set(export.FORMATS)
+    assert sidecar["rewritten_as_nearest_resize"] == []  # a bilinear model: nothing to rewrite
     for runtime, entry in sidecar["artifacts"].items():
         assert entry["max_abs_logit_diff"] <= export.LOGIT_TOLERANCE
         assert runtimes.read_export(exported, runtime) == sidecar
@@ -140,7 +141,7 @@ def test_lowering_keeps_the_nearest_upsampling_exact():
     graph = export.lowered(model)
     layers = [layer for sub in graph.layers for layer in getattr(sub, "layers", [sub])]
     assert not any(isinstance(layer, keras.layers.UpSampling2D) for layer in layers)
-    assert sum(isinstance(layer, export.NearestUpsample2x) for layer in layers) == 5
+    assert len(export.rewritten_layers(graph)) == 5  # one per decoder level
     batch = export.probe_batches()[1]
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(graph(batch)),
                                   keras.ops.convert_to_numpy(model(batch)))

@@ -95,6 +95,16 @@ def lowered(model: keras.Model) -> keras.Model:
     return keras.models.clone_model(model, clone_function=_lower, recursive=True)
 
 
+def rewritten_layers(graph: keras.Model) -> list[str]:
+    """Names of the layers `lowered` replaced, in nested models too."""
+    def walk(layer):
+        yield layer
+        for inner in getattr(layer, "layers", []):
+            yield from walk(inner)
+
+    return [layer.name for layer in walk(graph) if isinstance(layer, NearestUpsample2x)]
+
+
 def probe_batches(seed: int = 0) -> list[np.ndarray]:
     """RGB batches with structure at 8 px and at 1 px, of three shapes (batch, H, W differ)."""
     rng = np.random.default_rng(seed)
@@ -125,7 +135,7 @@ def export(request: ExportRequest, log=print) -> dict:
         for runtime in set(artifacts) - set(request.formats):  # a build step only: not kept
             shutil.rmtree(stage / runtimes.EXPORTED[runtime])
             del artifacts[runtime]
-        sidecar = _sidecar(request, model, metadata, artifacts, graph is not model)
+        sidecar = _sidecar(request, model, metadata, artifacts, rewritten_layers(graph))
         write_json_atomic(stage / runtimes.SIDECAR, sidecar)
         os.chmod(stage, 0o755)  # mkdtemp makes 0700
         _publish(stage, request.out)
@@ -183,7 +193,7 @@ def _checked(runtime: str, path: Path, probes, reference) -> dict:
             "max_abs_logit_diff": max(diffs)}
 
 
-def _sidecar(request: ExportRequest, model, metadata: dict, artifacts: dict, rewritten: bool) -> dict:
+def _sidecar(request: ExportRequest, model, metadata: dict, artifacts: dict, rewritten: list) -> dict:
     metadata_file = saving.metadata_path(request.model)
     return {
         "source": {"file": request.model.name, "sha256": runtimes.file_sha256(request.model),
@@ -192,7 +202,7 @@ def _sidecar(request: ExportRequest, model, metadata: dict, artifacts: dict, rew
         "input": "float32 [batch, height, width, 3], RGB 0..255, any size (height and width "
                  "multiples of 32: zoo.predict pads to them)",
         "output": "float32 logits [batch, height, width, 1]; probability = sigmoid(logit)",
-        "nearest_upsampling_rewritten": rewritten,
+        "rewritten_as_nearest_resize": rewritten,
         "parity": {"probe_shapes": [list(shape) for shape in PROBE_SHAPES],
                    "logit_tolerance": LOGIT_TOLERANCE},
         "artifacts": artifacts, "versions": _versions(),

@@ -2,7 +2,10 @@
 
 The served model through each runtime (`python -m app --runtime R`), end to end over loopback
 HTTP with JSON bodies: single requests of 256 x 256 and 1024 x 1024 pixels (one client, p50,
-p95 and the interquartile range), and throughput with `--clients` clients at 256 px. Every
+p95 and the interquartile range, and the server's CPU time per request), and throughput with
+`--clients` clients at 256 px. One server per runtime runs for the whole benchmark and the
+runtimes take turns request by request (burst by burst for the clients), so on a machine
+shared with other work every runtime meets the same load and the comparison stays fair. Every
 answer must equal that server's own serial answer byte for byte, and each runtime's masks are
 compared with the Keras runtime's, pixel by pixel. The section "Serving runtimes" of
 OUT/bench.md is replaced (the rest of the file is left as `ablations.bench.speed` wrote it),
@@ -16,6 +19,7 @@ weights' values); its masks are not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -52,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=40, help="single requests at 256 px")
     parser.add_argument("--requests-1024", type=int, default=8, help="single requests at 1024 px")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--per-client", type=int, default=5, help="requests per client at 256 px")
+    parser.add_argument("--per-client", type=int, default=3, help="requests per client and round at 256 px")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the clients' phase")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     args.runtimes = [name.strip() for name in args.runtimes.split(",") if name.strip()]
@@ -84,51 +89,96 @@ def spread_ms(seconds) -> dict:
             "min_ms": float(ms.min()), "n": int(ms.size)}
 
 
-def single_requests(url: str, body: bytes, count: int, pid: int) -> tuple[dict, np.ndarray]:
-    """Latency of `count` requests one after another, after two warm-ups, and the server's
-    CPU time per request (user + system, all its threads: what other work on the machine
-    cannot inflate much); the mask."""
+def cpu_seconds(pid: int) -> float:
     import psutil
 
-    with requests.Session() as session:
-        post = lambda: session.post(f"{url}/inference", data=body, headers=load.JSON_HEADERS,  # noqa: E731
-                                    timeout=600)
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def interleaved_singles(servers: dict, body: bytes, count: int) -> tuple[dict, dict]:
+    """`count` single requests to each server, taking turns (the order rotates every round),
+    after two warm-ups each: every runtime sees the same moments of whatever else the machine
+    is doing. Per runtime: latency spread and the server's CPU time per request (user + system,
+    all its threads: what other work inflates least); and the last mask."""
+    sessions = {runtime: requests.Session() for runtime in servers}
+
+    def post(runtime):
+        answer = sessions[runtime].post(f"{servers[runtime].url}/inference", data=body,
+                                        headers=load.JSON_HEADERS, timeout=600)
+        answer.raise_for_status()
+        return answer
+
+    for runtime in servers:
         for _ in range(2):
-            answer = post()
-            answer.raise_for_status()
-        times, cpu = [], psutil.Process(pid).cpu_times()
-        for _ in range(count):
+            post(runtime)
+    order, times = list(servers), {runtime: [] for runtime in servers}
+    cpu = {runtime: cpu_seconds(running.process.pid) for runtime, running in servers.items()}
+    answers = {}
+    for turn in range(count):
+        for runtime in order[turn % len(order):] + order[:turn % len(order)]:
             began = time.perf_counter()
-            post().raise_for_status()
-            times.append(time.perf_counter() - began)
-        after = psutil.Process(pid).cpu_times()
-    cpu_ms = ((after.user - cpu.user) + (after.system - cpu.system)) * 1000 / count
-    return ({**spread_ms(times), "server_cpu_ms": cpu_ms},
-            np.asarray(orjson.loads(answer.content)["prediction"], np.uint8))
+            answers[runtime] = post(runtime)
+            times[runtime].append(time.perf_counter() - began)
+    stats = {runtime: {**spread_ms(times[runtime]), "server_cpu_ms": 1000 * (
+        cpu_seconds(servers[runtime].process.pid) - cpu[runtime]) / count} for runtime in servers}
+    for session in sessions.values():
+        session.close()
+    masks = {runtime: np.asarray(orjson.loads(answer.content)["prediction"], np.uint8)
+             for runtime, answer in answers.items()}
+    return stats, masks
 
 
-def bench_runtime(model: Path, runtime: str, bodies: dict, args) -> dict:
-    log_path = Path(tempfile.mkstemp(prefix=f"bench-{runtime}-", suffix=".log")[1])
-    began = time.perf_counter()
-    with server.running_server(["--model", str(model), "--runtime", runtime], log_path=log_path,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300) as running:
-        result = {"start_s": time.perf_counter() - began, "load_start": os.getloadavg()[0]}
-        served = requests.get(f"{running.url}/model", timeout=30).json().get("serving", {})
-        if served.get("runtime") != runtime:
-            raise RuntimeError(f"asked for {runtime}, the server runs {served.get('runtime')}")
-        masks = {}
+def interleaved_clients(servers: dict, bodies: list[bytes], per_client: int, rounds: int) -> dict:
+    """`len(bodies)` clients at once against each server in turn, `rounds` times (order
+    rotating), each client sending `per_client` requests a round; answers checked byte for byte
+    against each server's serial answers."""
+    order = list(servers)
+    answers = {runtime: load.reference_answers(running.url, bodies, 256, 600)
+               for runtime, running in servers.items()}
+    latencies, walls, errors = ({runtime: [] for runtime in servers}, dict.fromkeys(servers, 0.0),
+                                dict.fromkeys(servers, 0))
+    for turn in range(rounds):
+        for runtime in order[turn % len(order):] + order[:turn % len(order)]:
+            tally, wall = load.run_clients(servers[runtime].url, bodies, answers[runtime],
+                                           [per_client] * len(bodies), 600)
+            latencies[runtime] += tally.latencies
+            walls[runtime] += wall
+            errors[runtime] += tally.error_count
+    return {runtime: {**spread_ms(latencies[runtime]), "errors": errors[runtime],
+                      "requests_per_s": len(latencies[runtime]) / walls[runtime],
+                      "clients": len(bodies)} for runtime in servers}
+
+
+def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[dict, dict]:
+    """Every runtime's server started at once, then each phase interleaved across them."""
+    results, masks = {name: {} for name in names}, {}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name in names:
+            began = time.perf_counter()
+            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / f"{name}.log"
+            servers[name] = stack.enter_context(server.running_server(
+                ["--model", str(model), "--runtime", name], log_path=log_path,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300))
+            results[name]["start_s"] = time.perf_counter() - began
+            served = requests.get(f"{servers[name].url}/model", timeout=30).json().get("serving", {})
+            if served.get("runtime") != name:
+                raise RuntimeError(f"asked for {name}, the server runs {served.get('runtime')}")
+        load_start = os.getloadavg()[0]
         for size, count in ((256, args.requests), (1024, args.requests_1024)):
-            result[str(size)], masks[size] = single_requests(running.url, bodies[size], count,
-                                                             running.process.pid)
-        clients = bodies["clients"]
-        answers = load.reference_answers(running.url, clients, 256, 600)
-        tally, wall = load.run_clients(running.url, clients, answers, [args.per_client] * len(clients), 600)
-        result["clients"] = {**spread_ms(tally.latencies), "errors": tally.error_count,
-                             "requests_per_s": len(tally.latencies) / wall, "clients": len(clients)}
-        result["server_peak_rss_mb"] = _peak_rss_mb(running.process.pid)
-        result["load_end"] = os.getloadavg()[0]
-    log_path.unlink(missing_ok=True)
-    return result, masks
+            print(f"single {size} px requests ...", flush=True)
+            stats, masks[size] = interleaved_singles(servers, bodies[size], count)
+            for name in names:
+                results[name][str(size)] = stats[name]
+        print(f"{args.clients} clients ...", flush=True)
+        clients = interleaved_clients(servers, bodies["clients"], args.per_client, args.rounds)
+        for name in names:
+            results[name].update(clients=clients[name], load_start=load_start,
+                                 load_end=os.getloadavg()[0],
+                                 server_peak_rss_mb=_peak_rss_mb(servers[name].process.pid))
+    by_runtime = {name: {size: masks[size][name] for size in masks} for name in names}
+    return results, by_runtime
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -147,27 +197,29 @@ def section(run: dict) -> str:
         rows.append(f"| {runtime} | {_cell(r['256'])} | {_cell(r['1024'])} | {c['requests_per_s']:.1f} "
                     f"| {c['p50_ms']:.0f} / {c['p95_ms']:.0f} | {r['differ_from_keras'].get('256', '-')} / "
                     f"{r['differ_from_keras'].get('1024', '-')} | {r['server_peak_rss_mb']:.0f} "
-                    f"| {r['start_s']:.1f} | {r['load_start']:.1f} / {r['load_end']:.1f} |")
+                    f"| {r['start_s']:.1f} |")
     default = run["default"]
     return "\n".join([
         SECTION, "",
         f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
         f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}: "
         f"{len(run['scales'])} forward passes a request). Each runtime is its own `python -m app "
-        "--runtime R` process on a free loopback port, sent JSON bodies (`ablations.bench.load`); "
-        "latency is at the client, from sending to the whole answer read.", "",
+        "--runtime R` process on a free loopback port, all running at once and taking turns, "
+        "request by request (burst by burst for the clients), so they meet the same load; JSON "
+        "bodies (`ablations.bench.load`); latency is at the client, from sending to the whole "
+        "answer read.", "",
         f"Single requests: {run['requests']} at 256 x 256 and {run['requests_1024']} at 1024 x 1024, "
         f"one after another after two warm-ups; p50 [p25-p75] / p95 ms, and in brackets the server's "
         "CPU time per request (user + system over all its threads: other work on the machine "
         "inflates it far less than the wall time; on an idle machine a request takes roughly between half "
-        f"of it, both cores busy, and all of it). Throughput: {run['clients']} "
+        f"of it, both cores busy, and all of it). Throughput: {run['rounds']} bursts of {run['clients']} "
         f"clients x {run['per_client']} requests of 256 x 256 at once, answers checked byte for byte "
         "against each server's serial answer. Masks: pixels of the 256 and 1024 answers that differ "
         "from the Keras runtime's (the parity test, tests/test_export.py, checks real tiles).", "",
         "| runtime | 256 px: p50 [IQR] / p95 ms (CPU ms) | 1024 px: p50 [IQR] / p95 ms (CPU ms) | 8 clients: requests/s "
         "| 8 clients: p50 / p95 ms | mask pixels differing from keras (256 / 1024) | server peak RSS MiB "
-        "| start s | load avg start / end |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| start s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
         *rows, "",
         f"Default (`python -m app`, `--runtime auto`): **{default}**, the fastest at 256 px whose masks "
         f"match. Target p50 <= 25 ms for a single 256 px request: "
@@ -219,13 +271,7 @@ def main(argv=None) -> int:
         as_body = lambda pixels: orjson.dumps({"image": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)  # noqa: E731
         bodies = {256: as_body(image(256)), 1024: as_body(image(1024)),
                   "clients": load.client_bodies(args.clients, 256, seed=1)}
-        results, masks = {}, {}
-        for runtime in args.runtimes:
-            print(f"{runtime} ...", flush=True)
-            results[runtime], masks[runtime] = bench_runtime(model, runtime, bodies, args)
-            print(f"{runtime}: 256 px p50 {results[runtime]['256']['p50_ms']:.1f} ms, 1024 px p50 "
-                  f"{results[runtime]['1024']['p50_ms']:.0f} ms, {results[runtime]['clients']['requests_per_s']:.1f} "
-                  "requests/s", flush=True)
+        results, masks = bench_runtimes(model, args.runtimes, bodies, args)
     for runtime in results:
         results[runtime]["differ_from_keras"] = (compare_masks(masks[runtime], masks["keras"])
                                                  if "keras" in masks else {})
@@ -238,7 +284,7 @@ def main(argv=None) -> int:
            "model": described, "threshold": float((metadata.get("inference") or {}).get("threshold", metadata.get("threshold", 0.5))),
            "scales": (metadata.get("inference") or {}).get("scales", [1.0]),
            "requests": args.requests, "requests_1024": args.requests_1024, "clients": args.clients,
-           "per_client": args.per_client, "runtimes": results, "default": default,
+           "per_client": args.per_client, "rounds": args.rounds, "runtimes": results, "default": default,
            "load_note": (f"Load average (1 min) between {min(loads):.1f} and {max(loads):.1f} on "
                          f"{os.cpu_count()} cores during the run" + (": other work shared the CPU, so "
                          "every number is slower and noisier than on an idle machine." if max(loads) > 1 else "."))}
