@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from test_ablations import REPO, run_cli, weights_flag
-
-
-@pytest.fixture(scope="module")
-def cache_home(tmp_path_factory):
-    return {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}
+from test_ablations import REPO, cache_home, run_cli, weights_flag  # noqa: F401  (cache_home: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +81,7 @@ def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, cache_
 
 def run_fit(*args, env_extra=None):
     return subprocess.run([sys.executable, "-m", "ablations.fit", *args], cwd=REPO,
-                          env={**__import__("os").environ, **(env_extra or {})},
+                          env={**os.environ, **(env_extra or {})},
                           capture_output=True, text=True, timeout=900)
 
 
@@ -110,7 +107,7 @@ def test_the_final_fit_makes_the_served_model(fit_run):
     assert metadata["inference"]["threshold"] == curve["chosen"]["threshold"]
     assert metadata["data"]["test_area"] == "none" and len(metadata["data"]["trained_on"]) == 3
     segmenter = Segmenter.from_file(out / "model.keras")
-    assert segmenter.predict(__import__("numpy").zeros((64, 64, 3), "uint8")).shape == (64, 64)
+    assert segmenter.predict(np.zeros((64, 64, 3), "uint8")).shape == (64, 64)
 
 
 def test_each_city_is_scored_with_a_schedule_chosen_on_the_others(fit_run):
