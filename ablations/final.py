@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ablations import features, folds, plots_final, provenance, studies
-from ablations.data import folders, splits, synthetic
+from ablations.data import folders
 from ablations.errors import UserFacingError
 from ablations.machine import describe as describe_machine, process_memory_gib
 from zoo import saving, unet
@@ -98,19 +98,10 @@ def selected_recipe(recipe_from: Path | None) -> tuple[DecoderConfig, studies.Re
     return DecoderConfig.from_dict(config), studies.Recipe(**fields["recipe"])
 
 
-def _root(request: FitRequest, budget) -> Path:
-    return request.data or synthetic.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
-
-
 def load_samples(request: FitRequest, budget):
-    root = _root(request, budget)
-    source = str(request.data) if request.data else f"SYNTHETIC scenes ({root})"
-    try:
-        samples = folders.scan_folder(root, check=True)
-        if budget.max_images:
-            samples = splits.limit(samples, budget.max_images, SEED)
-    except folders.DataError as error:
-        raise UserFacingError(str(error)) from error
+    from ablations.pipeline import scan_samples
+
+    samples, root, source = scan_samples(budget, request.data)
     areas = sorted({s.area for s in samples if s.area})
     if request.test_area not in (None, "none") and request.test_area not in areas:
         raise UserFacingError(f"--test-area {request.test_area!r} is not an area of {root}; "

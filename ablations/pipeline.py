@@ -129,12 +129,9 @@ def study_binding(request: StudyRequest, budget, split, source: str) -> dict:
             "weights": request.weights}
 
 
-def load_data(budget, data: Path | None = None, test_area: str | None = None,
-              val_area: str | None = None, cv: str = "none"):
-    """Scan, check and split the data (None: synthetic scenes), then load each split as arrays.
-
-    With cv="areas" the train split is every non-test tile (the folds' pool) and val is empty:
-    each fold validates on one of the pool's areas."""
+def scan_samples(budget, data: Path | None = None):
+    """The checked samples of `data` (None: synthetic scenes, said loudly), cut to the
+    budget's image count, with the folder and a one-phrase source for tables."""
     if data is None:
         root = synthetic.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
         print("=" * 72 + f"\nNo --data given: using SYNTHETIC aerial-like scenes in {root}.\n"
@@ -146,6 +143,19 @@ def load_data(budget, data: Path | None = None, test_area: str | None = None,
         samples = folders.scan_folder(root, check=True)
         if budget.max_images:
             samples = splits.limit(samples, budget.max_images, SEED)
+    except folders.DataError as error:
+        raise UserFacingError(str(error)) from error
+    return samples, root, source
+
+
+def load_data(budget, data: Path | None = None, test_area: str | None = None,
+              val_area: str | None = None, cv: str = "none"):
+    """Scan, check and split the data (None: synthetic scenes), then load each split as arrays.
+
+    With cv="areas" the train split is every non-test tile (the folds' pool) and val is empty:
+    each fold validates on one of the pool's areas."""
+    samples, root, source = scan_samples(budget, data)
+    try:
         split = splits.split_samples(samples, test_area=test_area, seed=SEED, val_area=val_area)
         if cv == "areas":
             split = pool_for_folds(split)
