@@ -27,6 +27,8 @@ class Recipe:
     learning_rate: float = 1e-3
     batch_size: int = 16
     weight_decay: float = 1e-4
+    label_smoothing: float = 0.0  # label-noise remedies (zoo.losses.SegmentationLoss)
+    edge_band: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -67,7 +67,8 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
     schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, max(1, steps))
     decoder.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay),
-        loss=SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight),
+        loss=SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight,
+                              label_smoothing=recipe.label_smoothing, edge_band=recipe.edge_band),
         metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")],
         run_eagerly=eager,
     )

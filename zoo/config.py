@@ -16,6 +16,8 @@ CONV_BLOCKS = ("double", "separable")
 # leaving only the logit's bias (a constant probability floor that no threshold below it can
 # cross). "linear": the last conv + BN without ReLU, so the logit always depends on the pixels.
 HEADS = ("linear", "relu")
+# How RGB reaches the encoder (zoo.preprocessing): a fixed scaling, or each image standardised.
+PREPROCESSING = ("scale", "standardize")
 
 # Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
 BASE_FILTERS = (256, 128, 64, 32, 16)
@@ -30,12 +32,14 @@ class DecoderConfig:
     conv: str = "double"
     width: float = 0.5
     head: str = "linear"
+    preprocess: str = "scale"
 
     def __post_init__(self):
         _check_choice("upsampler", self.upsampler, UPSAMPLERS)
         _check_choice("skip", self.skip, SKIP_MERGES)
         _check_choice("conv", self.conv, CONV_BLOCKS)
         _check_choice("head", self.head, HEADS)
+        _check_choice("preprocess", self.preprocess, PREPROCESSING)
         if not 0.05 <= float(self.width) <= 4.0:
             raise ValueError(f"DecoderConfig.width must be in [0.05, 4], got {self.width!r}")
 
@@ -47,6 +51,7 @@ class DecoderConfig:
     @property
     def name(self) -> str:
         suffix = "" if self.head == "linear" else f"-{self.head}"
+        suffix += "" if self.preprocess == "scale" else f"-{self.preprocess}"
         return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:

@@ -10,38 +10,65 @@ LOSSES = ("bce", "dice", "bce_dice", "focal")
 
 @keras.saving.register_keras_serializable(package="zoo")
 class SegmentationLoss(keras.losses.Loss):
-    """kind in LOSSES; `dice_weight` scales the Dice term of bce_dice."""
+    """kind in LOSSES; `dice_weight` scales the Dice term of bce_dice.
+
+    Two remedies for noisy labels (volunteer outlines, sometimes shifted off their roofs):
+    `label_smoothing` pulls the BCE targets towards 0.5 by that much, so a confidently wrong
+    label costs less; `edge_band` (pixels) ignores a band that wide on each side of every
+    label edge, where a shifted outline and the roof disagree, in BCE and Dice alike."""
 
     def __init__(self, kind: str = "bce_dice", dice_weight: float = 1.0, focal_gamma: float = 2.0,
-                 name=None, **kwargs):
+                 label_smoothing: float = 0.0, edge_band: int = 0, name=None, **kwargs):
         if kind not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+        if not 0.0 <= label_smoothing < 1.0 or edge_band < 0:
+            raise ValueError(f"label_smoothing must be in [0, 1) and edge_band >= 0, got "
+                             f"{label_smoothing!r} and {edge_band!r}")
         super().__init__(name=name or kind, **kwargs)
         self.kind, self.dice_weight, self.focal_gamma = kind, dice_weight, focal_gamma
+        self.label_smoothing, self.edge_band = float(label_smoothing), int(edge_band)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
+        weight = away_from_edges(y_true, self.edge_band)
+        target = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         if self.kind == "bce":
-            return bce(y_true, y_pred)
+            return bce(target, y_pred, weight)
         if self.kind == "dice":
-            return soft_dice_loss(y_true, y_pred)
+            return soft_dice_loss(y_true, y_pred, weight=weight)
         if self.kind == "focal":
-            return focal(y_true, y_pred, self.focal_gamma)
-        return bce(y_true, y_pred) + self.dice_weight * soft_dice_loss(y_true, y_pred)
+            return focal(target, y_pred, self.focal_gamma)
+        return bce(target, y_pred, weight) + self.dice_weight * soft_dice_loss(y_true, y_pred, weight=weight)
 
     def get_config(self):
         return {**super().get_config(), "kind": self.kind, "dice_weight": self.dice_weight,
-                "focal_gamma": self.focal_gamma}
+                "focal_gamma": self.focal_gamma, "label_smoothing": self.label_smoothing,
+                "edge_band": self.edge_band}
 
 
-def bce(y_true, logits):
+def away_from_edges(y_true, band: int):
+    """1 where the (2*band+1)-pixel square around a pixel holds one class only, else 0;
+    all ones when band is 0. Dilation minus erosion (max pools) marks the band."""
+    if band == 0:
+        return ops.ones_like(y_true)
+    size = 2 * band + 1
+    dilated = ops.max_pool(y_true, size, strides=1, padding="same")
+    eroded = -ops.max_pool(-y_true, size, strides=1, padding="same")
+    return 1.0 - (dilated - eroded)
+
+
+def bce(y_true, logits, weight=None):
     per_pixel = ops.binary_crossentropy(y_true, logits, from_logits=True)
-    return ops.mean(per_pixel, axis=(1, 2, 3))
+    if weight is None:
+        return ops.mean(per_pixel, axis=(1, 2, 3))
+    return ops.sum(per_pixel * weight, axis=(1, 2, 3)) / ops.maximum(ops.sum(weight, axis=(1, 2, 3)), 1.0)
 
 
-def soft_dice_loss(y_true, logits, smooth: float = 1.0):
+def soft_dice_loss(y_true, logits, smooth: float = 1.0, weight=None):
     # Per image, so an empty tile predicted empty costs ~0 (smooth keeps 0/0 away).
     prob = ops.sigmoid(logits)
+    if weight is not None:
+        y_true, prob = y_true * weight, prob * weight
     intersection = ops.sum(y_true * prob, axis=(1, 2, 3))
     total = ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(prob, axis=(1, 2, 3))
     return 1.0 - (2.0 * intersection + smooth) / (total + smooth)

@@ -12,6 +12,7 @@ from keras import layers
 
 from zoo import blocks
 from zoo.config import TUTORIAL_FILTERS, DecoderConfig
+from zoo.preprocessing import preprocessing_layer
 from zoo.encoder import TAPS, TUTORIAL_TAPS, build_encoder, tap_name
 
 STRIDES = sorted(TAPS)  # 2, 4, 8, 16, 32
@@ -24,13 +25,13 @@ def build(config: DecoderConfig, weights="imagenet", encoder: keras.Model | None
     (safe because it never changes) instead of reading the weights file again."""
     encoder = encoder or build_encoder(weights, TAPS)
     decoder = build_decoder(config, [t.shape[-1] for t in encoder.outputs])
-    return assemble(encoder, decoder, name=f"unet_{config.name}")
+    return assemble(encoder, decoder, name=f"unet_{config.name}", preprocess=config.preprocess)
 
 
-def assemble(encoder: keras.Model, decoder: keras.Model, name: str) -> keras.Model:
+def assemble(encoder: keras.Model, decoder: keras.Model, name: str, preprocess: str = "scale") -> keras.Model:
     image = keras.Input((None, None, 3), name="image")
     # The model owns its preprocessing: callers pass RGB 0..255, MobileNetV2 wants [-1, 1].
-    scaled = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(image)
+    scaled = preprocessing_layer(preprocess)(image)
     taps = encoder(scaled, training=False)
     return keras.Model(image, decoder(taps), name=name)
 

@@ -15,12 +15,19 @@ if TYPE_CHECKING:
 __all__ = ["AUGMENTATIONS", "augment_pair", "augmentation"]
 
 AUGMENTATIONS = ("none", "flips", "geometric", "strong", "sensor", "zoom")
+# Augmentations that restyle a tile after reference images (other cities'): they need the
+# reference pool, which only a caller that knows the split can give without leaking a
+# held-out city's look into training (ablations.evaluate.transfer, per fold).
+STYLE_AUGMENTATIONS = ("sensor_style",)
+STYLE_KEY = "style_reference"  # the albumentations data key a style reference travels under
 
 
 def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose":
-    """A named albumentations pipeline; the same seed gives the same stream of random choices."""
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r}; choices: {', '.join(AUGMENTATIONS)}")
+    """A named albumentations pipeline; the same seed gives the same stream of random choices.
+    A STYLE_AUGMENTATIONS pipeline takes its reference per call (augment_pair's `style`)."""
+    if name not in AUGMENTATIONS + STYLE_AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; choices: "
+                         f"{', '.join(AUGMENTATIONS + STYLE_AUGMENTATIONS)}")
     A = _albumentations()
     transforms = []
     if name != "none":
@@ -29,8 +36,10 @@ def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose"
         transforms += _small_affine(A)
     if name == "strong":
         transforms += _photometric(A)
-    if name == "sensor":
+    if name in ("sensor", "sensor_style"):
         transforms += _other_sensor(A)
+    if name == "sensor_style":
+        transforms += _borrowed_style(A)
     if name == "zoom":
         transforms += _closer_view(A)
     return A.Compose(transforms, seed=seed)
@@ -98,6 +107,18 @@ def _other_sensor(A) -> list:
     ]
 
 
+def _borrowed_style(A) -> list:
+    """Style randomisation: the tile takes the colour distribution (histogram matching, or
+    PCA pixel-distribution matching) or the low-frequency spectrum (FDA) of a tile from
+    another city, so the decoder learns buildings under many cities' looks instead of its
+    training cities' own. Shapes and edges, what a building is, stay the tile's."""
+    return [A.OneOf([
+        A.HistogramMatching(blend_ratio=(0.5, 1.0), metadata_key=STYLE_KEY),
+        A.PixelDistributionAdaptation(blend_ratio=(0.5, 1.0), transform_type="pca", metadata_key=STYLE_KEY),
+        A.FDA(beta_limit=(0.01, 0.05), metadata_key=STYLE_KEY),
+    ], p=0.8)]
+
+
 def _closer_view(A) -> list:
     """A closer view of the same ground: the tile shows a 1/4-2/3 wide part of itself,
     enlarged to the full tile (1.5-4x). A 10 m roof at 7 cm/px already spans 140 px; enlarged,
@@ -114,9 +135,12 @@ def _closer_view(A) -> list:
     ]
 
 
-def augment_pair(pipeline, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Augment one uint8 HxWx3 image and its uint8 HxW {0,1} mask together."""
-    out = pipeline(image=image, mask=mask)
+def augment_pair(pipeline, image: np.ndarray, mask: np.ndarray,
+                 style: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Augment one uint8 HxWx3 image and its uint8 HxW {0,1} mask together; `style` is the
+    reference image (another city's tile) a STYLE_AUGMENTATIONS pipeline borrows its look from."""
+    extra = {} if style is None else {STYLE_KEY: [style]}
+    out = pipeline(image=image, mask=mask, **extra)
     new_image, new_mask = out["image"], out["mask"]
     if new_image.shape != image.shape or new_mask.shape != mask.shape:
         # Quarter turns of a non-square tile change its shape; batches need fixed shapes.

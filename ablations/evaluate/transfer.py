@@ -1,0 +1,344 @@
+"""What transfers to an unseen city: recipe variants compared under cross-validation by city.
+
+    python -m ablations.evaluate.transfer --data ../shared/data/oam_buildings [--variants a,b] [--epochs 3]
+
+Every variant runs the final fit's learning curve (ablations.final): one decoder per city,
+trained on the other cities with the same seed and cosine schedule, scored on its held-out
+city after every epoch at every threshold. A variant differs from `selected` (the recipe the
+final fit serves) in one thing: its loss, its preprocessing, its augmentation or its width.
+
+- Features are encoded once per (preprocessing, augmentation) and shared by the folds; a
+  style augmentation borrows other cities' looks, so its augmented copies are encoded per
+  fold from that fold's training cities only (the held-out city's look never trains).
+- Test-time flips are scored on the last epoch from encoded flipped copies of the held-out
+  tiles, so flips-or-not is chosen by cross-validation like the threshold.
+- Each variant writes OUT/VARIANT/curve.json when it ends: a rerun skips finished variants
+  (a killed run loses only the variant it was in). Held-out probabilities of the last epoch
+  go to OUT/cache/ (not committed) for ensembles of variants (`--ensembles a+b`).
+- OUT/README.md compares the variants: per city at the epoch and threshold chosen on the
+  other cities, and the mean over cities.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ablations import studies
+from ablations.errors import UserFacingError
+from zoo.config import DecoderConfig
+from zoo.files import write_json_atomic, write_text_atomic
+
+SEED = 0
+FLIPS = ((False, False), (False, True), (True, False), (True, True))  # (vertical, horizontal)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    why: str
+    config: DecoderConfig
+    recipe: studies.Recipe
+
+    @property
+    def encoding(self) -> tuple[str, str]:
+        return self.config.preprocess, self.recipe.augmentation
+
+
+def _variants() -> dict[str, Variant]:
+    from ablations.final import SELECTED_DECODER as base, SELECTED_RECIPE as recipe
+
+    def variant(name, why, config=base, **recipe_changes):
+        return Variant(name, why, config, dataclasses.replace(recipe, **recipe_changes))
+
+    listed = [
+        variant("selected", "the served recipe: sensor augmentation, BCE + Dice, fixed input scaling"),
+        variant("edge_band", "label noise: a 2-pixel band each side of every label edge ignored", edge_band=2),
+        variant("style", "sensor augmentation plus other training cities' looks (histogram, PCA "
+                "distribution or FDA spectrum matching, albumentations)", augmentation="sensor_style"),
+        variant("standardize", "each image standardised per channel inside the model (colour constancy)",
+                config=dataclasses.replace(base, preprocess="standardize")),
+        variant("bce", "plain BCE: calibrated probabilities, so a threshold may transfer", loss="bce"),
+        variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
+        variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
+    ]
+    return {v.name: v for v in listed}
+
+
+def parse_args(argv=None):
+    variants = _variants()
+    parser = argparse.ArgumentParser(prog="python -m ablations.evaluate.transfer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="data folder (default: synthetic smoke scenes)")
+    parser.add_argument("--variants", default=",".join(variants),
+                        help=f"comma-separated, run in this order (default all: {', '.join(variants)})")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each fold's cosine schedule")
+    parser.add_argument("--budget", default="standard", choices=sorted(studies.BUDGETS))
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--out", type=Path, default=Path("results/transfer"))
+    parser.add_argument("--ensembles", default="", help="e.g. selected+standardize: averaged probabilities")
+    parser.add_argument("--report-only", action="store_true", help="rewrite README.md from finished variants")
+    args = parser.parse_args(argv)
+    unknown = [v for v in _names(args.variants) if v not in variants]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choices: {', '.join(variants)}")
+    return args
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if not args.report_only:
+            run_variants(args)
+            score_ensembles(args)
+        write_report(args)
+    except UserFacingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_variants(args) -> None:
+    from ablations import final, folds
+    from ablations.data import folders
+    from ablations.pipeline import load_encoder, scan_samples
+
+    budget = studies.BUDGETS[args.budget]
+    samples, _, source = scan_samples(budget, args.data)
+    fingerprint = _fingerprint(samples, args.epochs, budget.name)
+    todo = [v for v in (_variants()[n] for n in _names(args.variants)) if not _finished(args.out, v, fingerprint)]
+    if not todo:
+        print("every variant asked for has finished; rewriting the report")
+        return
+    encoder = load_encoder(args.weights)
+    images, masks = folders.load_arrays(samples, budget.size)
+    areas = np.asarray([s.area for s in samples], dtype=object)
+    area_folds = folds.area_folds(list(areas))
+    encodings = Encodings(encoder, images, masks, areas, budget)
+    for variant in todo:
+        started = time.time()
+        print(f"variant {variant.name}: {variant.why}", flush=True)
+        results, flipped = cross_validate_variant(variant, encodings, area_folds, args.epochs, budget,
+                                                  cache=args.out / "cache")
+        curve = final.curve_record(results, args.epochs, time.time() - started)
+        curve.update(variant=variant.name, why=variant.why, config=variant.config.to_dict(),
+                     recipe=variant.recipe.to_dict(), fingerprint=fingerprint, source=source,
+                     flips=flipped)
+        write_json_atomic(args.out / variant.name / "curve.json", curve)
+        print(f"variant {variant.name} done in {(time.time() - started) / 60:.1f} min: mean held-out "
+              f"building IoU {max(curve['mean_heldout_building_iou_by_epoch']):.3f}", flush=True)
+
+
+def _fingerprint(samples, epochs: int, budget: str) -> dict:
+    from ablations import provenance
+
+    return {"data": provenance.data_fingerprint(samples), "epochs": epochs, "budget": budget, "seed": SEED}
+
+
+def _finished(out: Path, variant: Variant, fingerprint: dict) -> bool:
+    path = out / variant.name / "curve.json"
+    if not path.is_file():
+        return False
+    recorded = json.loads(path.read_text()).get("fingerprint")
+    if recorded != fingerprint:
+        raise UserFacingError(f"{path} was made with other data, epochs or budget; choose another --out "
+                              "or delete that variant's folder to rerun it")
+    print(f"variant {variant.name}: finished earlier ({path}), skipped")
+    return True
+
+
+class Encodings:
+    """Encoder features of the whole pool by (preprocessing, augmentation), and flipped
+    copies of every tile for test-time flips. One preprocessing is kept at a time (a
+    variant list runs those sharing one together); that bounds memory to about 9 GiB."""
+
+    def __init__(self, encoder, images, masks, areas, budget):
+        self.encoder, self.images, self.masks, self.areas, self.budget = encoder, images, masks, areas, budget
+        self.cache: dict = {}
+
+    def pool(self, preprocess: str, augmentation: str):
+        key = (preprocess, augmentation)
+        if key not in self.cache:
+            self._keep_only(preprocess)
+            copies = 1 if augmentation == "none" else self.budget.augmented_copies
+            self.cache[key] = self.encode(preprocess, self.images, self.masks, copies, augmentation)
+        return self.cache[key]
+
+    def originals(self, preprocess: str):
+        """Copy 0 of any cached pool is the unaugmented tiles."""
+        for (kind, augmentation), features in self.cache.items():
+            if kind == preprocess and augmentation in ("none", "sensor"):
+                return features
+        return self.pool(preprocess, "none")
+
+    def flipped(self, preprocess: str, flip):
+        key = ("flipped", preprocess, flip)
+        if key not in self.cache:
+            self.cache[key] = self.encode(preprocess, _flip(self.images, flip), _flip(self.masks, flip), 1, "none")
+        return self.cache[key]
+
+    def encode(self, preprocess, images, masks, copies, augmentation):
+        from ablations import features
+        from ablations.final import SELECTED_DECODER
+        from zoo import unet
+
+        model = unet.build(dataclasses.replace(SELECTED_DECODER, preprocess=preprocess), encoder=self.encoder)
+        print(f"  encoding {len(images)} tiles: {copies} copies, {preprocess} input, '{augmentation}' "
+              "augmentation", flush=True)
+        kind = augmentation if copies > 1 else "none"  # one copy: the images as given
+        return features.encode(model, images, masks, copies, kind, seed=SEED)
+
+    def _keep_only(self, preprocess: str) -> None:
+        import gc
+
+        for key in [k for k in self.cache if preprocess not in k]:
+            del self.cache[key]
+        gc.collect()
+
+
+def _flip(array: np.ndarray, flip) -> np.ndarray:
+    vertical, horizontal = flip
+    out = array[:, ::-1] if vertical else array
+    return np.ascontiguousarray(out[:, :, ::-1] if horizontal else out)
+
+
+def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, epochs: int, budget,
+                           cache: Path):
+    """The variant's fold results (ablations.folds.FoldResult) and, per fold, the last
+    epoch's held-out counts with test-time flips."""
+    from ablations import folds
+    from zoo import unet
+
+    def build():
+        import keras
+
+        keras.utils.set_random_seed(SEED)
+        return unet.build(variant.config, encoder=encodings.encoder)
+
+    results, flipped = [], {}
+    for fold in area_folds:
+        pool = training_pool(encodings, variant, fold)
+        result = folds.cross_validate(build, variant.recipe, pool, [fold], epochs, SEED,
+                                      schedule_epochs=epochs, eager=budget.eager)[0]
+        probs = flip_averaged_probabilities(result.model, encodings, variant.config.preprocess, fold.val_index)
+        flipped[fold.val_area] = folds.threshold_counts(probs, encodings.masks[fold.val_index]).tolist()
+        path = cache / variant.name / f"{fold.val_area}-flips.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, probs.astype(np.float16))  # for ensembles of variants
+        result.model = None  # scored: free it
+        results.append(result)
+    return results, flipped
+
+
+def training_pool(encodings: Encodings, variant: Variant, fold):
+    """The features a fold trains and validates on (indices into the whole pool). For a
+    style augmentation: every tile's original, plus for the fold's training tiles a copy
+    restyled after the fold's *other* training cities, never the held-out one. Held-out
+    tiles keep their original in both copies; validation reads copy 0 only."""
+    preprocess, augmentation = variant.encoding
+    if augmentation not in _style_augmentations():
+        return encodings.pool(preprocess, augmentation)
+    from ablations.features import FeatureSet
+
+    from ablations.data import augment
+
+    originals = encodings.originals(preprocess)
+    index = fold.train_index
+    pipeline, style_of = augment.augmentation(augmentation, seed=SEED), _style_source(encodings, fold)
+    pairs = [augment.augment_pair(pipeline, encodings.images[i], encodings.masks[i], style_of(n))
+             for n, i in enumerate(index)]
+    restyled = encodings.encode(preprocess, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
+                                1, f"{augmentation}, styles from {', '.join(sorted(set(encodings.areas[index])))}")
+    taps = []
+    for whole, part in zip(originals.taps, restyled.taps):
+        stacked = np.concatenate([whole[:1], whole[:1]])
+        stacked[1, index] = part[0]
+        taps.append(stacked)
+    masks = np.concatenate([originals.masks[:1], originals.masks[:1]])
+    masks[1, index] = restyled.masks[0]
+    return FeatureSet(taps, masks, originals.images)
+
+
+def _style_augmentations():
+    from ablations.data.augment import STYLE_AUGMENTATIONS
+
+    return STYLE_AUGMENTATIONS
+
+
+def _style_source(encodings: Encodings, fold):
+    """style_of(i) for the fold's i-th training tile: a random tile of another training
+    city (of its own city when the fold trains on one city only)."""
+    rng = np.random.default_rng(SEED)
+    train_areas = encodings.areas[fold.train_index]
+
+    def style_of(i: int) -> np.ndarray:
+        others = fold.train_index[train_areas != train_areas[i]]
+        pool = others if len(others) else fold.train_index
+        return encodings.images[rng.choice(pool)]
+
+    return style_of
+
+
+def flip_averaged_probabilities(model, encodings: Encodings, preprocess: str, index) -> np.ndarray:
+    """Held-out probabilities averaged over the four flips (zoo.predict's tta="flips"),
+    each mapped back."""
+    from ablations.folds import FeatureView
+    from ablations.train import decoder_probabilities
+    from zoo.unet import decoder_of
+
+    decoder = decoder_of(model)
+    total = decoder_probabilities(decoder, FeatureView(encodings.originals(preprocess), index)).astype(np.float32)
+    for flip in FLIPS[1:]:
+        view = FeatureView(encodings.flipped(preprocess, flip), index)
+        total += _flip(decoder_probabilities(decoder, view), flip)
+    return total / len(FLIPS)
+
+
+def score_ensembles(args) -> None:
+    """Average the members' cached held-out probabilities (flips, last epoch) and record the
+    counts at every threshold per city: OUT/ensembles/A+B.json."""
+    from ablations import folds
+    from ablations.data import folders
+    from ablations.pipeline import scan_samples
+
+    names = _names(args.ensembles)
+    if not names:
+        return
+    budget = studies.BUDGETS[args.budget]
+    samples, _, _ = scan_samples(budget, args.data)
+    _, masks = folders.load_arrays(samples, budget.size)
+    areas = np.asarray([s.area for s in samples], dtype=object)
+    for name in names:
+        members = name.split("+")
+        counts = {}
+        for area in sorted(set(areas)):
+            paths = [args.out / "cache" / m / f"{area}-flips.npy" for m in members]
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise UserFacingError(f"ensemble {name}: no cached probabilities {', '.join(missing)}; "
+                                      "run its members first (same --out)")
+            probs = np.mean([np.load(p).astype(np.float32) for p in paths], axis=0)
+            counts[area] = folds.threshold_counts(probs, masks[areas == area]).tolist()
+        write_json_atomic(args.out / "ensembles" / f"{name}.json", {"members": members, "counts": counts})
+        print(f"ensemble {name}: scored")
+
+
+def write_report(args) -> None:
+    from ablations.evaluate import transfer_report
+
+    text = transfer_report.render(args.out, _variants(), _names(args.ensembles))
+    write_text_atomic(args.out / "README.md", text)
+    print(f"wrote {args.out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
