@@ -1,0 +1,175 @@
+"""What transfers: per-image standardisation, the label-noise losses, style augmentation from
+other cities, and `python -m ablations.evaluate.transfer` run as a real subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_ablations import REPO, cache_home, weights_flag  # noqa: F401  (cache_home: a fixture)
+
+
+def _model(preprocess: str):
+    import keras
+
+    from zoo import unet
+    from zoo.config import DecoderConfig
+
+    keras.utils.set_random_seed(0)
+    return unet.build(DecoderConfig(width=0.25, preprocess=preprocess), weights=None)
+
+
+def _scene(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(40, 200, (1, 64, 64, 3)).astype(np.float32)
+
+
+def test_a_standardized_model_sees_a_recoloured_city_as_the_same_city():
+    image = _scene()
+    # Another camera: per-channel gain and offset (colour cast, brightness, contrast).
+    recoloured = np.clip(image * np.array([0.7, 0.9, 1.2]) + np.array([30, 10, -20]), 0, 255)
+    standardized, scaled = _model("standardize"), _model("scale")
+    same = np.abs(np.asarray(standardized(image)) - np.asarray(standardized(recoloured))).max()
+    differs = np.abs(np.asarray(scaled(image)) - np.asarray(scaled(recoloured))).max()
+    assert same < 1e-3 < differs
+
+
+def test_a_flat_tile_is_not_blown_up_into_structure():
+    from zoo.preprocessing import PerImageStandardization
+
+    flat = np.full((1, 32, 32, 3), 120.0, np.float32)
+    flat[0, 0, 0] = 122.0  # two levels of noise on a roof filling the tile
+    out = np.asarray(PerImageStandardization()(flat))
+    assert np.abs(out).max() < 0.2 and np.abs(out).max() > 0
+
+
+def test_a_standardized_model_saves_and_loads_with_its_preprocessing(tmp_path):
+    from zoo import saving
+
+    model = _model("standardize")
+    path = saving.save(model, tmp_path / "m.keras", {"name": "t"})
+    loaded, _ = saving.load(path)
+    image = _scene(1)
+    assert loaded.get_layer("preprocess").__class__.__name__ == "PerImageStandardization"
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(model(image)), atol=1e-5)
+
+
+def test_legacy_configs_load_with_the_fixed_scaling():
+    from zoo.config import DecoderConfig
+
+    legacy = DecoderConfig.from_dict({"upsampler": "nearest", "skip": "add", "conv": "double", "width": 0.25})
+    assert legacy.preprocess == "scale" and "standardize" not in legacy.name
+    assert DecoderConfig(preprocess="standardize").name.endswith("-standardize")
+    with pytest.raises(ValueError, match="preprocess"):
+        DecoderConfig(preprocess="whiten")
+
+
+def _square_label():
+    label = np.zeros((1, 16, 16, 1), np.float32)
+    label[0, 4:12, 4:12] = 1
+    return label
+
+
+def test_the_edge_band_forgives_an_outline_shifted_within_the_band():
+    from zoo.losses import SegmentationLoss
+
+    label = _square_label()
+    shifted = np.roll(label, 1, axis=2)  # the roof one pixel right of its outline
+    logits = lambda mask: (mask * 2 - 1) * 8.0  # noqa: E731  confident predictions
+    plain, banded = SegmentationLoss("bce_dice"), SegmentationLoss("bce_dice", edge_band=1)
+    assert float(plain(label, logits(shifted))) > float(plain(label, logits(label))) + 0.05
+    assert float(banded(label, logits(shifted))) == pytest.approx(float(banded(label, logits(label))), abs=1e-3)
+
+
+def test_label_smoothing_makes_a_confidently_wrong_label_cost_less():
+    from zoo.losses import SegmentationLoss
+
+    label = _square_label()
+    wrong = (1 - label) * 16.0 - 8.0  # confidently the opposite of the label everywhere
+    plain, smooth = SegmentationLoss("bce"), SegmentationLoss("bce", label_smoothing=0.2)
+    assert float(smooth(label, wrong)) < float(plain(label, wrong)) - 0.5
+    config = smooth.get_config()
+    assert (config["label_smoothing"], config["edge_band"]) == (0.2, 0)
+    with pytest.raises(ValueError):
+        SegmentationLoss("bce", label_smoothing=1.0)
+
+
+def test_a_style_augmentation_borrows_the_reference_look_and_keeps_the_mask():
+    from ablations.data import augment
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(150, 256, (64, 64, 3), dtype=np.uint8)  # a bright city
+    mask = (rng.random((64, 64)) > 0.7).astype(np.uint8)
+    dark = rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)  # another city's dark imagery
+    pipeline = augment.augmentation("sensor_style", seed=0)
+    means = [augment.augment_pair(pipeline, image, mask, style=dark)[0].mean() for _ in range(12)]
+    assert np.median(means) < image.mean() - 40  # most copies took on the dark look
+    assert "sensor_style" not in augment.AUGMENTATIONS  # studies cannot use it without references
+
+
+def test_style_references_never_come_from_the_held_out_city():
+    from ablations.evaluate import transfer
+    from ablations.folds import area_folds
+
+    areas = np.array(["a"] * 6 + ["b"] * 4 + ["c"] * 5, dtype=object)
+    images = np.arange(len(areas))[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+
+    class Pool:  # what _style_source reads of transfer.Encodings
+        pass
+
+    pool = Pool()
+    pool.areas, pool.images = areas, images.astype(np.uint8)
+    for fold in area_folds(list(areas)):
+        style_of = transfer._style_source(pool, fold)
+        for n, tile in enumerate(fold.train_index):
+            source = areas[int(style_of(n)[0, 0, 0])]
+            assert source != fold.val_area and source != areas[tile]
+
+
+def test_each_city_is_scored_at_the_threshold_the_other_cities_chose():
+    from ablations.evaluate.transfer_report import THRESHOLDS, leave_one_out
+
+    def counts_peaking_at(threshold):  # building IoU 0.9 at one threshold, 0.1 elsewhere
+        rows = np.tile([10, 45, 45, 900], (len(THRESHOLDS), 1))
+        rows[np.isclose(THRESHOLDS, threshold)] = [90, 5, 5, 900]
+        return rows
+
+    rows = leave_one_out({"a": counts_peaking_at(0.3), "b": counts_peaking_at(0.6),
+                          "c": counts_peaking_at(0.6), "d": counts_peaking_at(0.6)})
+    assert rows["a"]["threshold"] == pytest.approx(0.6) and rows["a"]["building_iou"] == pytest.approx(0.1)
+    assert rows["b"]["threshold"] == pytest.approx(0.6) and rows["b"]["building_iou"] == pytest.approx(0.9)
+
+
+def run_transfer(*args, env_extra=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "ablations.evaluate.transfer", "--budget", "smoke",
+                           *weights_flag(), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.mark.slow
+def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp_path, cache_home):
+    out = tmp_path / "transfer"
+    first = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), env_extra=cache_home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    curves = {name: json.loads((out / name / "curve.json").read_text()) for name in ("selected", "style")}
+    for curve in curves.values():
+        assert sorted(curve["flips"]) == sorted(curve["per_city"]) and len(curve["per_city"]) == 3
+    assert curves["style"]["recipe"]["augmentation"] == "sensor_style"
+    assert "styles from" in first.stdout  # the per-fold restyled copies were encoded
+
+    again = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out),
+                         "--ensembles", "selected+style", env_extra=cache_home)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished earlier") == 2 and "encoding" not in again.stdout
+    ensemble = json.loads((out / "ensembles" / "selected+style.json").read_text())
+    assert ensemble["members"] == ["selected", "style"] and len(ensemble["counts"]) == 3
+    readme = (out / "README.md").read_text()
+    assert "selected + flips" in readme and "selected+style" in readme
+
+    other = run_transfer("--variants", "selected", "--epochs", "2", "--out", str(out), env_extra=cache_home)
+    assert other.returncode == 2 and "other data, epochs or budget" in other.stderr
