@@ -70,6 +70,12 @@ def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentati
     return FeatureSet(taps, all_masks, images)
 
 
+def stack_copies(*sets: FeatureSet) -> FeatureSet:
+    """One FeatureSet whose copies are the given one-copy sets' (same images, in order)."""
+    taps = [np.concatenate(parts) for parts in zip(*(s.taps for s in sets))]
+    return FeatureSet(taps, np.concatenate([s.masks for s in sets]), sets[0].images)
+
+
 def _augmented_copy(pipeline, images, masks, copy: int):
     if copy == 0 or pipeline is None:
         return images, masks

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablations import features, folds, plots_final, provenance, studies
+from ablations import features, folds, heldout, plots_final, provenance, studies
 from ablations.data import folders
 from ablations.errors import UserFacingError
 from ablations.machine import describe as describe_machine, process_memory_gib
@@ -46,6 +46,7 @@ class FitRequest:
     curve_epochs: int = 12
     epochs: int | None = None         # overrides the curve's choice
     recipe_from: Path | None = None   # a model.json whose config and recipe to fit
+    curve_from: Path | None = None    # a curve.json (ablations.evaluate.transfer) to fit as chosen there
     point_served: bool = True         # write results/MODEL -> OUT/model.keras
     fresh: bool = False
 
@@ -57,25 +58,27 @@ class FitRequest:
 def run_fit(request: FitRequest) -> dict:
     started = time.time()
     budget = studies.BUDGETS[request.budget]
-    config, recipe = selected_recipe(request.recipe_from)
+    config, recipe = selected_recipe(request.recipe_from, request.curve_from or _kept_curve(request))
     pool_samples, test_samples, source = load_samples(request, budget)
     binding = {"data_kind": provenance.data_kind(source),
                "data_fingerprint": provenance.data_fingerprint(pool_samples + test_samples),
                "budget": budget.name, "test_area": request.test_area, "weights": request.weights,
                "config": config.to_dict(), "recipe": recipe.to_dict()}
-    provenance.check_binding(request.out, binding, fresh=request.fresh or request.curve)
+    provenance.check_binding(request.out, binding,
+                             fresh=request.fresh or request.curve or request.curve_from is not None)
     encoder = _encoder(request.weights)
-    pool = encode_pool(encoder, pool_samples, budget, recipe)
+    pool = encode_pool(encoder, pool_samples, budget, recipe, config)
     curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
     provenance.write_binding(request.out, binding)
-    epochs = request.epochs or curve["chosen"]["epochs"]
-    threshold = curve["chosen"]["threshold"]
+    chosen_epochs, threshold, tta = inference_choice(curve)
+    epochs = request.epochs or chosen_epochs
     print(f"final fit: {config.name}, {recipe.augmentation} augmentation, {epochs} of "
-          f"{curve['curve_epochs']} cosine epochs, threshold {threshold:.2f}, {pool.count} tiles")
+          f"{curve['curve_epochs']} cosine epochs, threshold {threshold:.2f}, test-time views "
+          f"'{tta}', {pool.count} tiles")
     model = _build(config, encoder)
     history, seconds = _train(model, recipe, pool, epochs, curve["curve_epochs"], budget)
     test = score_test(model, threshold, test_samples, budget)
-    metadata = final_metadata(request, config, recipe, epochs, threshold, curve, history, seconds,
+    metadata = final_metadata(request, config, recipe, epochs, (threshold, tta), curve, history, seconds,
                               test, source, pool_samples, test_samples)
     path = saving.save(model, Path(request.out) / "model.keras", metadata)
     plots_final.samples(model, threshold, pool, test_samples, budget.size, Path(request.out) / "samples.png")
@@ -88,14 +91,29 @@ def run_fit(request: FitRequest) -> dict:
     return metadata
 
 
-def selected_recipe(recipe_from: Path | None) -> tuple[DecoderConfig, studies.Recipe]:
-    if recipe_from is None:
+def selected_recipe(recipe_from: Path | None, curve_from: Path | None = None) -> tuple[DecoderConfig, studies.Recipe]:
+    source = curve_from or recipe_from
+    if source is None:
         return SELECTED_DECODER, SELECTED_RECIPE
     import json
 
-    fields = json.loads(Path(recipe_from).read_text())
+    fields = json.loads(Path(source).read_text())
+    if "config" not in fields or "recipe" not in fields:
+        raise UserFacingError(f"{source} names no config and recipe: pass a model.json to --recipe-from, "
+                              "a variant's curve.json (results/transfer/NAME/) to --curve-from")
     config = {"head": "linear", **fields["config"]}  # a new fit always gets the live head
     return DecoderConfig.from_dict(config), studies.Recipe(**fields["recipe"])
+
+
+def _kept_curve(request: FitRequest) -> Path | None:
+    """OUT's curve.json when it names the recipe it was run with (a variant's, brought by
+    --curve-from): refitting from it must fit that recipe, not the default one."""
+    import json
+
+    path = Path(request.out) / "curve.json"
+    if request.curve or request.recipe_from or not path.is_file():
+        return None
+    return path if "config" in json.loads(path.read_text()) else None
 
 
 def load_samples(request: FitRequest, budget):
@@ -126,13 +144,23 @@ def _build(config: DecoderConfig, encoder):
     return unet.build(config, encoder=encoder)
 
 
-def encode_pool(encoder, pool_samples, budget, recipe) -> features.FeatureSet:
+def encode_pool(encoder, pool_samples, budget, recipe, config=SELECTED_DECODER) -> features.FeatureSet:
+    from ablations.data import augment
+
     images, masks = folders.load_arrays(pool_samples, budget.size)
-    model = unet.build(studies.DEFAULT_DECODER, encoder=encoder)  # carries the preprocessing
+    # Any decoder carries the preprocessing; the config's decides what the encoder sees.
+    model = unet.build(dataclasses.replace(studies.DEFAULT_DECODER, preprocess=config.preprocess), encoder=encoder)
     print(f"encoding {len(images)} pool tiles once for every fold and the fit: "
           f"{budget.augmented_copies} copies with '{recipe.augmentation}' augmentation ...")
-    return features.encode(model, images, masks, copies=budget.augmented_copies,
-                           augmentation=recipe.augmentation, seed=SEED)
+    if recipe.augmentation not in augment.STYLE_AUGMENTATIONS:
+        return features.encode(model, images, masks, copies=budget.augmented_copies,
+                               augmentation=recipe.augmentation, seed=SEED)
+    # Styles borrowed from the other cities of the pool; the curve (ablations.evaluate.transfer)
+    # restyles per fold instead, so a held-out city's look never trained a fold.
+    areas = np.asarray([s.area for s in pool_samples], dtype=object)
+    restyled = augment.restyle(recipe.augmentation, images, masks, areas, np.arange(len(images)), SEED)
+    return features.stack_copies(features.encode(model, images, masks, 1, "none", seed=SEED),
+                                 features.encode(model, *restyled, 1, "none", seed=SEED))
 
 
 def _train(model, recipe, pool, epochs: int, schedule_epochs: int, budget):
@@ -146,6 +174,13 @@ def _train(model, recipe, pool, epochs: int, schedule_epochs: int, budget):
 def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget) -> dict:
     """Run the cross-validated curve (--curve), or read the one this folder already holds."""
     path = Path(request.out) / "curve.json"
+    if request.curve_from is not None:  # a variant's curve, run by ablations.evaluate.transfer
+        import json
+
+        curve = json.loads(Path(request.curve_from).read_text())
+        write_json_atomic(path, curve)
+        plots_final.learning_curve(curve, Path(request.out) / "curve.png")
+        return curve
     if not request.curve:
         if not path.is_file():
             raise UserFacingError(f"{path} does not exist: run once with --curve (the cross-validated "
@@ -188,6 +223,20 @@ def curve_record(results: list[folds.FoldResult], curve_epochs: int, seconds: fl
     }
 
 
+def inference_choice(curve: dict) -> tuple[int, float, str]:
+    """(epochs, threshold, test-time views) as cross-validation chose them. Test-time flips
+    (scored at the curve's last epoch, when the curve has them) win when their per-city
+    scores, each at a threshold chosen on the other cities, beat the plain ones on average."""
+    epochs, threshold = curve["chosen"]["epochs"], curve["chosen"]["threshold"]
+    if not curve.get("flips"):
+        return epochs, threshold, "none"
+    flips = {city: np.asarray(counts) for city, counts in curve["flips"].items()}
+    plain_iou = heldout.mean_of(curve["per_city"])["building_iou"]
+    if heldout.mean_of(heldout.leave_one_out(flips))["building_iou"] <= plain_iou:
+        return epochs, threshold, "none"
+    return curve["curve_epochs"], heldout.best_threshold(flips), "flips"
+
+
 def score_test(model, threshold: float, test_samples, budget) -> dict | None:
     if not test_samples:
         return None
@@ -196,22 +245,30 @@ def score_test(model, threshold: float, test_samples, budget) -> dict | None:
     return full_model_scores(model, threshold, *folders.load_arrays(test_samples, budget.size))
 
 
-def final_metadata(request, config, recipe, epochs, threshold, curve, history, seconds, test,
+def final_metadata(request, config, recipe, epochs, inference, curve, history, seconds, test,
                    source, pool_samples, test_samples) -> dict:
     areas = sorted({s.area or "?" for s in pool_samples})
+    threshold, tta = inference
     return {
         "name": f"final/{config.name}", "config": config.to_dict(), "recipe": recipe.to_dict(),
-        "threshold": threshold, "inference": {"threshold": threshold, "scales": [1.0], "tta": "none"},
+        "threshold": threshold, "inference": {"threshold": threshold, "scales": [1.0], "tta": tta},
         "epochs": epochs, "schedule_epochs": curve["curve_epochs"], "seed": SEED,
         "history": history, "train_seconds": round(seconds, 1),
         "metrics": {"test": test, "cross_validated": {
             "mean_heldout_building_iou": curve["mean_heldout_building_iou_by_epoch"][epochs - 1],
-            "per_city": curve["per_city"]}},
+            "per_city": _per_city(curve, tta)}},
         "data": {"source": source, "trained_on": areas, "tiles": len(pool_samples),
                  "test_area": request.test_area, "test_tiles": len(test_samples)},
         "budget": request.budget, "machine": describe_machine(), "date": _now(),
         "command": "python -m ablations.fit " + " ".join(fit_argv(request)),
     }
+
+
+def _per_city(curve: dict, tta: str) -> dict:
+    if tta == "none":
+        return curve["per_city"]
+    rows = heldout.leave_one_out({city: np.asarray(c) for city, c in curve["flips"].items()})
+    return {city: {"epochs": curve["curve_epochs"], **row} for city, row in rows.items()}
 
 
 def report(request, metadata: dict, curve: dict) -> str:
@@ -220,7 +277,8 @@ def report(request, metadata: dict, curve: dict) -> str:
     rows = [{"held-out city": city, "epochs (chosen on the other cities)": row["epochs"],
              "threshold": f"{row['threshold']:.2f}", "precision": f"{row['precision']:.3f}",
              "recall": f"{row['recall']:.3f}", "building IoU": f"{row['building_iou']:.3f}",
-             "mean IoU": f"{row['mean_iou']:.3f}"} for city, row in curve["per_city"].items()]
+             "mean IoU": f"{row['mean_iou']:.3f}"}
+            for city, row in metadata["metrics"]["cross_validated"]["per_city"].items()]
     test = metadata["metrics"]["test"]
     data = metadata["data"]
     lines = [
@@ -232,7 +290,9 @@ def report(request, metadata: dict, curve: dict) -> str:
         f"{metadata['train_seconds']:.0f} s of training, {metadata['cost']['wall_minutes']} min and "
         f"{metadata['cost']['peak_rss_gib']} GiB peak in all.",
         f"- **Epochs and threshold** from the cross-validated learning curve ({curve['chosen']['rule']}): "
-        f"mean held-out building IoU {metadata['metrics']['cross_validated']['mean_heldout_building_iou']:.3f}.",
+        f"mean held-out building IoU {metadata['metrics']['cross_validated']['mean_heldout_building_iou']:.3f}. "
+        f"Test-time views: `{metadata['inference']['tta']}` (flips are served when, scored per city at "
+        "thresholds chosen on the other cities, they beat no flips).",
         "", "## Quality on a city the model never saw", "",
         "Each row: the same recipe trained on the other cities only (a fold of the learning curve), "
         "scored on the held-out city at the epoch and threshold chosen on the *other* folds, so "
@@ -271,6 +331,8 @@ def fit_argv(request: FitRequest) -> list[str]:
         parts += ["--curve", "--curve-epochs", str(request.curve_epochs)]
     if request.epochs:
         parts += ["--epochs", str(request.epochs)]
+    if request.curve_from:
+        parts += ["--curve-from", str(request.curve_from)]
     if Path(request.out) != Path("results/final"):
         parts += ["--out", str(request.out)]
     return parts

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 from ablations import train
+from ablations.heldout import building_iou, scores
 from ablations.data.folders import DataError
-from zoo.metrics import Confusion
 from zoo.unet import decoder_of
 
 COUNTS = ("tp", "fp", "fn", "tn")
@@ -82,17 +82,6 @@ def threshold_counts(probs: np.ndarray, masks: np.ndarray,
     tp = building[::-1].cumsum()[::-1][1:]
     fp = background[::-1].cumsum()[::-1][1:]
     return np.stack([tp, fp, building.sum() - tp, background.sum() - fp], axis=1).astype(np.int64)
-
-
-def scores(counts) -> dict:
-    """Precision, recall, building IoU, mean IoU ... from one (tp, fp, fn, tn) row."""
-    return Confusion(*(int(c) for c in counts)).scores()
-
-
-def building_iou(counts: np.ndarray) -> np.ndarray:
-    """Building IoU over the last axis of (..., 4) counts."""
-    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-    return np.divide(tp, tp + fp + fn, out=np.zeros(tp.shape), where=(tp + fp + fn) > 0)
 
 
 class ValidationCurve(keras.callbacks.Callback):

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from ablations.features import FeatureSet
+from ablations.heldout import THRESHOLDS
 from ablations.machine import median_ms
 from ablations.studies import Recipe
 from zoo.losses import SegmentationLoss
@@ -16,7 +17,6 @@ from zoo.metrics import Confusion, keras_metrics, summarise
 from zoo.predict import Segmenter, sigmoid
 from zoo.unet import decoder_of
 
-THRESHOLDS = np.round(np.arange(0.20, 0.81, 0.05), 2)
 
 
 class FeatureBatches(keras.utils.PyDataset):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from test_ablations import REPO, cache_home, weights_flag  # noqa: F401  (cache_home: a fixture)
+from test_cv import run_fit
 
 
 def _model(preprocess: str):
@@ -112,26 +113,19 @@ def test_a_style_augmentation_borrows_the_reference_look_and_keeps_the_mask():
 
 
 def test_style_references_never_come_from_the_held_out_city():
-    from ablations.evaluate import transfer
+    from ablations.data.augment import style_source
     from ablations.folds import area_folds
 
     areas = np.array(["a"] * 6 + ["b"] * 4 + ["c"] * 5, dtype=object)
-    images = np.arange(len(areas))[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
-
-    class Pool:  # what _style_source reads of transfer.Encodings
-        pass
-
-    pool = Pool()
-    pool.areas, pool.images = areas, images.astype(np.uint8)
     for fold in area_folds(list(areas)):
-        style_of = transfer._style_source(pool, fold)
+        style_of = style_source(areas, fold.train_index, seed=0)
         for n, tile in enumerate(fold.train_index):
-            source = areas[int(style_of(n)[0, 0, 0])]
+            source = areas[style_of(n)]
             assert source != fold.val_area and source != areas[tile]
 
 
 def test_each_city_is_scored_at_the_threshold_the_other_cities_chose():
-    from ablations.evaluate.transfer_report import THRESHOLDS, leave_one_out
+    from ablations.heldout import THRESHOLDS, leave_one_out
 
     def counts_peaking_at(threshold):  # building IoU 0.9 at one threshold, 0.1 elsewhere
         rows = np.tile([10, 45, 45, 900], (len(THRESHOLDS), 1))
@@ -142,6 +136,25 @@ def test_each_city_is_scored_at_the_threshold_the_other_cities_chose():
                           "c": counts_peaking_at(0.6), "d": counts_peaking_at(0.6)})
     assert rows["a"]["threshold"] == pytest.approx(0.6) and rows["a"]["building_iou"] == pytest.approx(0.1)
     assert rows["b"]["threshold"] == pytest.approx(0.6) and rows["b"]["building_iou"] == pytest.approx(0.9)
+
+
+def _curve(per_city_iou: float, flips_counts: dict) -> dict:
+    return {"chosen": {"epochs": 2, "threshold": 0.5}, "curve_epochs": 3,
+            "per_city": {c: {"precision": 0.5, "recall": 0.5, "building_iou": per_city_iou, "mean_iou": 0.5}
+                         for c in flips_counts},
+            "flips": flips_counts}
+
+
+def test_flips_are_served_only_when_the_other_cities_say_they_help():
+    from ablations.final import inference_choice
+    from ablations.heldout import THRESHOLDS
+
+    good = np.tile([10, 45, 45, 900], (len(THRESHOLDS), 1))
+    good[np.isclose(THRESHOLDS, 0.4)] = [80, 10, 10, 900]  # flips peak at 0.4 with IoU 0.8
+    flips = {"a": good, "b": good, "c": good}
+    assert inference_choice(_curve(0.5, flips)) == (3, pytest.approx(0.4), "flips")  # last epoch of the curve
+    assert inference_choice(_curve(0.9, flips)) == (2, 0.5, "none")  # plain rows better: keep them
+    assert inference_choice({**_curve(0.5, flips), "flips": None}) == (2, 0.5, "none")
 
 
 def run_transfer(*args, env_extra=None):
@@ -173,3 +186,19 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
 
     other = run_transfer("--variants", "selected", "--epochs", "2", "--out", str(out), env_extra=cache_home)
     assert other.returncode == 2 and "other data, epochs or budget" in other.stderr
+
+    # The winner is served through the final fit, with what its cross-validation chose.
+    from ablations.final import inference_choice
+
+    final = tmp_path / "results" / "final"
+    fitted = run_fit("--budget", "smoke", "--curve-from", str(out / "style" / "curve.json"), "--out", str(final),
+                     *weights_flag(), env_extra=cache_home)
+    assert fitted.returncode == 0, fitted.stdout[-3000:] + fitted.stderr[-3000:]
+    metadata = json.loads((final / "model.json").read_text())
+    epochs, threshold, tta = inference_choice(curves["style"])
+    assert metadata["recipe"]["augmentation"] == "sensor_style"
+    assert (metadata["epochs"], metadata["inference"]["tta"]) == (epochs, tta)
+    assert metadata["inference"]["threshold"] == pytest.approx(threshold)
+    refit = run_fit("--budget", "smoke", "--out", str(final), *weights_flag(), env_extra=cache_home)
+    assert refit.returncode == 0, refit.stderr[-3000:]
+    assert json.loads((final / "model.json").read_text())["recipe"] == metadata["recipe"]  # the kept curve's recipe

@@ -135,6 +135,29 @@ def _closer_view(A) -> list:
     ]
 
 
+def restyle(name: str, images: np.ndarray, masks: np.ndarray, areas: np.ndarray, index: np.ndarray,
+            seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented copy of images[index] by a STYLE_AUGMENTATIONS pipeline, each tile
+    styled after a random tile of another area among `index` (its own area's when `index`
+    holds one area only). Pass only training tiles as `index`: a held-out area's look then
+    never trains."""
+    pipeline, style_of = augmentation(name, seed=seed), style_source(areas, index, seed)
+    pairs = [augment_pair(pipeline, images[i], masks[i], images[style_of(n)]) for n, i in enumerate(index)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def style_source(areas: np.ndarray, index: np.ndarray, seed: int):
+    """style_of(n): the pool position of a style reference for the n-th tile of `index`."""
+    rng = np.random.default_rng(seed)
+    index_areas = np.asarray(areas, dtype=object)[index]
+
+    def style_of(n: int) -> int:
+        others = index[index_areas != index_areas[n]]
+        return int(rng.choice(others if len(others) else index))
+
+    return style_of
+
+
 def augment_pair(pipeline, image: np.ndarray, mask: np.ndarray,
                  style: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Augment one uint8 HxWx3 image and its uint8 HxW {0,1} mask together; `style` is the

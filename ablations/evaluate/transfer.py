@@ -253,11 +253,9 @@ def training_pool(encodings: Encodings, variant: Variant, fold):
 
     originals = encodings.originals(preprocess)
     index = fold.train_index
-    pipeline, style_of = augment.augmentation(augmentation, seed=SEED), _style_source(encodings, fold)
-    pairs = [augment.augment_pair(pipeline, encodings.images[i], encodings.masks[i], style_of(n))
-             for n, i in enumerate(index)]
-    restyled = encodings.encode(preprocess, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
-                                1, f"{augmentation}, styles from {', '.join(sorted(set(encodings.areas[index])))}")
+    images, masks = augment.restyle(augmentation, encodings.images, encodings.masks, encodings.areas, index, SEED)
+    restyled = encodings.encode(preprocess, images, masks, 1, f"{augmentation}, styles from "
+                                f"{', '.join(sorted(set(encodings.areas[index])))}")
     taps = []
     for whole, part in zip(originals.taps, restyled.taps):
         stacked = np.concatenate([whole[:1], whole[:1]])
@@ -272,20 +270,6 @@ def _style_augmentations():
     from ablations.data.augment import STYLE_AUGMENTATIONS
 
     return STYLE_AUGMENTATIONS
-
-
-def _style_source(encodings: Encodings, fold):
-    """style_of(i) for the fold's i-th training tile: a random tile of another training
-    city (of its own city when the fold trains on one city only)."""
-    rng = np.random.default_rng(SEED)
-    train_areas = encodings.areas[fold.train_index]
-
-    def style_of(i: int) -> np.ndarray:
-        others = fold.train_index[train_areas != train_areas[i]]
-        pool = others if len(others) else fold.train_index
-        return encodings.images[rng.choice(pool)]
-
-    return style_of
 
 
 def flip_averaged_probabilities(model, encodings: Encodings, preprocess: str, index) -> np.ndarray:

@@ -11,38 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-THRESHOLDS = np.round(np.arange(0.20, 0.81, 0.05), 2)  # ablations.train.THRESHOLDS, without TensorFlow
-
-
-def leave_one_out(counts_by_city: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Each city scored at the threshold with the best mean building IoU over the others.
-    counts_by_city: city -> (thresholds, 4) tp, fp, fn, tn."""
-    iou = {city: _building_iou(np.asarray(c, dtype=np.float64)) for city, c in counts_by_city.items()}
-    rows = {}
-    for city, counts in counts_by_city.items():
-        others = [iou[c] for c in counts_by_city if c != city] or [iou[city]]
-        best = int(np.argmax(np.mean(others, axis=0)))
-        rows[city] = {"threshold": float(THRESHOLDS[best]), **_scores(np.asarray(counts)[best])}
-    return rows
-
-
-def _building_iou(counts: np.ndarray) -> np.ndarray:
-    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-    return np.divide(tp, tp + fp + fn, out=np.zeros(tp.shape), where=(tp + fp + fn) > 0)
-
-
-def _scores(row) -> dict:
-    tp, fp, fn, tn = (float(v) for v in row)
-    ratio = lambda a, b: a / b if b else 0.0  # noqa: E731
-    building, background = ratio(tp, tp + fp + fn), ratio(tn, tn + fp + fn)
-    return {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "building_iou": building,
-            "mean_iou": (building + background) / 2}
-
-
-def mean_of(rows: dict[str, dict]) -> dict:
-    keys = ("precision", "recall", "building_iou", "mean_iou")
-    return {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
-
+from ablations.heldout import leave_one_out, mean_of
 
 def load_curves(out: Path, names) -> dict[str, dict]:
     curves = {}
