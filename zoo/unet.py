@@ -7,6 +7,8 @@ so both give the same gradients to the same decoder weights).
 """
 from __future__ import annotations
 
+import re
+
 import keras
 from keras import layers
 
@@ -36,8 +38,10 @@ def assemble(encoder: keras.Model, decoder: keras.Model, name: str, preprocess: 
     return keras.Model(image, decoder(taps), name=name)
 
 
-def build_decoder(config: DecoderConfig, channels: list[int]) -> keras.Model:
-    """Decoder over taps at strides 2..32 (coarse to fine filters from the config)."""
+def build_decoder(config: DecoderConfig, channels: list[int], model_name: str = DECODER_NAME) -> keras.Model:
+    """Decoder over taps at strides 2..32 (coarse to fine filters from the config).
+    `model_name` is other than "decoder" only for an ensemble's members (zoo.ensemble): a
+    model's layers need unique names."""
     taps = [keras.Input((None, None, c), name=tap_name(s)) for s, c in zip(STRIDES, channels)]
     by_stride = dict(zip(STRIDES, taps))
     upsample = blocks.UPSAMPLERS[config.upsampler]
@@ -55,7 +59,7 @@ def build_decoder(config: DecoderConfig, channels: list[int]) -> keras.Model:
         last = level == len(config.filters) - 1
         x = conv_block(x, filters, f"{name}_block", relu_out=not (last and config.head == "linear"))
     logits = layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
-    return keras.Model(taps, logits, name=DECODER_NAME)
+    return keras.Model(taps, logits, name=model_name)
 
 
 def build_tutorial(weights="imagenet") -> keras.Model:
@@ -84,7 +88,22 @@ def encoder_features(model: keras.Model, images) -> list:
 
 
 def decoder_of(model: keras.Model) -> keras.Model:
-    return model.get_layer(DECODER_NAME)
+    """The decoder of a single U-Net (or of a one-member ensemble)."""
+    decoders = decoders_of(model)
+    if len(decoders) != 1:
+        raise ValueError(f"model {model.name!r} has {len(decoders)} decoders, not one: use decoders_of")
+    return decoders[0]
+
+
+def decoders_of(model: keras.Model) -> list[keras.Model]:
+    """Every decoder of a U-Net ("decoder") or of an ensemble ("decoder_0", "decoder_1", ...),
+    in member order."""
+    found = {}
+    for layer in model.layers:
+        match = re.fullmatch(DECODER_NAME + r"(?:_(\d+))?", layer.name)
+        if match and isinstance(layer, keras.Model):
+            found[int(match.group(1) or 0)] = layer
+    return [found[index] for index in sorted(found)]
 
 
 def encoder_of(model: keras.Model) -> keras.Model:
