@@ -202,3 +202,48 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     refit = run_fit("--budget", "smoke", "--out", str(final), *weights_flag(), env_extra=cache_home)
     assert refit.returncode == 0, refit.stderr[-3000:]
     assert json.loads((final / "model.json").read_text())["recipe"] == metadata["recipe"]  # the kept curve's recipe
+
+
+def test_confident_learning_sets_aside_only_what_the_judge_confidently_disputes():
+    from ablations.evaluate.label_noise import confident_disagreement
+
+    labels = np.zeros((1, 8, 8), np.uint8)
+    labels[0, :4] = 1                        # a labelled roof in the top half
+    probs = np.where(labels == 1, 0.9, 0.1)  # the judge agrees everywhere ...
+    probs[0, 6, 6] = 0.95                    # ... except an unlabelled roof pixel
+    probs[0, 0, 0] = 0.02                    # and a labelled pixel that is plainly ground
+    probs[0, 7, 0] = 0.4                     # a doubt, below the building self-confidence: kept
+    disputed = confident_disagreement(labels, probs)
+    assert np.argwhere(disputed).tolist() == [[0, 0, 0], [0, 6, 6]]
+
+
+def test_a_fold_judges_each_training_city_by_the_other_never_the_held_out():
+    from ablations.evaluate.label_noise import filtered_masks, judge_of
+    from zoo.losses import IGNORE
+
+    areas = np.array(["a"] * 2 + ["b"] * 2 + ["c"] * 2, dtype=object)
+    masks = np.zeros((2, 6, 4, 4), np.uint8)
+    masks[:, :, :2] = 1
+    agree = np.where(masks == 1, 0.9, 0.1)
+    disputes = np.where(masks == 1, 0.05, 0.95)  # disputes every pixel
+    judged = {"a": agree, "b": agree, "c": disputes}  # only c's model disputes anything
+    train = np.array([0, 1, 2, 3])  # the fold without c
+    assert judge_of("a", ["a", "b"]) == "b" and judge_of("b", ["a", "b"]) == "a"
+    out, fractions = filtered_masks(masks, areas, train, judged)
+    assert fractions == {"a": 0.0, "b": 0.0} and not (out == IGNORE).any()  # c never judged
+    out, fractions = filtered_masks(masks, areas, np.array([0, 1, 4, 5]), judged)  # without b
+    assert fractions["a"] == 1.0 and (out[:, :2] == IGNORE).all() and (out[:, 4:] != IGNORE).all()
+
+
+def test_ignored_label_pixels_train_nothing():
+    from zoo.losses import IGNORE, SegmentationLoss
+
+    label = _square_label()
+    logits = (label * 2 - 1) * 8.0
+    wrong_where_ignored = logits.copy()
+    wrong_where_ignored[0, :3] = 8.0  # confidently building where the label is set aside
+    ignored = label.copy()
+    ignored[0, :3] = IGNORE
+    loss = SegmentationLoss("bce_dice")
+    assert float(loss(ignored, wrong_where_ignored)) == pytest.approx(float(loss(ignored, logits)), abs=1e-4)
+    assert float(loss(label, wrong_where_ignored)) > float(loss(label, logits)) + 0.05

@@ -6,6 +6,9 @@ import keras
 from keras import ops
 
 LOSSES = ("bce", "dice", "bce_dice", "focal")
+# A label value that trains nothing: pixels a label-noise filter set aside
+# (ablations.evaluate.transfer's confident-learning variant) carry it in place of 0 or 1.
+IGNORE = 2
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -30,14 +33,16 @@ class SegmentationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
-        weight = away_from_edges(y_true, self.edge_band)
+        known = ops.cast(y_true < IGNORE - 0.5, y_pred.dtype)
+        y_true = y_true * known
+        weight = away_from_edges(y_true, self.edge_band) * known
         target = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         if self.kind == "bce":
             return bce(target, y_pred, weight)
         if self.kind == "dice":
             return soft_dice_loss(y_true, y_pred, weight=weight)
         if self.kind == "focal":
-            return focal(target, y_pred, self.focal_gamma)
+            return focal(target, y_pred, self.focal_gamma, weight)
         return bce(target, y_pred, weight) + self.dice_weight * soft_dice_loss(y_true, y_pred, weight=weight)
 
     def get_config(self):
@@ -74,10 +79,11 @@ def soft_dice_loss(y_true, logits, smooth: float = 1.0, weight=None):
     return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
 
 
-def focal(y_true, logits, gamma: float = 2.0, alpha: float = 0.25):
+def focal(y_true, logits, gamma: float = 2.0, alpha: float = 0.25, weight=None):
     """Lin et al. 2017: down-weights easy pixels so the rare hard ones drive the gradient."""
     prob = ops.sigmoid(logits)
     ce = ops.binary_crossentropy(y_true, logits, from_logits=True)
     p_t = y_true * prob + (1 - y_true) * (1 - prob)
     alpha_t = y_true * alpha + (1 - y_true) * (1 - alpha)
-    return ops.mean(alpha_t * ops.power(1 - p_t, gamma) * ce, axis=(1, 2, 3))
+    per_pixel = alpha_t * ops.power(1 - p_t, gamma) * ce
+    return ops.mean(per_pixel if weight is None else per_pixel * weight, axis=(1, 2, 3))

@@ -44,6 +44,7 @@ class Variant:
     why: str
     config: DecoderConfig
     recipe: studies.Recipe
+    relabel: str = "none"  # "confident": label pixels another city's model disputes train nothing
 
     @property
     def encoding(self) -> tuple[str, str]:
@@ -53,8 +54,8 @@ class Variant:
 def _variants() -> dict[str, Variant]:
     from ablations.final import SELECTED_DECODER as base, SELECTED_RECIPE as recipe
 
-    def variant(name, why, config=base, **recipe_changes):
-        return Variant(name, why, config, dataclasses.replace(recipe, **recipe_changes))
+    def variant(name, why, config=base, relabel="none", **recipe_changes):
+        return Variant(name, why, config, dataclasses.replace(recipe, **recipe_changes), relabel)
 
     listed = [
         variant("selected", "the served recipe: sensor augmentation, BCE + Dice, fixed input scaling"),
@@ -63,6 +64,8 @@ def _variants() -> dict[str, Variant]:
                 "distribution or FDA spectrum matching, albumentations)", augmentation="sensor_style"),
         variant("standardize", "each image standardised per channel inside the model (colour constancy)",
                 config=dataclasses.replace(base, preprocess="standardize")),
+        variant("confident", "label noise: pixels a model trained on another training city confidently "
+                "disputes train nothing (confident learning, per fold)", relabel="confident"),
         variant("bce", "plain BCE: calibrated probabilities, so a threshold may transfer", loss="bce"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
@@ -127,12 +130,14 @@ def run_variants(args) -> None:
     for variant in todo:
         started = time.time()
         print(f"variant {variant.name}: {variant.why}", flush=True)
-        results, flipped = cross_validate_variant(variant, encodings, area_folds, args.epochs, budget,
-                                                  cache=args.out / "cache")
+        if variant.recipe.edge_band:
+            draw_edge_band(variant, images, masks, args.out / variant.name / "edge_band.png")
+        results, extra = cross_validate_variant(variant, encodings, area_folds, args.epochs, budget,
+                                                cache=args.out / "cache")
         curve = final.curve_record(results, args.epochs, time.time() - started)
         curve.update(variant=variant.name, why=variant.why, config=variant.config.to_dict(),
-                     recipe=variant.recipe.to_dict(), fingerprint=fingerprint, source=source,
-                     flips=flipped)
+                     recipe=variant.recipe.to_dict(), relabel=variant.relabel, fingerprint=fingerprint,
+                     source=source, **extra)
         write_json_atomic(args.out / variant.name / "curve.json", curve)
         print(f"variant {variant.name} done in {(time.time() - started) / 60:.1f} min: mean held-out "
               f"building IoU {max(curve['mean_heldout_building_iou_by_epoch']):.3f}", flush=True)
@@ -213,8 +218,8 @@ def _flip(array: np.ndarray, flip) -> np.ndarray:
 
 def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, epochs: int, budget,
                            cache: Path):
-    """The variant's fold results (ablations.folds.FoldResult) and, per fold, the last
-    epoch's held-out counts with test-time flips."""
+    """The variant's fold results (ablations.folds.FoldResult), and what else its folds record:
+    the last epoch's held-out counts with test-time flips, the label pixels set aside."""
     from ablations import folds
     from zoo import unet
 
@@ -224,9 +229,12 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         keras.utils.set_random_seed(SEED)
         return unet.build(variant.config, encoder=encodings.encoder)
 
-    results, flipped = [], {}
+    results, flipped, set_aside = [], {}, {}
+    judged = judges(encodings, variant, build, epochs, budget, cache) if variant.relabel == "confident" else None
     for fold in area_folds:
         pool = training_pool(encodings, variant, fold)
+        if judged is not None:
+            pool, set_aside[fold.val_area] = relabelled(pool, encodings, fold, judged, cache.parent / variant.name)
         result = folds.cross_validate(build, variant.recipe, pool, [fold], epochs, SEED,
                                       schedule_epochs=epochs, eager=budget.eager)[0]
         probs = flip_averaged_probabilities(result.model, encodings, variant.config.preprocess, fold.val_index)
@@ -236,7 +244,58 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         np.save(path, probs.astype(np.float16))  # for ensembles of variants
         result.model = None  # scored: free it
         results.append(result)
-    return results, flipped
+    return results, {"flips": flipped, "set_aside": set_aside}
+
+
+def draw_edge_band(variant: Variant, images, masks, path: Path) -> None:
+    """What the edge band sets aside, on the tiles where it sets aside most."""
+    from ablations.evaluate.label_noise import flagged_picture
+    from zoo.losses import away_from_edges
+
+    band = np.asarray(away_from_edges(masks[..., None].astype(np.float32), variant.recipe.edge_band))[..., 0] == 0
+    flagged_picture(images, masks, band, path, f"edge band: {variant.recipe.edge_band} px each side of every "
+                    f"label edge trains nothing ({100 * band.mean():.1f} % of pixels)")
+
+
+def judges(encodings: Encodings, variant: Variant, build, epochs: int, budget, cache: Path) -> dict:
+    """city -> probabilities (copies, N, H, W) of a decoder trained on that city alone, for
+    every pool tile: the judges of the confident-learning filter (ablations.evaluate.label_noise)."""
+    from ablations.folds import FeatureView
+    from ablations.evaluate.label_noise import CopyView
+    from ablations.train import decoder_probabilities, train_decoder
+    from zoo.unet import decoder_of
+
+    pool = encodings.pool(*variant.encoding)
+    judged = {}
+    for area in sorted(set(encodings.areas)):
+        path = cache / "judges" / f"{area}.npy"
+        if not path.is_file():  # a resumed run reuses a judge trained before the kill
+            print(f"  judge: a decoder trained on {area} alone", flush=True)
+            model = build()
+            train_decoder(model, variant.recipe, FeatureView(pool, np.flatnonzero(encodings.areas == area)),
+                          epochs, SEED, eager=budget.eager, schedule_epochs=epochs)
+            probs = [decoder_probabilities(decoder_of(model), CopyView(pool, c)) for c in range(pool.copies)]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, np.stack(probs).astype(np.float16))
+        judged[area] = np.load(path)
+    return judged
+
+
+def relabelled(pool, encodings: Encodings, fold, judged: dict, out: Path):
+    """The fold's pool with its training pixels' disputed labels set aside, the fraction set
+    aside per training city, and a picture of the most disputed tiles."""
+    from ablations.evaluate import label_noise
+    from ablations.features import FeatureSet
+    from zoo.losses import IGNORE
+
+    masks, fractions = label_noise.filtered_masks(pool.masks, encodings.areas, fold.train_index, judged)
+    index = fold.train_index
+    label_noise.flagged_picture(encodings.images[index], pool.masks[0, index], masks[0, index] == IGNORE,
+                                out / f"set_aside_{fold.val_area}.png",
+                                f"fold without {fold.val_area}: labels set aside in " + ", ".join(
+                                    f"{a} {100 * f:.1f} %" for a, f in fractions.items()))
+    print("  set aside: " + ", ".join(f"{a} {100 * f:.1f} % of label pixels" for a, f in fractions.items()), flush=True)
+    return FeatureSet(pool.taps, masks, pool.images), fractions
 
 
 def training_pool(encodings: Encodings, variant: Variant, fold):

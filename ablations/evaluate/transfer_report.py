@@ -65,12 +65,25 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
         lines_cost = f"{name}: {curve['seconds'] / 60:.0f} min"
         detail[-1]["cost"] = lines_cost
     lines += ["## Summary (building IoU per held-out city)", "", tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    lines += _label_noise_section(curves)
     lines += _ensemble_section(out, ensembles)
     lines += ["## Every row", "", tabulate(detail, headers="keys", tablefmt="github", missingval="", disable_numparse=True), "",
               f"Machine: {next(iter(curves.values()))['machine']}. Epochs: {next(iter(curves.values()))['curve_epochs']} "
               "per fold. One seed per variant: earlier seed spreads (std 0.014-0.036 building IoU on one "
               "city, results/cross_city) bound what a difference can mean.", ""]
     return "\n".join(lines)
+
+
+def _label_noise_section(curves: dict) -> list[str]:
+    lines = []
+    for name, curve in curves.items():
+        if curve.get("recipe", {}).get("edge_band"):
+            lines += [f"- `{name}`: what the edge band sets aside: [{name}/edge_band.png]({name}/edge_band.png)"]
+        for held_out, fractions in (curve.get("set_aside") or {}).items():
+            shares = ", ".join(f"{city} {100 * share:.1f} %" for city, share in fractions.items())
+            lines += [f"- `{name}`, fold without {held_out}: label pixels set aside {shares} "
+                      f"([picture]({name}/set_aside_{held_out}.png))"]
+    return ["## What the label-noise remedies set aside", "", *lines, ""] if lines else []
 
 
 def _ensemble_section(out: Path, ensembles: list[str]) -> list[str]:
