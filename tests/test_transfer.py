@@ -247,3 +247,19 @@ def test_ignored_label_pixels_train_nothing():
     loss = SegmentationLoss("bce_dice")
     assert float(loss(ignored, wrong_where_ignored)) == pytest.approx(float(loss(ignored, logits)), abs=1e-4)
     assert float(loss(label, wrong_where_ignored)) > float(loss(label, logits)) + 0.05
+
+
+def test_wide_taps_feed_the_decoder_the_tutorials_expanded_activations():
+    from zoo import unet
+    from zoo.config import DecoderConfig
+    from zoo.encoder import taps_of
+
+    wide = unet.build(DecoderConfig(width=0.25, taps="wide"), weights=None)
+    channels = {t.name: t.shape[-1] for t in unet.decoder_of(wide).inputs}
+    assert (channels["tap_s2"], channels["tap_s4"]) == (96, 144)
+    assert taps_of(unet.encoder_of(wide)) == "wide"
+    narrow = _model("scale")
+    assert taps_of(unet.encoder_of(narrow)) == "narrow"
+    with pytest.raises(ValueError, match="other taps"):
+        unet.build(DecoderConfig(width=0.25, taps="wide"), encoder=unet.encoder_of(narrow))
+    assert DecoderConfig.from_dict({"upsampler": "nearest"}).taps == "narrow"

@@ -18,6 +18,9 @@ CONV_BLOCKS = ("double", "separable")
 HEADS = ("linear", "relu")
 # How RGB reaches the encoder (zoo.preprocessing): a fixed scaling, or each image standardised.
 PREPROCESSING = ("scale", "standardize")
+# Encoder activations the decoder reads at strides 2 and 4 (zoo.encoder.TAP_SETS): the narrow
+# 16/24-channel bottleneck outputs, or the tutorial's 96/144-channel expansions.
+TAPS = ("narrow", "wide")
 
 # Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
 BASE_FILTERS = (256, 128, 64, 32, 16)
@@ -33,6 +36,7 @@ class DecoderConfig:
     width: float = 0.5
     head: str = "linear"
     preprocess: str = "scale"
+    taps: str = "narrow"
 
     def __post_init__(self):
         _check_choice("upsampler", self.upsampler, UPSAMPLERS)
@@ -40,6 +44,7 @@ class DecoderConfig:
         _check_choice("conv", self.conv, CONV_BLOCKS)
         _check_choice("head", self.head, HEADS)
         _check_choice("preprocess", self.preprocess, PREPROCESSING)
+        _check_choice("taps", self.taps, TAPS)
         if not 0.05 <= float(self.width) <= 4.0:
             raise ValueError(f"DecoderConfig.width must be in [0.05, 4], got {self.width!r}")
 
@@ -52,6 +57,7 @@ class DecoderConfig:
     def name(self) -> str:
         suffix = "" if self.head == "linear" else f"-{self.head}"
         suffix += "" if self.preprocess == "scale" else f"-{self.preprocess}"
+        suffix += "" if self.taps == "narrow" else f"-{self.taps}taps"
         return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:

@@ -15,7 +15,7 @@ from keras import layers
 from zoo import blocks
 from zoo.config import TUTORIAL_FILTERS, DecoderConfig
 from zoo.preprocessing import preprocessing_layer
-from zoo.encoder import TAPS, TUTORIAL_TAPS, build_encoder, tap_name
+from zoo.encoder import TAP_SETS, TAPS, TUTORIAL_TAPS, build_encoder, tap_name, taps_of
 
 STRIDES = sorted(TAPS)  # 2, 4, 8, 16, 32
 DECODER_NAME = "decoder"
@@ -25,7 +25,11 @@ ENCODER_NAME = "encoder"
 def build(config: DecoderConfig, weights="imagenet", encoder: keras.Model | None = None) -> keras.Model:
     """A U-Net for `config`. Pass `encoder` to share one frozen encoder between many models
     (safe because it never changes) instead of reading the weights file again."""
-    encoder = encoder or build_encoder(weights, TAPS)
+    encoder = encoder or build_encoder(weights, TAP_SETS[config.taps])
+    if taps_of(encoder) != config.taps:
+        raise ValueError(f"the encoder passed is cut at other taps ({taps_of(encoder)}) than the config "
+                         f"asks for ({config.taps}): build one with zoo.encoder.build_encoder(weights, "
+                         f"TAP_SETS['{config.taps}'])")
     decoder = build_decoder(config, [t.shape[-1] for t in encoder.outputs])
     return assemble(encoder, decoder, name=f"unet_{config.name}", preprocess=config.preprocess)
 
