@@ -1,0 +1,94 @@
+"""python -m ablations.bench.ensemble [--heads 1,2,3] [--sides 256,1024] [--repeats 30] [--out results]
+
+What an ensemble of decoders on one encoder pass (zoo.ensemble) costs at inference, against
+a single U-Net of the served architecture: median and 95th percentile of one image through
+`zoo.predict.Segmenter` (Keras, in process), per number of heads and image side. Weights are
+the real encoder's and untrained decoders' (latency does not depend on decoder weights).
+Writes OUT/ensemble.md and OUT/ensemble.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ablations.bench.ensemble", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--heads", default="1,2,3", help="numbers of decoder heads (1: the single U-Net)")
+    parser.add_argument("--sides", default="256,1024", help="square image sides in pixels")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    return parser.parse_args(argv)
+
+
+def measure(heads: list[int], sides: list[int], repeats: int, weights: str) -> list[dict]:
+    import numpy as np
+
+    from ablations.final import SELECTED_DECODER
+    from ablations.machine import median_ms
+    from zoo import ensemble, unet
+    from zoo.encoder import build_encoder
+    from zoo.predict import Segmenter
+
+    encoder = build_encoder(None if weights == "none" else weights)
+    rows = []
+    for count in heads:
+        model = (unet.build(SELECTED_DECODER, encoder=encoder) if count == 1
+                 else ensemble.build_ensemble([SELECTED_DECODER] * count, encoder=encoder))
+        segmenter = Segmenter(model)
+        for side in sides:
+            image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            segmenter.predict(image)  # trace once
+            p50, p95 = median_ms(lambda: segmenter.predict(image), repeats)
+            rows.append({"heads": count, "side": side, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+                         "decoder_params": int(sum(unet.trainable_params(d) for d in unet.decoders_of(model)))})
+            print(f"{count} head(s), {side} px: p50 {p50:.1f} ms, p95 {p95:.1f} ms", flush=True)
+    return rows
+
+
+def render(rows: list[dict], command: str, machine: str, date: str) -> str:
+    from tabulate import tabulate
+
+    single = {r["side"]: r["p50_ms"] for r in rows if r["heads"] == 1}
+    table = [{"heads": r["heads"], "side (px)": r["side"], "p50 (ms)": r["p50_ms"], "p95 (ms)": r["p95_ms"],
+              "p50 vs one head": f"{r['p50_ms'] / single[r['side']]:.2f}x" if r["side"] in single else "",
+              "decoder parameters": r["decoder_params"]} for r in rows]
+    return "\n".join([
+        "# Ensembles on one encoder pass: inference cost", "",
+        f"- **Command:** `{command}`", f"- **Machine:** {machine}; {date}",
+        "- One image through `zoo.predict.Segmenter` (Keras, one scale, no test-time views), "
+        f"architecture `{_name()}` per head; the encoder runs once whatever the number of heads.", "",
+        tabulate(table, headers="keys", tablefmt="github", disable_numparse=True), ""])
+
+
+def _name() -> str:
+    from ablations.final import SELECTED_DECODER
+
+    return SELECTED_DECODER.name
+
+
+def main(argv=None) -> int:
+    import datetime
+
+    from ablations.machine import describe
+    from zoo.files import write_json_atomic, write_text_atomic
+
+    args = parse_args(argv)
+    heads = [int(v) for v in args.heads.split(",")]
+    sides = [int(v) for v in args.sides.split(",")]
+    rows = measure(heads, sides, args.repeats, args.weights)
+    command = "python -m ablations.bench.ensemble " + " ".join(argv if argv is not None else sys.argv[1:])
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    write_json_atomic(args.out / "ensemble.json", {"rows": rows, "command": command, "machine": describe(), "date": date})
+    write_text_atomic(args.out / "ensemble.md", render(rows, command, describe(), date))
+    print(f"wrote {args.out / 'ensemble.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""`python -m ablations.bench.ensemble`: one row per number of heads and side, written atomically."""
+from __future__ import annotations
+
+import json
+
+
+def test_the_ensemble_bench_measures_every_head_count_and_side(tmp_path):
+    from ablations.bench import ensemble
+
+    assert ensemble.main(["--heads", "1,2", "--sides", "64,96", "--repeats", "2", "--weights", "none",
+                          "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "ensemble.json").read_text())["rows"]
+    assert [(r["heads"], r["side"]) for r in rows] == [(1, 64), (1, 96), (2, 64), (2, 96)]
+    assert all(r["p95_ms"] >= r["p50_ms"] > 0 for r in rows)
+    single, double = rows[0]["decoder_params"], rows[2]["decoder_params"]
+    assert double == 2 * single  # two full decoders, one encoder
+    table = (tmp_path / "ensemble.md").read_text()
+    assert "| 1       | 64" in table and "1.00x" in table
