@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -244,6 +245,8 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         np.save(path, probs.astype(np.float16))  # for ensembles of variants
         result.model = None  # scored: free it
         results.append(result)
+        del pool  # a style fold's stacked features (GiBs) go before the next fold's are built
+        gc.collect()
     return results, {"flips": flipped, "set_aside": set_aside}
 
 
