@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         print(f"error: {curve_file} does not exist: run `python -m ablations.fit --data DIR "
               "--test-area none --curve` first", file=sys.stderr)
         return 2
-    curve = json.loads(curve_file.read_text())
+    curve = served_rows(json.loads(curve_file.read_text()), args.final)
     cities = sorted(curve["per_city"])
     if args.train_tutorial:
         if args.data is None:
@@ -61,6 +61,18 @@ def main(argv=None) -> int:
     write_text_atomic(args.out / "README.md", page)
     print(page)
     return 0
+
+
+def served_rows(curve: dict, final: Path) -> dict:
+    """The curve with the per-city rows of what the fit serves: with test-time flips, when its
+    cross-validation chose them, the rows scored with flips (OUT/model.json)."""
+    metadata_file = Path(final) / "model.json"
+    if not metadata_file.is_file():
+        return curve
+    metadata = json.loads(metadata_file.read_text())
+    served = metadata.get("metrics", {}).get("cross_validated", {}).get("per_city")
+    tta = metadata.get("inference", {}).get("tta", "none")
+    return {**curve, "per_city": served or curve["per_city"], "tta": tta}
 
 
 def tutorial_file(out: Path, city: str) -> Path:
@@ -125,7 +137,8 @@ def render(curve: dict, tutorial: dict, final: Path) -> str:
         "building IoU = TP/(TP+FP+FN), mean IoU = mean of building and background IoU.", "",
         f"- **Selected recipe** (`{name}`): each row is a fold of the final fit's cross-validated "
         f"learning curve ({curve['curve_epochs']}-epoch cosine schedule), trained on the other cities "
-        "and scored on this one at the epoch and threshold chosen on the *other* folds.",
+        "and scored on this one at the epoch and threshold chosen on the *other* folds"
+        + (f", with the test-time views it serves (`{curve['tta']}`, last epoch)." if curve.get("tta", "none") != "none" else "."),
         f"- **Tutorial recipe** (frozen MobileNetV2, pix2pix decoder, Adam, BCE, flips): {tutorial_line}.",
         f"- **Machine:** {curve['machine']}; curve {curve['date']}.", "",
         tabulate(rows(curve, tutorial), headers="keys", tablefmt="github"), "",
