@@ -263,3 +263,28 @@ def test_wide_taps_feed_the_decoder_the_tutorials_expanded_activations():
     with pytest.raises(ValueError, match="other taps"):
         unet.build(DecoderConfig(width=0.25, taps="wide"), encoder=unet.encoder_of(narrow))
     assert DecoderConfig.from_dict({"upsampler": "nearest"}).taps == "narrow"
+
+
+def test_restyled_copies_read_like_the_stacked_pool_without_copying_it():
+    from ablations.evaluate.transfer import RestyledCopies
+    from ablations.features import TAP_INPUTS, FeatureSet
+
+    rng = np.random.default_rng(0)
+
+    def features(count):
+        taps = [rng.random((1, count, 2, 2, 3)).astype(np.float16) for _ in TAP_INPUTS]
+        return FeatureSet(taps, rng.integers(0, 2, (1, count, 4, 4)).astype(np.uint8), np.zeros((count, 4, 4, 3), np.uint8))
+
+    originals, index = features(6), np.array([1, 3, 4])
+    restyled = features(len(index))
+    stacked_taps = [np.concatenate([t, t]) for t in originals.taps]
+    stacked_masks = np.concatenate([originals.masks, originals.masks])
+    for tap, part in zip(stacked_taps, restyled.taps):
+        tap[1, index] = part[0]
+    stacked_masks[1, index] = restyled.masks[0]
+    stacked = FeatureSet(stacked_taps, stacked_masks, originals.images)
+    mixed = RestyledCopies(originals, restyled, index)
+    copies, images = rng.integers(0, 2, 20), rng.integers(0, 6, 20)
+    (want, want_masks), (got, got_masks) = stacked.batch(copies, images), mixed.batch(copies, images)
+    assert all(np.array_equal(want[name], got[name]) for name in want)
+    assert np.array_equal(want_masks, got_masks) and np.array_equal(mixed.masks, stacked.masks)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import hashlib
 import json
 import sys
 import time
@@ -36,6 +37,7 @@ from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
 
 SEED = 0
+STRIDES_OF_TAPS = (2, 4, 8, 16, 32)  # zoo.unet.STRIDES, without importing TensorFlow here
 FLIPS = ((False, False), (False, True), (True, False), (True, True))  # (vertical, horizontal)
 
 
@@ -127,7 +129,8 @@ def run_variants(args) -> None:
     images, masks = folders.load_arrays(samples, budget.size)
     areas = np.asarray([s.area for s in samples], dtype=object)
     area_folds = folds.area_folds(list(areas))
-    encodings = Encodings(encoder, images, masks, areas, budget)
+    data_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    encodings = Encodings(encoder, images, masks, areas, budget, args.out / "cache" / "flipped", data_key)
     for variant in todo:
         started = time.time()
         print(f"variant {variant.name}: {variant.why}", flush=True)
@@ -164,11 +167,14 @@ def _finished(out: Path, variant: Variant, fingerprint: dict) -> bool:
 
 class Encodings:
     """Encoder features of the whole pool by (preprocessing, augmentation), and flipped
-    copies of every tile for test-time flips. One preprocessing is kept at a time (a
-    variant list runs those sharing one together); that bounds memory to about 9 GiB."""
+    copies of every tile for test-time flips. One preprocessing is kept in memory at a time
+    (about 5 GiB for two copies of 1,638 tiles). The flipped copies (8 GiB for three flips)
+    live on disk under `disk` and are read memory-mapped; their file names carry the data's
+    fingerprint, so a later run on the same data reuses them and another data set never does."""
 
-    def __init__(self, encoder, images, masks, areas, budget):
+    def __init__(self, encoder, images, masks, areas, budget, disk: Path, data_key: str):
         self.encoder, self.images, self.masks, self.areas, self.budget = encoder, images, masks, areas, budget
+        self.disk, self.data_key = Path(disk), data_key
         self.cache: dict = {}
 
     def pool(self, preprocess: str, augmentation: str):
@@ -187,9 +193,20 @@ class Encodings:
         return self.pool(preprocess, "none")
 
     def flipped(self, preprocess: str, flip):
+        from ablations.features import FeatureSet
+
         key = ("flipped", preprocess, flip)
         if key not in self.cache:
-            self.cache[key] = self.encode(preprocess, _flip(self.images, flip), _flip(self.masks, flip), 1, "none")
+            folder = self.disk / f"{self.data_key}-{preprocess}-flip{int(flip[0])}{int(flip[1])}"
+            if not (folder / "done").is_file():
+                encoded = self.encode(preprocess, _flip(self.images, flip), _flip(self.masks, flip), 1, "none")
+                folder.mkdir(parents=True, exist_ok=True)
+                for number, tap in enumerate(encoded.taps):
+                    np.save(folder / f"tap{number}.npy", tap)
+                (folder / "done").write_text("complete\n")  # written last: a killed write is redone
+                del encoded
+            taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(len(STRIDES_OF_TAPS))]
+            self.cache[key] = FeatureSet(taps, _flip(self.masks, flip)[None], self.images)
         return self.cache[key]
 
     def encode(self, preprocess, images, masks, copies, augmentation):
@@ -309,8 +326,6 @@ def training_pool(encodings: Encodings, variant: Variant, fold):
     preprocess, augmentation = variant.encoding
     if augmentation not in _style_augmentations():
         return encodings.pool(preprocess, augmentation)
-    from ablations.features import FeatureSet
-
     from ablations.data import augment
 
     originals = encodings.originals(preprocess)
@@ -318,14 +333,43 @@ def training_pool(encodings: Encodings, variant: Variant, fold):
     images, masks = augment.restyle(augmentation, encodings.images, encodings.masks, encodings.areas, index, SEED)
     restyled = encodings.encode(preprocess, images, masks, 1, f"{augmentation}, styles from "
                                 f"{', '.join(sorted(set(encodings.areas[index])))}")
-    taps = []
-    for whole, part in zip(originals.taps, restyled.taps):
-        stacked = np.concatenate([whole[:1], whole[:1]])
-        stacked[1, index] = part[0]
-        taps.append(stacked)
-    masks = np.concatenate([originals.masks[:1], originals.masks[:1]])
-    masks[1, index] = restyled.masks[0]
-    return FeatureSet(taps, masks, originals.images)
+    return RestyledCopies(originals, restyled, index)
+
+
+class RestyledCopies:
+    """Two copies of the pool without duplicating it: copy 0 is `originals`; copy 1 is the
+    restyled feature of a training tile, and the original of any other (a held-out tile,
+    whose copy 1 is never read). Duck-types FeatureSet."""
+
+    def __init__(self, originals, restyled, index: np.ndarray):
+        self.originals, self.restyled = originals, restyled
+        self.position = np.full(originals.count, -1)
+        self.position[index] = np.arange(len(index))
+        self.images = originals.images
+
+    copies = 2
+
+    @property
+    def count(self) -> int:
+        return self.originals.count
+
+    @property
+    def masks(self) -> np.ndarray:
+        second = self.originals.masks[0].copy()
+        chosen = self.position >= 0
+        second[chosen] = self.restyled.masks[0, self.position[chosen]]
+        return np.stack([self.originals.masks[0], second])
+
+    def batch(self, copy_index: np.ndarray, image_index: np.ndarray):
+        restyled = (np.asarray(copy_index) == 1) & (self.position[image_index] >= 0)
+        inputs, masks = self.originals.batch(np.zeros_like(copy_index), image_index)
+        if restyled.any():
+            ours = self.position[image_index[restyled]]
+            their_inputs, their_masks = self.restyled.batch(np.zeros_like(ours), ours)
+            for name in inputs:
+                inputs[name][restyled] = their_inputs[name]
+            masks[restyled] = their_masks
+        return inputs, masks
 
 
 def _style_augmentations():
