@@ -45,3 +45,43 @@ def best_threshold(counts_by_city: dict) -> float:
 def mean_of(rows: dict[str, dict]) -> dict:
     keys = ("precision", "recall", "building_iou", "mean_iou")
     return {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
+
+
+FIXED = 0.5  # the threshold of a probability that means what it says, chosen on no city
+
+
+def at_threshold(counts_by_city: dict, threshold: float = FIXED) -> dict[str, dict]:
+    """Each city scored at one fixed threshold."""
+    index = int(np.flatnonzero(np.isclose(THRESHOLDS, threshold))[0])
+    return {city: {"threshold": float(threshold), **scores(np.asarray(counts)[index])}
+            for city, counts in counts_by_city.items()}
+
+
+def serving_options(curve: dict) -> dict[str, dict]:
+    """Every way to serve a learning curve's recipe, each with its per-city rows (settings
+    never chosen on the row's own city) and what it serves: epochs, threshold, views.
+
+    - "plain": epoch and threshold chosen on the other cities (ablations.final.curve_record);
+    - "plain, 0.5": the schedule's last epoch at the fixed threshold 0.5;
+    - "flips" and "flips, 0.5": the same with test-time flips (last epoch), when recorded."""
+    last_epoch = curve["curve_epochs"]
+    last = {city: np.asarray(fold["counts"])[-1] for city, fold in curve["folds"].items()}
+    options = {
+        "plain": {"per_city": curve["per_city"], "epochs": curve["chosen"]["epochs"],
+                  "threshold": curve["chosen"]["threshold"], "tta": "none"},
+        f"plain, {FIXED}": {"per_city": at_threshold(last), "epochs": last_epoch, "threshold": FIXED, "tta": "none"},
+    }
+    if curve.get("flips"):
+        flips = {city: np.asarray(counts) for city, counts in curve["flips"].items()}
+        options["flips"] = {"per_city": leave_one_out(flips), "epochs": last_epoch,
+                            "threshold": best_threshold(flips), "tta": "flips"}
+        options[f"flips, {FIXED}"] = {"per_city": at_threshold(flips), "epochs": last_epoch,
+                                      "threshold": FIXED, "tta": "flips"}
+    return options
+
+
+def best_option(curve: dict) -> tuple[str, dict]:
+    """The serving option with the best mean per-city building IoU (the first on a tie)."""
+    options = serving_options(curve)
+    name = max(options, key=lambda n: (mean_of(options[n]["per_city"])["building_iou"], -list(options).index(n)))
+    return name, options[name]

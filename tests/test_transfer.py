@@ -125,12 +125,10 @@ def test_style_references_never_come_from_the_held_out_city():
 
 
 def test_each_city_is_scored_at_the_threshold_the_other_cities_chose():
-    from ablations.heldout import THRESHOLDS, leave_one_out
+    from ablations.heldout import leave_one_out
 
     def counts_peaking_at(threshold):  # building IoU 0.9 at one threshold, 0.1 elsewhere
-        rows = np.tile([10, 45, 45, 900], (len(THRESHOLDS), 1))
-        rows[np.isclose(THRESHOLDS, threshold)] = [90, 5, 5, 900]
-        return rows
+        return _counts_peaking_at(threshold, iou=0.9)
 
     rows = leave_one_out({"a": counts_peaking_at(0.3), "b": counts_peaking_at(0.6),
                           "c": counts_peaking_at(0.6), "d": counts_peaking_at(0.6)})
@@ -138,23 +136,38 @@ def test_each_city_is_scored_at_the_threshold_the_other_cities_chose():
     assert rows["b"]["threshold"] == pytest.approx(0.6) and rows["b"]["building_iou"] == pytest.approx(0.9)
 
 
-def _curve(per_city_iou: float, flips_counts: dict) -> dict:
-    return {"chosen": {"epochs": 2, "threshold": 0.5}, "curve_epochs": 3,
-            "per_city": {c: {"precision": 0.5, "recall": 0.5, "building_iou": per_city_iou, "mean_iou": 0.5}
-                         for c in flips_counts},
-            "flips": flips_counts}
-
-
-def test_flips_are_served_only_when_the_other_cities_say_they_help():
-    from ablations.final import inference_choice
+def _counts_peaking_at(threshold: float, iou: float = 0.8) -> np.ndarray:
+    """(thresholds, 4) counts with building IoU `iou` at one threshold and 0.1 elsewhere."""
     from ablations.heldout import THRESHOLDS
 
-    good = np.tile([10, 45, 45, 900], (len(THRESHOLDS), 1))
-    good[np.isclose(THRESHOLDS, 0.4)] = [80, 10, 10, 900]  # flips peak at 0.4 with IoU 0.8
-    flips = {"a": good, "b": good, "c": good}
-    assert inference_choice(_curve(0.5, flips)) == (3, pytest.approx(0.4), "flips")  # last epoch of the curve
-    assert inference_choice(_curve(0.9, flips)) == (2, 0.5, "none")  # plain rows better: keep them
-    assert inference_choice({**_curve(0.5, flips), "flips": None}) == (2, 0.5, "none")
+    rows = np.tile([10, 45, 45, 900], (len(THRESHOLDS), 1))
+    miss = int(round(100 * (1 - iou) / 2))
+    rows[np.isclose(THRESHOLDS, threshold)] = [100 - 2 * miss, miss, miss, 900]
+    return rows
+
+
+def _curve(plain_iou: float, last_epoch_peak: float, flips=None) -> dict:
+    cities = ("a", "b", "c")
+    last = _counts_peaking_at(last_epoch_peak)
+    return {"chosen": {"epochs": 2, "threshold": 0.6}, "curve_epochs": 3,
+            "folds": {c: {"counts": [last, last, last]} for c in cities},
+            "per_city": {c: {"precision": 0.5, "recall": 0.5, "building_iou": plain_iou, "mean_iou": 0.5}
+                         for c in cities},
+            "flips": None if flips is None else {c: flips for c in cities}}
+
+
+def test_the_served_option_is_the_one_the_other_cities_score_best():
+    from ablations.final import inference_choice
+
+    # Plain rows (threshold chosen on the other cities) best: keep the curve's choice.
+    assert inference_choice(_curve(0.9, last_epoch_peak=0.3)) == (2, 0.6, "none")
+    # A fixed 0.5 at the last epoch transfers better than thresholds chosen elsewhere.
+    assert inference_choice(_curve(0.5, last_epoch_peak=0.5)) == (3, 0.5, "none")
+    # Flips better still: served with the threshold best over every city (0.4 here).
+    flips = _counts_peaking_at(0.4, iou=0.9)
+    assert inference_choice(_curve(0.5, 0.5, flips)) == (3, pytest.approx(0.4), "flips")
+    # Without recorded flips, flips are never served.
+    assert inference_choice(_curve(0.2, 0.3))[2] == "none"
 
 
 def run_transfer(*args, env_extra=None):

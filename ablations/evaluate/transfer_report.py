@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablations.heldout import leave_one_out, mean_of
+from ablations.heldout import leave_one_out, mean_of, serving_options
 
 def load_curves(out: Path, names) -> dict[str, dict]:
     curves = {}
@@ -23,12 +23,8 @@ def load_curves(out: Path, names) -> dict[str, dict]:
 
 
 def variant_rows(curve: dict) -> dict[str, dict[str, dict]]:
-    """'plain': per city at epoch and threshold chosen on the others; 'flips': at the last
-    epoch with test-time flips, threshold chosen on the others."""
-    rows = {"plain": curve["per_city"]}
-    if curve.get("flips"):
-        rows["flips"] = leave_one_out({c: np.asarray(v) for c, v in curve["flips"].items()})
-    return rows
+    """Per-city rows of every serving option (ablations.heldout.serving_options)."""
+    return {name: option["per_city"] for name, option in serving_options(curve).items()}
 
 
 def render(out: Path, variants: dict, ensembles: list[str]) -> str:
@@ -44,27 +40,31 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
              "Pixel counts summed over the city; building IoU = TP/(TP+FP+FN).", ""]
     if not curves:
         return "\n".join(lines + ["No variant has finished yet.", ""])
-    base = curves.get("selected")
-    base_iou = mean_of(variant_rows(base)["plain"])["building_iou"] if base else None
+    base = variant_rows(curves["selected"]) if "selected" in curves else {}
     summary, detail = [], []
     for name, curve in curves.items():
         for kind, rows in variant_rows(curve).items():
             mean = mean_of(rows)
             summary.append({
-                "variant": name if kind == "plain" else f"{name} + flips",
-                "what changes": curve["why"] if kind == "plain" else "test-time flips (4 views averaged)",
+                "variant": name, "served as": kind,
                 **{city: f"{row['building_iou']:.3f}" for city, row in rows.items()},
                 "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
                 "mean building IoU": f"{mean['building_iou']:.3f}",
-                "vs selected": "" if base_iou is None else f"{mean['building_iou'] - base_iou:+.3f}",
+                "vs selected served alike": (f"{mean['building_iou'] - mean_of(base[kind])['building_iou']:+.3f}"
+                                             if kind in base else ""),
             })
-            detail += [{"variant": summary[-1]["variant"], "held-out city": city, "threshold": f"{r['threshold']:.2f}",
+            detail += [{"variant": name, "served as": kind, "held-out city": city, "threshold": f"{r['threshold']:.2f}",
                         "precision": f"{r['precision']:.3f}", "recall": f"{r['recall']:.3f}",
                         "building IoU": f"{r['building_iou']:.3f}", "mean IoU": f"{r['mean_iou']:.3f}"}
                        for city, r in rows.items()]
         lines_cost = f"{name}: {curve['seconds'] / 60:.0f} min"
         detail[-1]["cost"] = lines_cost
-    lines += ["## Summary (building IoU per held-out city)", "", tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    whys = [f"- `{name}`: {curve['why']}" for name, curve in curves.items()]
+    lines += ["## Variants", "", *whys, "", "Served as: `plain` = each city at the epoch and threshold chosen on the "
+              "other cities; `plain, 0.5` = last epoch at the fixed threshold 0.5 (chosen on no city); `flips` and "
+              "`flips, 0.5` = the same with the four flips averaged (last epoch).", "",
+              "## Summary (building IoU per held-out city)", "",
+              tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines += _label_noise_section(curves)
     lines += _ensemble_section(out, ensembles)
     lines += ["## Every row", "", tabulate(detail, headers="keys", tablefmt="github", missingval="", disable_numparse=True), "",
