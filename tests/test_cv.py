@@ -103,8 +103,12 @@ def test_the_final_fit_makes_the_served_model(fit_run):
     assert served_model_path(results) == out / "model.keras"
     metadata = json.loads((out / "model.json").read_text())
     curve = json.loads((out / "curve.json").read_text())
-    assert metadata["epochs"] == curve["chosen"]["epochs"] and 1 <= metadata["epochs"] <= 2
-    assert metadata["inference"]["threshold"] == curve["chosen"]["threshold"]
+    from ablations.final import inference_choice
+
+    epochs, threshold, tta = inference_choice(curve)  # how to serve, chosen by cross-validation
+    assert (metadata["epochs"], metadata["inference"]["tta"]) == (epochs, tta) and 1 <= epochs <= 2
+    assert metadata["inference"]["threshold"] == pytest.approx(threshold)
+    assert threshold in (curve["chosen"]["threshold"], 0.5)  # the curve's choice or the fixed 0.5
     assert metadata["data"]["test_area"] == "none" and len(metadata["data"]["trained_on"]) == 3
     segmenter = Segmenter.from_file(out / "model.keras")
     assert segmenter.predict(np.zeros((64, 64, 3), "uint8")).shape == (64, 64)
@@ -166,7 +170,9 @@ def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, ca
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     metadata = json.loads((clone / "model.json").read_text())
     curve = json.loads((clone / "curve.json").read_text())
-    assert metadata["epochs"] == curve["chosen"]["epochs"] and metadata["schedule_epochs"] == 2
+    from ablations.final import inference_choice
+
+    assert metadata["epochs"] == inference_choice(curve)[0] and metadata["schedule_epochs"] == 2
     assert (tmp_path / "results" / "MODEL").read_text().strip() == "final/model.keras"
 
 
