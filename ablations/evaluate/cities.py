@@ -75,6 +75,15 @@ def served_rows(curve: dict, final: Path) -> dict:
     return {**curve, "per_city": served or curve["per_city"], "tta": tta}
 
 
+def _served_as(curve: dict) -> str:
+    rules = {row.get("rule") for row in curve["per_city"].values()} - {None}
+    if not rules or rules == {"plain"}:
+        return "."
+    return (f", served as the fit serves it (`{rules.pop()}`: the last epoch, a threshold of 0.5 is fixed "
+            "and chosen on no city, flips are the four flips averaged; which option to serve was chosen "
+            "by the mean over the cities).")
+
+
 def tutorial_file(out: Path, city: str) -> Path:
     return Path(out) / f"tutorial-{city}" / "tutorial_recipe" / "metrics.json"
 
@@ -138,7 +147,7 @@ def render(curve: dict, tutorial: dict, final: Path) -> str:
         f"- **Selected recipe** (`{name}`): each row is a fold of the final fit's cross-validated "
         f"learning curve ({curve['curve_epochs']}-epoch cosine schedule), trained on the other cities "
         "and scored on this one at the epoch and threshold chosen on the *other* folds"
-        + (f", with the test-time views it serves (`{curve['tta']}`, last epoch)." if curve.get("tta", "none") != "none" else "."),
+        + _served_as(curve),
         f"- **Tutorial recipe** (frozen MobileNetV2, pix2pix decoder, Adam, BCE, flips): {tutorial_line}.",
         f"- **Machine:** {curve['machine']}; curve {curve['date']}.", "",
         tabulate(rows(curve, tutorial), headers="keys", tablefmt="github"), "",
