@@ -288,7 +288,7 @@ def judges(encodings: Encodings, variant: Variant, build, epochs: int, budget, c
     pool = encodings.pool(*variant.encoding)
     judged = {}
     for area in sorted(set(encodings.areas)):
-        path = cache / "judges" / f"{area}.npy"
+        path = cache / "judges" / f"{encodings.data_key}-{area}.npy"  # other data never reuses a judge
         if not path.is_file():  # a resumed run reuses a judge trained before the kill
             print(f"  judge: a decoder trained on {area} alone", flush=True)
             model = build()
