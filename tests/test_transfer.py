@@ -195,7 +195,7 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     ensemble = json.loads((out / "ensembles" / "selected+style.json").read_text())
     assert ensemble["members"] == ["selected", "style"] and len(ensemble["counts"]) == 3
     readme = (out / "README.md").read_text()
-    assert "selected + flips" in readme and "selected+style" in readme
+    assert "| selected " in readme and "flips, 0.5" in readme and "selected+style" in readme
 
     other = run_transfer("--variants", "selected", "--epochs", "2", "--out", str(out), env_extra=cache_home)
     assert other.returncode == 2 and "other data, epochs or budget" in other.stderr

@@ -1,8 +1,9 @@
-"""python -m ablations.bench.ensemble [--heads 1,2,3] [--sides 256,1024] [--repeats 30] [--out results]
+"""python -m ablations.bench.ensemble [--heads 1,2,3] [--sides 256,1024] [--tta none,flips] [--repeats 30] [--out results]
 
 What an ensemble of decoders on one encoder pass (zoo.ensemble) costs at inference, against
-a single U-Net of the served architecture: median and 95th percentile of one image through
-`zoo.predict.Segmenter` (Keras, in process), per number of heads and image side. Weights are
+a single U-Net of the served architecture, and what test-time views cost: median and 95th
+percentile of one image through `zoo.predict.Segmenter` (Keras, in process), per number of
+heads, image side and views. Weights are
 the real encoder's and untrained decoders' (latency does not depend on decoder weights).
 Writes OUT/ensemble.md and OUT/ensemble.json.
 """
@@ -20,13 +21,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ablations.bench.ensemble", description=__doc__.split("\n\n")[1])
     parser.add_argument("--heads", default="1,2,3", help="numbers of decoder heads (1: the single U-Net)")
     parser.add_argument("--sides", default="256,1024", help="square image sides in pixels")
+    parser.add_argument("--tta", default="none", help="test-time views to time: none, flips, dihedral (comma-separated)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--out", type=Path, default=Path("results"))
     return parser.parse_args(argv)
 
 
-def measure(heads: list[int], sides: list[int], repeats: int, weights: str) -> list[dict]:
+def measure(heads: list[int], sides: list[int], repeats: int, weights: str, views=("none",)) -> list[dict]:
     import numpy as np
 
     from ablations.final import SELECTED_DECODER
@@ -40,28 +42,30 @@ def measure(heads: list[int], sides: list[int], repeats: int, weights: str) -> l
     for count in heads:
         model = (unet.build(SELECTED_DECODER, encoder=encoder) if count == 1
                  else ensemble.build_ensemble([SELECTED_DECODER] * count, encoder=encoder))
-        segmenter = Segmenter(model)
-        for side in sides:
-            image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
-            segmenter.predict(image)  # trace once
-            p50, p95 = median_ms(lambda: segmenter.predict(image), repeats)
-            rows.append({"heads": count, "side": side, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
-                         "decoder_params": int(sum(unet.trainable_params(d) for d in unet.decoders_of(model)))})
-            print(f"{count} head(s), {side} px: p50 {p50:.1f} ms, p95 {p95:.1f} ms", flush=True)
+        for tta in views:
+            segmenter = Segmenter(model, tta=tta)
+            for side in sides:
+                image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+                segmenter.predict(image)  # trace once
+                p50, p95 = median_ms(lambda: segmenter.predict(image), repeats)
+                rows.append({"heads": count, "tta": tta, "side": side, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+                             "decoder_params": int(sum(unet.trainable_params(d) for d in unet.decoders_of(model)))})
+                print(f"{count} head(s), views {tta}, {side} px: p50 {p50:.1f} ms, p95 {p95:.1f} ms", flush=True)
     return rows
 
 
 def render(rows: list[dict], command: str, machine: str, date: str) -> str:
     from tabulate import tabulate
 
-    single = {r["side"]: r["p50_ms"] for r in rows if r["heads"] == 1}
-    table = [{"heads": r["heads"], "side (px)": r["side"], "p50 (ms)": r["p50_ms"], "p95 (ms)": r["p95_ms"],
-              "p50 vs one head": f"{r['p50_ms'] / single[r['side']]:.2f}x" if r["side"] in single else "",
+    single = {r["side"]: r["p50_ms"] for r in rows if r["heads"] == 1 and r["tta"] == "none"}
+    table = [{"heads": r["heads"], "test-time views": r["tta"], "side (px)": r["side"], "p50 (ms)": r["p50_ms"],
+              "p95 (ms)": r["p95_ms"],
+              "p50 vs one head, no views": f"{r['p50_ms'] / single[r['side']]:.2f}x" if r["side"] in single else "",
               "decoder parameters": r["decoder_params"]} for r in rows]
     return "\n".join([
         "# Ensembles on one encoder pass: inference cost", "",
         f"- **Command:** `{command}`", f"- **Machine:** {machine}; {date}",
-        "- One image through `zoo.predict.Segmenter` (Keras, one scale, no test-time views), "
+        "- One image through `zoo.predict.Segmenter` (Keras, one scale; `flips` = four views averaged), "
         f"architecture `{_name()}` per head; the encoder runs once whatever the number of heads.", "",
         tabulate(table, headers="keys", tablefmt="github", disable_numparse=True), ""])
 
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     heads = [int(v) for v in args.heads.split(",")]
     sides = [int(v) for v in args.sides.split(",")]
-    rows = measure(heads, sides, args.repeats, args.weights)
+    rows = measure(heads, sides, args.repeats, args.weights, [v for v in args.tta.split(",") if v])
     command = "python -m ablations.bench.ensemble " + " ".join(argv if argv is not None else sys.argv[1:])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     write_json_atomic(args.out / "ensemble.json", {"rows": rows, "command": command, "machine": describe(), "date": date})
