@@ -64,15 +64,14 @@ def main(argv=None) -> int:
 
 
 def served_rows(curve: dict, final: Path) -> dict:
-    """The curve with the per-city rows of what the fit serves: with test-time flips, when its
-    cross-validation chose them, the rows scored with flips (OUT/model.json)."""
+    """The curve with the per-city rows of what the fit serves (OUT/model.json): each row as
+    the serving option its cross-validation chose (flips or not, fixed 0.5 or not) scores it."""
     metadata_file = Path(final) / "model.json"
     if not metadata_file.is_file():
         return curve
     metadata = json.loads(metadata_file.read_text())
     served = metadata.get("metrics", {}).get("cross_validated", {}).get("per_city")
-    tta = metadata.get("inference", {}).get("tta", "none")
-    return {**curve, "per_city": served or curve["per_city"], "tta": tta}
+    return {**curve, "per_city": served or curve["per_city"]}
 
 
 def _served_as(curve: dict) -> str:

@@ -32,13 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from ablations import studies
+from ablations.data.augment import STYLE_AUGMENTATIONS
 from ablations.errors import UserFacingError
 from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
+from zoo.predict import TTA_VIEWS
+
+FLIP_VIEWS = TTA_VIEWS["flips"]  # (forward, inverse) on N x H x W (x C) arrays, as the server applies them
 
 SEED = 0
-STRIDES_OF_TAPS = (2, 4, 8, 16, 32)  # zoo.unet.STRIDES, without importing TensorFlow here
-FLIPS = ((False, False), (False, True), (True, False), (True, True))  # (vertical, horizontal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,21 +194,23 @@ class Encodings:
                 return features
         return self.pool(preprocess, "none")
 
-    def flipped(self, preprocess: str, flip):
-        from ablations.features import FeatureSet
+    def flipped(self, preprocess: str, view: int):
+        """Every tile seen through test-time view `view` of zoo.predict's "flips"."""
+        from ablations.features import TAP_INPUTS, FeatureSet
 
-        key = ("flipped", preprocess, flip)
+        key = ("flipped", preprocess, view)
         if key not in self.cache:
-            folder = self.disk / f"{self.data_key}-{preprocess}-flip{int(flip[0])}{int(flip[1])}"
+            forward, _ = FLIP_VIEWS[view]
+            folder = self.disk / f"{self.data_key}-{preprocess}-view{view}"
             if not (folder / "done").is_file():
-                encoded = self.encode(preprocess, _flip(self.images, flip), _flip(self.masks, flip), 1, "none")
+                encoded = self.encode(preprocess, forward(self.images), forward(self.masks), 1, "none")
                 folder.mkdir(parents=True, exist_ok=True)
                 for number, tap in enumerate(encoded.taps):
                     np.save(folder / f"tap{number}.npy", tap)
                 (folder / "done").write_text("complete\n")  # written last: a killed write is redone
                 del encoded
-            taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(len(STRIDES_OF_TAPS))]
-            self.cache[key] = FeatureSet(taps, _flip(self.masks, flip)[None], self.images)
+            taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(len(TAP_INPUTS))]
+            self.cache[key] = FeatureSet(taps, forward(self.masks)[None], self.images)
         return self.cache[key]
 
     def encode(self, preprocess, images, masks, copies, augmentation):
@@ -221,17 +225,9 @@ class Encodings:
         return features.encode(model, images, masks, copies, kind, seed=SEED)
 
     def _keep_only(self, preprocess: str) -> None:
-        import gc
-
         for key in [k for k in self.cache if preprocess not in k]:
             del self.cache[key]
         gc.collect()
-
-
-def _flip(array: np.ndarray, flip) -> np.ndarray:
-    vertical, horizontal = flip
-    out = array[:, ::-1] if vertical else array
-    return np.ascontiguousarray(out[:, :, ::-1] if horizontal else out)
 
 
 def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, epochs: int, budget,
@@ -324,7 +320,7 @@ def training_pool(encodings: Encodings, variant: Variant, fold):
     restyled after the fold's *other* training cities, never the held-out one. Held-out
     tiles keep their original in both copies; validation reads copy 0 only."""
     preprocess, augmentation = variant.encoding
-    if augmentation not in _style_augmentations():
+    if augmentation not in STYLE_AUGMENTATIONS:
         return encodings.pool(preprocess, augmentation)
     from ablations.data import augment
 
@@ -372,12 +368,6 @@ class RestyledCopies:
         return inputs, masks
 
 
-def _style_augmentations():
-    from ablations.data.augment import STYLE_AUGMENTATIONS
-
-    return STYLE_AUGMENTATIONS
-
-
 def flip_averaged_probabilities(model, encodings: Encodings, preprocess: str, index) -> np.ndarray:
     """Held-out probabilities averaged over the four flips (zoo.predict's tta="flips"),
     each mapped back."""
@@ -387,10 +377,10 @@ def flip_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
 
     decoder = decoder_of(model)
     total = decoder_probabilities(decoder, FeatureView(encodings.originals(preprocess), index)).astype(np.float32)
-    for flip in FLIPS[1:]:
-        view = FeatureView(encodings.flipped(preprocess, flip), index)
-        total += _flip(decoder_probabilities(decoder, view), flip)
-    return total / len(FLIPS)
+    for view in range(1, len(FLIP_VIEWS)):  # view 0 is the identity: the originals above
+        _, inverse = FLIP_VIEWS[view]
+        total += inverse(decoder_probabilities(decoder, FeatureView(encodings.flipped(preprocess, view), index)))
+    return total / len(FLIP_VIEWS)
 
 
 def score_ensembles(args) -> None:

@@ -35,9 +35,8 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
              "Written by `python -m ablations.evaluate.transfer`. Each variant changes one thing of the "
              "served recipe (`selected`) and runs the final fit's learning curve: per city, one decoder "
              "trained on the other two cities (same seed, same cosine schedule), scored on the held-out "
-             "city. Every row's settings are chosen on the *other* cities, never on its own: epoch and "
-             "threshold for the plain rows, the threshold for rows with test-time flips (last epoch). "
-             "Pixel counts summed over the city; building IoU = TP/(TP+FP+FN).", ""]
+             "city. Every row's settings are chosen on the *other* cities or on none, never on its own "
+             "(see \"served as\" below). Pixel counts summed over the city; building IoU = TP/(TP+FP+FN).", ""]
     if not curves:
         return "\n".join(lines + ["No variant has finished yet.", ""])
     base = variant_rows(curves["selected"]) if "selected" in curves else {}
@@ -57,9 +56,7 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
                         "precision": f"{r['precision']:.3f}", "recall": f"{r['recall']:.3f}",
                         "building IoU": f"{r['building_iou']:.3f}", "mean IoU": f"{r['mean_iou']:.3f}"}
                        for city, r in rows.items()]
-        lines_cost = f"{name}: {curve['seconds'] / 60:.0f} min"
-        detail[-1]["cost"] = lines_cost
-    whys = [f"- `{name}`: {curve['why']}" for name, curve in curves.items()]
+    whys = [f"- `{name}` ({curve['seconds'] / 60:.0f} min for its folds): {curve['why']}" for name, curve in curves.items()]
     lines += ["## Variants", "", *whys, "", "Served as: `plain` = each city at the epoch and threshold chosen on the "
               "other cities; `plain, 0.5` = last epoch at the fixed threshold 0.5 (chosen on no city); `flips` and "
               "`flips, 0.5` = the same with the four flips averaged (last epoch).", "",
@@ -67,7 +64,7 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
               tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines += _label_noise_section(curves)
     lines += _ensemble_section(out, ensembles)
-    lines += ["## Every row", "", tabulate(detail, headers="keys", tablefmt="github", missingval="", disable_numparse=True), "",
+    lines += ["## Every row", "", tabulate(detail, headers="keys", tablefmt="github", disable_numparse=True), "",
               f"Machine: {next(iter(curves.values()))['machine']}. Epochs: {next(iter(curves.values()))['curve_epochs']} "
               "per fold. One seed per variant: earlier seed spreads (std 0.014-0.036 building IoU on one "
               "city, results/cross_city) bound what a difference can mean.", ""]
