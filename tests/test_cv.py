@@ -174,33 +174,3 @@ def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, ca
 
     assert metadata["epochs"] == inference_choice(curve)[0] and metadata["schedule_epochs"] == 2
     assert (tmp_path / "results" / "MODEL").read_text().strip() == "final/model.keras"
-
-
-@pytest.mark.slow
-def test_a_killed_cross_validated_search_resumes_without_losing_or_repeating_trials(tmp_path, cache_home):
-    import signal
-    import time
-
-    from test_ablations import _records
-
-    out = tmp_path / "results"
-    args = ["loss", "--budget", "smoke", "--cv", "areas", "--only", "loss=bce,dice,focal", "--out", str(out),
-            *weights_flag()]
-    process = subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO,
-                               env={**os.environ, **cache_home}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    study = out / "loss-loss-bce-dice-focal"
-    deadline = time.time() + 600
-    while time.time() < deadline and len(_records(study) if study.exists() else {}) < 1:
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGKILL)  # a trial is all its folds: killed inside the next one
-    process.wait()
-    before = _records(study)
-    assert 1 <= len(before) < 3, f"expected an interrupted search, found {len(before)} records"
-    result = run_cli(*args, env_extra=cache_home)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    after = _records(study)
-    assert len(after) == 3 and all(after[t] == mtime for t, mtime in before.items()), "a finished trial re-ran"
-    trials = pd.read_csv(study / "trials.csv")
-    assert sorted(trials["recipe_loss"]) == ["bce", "dice", "focal"]
-    assert trials.filter(regex=r"^fold_.*_val_building_iou$").notna().all().all()  # every fold of every trial

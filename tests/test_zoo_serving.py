@@ -27,7 +27,7 @@ from zoo.config import DecoderConfig  # noqa: E402
 from zoo.encoder import WEIGHTS_ENV, WEIGHTS_FILE, WeightsUnavailable  # noqa: E402
 from zoo.losses import SegmentationLoss  # noqa: E402
 from zoo.metrics import keras_metrics  # noqa: E402
-from zoo.predict import ImageError, Segmenter, check_image  # noqa: E402
+from zoo.predict import TTA_VIEWS, ImageError, Segmenter, check_image  # noqa: E402
 
 # Keras' legacy .h5 weight loader warns once per variable under numpy 2: noise, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy")
@@ -383,15 +383,30 @@ def test_test_time_views_make_the_prediction_equivariant(spread_model, tta, grou
     assert np.abs(flipped - plain.probabilities(picture)[:, ::-1]).max() > 1e-3
 
 
+def test_a_requests_views_share_one_forward_pass_and_a_full_batch_goes_view_by_view(spread_model):
+    segmenter = Segmenter(spread_model, tta="flips", batch_size=8)
+    batches = record_batches(segmenter)
+    picture = image(64, 64, seed=5)
+    together = segmenter.probabilities(picture)
+    assert batches == [(4, 64, 64, 3)]  # one pass of the four flips
+    one_by_one = np.mean([inverse(segmenter._forward_once(np.ascontiguousarray(forward(
+        picture[None].astype(np.float32)))))[0] for forward, inverse in TTA_VIEWS["flips"]], axis=0)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    batches.clear()
+    segmenter._forward(np.stack([picture] * 8))  # a full batch of tiles: memory stays at 8 images
+    assert batches == [(8, 64, 64, 3)] * 4
+
+
 def test_test_time_views_run_through_tiles_and_scales(spread_model):
     picture = image(600, 300, seed=4)  # tiled at 512 with a non-square canvas
     segmenter = Segmenter(spread_model, tta="dihedral", scales=(1.0, 0.5))
     batches = record_batches(segmenter)
     probabilities = segmenter.probabilities(picture)
     assert probabilities.shape == (600, 300)
-    assert len(batches) % 8 == 0  # every batch seen in all eight views
-    # Non-square tiles would change shape under a quarter turn; the tiles are square.
-    assert {b[1:3] for b in batches} == {(512, 512), (320, 160), (160, 320)}
+    # Every image seen in all eight views, never more than batch_size (8) images a pass: the
+    # tiles (a batch of 2 at scale 1) four views a pass, the half-scale image's two shapes
+    # under a quarter turn each one pass of its four views. The tiles are square.
+    assert sorted(batches) == [(4, 160, 320, 3), (4, 320, 160, 3)] + [(8, 512, 512, 3)] * 2
     single_view = Segmenter(spread_model, scales=(1.0, 0.5)).probabilities(picture)
     assert 1e-3 < np.abs(probabilities - single_view).mean() < 0.5
 

@@ -1,0 +1,106 @@
+"""A search killed with SIGKILL resumes without losing or repeating trials, a checkout without
+weights re-runs what it cannot load, and --fresh starts over only once the data is good: each
+a real `python -m ablations.run` subprocess on the smoke budget. Apart from test_ablations.py so
+that a parallel run (pytest-xdist, one file per worker) spreads the slow studies."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_ablations import REPO, _defective_folder, cache_home, run_cli, weights_flag  # noqa: F401  (cache_home: a fixture)
+
+
+def _records(study: Path) -> dict[str, float]:
+    return {p.stem: p.stat().st_mtime_ns for p in (study / "trials").glob("*.json")}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_repeating_finished_trials_and_reruns_lost_weights(tmp_path, cache_home):
+    out = tmp_path / "results"
+    args = [sys.executable, "-m", "ablations.run", "loss", "--budget", "smoke", "--out", str(out),
+            *weights_flag()]
+    env = {**os.environ, **cache_home}
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    study = out / "loss"
+    deadline = time.time() + 400
+    while time.time() < deadline and len(_records(study) if study.exists() else {}) < 2:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)  # mid-search, usually mid-trial
+    process.wait()
+    before = _records(study)
+    assert 2 <= len(before) < 4, f"expected an interrupted search, found {len(before)} records"
+    leftovers = [p.name for p in study.rglob("*") if ".tmp" in p.name]
+    result = run_cli("loss", "--budget", "smoke", "--out", str(out), *weights_flag(),
+                     env_extra=cache_home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    after = _records(study)
+    assert len(after) == 4
+    assert all(after[trial] == mtime for trial, mtime in before.items()), "a finished trial re-ran"
+    trials = pd.read_csv(study / "trials.csv")
+    assert sorted(trials["recipe_loss"]) == sorted(["bce", "dice", "bce_dice", "focal"])
+    assert not [p for p in study.rglob("*") if ".tmp" in p.name and p.name not in leftovers]
+
+    # A fresh checkout: git keeps a study's records and tables, not its model files. Every
+    # record without its weights runs again; the search state is rebuilt from the records.
+    for path in list(study.rglob("*.weights.h5")) + list(study.rglob("*.keras")):
+        path.unlink()
+    shutil.rmtree(study / "tuner")
+    again = run_cli("loss", "--budget", "smoke", "--out", str(out), *weights_flag(), env_extra=cache_home)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert again.stdout.count("weights are not here; running it again") == 4
+    assert (study / "best" / "model.keras").is_file()
+    runs = json.loads((study / "context.json").read_text())["runs"]
+    assert [r["trials_run"] for r in runs] == [4 - len(before), 4]  # each invocation's cost is kept
+    assert f"{runs[0]['wall_minutes']} min wall" in (study / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_fresh_starts_over_but_only_once_the_data_is_good(tmp_path, cache_home):
+    stale = tmp_path / "results" / "hparams" / "trials" / "98.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    defective = _defective_folder(tmp_path / "bad")
+    result = run_cli("hparams", "--budget", "smoke", "--out", str(tmp_path / "results"), "--fresh",
+                     "--data", str(defective), *weights_flag(), env_extra=cache_home)
+    assert result.returncode != 0
+    assert stale.exists(), "--fresh deleted results before the data was checked"
+    result = run_cli("hparams", "--budget", "smoke", "--out", str(tmp_path / "results"), "--fresh",
+                     *weights_flag(), env_extra=cache_home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not stale.exists()
+    assert len(pd.read_csv(stale.parent.parent / "trials.csv")) == 3  # smoke: 3 Bayesian trials
+
+
+@pytest.mark.slow
+def test_a_killed_cross_validated_search_resumes_without_losing_or_repeating_trials(tmp_path, cache_home):
+    out = tmp_path / "results"
+    args = ["loss", "--budget", "smoke", "--cv", "areas", "--only", "loss=bce,dice,focal", "--out", str(out),
+            *weights_flag()]
+    process = subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO,
+                               env={**os.environ, **cache_home}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    study = out / "loss-loss-bce-dice-focal"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(_records(study) if study.exists() else {}) < 1:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)  # a trial is all its folds: killed inside the next one
+    process.wait()
+    before = _records(study)
+    assert 1 <= len(before) < 3, f"expected an interrupted search, found {len(before)} records"
+    result = run_cli(*args, env_extra=cache_home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    after = _records(study)
+    assert len(after) == 3 and all(after[t] == mtime for t, mtime in before.items()), "a finished trial re-ran"
+    trials = pd.read_csv(study / "trials.csv")
+    assert sorted(trials["recipe_loss"]) == ["bce", "dice", "focal"]
+    assert trials.filter(regex=r"^fold_.*_val_building_iou$").notna().all().all()  # every fold of every trial
