@@ -35,6 +35,7 @@ import requests
 
 from ablations.bench import load, server
 from ablations.machine import describe
+from zoo.predict import TTA_VIEWS, options_from
 from zoo.runtimes import RUNTIMES
 from zoo.served import resolve_model_path
 
@@ -202,8 +203,9 @@ def section(run: dict) -> str:
     return "\n".join([
         SECTION, "",
         f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
-        f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}: "
-        f"{len(run['scales'])} forward passes a request). Each runtime is its own `python -m app "
+        f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}, "
+        f"test-time views `{run.get('tta', 'none')}`: {_images_a_request(run)} images through the "
+        "network a request). Each runtime is its own `python -m app "
         "--runtime R` process on a free loopback port, all running at once and taking turns, "
         "request by request (burst by burst for the clients), so they meet the same load; JSON "
         "bodies (`ablations.bench.load`); latency is at the client, from sending to the whole "
@@ -228,6 +230,10 @@ def section(run: dict) -> str:
         + ("" if default == RUNTIMES[0] else f" **zoo.runtimes.RUNTIMES lists {RUNTIMES[0]} first, "
            f"not {default}: its order is what `auto` serves.**")
         + f" {run['load_note']}", ""])
+
+
+def _images_a_request(run: dict) -> int:
+    return len(run["scales"]) * len(TTA_VIEWS[run.get("tta", "none")])
 
 
 def _cell(r: dict) -> str:
@@ -279,10 +285,11 @@ def main(argv=None) -> int:
                                           for size, count in results[r]["differ_from_keras"].items())]
     default = min(matching, key=lambda r: results[r]["256"]["p50_ms"])
     loads = [v for r in results.values() for v in (r["load_start"], r["load_end"])]
+    served = options_from(metadata)  # what the server applies: threshold, scales, views
     run = {"command": "python -m ablations.bench.runtimes " + " ".join(argv), "machine": describe(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "model": described, "threshold": float((metadata.get("inference") or {}).get("threshold", metadata.get("threshold", 0.5))),
-           "scales": (metadata.get("inference") or {}).get("scales", [1.0]),
+           "model": described, "threshold": served["threshold"], "scales": list(served["scales"]),
+           "tta": served["tta"],
            "requests": args.requests, "requests_1024": args.requests_1024, "clients": args.clients,
            "per_client": args.per_client, "rounds": args.rounds, "runtimes": results, "default": default,
            "load_note": (f"Load average (1 min) between {min(loads):.1f} and {max(loads):.1f} on "
