@@ -188,6 +188,18 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert curves["style"]["recipe"]["augmentation"] == "sensor_style"
     assert "styles from" in first.stdout  # the per-fold restyled copies were encoded
 
+    # A variant killed between folds resumes at its first unfinished fold: the others are kept.
+    (out / "style" / "curve.json").unlink()
+    kept = sorted((out / "cache" / "style").glob("*-fold.json"))
+    assert len(kept) == 3
+    kept[-1].unlink()
+    untouched = {path: path.stat().st_mtime_ns for path in kept[:-1]}
+    resumed = run_transfer("--variants", "style", "--epochs", "1", "--out", str(out), env_extra=cache_home)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.stdout.count("not re-run") == 2 and kept[-1].is_file()
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in untouched.items())
+    assert sorted(json.loads((out / "style" / "curve.json").read_text())["per_city"]) == sorted(curves["style"]["per_city"])
+
     again = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out),
                          "--ensembles", "selected+style", env_extra=cache_home)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -13,8 +13,9 @@ final fit serves) in one thing: its loss, its preprocessing, its augmentation or
 - Test-time flips are scored on the last epoch from encoded flipped copies of the held-out
   tiles, so flips-or-not is chosen by cross-validation like the threshold.
 - Each variant writes OUT/VARIANT/curve.json when it ends: a rerun skips finished variants
-  (a killed run loses only the variant it was in). Held-out probabilities of the last epoch
-  go to OUT/cache/ (not committed) for ensembles of variants (`--ensembles a+b`).
+  and each finished fold is kept in OUT/cache/VARIANT/CITY-fold.json, so a killed run loses
+  only the fold it was in. Held-out probabilities of the last epoch go to OUT/cache/ (not
+  committed) for ensembles of variants (`--ensembles a+b`).
 - OUT/README.md compares the variants: per city at the epoch and threshold chosen on the
   other cities, and the mean over cities.
 """
@@ -139,7 +140,7 @@ def run_variants(args) -> None:
         if variant.recipe.edge_band:
             draw_edge_band(variant, images, masks, args.out / variant.name / "edge_band.png")
         results, extra = cross_validate_variant(variant, encodings, area_folds, args.epochs, budget,
-                                                cache=args.out / "cache")
+                                                cache=args.out / "cache", fingerprint=fingerprint)
         curve = final.curve_record(results, args.epochs, time.time() - started)
         curve.update(variant=variant.name, why=variant.why, config=variant.config.to_dict(),
                      recipe=variant.recipe.to_dict(), relabel=variant.relabel, fingerprint=fingerprint,
@@ -231,9 +232,11 @@ class Encodings:
 
 
 def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, epochs: int, budget,
-                           cache: Path):
+                           cache: Path, fingerprint: dict):
     """The variant's fold results (ablations.folds.FoldResult), and what else its folds record:
-    the last epoch's held-out counts with test-time flips, the label pixels set aside."""
+    the last epoch's held-out counts with test-time flips, the label pixels set aside. Each
+    finished fold is kept under `cache` with the data's fingerprint, so a variant (about 70
+    minutes here) killed mid-way resumes at its first unfinished fold."""
     from ablations import folds
     from zoo import unet
 
@@ -246,6 +249,13 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
     results, flipped, set_aside = [], {}, {}
     judged = judges(encodings, variant, build, epochs, budget, cache) if variant.relabel == "confident" else None
     for fold in area_folds:
+        kept = _finished_fold(cache / variant.name, fold.val_area, fingerprint)
+        if kept is not None:
+            results.append(kept["result"])
+            flipped[fold.val_area] = kept["flips"]
+            if kept["set_aside"] is not None:
+                set_aside[fold.val_area] = kept["set_aside"]
+            continue
         pool = training_pool(encodings, variant, fold)
         if judged is not None:
             pool, set_aside[fold.val_area] = relabelled(pool, encodings, fold, judged, cache.parent / variant.name)
@@ -258,9 +268,34 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         np.save(path, probs.astype(np.float16))  # for ensembles of variants
         result.model = None  # scored: free it
         results.append(result)
+        _keep_fold(cache / variant.name, result, flipped[fold.val_area], set_aside.get(fold.val_area), fingerprint)
         del pool  # a style fold's stacked features (GiBs) go before the next fold's are built
         gc.collect()
     return results, {"flips": flipped, "set_aside": set_aside}
+
+
+def _keep_fold(folder: Path, result, flips: list, set_aside: dict | None, fingerprint: dict) -> None:
+    write_json_atomic(folder / f"{result.val_area}-fold.json", {
+        "fingerprint": fingerprint, "val_area": result.val_area, "tiles": int(result.tiles),
+        "counts": np.asarray(result.counts).tolist(), "history": result.history,
+        "train_seconds": float(result.train_seconds), "flips": flips,
+        "set_aside": None if set_aside is None else {a: float(f) for a, f in set_aside.items()}})
+
+
+def _finished_fold(folder: Path, val_area: str, fingerprint: dict) -> dict | None:
+    """A fold kept by an earlier, interrupted run of this variant on the same data and epochs."""
+    from ablations.folds import FoldResult
+
+    path = folder / f"{val_area}-fold.json"
+    if not path.is_file():
+        return None
+    kept = json.loads(path.read_text())
+    if kept["fingerprint"] != fingerprint:
+        return None  # another data set or schedule: run the fold again (the curve checks the rest)
+    print(f"  fold without {val_area}: finished earlier ({path}), not re-run", flush=True)
+    result = FoldResult(val_area, kept["tiles"], np.asarray(kept["counts"], dtype=np.int64), kept["history"],
+                        kept["train_seconds"], model=None)
+    return {"result": result, "flips": kept["flips"], "set_aside": kept["set_aside"]}
 
 
 def draw_edge_band(variant: Variant, images, masks, path: Path) -> None:
