@@ -42,6 +42,7 @@ def measure(heads: list[int], sides: list[int], repeats: int, weights: str, view
     for count in heads:
         model = (unet.build(SELECTED_DECODER, encoder=encoder) if count == 1
                  else ensemble.build_ensemble([SELECTED_DECODER] * count, encoder=encoder))
+        decoder_params = int(sum(unet.trainable_params(d) for d in unet.decoders_of(model)))
         for tta in views:
             segmenter = Segmenter(model, tta=tta)
             for side in sides:
@@ -49,7 +50,7 @@ def measure(heads: list[int], sides: list[int], repeats: int, weights: str, view
                 segmenter.predict(image)  # trace once
                 p50, p95 = median_ms(lambda: segmenter.predict(image), repeats)
                 rows.append({"heads": count, "tta": tta, "side": side, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
-                             "decoder_params": int(sum(unet.trainable_params(d) for d in unet.decoders_of(model)))})
+                             "decoder_params": decoder_params})
                 print(f"{count} head(s), views {tta}, {side} px: p50 {p50:.1f} ms, p95 {p95:.1f} ms", flush=True)
     return rows
 
