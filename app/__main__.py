@@ -1,5 +1,5 @@
-"""`python -m app [--model PATH] [--runtime R] [--host H] [--port P] [--max-body-mb MB]`: the
-development server.
+"""`python -m app [--model PATH] [--runtime R] [--tta VIEWS] [--host H] [--port P] [--max-body-mb MB]`:
+the development server.
 
 Serves the model `results/MODEL` names (`final/model.keras` once `python -m ablations.fit` ran;
 see `app/model.py`). For production use gunicorn; the command is in `app/wsgi.py`. A missing
@@ -12,8 +12,9 @@ import argparse
 import os
 
 from app import MAX_BODY_MB, create_app
-from app.model import (DEFAULT_MODEL, ENV, POINTER, RUNTIME_CHOICES, RUNTIME_ENV, ModelUnavailable,
-                       load_for_serving, resolve_model_path, runtime_of)
+from app.model import (DEFAULT_MODEL, ENV, POINTER, RUNTIME_CHOICES, RUNTIME_ENV, TTA_CHOICES,
+                       TTA_ENV, TTA_FROM_MODEL, ModelUnavailable, load_for_serving,
+                       resolve_model_path, runtime_of)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=os.environ.get(RUNTIME_ENV, RUNTIME_CHOICES[0]),
                         help=f"what runs the forward pass (default: ${RUNTIME_ENV}, else auto: the "
                         "fastest one `python -m zoo.export` made for this model, else keras)")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default=os.environ.get(TTA_ENV, TTA_FROM_MODEL),
+                        help=f"test-time views (default: ${TTA_ENV}, else model: the ones the model's "
+                        "metadata names; none: one pass a scale, the fastest)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-body-mb", type=float, default=None,
@@ -36,12 +40,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     path = resolve_model_path(args.model)
     try:
-        segmenter = load_for_serving(path, args.runtime)
+        segmenter = load_for_serving(path, args.runtime, args.tta)
     except ModelUnavailable as error:
         raise SystemExit(f"error: {error}") from None
     app = create_app(segmenter=segmenter, max_body_mb=args.max_body_mb or MAX_BODY_MB)
-    print(f"serving {path} through {runtime_of(segmenter)} on http://{args.host}:{args.port}/",
-          flush=True)
+    print(f"serving {path} through {runtime_of(segmenter)} with test-time views {segmenter.tta!r} "
+          f"on http://{args.host}:{args.port}/", flush=True)
     app.run(host=args.host, port=args.port, threaded=True)
 
 

@@ -7,9 +7,10 @@ Without $ZOO_MODEL the served model is the one results/MODEL names (final/model.
 `python -m ablations.fit` writes and points it at), else results/final/model.keras; a missing
 file stops the worker with the message that names the command making it. `$ZOO_RUNTIME`
 chooses the runtime as `--runtime` does for `python -m app` (default auto: the fastest current
-export, else keras); each runtime uses every core for one call, so on a small CPU `-w 1` or 2
-is enough. Do not use `--preload`: TensorFlow's thread pools do not survive a fork, so each
-worker must load the model itself. Each worker holds one copy of the model and serialises its
+export, else keras), and `$ZOO_TTA` the test-time views as `--tta` does (default: the model's).
+Each runtime uses every core for one call, so on a small CPU `-w 1` or 2 is enough. Do not use
+`--preload`: TensorFlow's thread pools do not survive a fork, so each worker must load the
+model itself. Each worker holds one copy of the model and serialises its
 calls, so `-w` is the number of predictions in flight; `--timeout 120` leaves room for a
 4096 x 4096 image on a small CPU.
 `$ZOO_MAX_BODY_MB` changes the body limit (default 64).
@@ -20,11 +21,13 @@ import os
 import sys
 
 from app import MAX_BODY_MB, create_app
-from app.model import RUNTIME_ENV, ModelUnavailable, load_for_serving, resolve_model_path
+from app.model import (RUNTIME_ENV, TTA_ENV, TTA_FROM_MODEL, ModelUnavailable, load_for_serving,
+                       resolve_model_path)
 from zoo.runtimes import AUTO
 
 try:
-    segmenter = load_for_serving(resolve_model_path(), os.environ.get(RUNTIME_ENV, AUTO))
+    segmenter = load_for_serving(resolve_model_path(), os.environ.get(RUNTIME_ENV, AUTO),
+                                 os.environ.get(TTA_ENV, TTA_FROM_MODEL))
     app = create_app(segmenter=segmenter,
                      max_body_mb=float(os.environ.get("ZOO_MAX_BODY_MB", MAX_BODY_MB)))
 except ModelUnavailable as error:

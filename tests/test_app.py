@@ -565,12 +565,34 @@ def test_corrupted_model_is_refused(small_model_file, run_module, tmp_path):
     assert f"refusing to serve {copy}" in done.stderr and "sha256" in done.stderr
 
 
-def test_gunicorn_with_two_workers_serves(small_model_file, small_segmenter, serve):
+def test_gunicorn_with_two_workers_serves_the_views_zoo_tta_names(small_model_file, small_segmenter,
+                                                                  serve):
+    from zoo.predict import Segmenter
+
     url = serve([sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}",
-                 "--timeout", "120", "app.wsgi:app"], ZOO_MODEL=str(small_model_file))
+                 "--timeout", "120", "app.wsgi:app"], ZOO_MODEL=str(small_model_file), ZOO_TTA="flips")
     image = rgb(37, 61, seed=9)
-    np.testing.assert_array_equal(prediction_of(post_json(url, {"image": image})),
-                                  small_segmenter.predict(image))
+    flipped = Segmenter(small_segmenter.model, tta="flips").predict(image)
+    assert (flipped != small_segmenter.predict(image)).any()  # else the override would go unseen
+    for _ in range(2):  # either worker
+        np.testing.assert_array_equal(prediction_of(post_json(url, {"image": image})), flipped)
+    serving = requests.get(f"{url}/model", timeout=10).json()["serving"]
+    assert serving["tta"] == "flips" and serving["tta_of_model"] == "none"
+
+
+def test_tta_override_replaces_the_models_views_and_says_so(small_model_file, small_segmenter):
+    from app.model import ModelUnavailable, load_for_serving, override_tta
+    from zoo.predict import Segmenter
+
+    image = rgb(64, 96, seed=4)
+    served = load_for_serving(small_model_file, "keras", "dihedral")
+    assert served.tta == "dihedral" and served.metadata["serving"]["tta_of_model"] == "none"
+    np.testing.assert_array_equal(served.predict(image),
+                                  Segmenter(small_segmenter.model, tta="dihedral").predict(image))
+    kept = load_for_serving(small_model_file, "keras")
+    assert kept.tta == "none" and "tta_of_model" not in kept.metadata["serving"]
+    with pytest.raises(ModelUnavailable, match="tta must be one of model, none, flips, dihedral"):
+        override_tta(kept, "rot90")
 
 
 # -- fuzz: no body, however odd, makes a 500 ----------------------------------------------------

@@ -1,4 +1,4 @@
-"""`python -m ablations.bench.runtimes [--model PATH | --stand-in METADATA_JSON] [--runtimes ...]`
+"""`python -m ablations.bench.runtimes [--model PATH | --stand-in METADATA_JSON] [--runtimes ...] [--tta V]`
 
 The served model through each runtime (`python -m app --runtime R`), end to end over loopback
 HTTP with JSON bodies: single requests of 256 x 256 and 1024 x 1024 pixels (one client, p50,
@@ -9,7 +9,9 @@ shared with other work every runtime meets the same load and the comparison stay
 answer must equal that server's own serial answer byte for byte, and each runtime's masks are
 compared with the Keras runtime's, pixel by pixel. The section "Serving runtimes" of
 OUT/bench.md is replaced (the rest of the file is left as `ablations.bench.speed` wrote it),
-and OUT/bench_runtimes.json holds every number.
+and OUT/bench_runtimes.json holds every number. With `--tta V` the servers apply the test-time
+views V instead of the model's (`python -m app --tta V`), and the run has its own section,
+"Serving runtimes, --tta V", and its own OUT/bench_runtimes_tta-V.json.
 
 `--stand-in` benchmarks a stand-in instead of a trained model: the architecture and inference
 settings given as model metadata (JSON: "config", "inference"), on the real ImageNet encoder,
@@ -35,6 +37,7 @@ import requests
 
 from ablations.bench import load, server
 from ablations.machine import describe
+from app.model import TTA_CHOICES, TTA_FROM_MODEL
 from zoo.predict import TTA_VIEWS, options_from
 from zoo.runtimes import RUNTIMES
 from zoo.served import resolve_model_path
@@ -59,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-client", type=int, default=3, help="requests per client and round at 256 px")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the clients' phase")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default=TTA_FROM_MODEL,
+                        help="test-time views the servers apply (default: the model's)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     args.runtimes = [name.strip() for name in args.runtimes.split(",") if name.strip()]
@@ -160,12 +165,14 @@ def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[d
             began = time.perf_counter()
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / f"{name}.log"
             servers[name] = stack.enter_context(server.running_server(
-                ["--model", str(model), "--runtime", name], log_path=log_path,
+                ["--model", str(model), "--runtime", name, "--tta", args.tta], log_path=log_path,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300))
             results[name]["start_s"] = time.perf_counter() - began
             served = requests.get(f"{servers[name].url}/model", timeout=30).json().get("serving", {})
             if served.get("runtime") != name:
                 raise RuntimeError(f"asked for {name}, the server runs {served.get('runtime')}")
+            if args.tta != TTA_FROM_MODEL and served.get("tta") != args.tta:
+                raise RuntimeError(f"asked for test-time views {args.tta}, the server applies {served.get('tta')}")
         load_start = os.getloadavg()[0]
         for size, count in ((256, args.requests), (1024, args.requests_1024)):
             print(f"single {size} px requests ...", flush=True)
@@ -191,6 +198,11 @@ def compare_masks(masks: dict, reference: dict) -> dict:
     return {str(size): int((masks[size] != reference[size]).sum()) for size in reference}
 
 
+def section_title(run: dict) -> str:
+    override = run.get("tta_override")
+    return SECTION if not override else f"{SECTION}, --tta {override}"
+
+
 def section(run: dict) -> str:
     rows = []
     for runtime, r in run["runtimes"].items():
@@ -201,10 +213,11 @@ def section(run: dict) -> str:
                     f"| {r['start_s']:.1f} |")
     default = run["default"]
     return "\n".join([
-        SECTION, "",
+        section_title(run), "",
         f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
         f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}, "
-        f"test-time views `{run.get('tta', 'none')}`: {_images_a_request(run)} images through the "
+        f"test-time views `{run.get('tta', 'none')}`: {_images_a_request(run)} "
+        f"image{'' if _images_a_request(run) == 1 else 's'} through the "
         "network a request). Each runtime is its own `python -m app "
         "--runtime R` process on a free loopback port, all running at once and taking turns, "
         "request by request (burst by burst for the clients), so they meet the same load; JSON "
@@ -242,18 +255,19 @@ def _cell(r: dict) -> str:
 
 
 def replace_section(text: str, new: str) -> str:
-    """`text` with its "Serving runtimes" section (up to the next `## ` heading) replaced by
-    `new`, or `new` appended."""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    """`text` with the section titled as `new`'s first line (up to the next `## ` heading)
+    replaced by `new`, or `new` appended."""
+    pattern = re.compile(rf"^{re.escape(new.splitlines()[0])}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         return pattern.sub(lambda _: new.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
     return text.rstrip("\n") + "\n\n" + new
 
 
 def section_of(text: str) -> str:
-    """The "Serving runtimes" section of a bench.md, or "" (for `ablations.bench.speed` to keep)."""
-    match = re.search(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", text, re.S | re.M)
-    return match.group(0) if match else ""
+    """The "Serving runtimes" sections of a bench.md (each `--tta` override's too), or "" (for
+    `ablations.bench.speed` to keep)."""
+    found = re.findall(rf"^{re.escape(SECTION)}(?:, --tta \S+)?\n.*?(?=^## |\Z)", text, re.S | re.M)
+    return "".join(found)
 
 
 def main(argv=None) -> int:
@@ -286,10 +300,12 @@ def main(argv=None) -> int:
     default = min(matching, key=lambda r: results[r]["256"]["p50_ms"])
     loads = [v for r in results.values() for v in (r["load_start"], r["load_end"])]
     served = options_from(metadata)  # what the server applies: threshold, scales, views
+    if args.tta != TTA_FROM_MODEL:
+        served["tta"] = args.tta
     run = {"command": "python -m ablations.bench.runtimes " + " ".join(argv), "machine": describe(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "model": described, "threshold": served["threshold"], "scales": list(served["scales"]),
-           "tta": served["tta"],
+           "tta": served["tta"], "tta_override": None if args.tta == TTA_FROM_MODEL else args.tta,
            "requests": args.requests, "requests_1024": args.requests_1024, "clients": args.clients,
            "per_client": args.per_client, "rounds": args.rounds, "runtimes": results, "default": default,
            "load_note": (f"Load average (1 min) between {min(loads):.1f} and {max(loads):.1f} on "
@@ -300,7 +316,8 @@ def main(argv=None) -> int:
     bench_md = args.out / "bench.md"
     existing = bench_md.read_text() if bench_md.is_file() else "# Benchmark\n"
     write_text_atomic(bench_md, replace_section(existing, section(run)))
-    write_json_atomic(args.out / "bench_runtimes.json", run)
+    suffix = "" if args.tta == TTA_FROM_MODEL else f"_tta-{args.tta}"
+    write_json_atomic(args.out / f"bench_runtimes{suffix}.json", run)
     print(section(run))
     return 0
 
