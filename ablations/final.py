@@ -58,6 +58,7 @@ class FitRequest:
 def run_fit(request: FitRequest) -> dict:
     started = time.time()
     budget = studies.BUDGETS[request.budget]
+    _require_a_curve(request)  # before minutes of loading and encoding, not after
     config, recipe = selected_recipe(request.recipe_from, request.curve_from or _kept_curve(request))
     pool_samples, test_samples, source = load_samples(request, budget)
     binding = {"data_kind": provenance.data_kind(source),
@@ -182,9 +183,7 @@ def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
         plots_final.learning_curve(curve, Path(request.out) / "curve.png")
         return curve
     if not request.curve:
-        if not path.is_file():
-            raise UserFacingError(f"{path} does not exist: run once with --curve (the cross-validated "
-                                  "learning curve that chooses the epochs and threshold)")
+        _require_a_curve(request)
         import json
 
         return json.loads(path.read_text())
@@ -199,6 +198,13 @@ def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
     write_json_atomic(path, curve)
     plots_final.learning_curve(curve, Path(request.out) / "curve.png")
     return curve
+
+
+def _require_a_curve(request) -> None:
+    path = Path(request.out) / "curve.json"
+    if not (request.curve or request.curve_from is not None or path.is_file()):
+        raise UserFacingError(f"{path} does not exist: run once with --curve (the cross-validated "
+                              "learning curve that chooses the epochs and threshold)")
 
 
 def curve_record(results: list[folds.FoldResult], curve_epochs: int, seconds: float) -> dict:

@@ -1,5 +1,8 @@
 """Cross-validation by area in the harness, folders bound to what made them, and the final
-fit, each run as a real subprocess on the smoke budget (synthetic scenes, three areas)."""
+fit, each run as a real subprocess on the smoke budget (synthetic scenes, three areas). The
+refusals, which stop before any training, call the same command's `main` in this process:
+a subprocess would add ~8 s of imports each (tests/test_ablations.py runs refusals as
+subprocesses, where what the user sees on stderr is the point)."""
 from __future__ import annotations
 
 import hashlib
@@ -53,17 +56,33 @@ def test_the_table_shows_each_fold_and_the_spread(cv_run):
     assert table.count("| val synth_") == 0 and table.count("val synth_") == 2  # two fold columns
 
 
-def test_a_run_with_another_setting_refuses_and_writes_nothing(cv_run, cache_home):
+@pytest.fixture
+def in_process(cache_home, monkeypatch, capsys):
+    """`in_process(main, *args)`: a command's exit status and stderr, run in this process."""
+    for name, value in cache_home.items():
+        monkeypatch.setenv(name, value)
+
+    def run(main, *args) -> tuple[int, str]:
+        capsys.readouterr()
+        status = main([str(a) for a in args])
+        return status, capsys.readouterr().err
+
+    return run
+
+
+def test_a_run_with_another_setting_refuses_and_writes_nothing(cv_run, in_process):
+    from ablations.run import main
+
     out, study = cv_run
     before = snapshot(out)
-    result = run_cli("loss", "--budget", "smoke", "--only", "loss=bce,dice", "--out", str(out),
-                     *weights_flag(), env_extra=cache_home)  # the same study without --cv
-    assert result.returncode == 2
-    assert "--fresh" in result.stderr and "--out" in result.stderr and "cv 'areas' -> 'none'" in result.stderr
+    status, stderr = in_process(main, "loss", "--budget", "smoke", "--only", "loss=bce,dice", "--out", out,
+                                *weights_flag())  # the same study without --cv
+    assert status == 2
+    assert "--fresh" in stderr and "--out" in stderr and "cv 'areas' -> 'none'" in stderr
     assert snapshot(out) == before
 
 
-def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, cache_home):
+def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, in_process):
     """The issue's case: `ablations.run decoder_variants --budget smoke` into the folder that
     holds the committed real-data study used to overwrite its records with synthetic ones."""
     committed = REPO / "results" / "decoder_variants"
@@ -72,10 +91,11 @@ def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, cache_
     copy = tmp_path / "decoder_variants"
     shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("best", "tuner"))
     before = snapshot(tmp_path)
-    result = run_cli("decoder_variants", "--budget", "smoke", "--out", str(tmp_path),
-                     *weights_flag(), env_extra=cache_home)
-    assert result.returncode == 2, result.stdout[-2000:]
-    assert "holds results of a different run" in result.stderr and "budget 'standard' -> 'smoke'" in result.stderr
+    from ablations.run import main
+
+    status, stderr = in_process(main, "decoder_variants", "--budget", "smoke", "--out", tmp_path, *weights_flag())
+    assert status == 2, stderr
+    assert "holds results of a different run" in stderr and "budget 'standard' -> 'smoke'" in stderr
     assert snapshot(tmp_path) == before
 
 
@@ -126,19 +146,26 @@ def test_each_city_is_scored_with_a_schedule_chosen_on_the_others(fit_run):
     assert "chosen on the *other* folds" in readme and (out / "curve.png").is_file()
 
 
-def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, cache_home):
+def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, in_process):
+    from ablations.fit import main
+
     _, out = fit_run
     before = snapshot(out)
-    result = run_fit("--budget", "smoke", "--test-area", "synth_a", "--out", str(out),
-                     *weights_flag(), env_extra=cache_home)
-    assert result.returncode == 2 and "test_area 'none' -> 'synth_a'" in result.stderr
+    status, stderr = in_process(main, "--budget", "smoke", "--test-area", "synth_a", "--out", out, *weights_flag())
+    assert status == 2 and "test_area 'none' -> 'synth_a'" in stderr
     assert snapshot(out) == before
 
 
-def test_a_fit_without_a_curve_names_the_flag(tmp_path, cache_home):
-    result = run_fit("--budget", "smoke", "--out", str(tmp_path / "final"), *weights_flag(),
-                     env_extra=cache_home)
-    assert result.returncode == 2 and "--curve" in result.stderr
+def test_a_fit_without_a_curve_names_the_flag_before_any_work(tmp_path, in_process, monkeypatch):
+    from ablations import final
+    from ablations.fit import main
+
+    def no_loading(*_):
+        raise AssertionError("loaded the data before naming the missing curve")
+
+    monkeypatch.setattr(final, "load_samples", no_loading)
+    status, stderr = in_process(main, "--budget", "smoke", "--out", tmp_path / "final", *weights_flag())
+    assert status == 2 and "--curve" in stderr
 
 
 def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path):
