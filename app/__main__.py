@@ -1,5 +1,6 @@
-"""`python -m app [--model PATH] [--runtime R] [--tta VIEWS] [--host H] [--port P] [--max-body-mb MB]`:
-the development server.
+"""The development server.
+
+    python -m app [--model PATH] [--runtime R] [--tta VIEWS] [--host H] [--port P] [--max-body-mb MB]
 
 Serves the model `results/MODEL` names (`final/model.keras` once `python -m ablations.fit` ran;
 see `app/model.py`). For production use gunicorn; the command is in `app/wsgi.py`. A missing
