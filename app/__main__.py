@@ -13,9 +13,9 @@ import argparse
 import os
 
 from app import MAX_BODY_MB, create_app
-from app.model import (DEFAULT_MODEL, ENV, POINTER, RUNTIME_CHOICES, RUNTIME_ENV, TTA_CHOICES,
-                       TTA_ENV, TTA_FROM_MODEL, ModelUnavailable, load_for_serving,
-                       resolve_model_path, runtime_of)
+from app.model import (DEFAULT_MODEL, ENV, POINTER, RUNTIME_CHOICES, RUNTIME_ENV, TTA_ENV,
+                       ModelUnavailable, load_for_serving, resolve_model_path, runtime_of)
+from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -22,18 +22,15 @@ import sys
 from pathlib import Path
 
 from zoo import runtimes
-from zoo.predict import TTA_VIEWS
+from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
 from zoo.served import DEFAULT_MODEL, ENV, POINTER, resolve_model_path as _resolve, served_model_path
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RUNTIME_ENV = "ZOO_RUNTIME"
 RUNTIME_CHOICES = (runtimes.AUTO, *runtimes.RUNTIMES)
-# Test-time views: "model" applies the ones the model's metadata names (chosen by
-# cross-validation); the others override them for this server, e.g. "none" trades the flips'
-# quality for a quarter of the network's work a request (results/bench.md measures both).
+# Test-time views (zoo.predict.TTA_CHOICES): "none" trades the flips' quality for a quarter of
+# the network's work a request (results/bench.md measures both).
 TTA_ENV = "ZOO_TTA"
-TTA_FROM_MODEL = "model"
-TTA_CHOICES = (TTA_FROM_MODEL, *TTA_VIEWS)
 # The one command that makes the served model, from the repository root with ../shared beside it
 # (the README's main job), and a smoke model for a quick look (synthetic scenes, meaningless).
 MAKE_ONE = "python -m ablations.fit --data ../shared/data/oam_buildings"
@@ -133,6 +130,7 @@ def load_for_serving(path, runtime: str = runtimes.AUTO, tta: str = TTA_FROM_MOD
 
     import numpy as np
 
+    check_tta(tta)  # before seconds of loading, as a bad $ZOO_TTA passes argparse unchecked
     segmenter = override_tta(load_segmenter(path, runtime), tta)
     segmenter.predict(np.zeros((256, 256, 3), np.uint8))
     gc.collect()
@@ -143,14 +141,18 @@ def load_for_serving(path, runtime: str = runtimes.AUTO, tta: str = TTA_FROM_MOD
 def override_tta(segmenter, tta: str):
     """`segmenter` applying the test-time views `tta` instead of its model's, recorded under
     "serving" (GET /model) with the model's own choice beside it."""
-    if tta not in TTA_CHOICES:
-        raise ModelUnavailable(f"tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
+    check_tta(tta)
     if tta == TTA_FROM_MODEL:
         return segmenter
     serving = {**(segmenter.metadata.get("serving") or {}), "tta_of_model": segmenter.tta}
     segmenter.metadata = {**segmenter.metadata, "serving": serving}
     segmenter.tta = tta
     return segmenter
+
+
+def check_tta(tta: str) -> None:
+    if tta not in TTA_CHOICES:
+        raise ModelUnavailable(f"tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
 
 
 def model_name(segmenter) -> str:

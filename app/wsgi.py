@@ -21,8 +21,8 @@ import os
 import sys
 
 from app import MAX_BODY_MB, create_app
-from app.model import (RUNTIME_ENV, TTA_ENV, TTA_FROM_MODEL, ModelUnavailable, load_for_serving,
-                       resolve_model_path)
+from app.model import RUNTIME_ENV, TTA_ENV, ModelUnavailable, load_for_serving, resolve_model_path
+from zoo.predict import TTA_FROM_MODEL
 from zoo.runtimes import AUTO
 
 try:

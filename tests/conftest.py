@@ -38,8 +38,10 @@ def pytest_collection_modifyitems(items):
 
 
 def child_env(**extra) -> dict:
-    """This environment for a child process, minus any $ZOO_MODEL the caller did not pass."""
-    env = {key: value for key, value in os.environ.items() if key != "ZOO_MODEL"}
+    """This environment for a child process, minus any $ZOO_MODEL, $ZOO_RUNTIME or $ZOO_TTA
+    the caller did not pass: a developer's serving settings must not change what a test serves."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("ZOO_MODEL", "ZOO_RUNTIME", "ZOO_TTA")}
     return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 

@@ -574,25 +574,29 @@ def test_gunicorn_with_two_workers_serves_the_views_zoo_tta_names(small_model_fi
     image = rgb(37, 61, seed=9)
     flipped = Segmenter(small_segmenter.model, tta="flips").predict(image)
     assert (flipped != small_segmenter.predict(image)).any()  # else the override would go unseen
-    for _ in range(2):  # either worker
+    for _ in range(2):  # whichever worker answers
         np.testing.assert_array_equal(prediction_of(post_json(url, {"image": image})), flipped)
     serving = requests.get(f"{url}/model", timeout=10).json()["serving"]
     assert serving["tta"] == "flips" and serving["tta_of_model"] == "none"
 
 
 def test_tta_override_replaces_the_models_views_and_says_so(small_model_file, small_segmenter):
-    from app.model import ModelUnavailable, load_for_serving, override_tta
+    from app.model import ModelUnavailable, load_segmenter, override_tta
     from zoo.predict import Segmenter
 
-    image = rgb(64, 96, seed=4)
-    served = load_for_serving(small_model_file, "keras", "dihedral")
+    image = rgb(64, 96, seed=4)  # (load_for_serving would also freeze this worker's heap)
+    served = override_tta(load_segmenter(small_model_file, "keras"), "dihedral")
     assert served.tta == "dihedral" and served.metadata["serving"]["tta_of_model"] == "none"
     np.testing.assert_array_equal(served.predict(image),
                                   Segmenter(small_segmenter.model, tta="dihedral").predict(image))
-    kept = load_for_serving(small_model_file, "keras")
+    kept = override_tta(load_segmenter(small_model_file, "keras"), "model")
     assert kept.tta == "none" and "tta_of_model" not in kept.metadata["serving"]
     with pytest.raises(ModelUnavailable, match="tta must be one of model, none, flips, dihedral"):
         override_tta(kept, "rot90")
+    from app.model import load_for_serving
+
+    with pytest.raises(ModelUnavailable, match="tta must be"):  # said before looking for the model
+        load_for_serving(small_model_file.parent / "no_such.keras", "keras", "rot90")
 
 
 # -- fuzz: no body, however odd, makes a 500 ----------------------------------------------------

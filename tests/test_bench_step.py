@@ -10,6 +10,9 @@ import pytest
 from ablations.bench import step
 
 
+pytestmark = pytest.mark.slow  # builds and trains a decoder: ~30 s
+
+
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("step")
@@ -31,10 +34,13 @@ def test_every_decoder_layer_is_timed_on_its_step_shape(profiled):
     assert full_resolution and all(r["input"][:3] == [2, 64, 64] for r in full_resolution)
 
 
-def test_the_shares_by_level_add_up_to_the_total(profiled):
+def test_every_layer_falls_in_a_level_of_the_report_and_the_shares_add_up(profiled):
     run, page = profiled
     total = sum(r["ms"] for r in run["layers"])
     level_table = page.split("## By decoder level")[1].split("## By kind")[0]
+    levels = {step.level_of(r["layer"]) for r in run["layers"]}
+    assert {"dec0_s16", "dec4_s1", "logits"} <= levels and len(levels) == 6
+    assert all(f"| {level} " in level_table for level in levels)
     cells = [float(ms) for ms in re.findall(r"\|\s*([\d.]+) \(\d+%\)", level_table)]
     assert sum(cells) == pytest.approx(total, abs=len(cells))  # each cell rounded to 1 ms
     assert step.level_of("dec3_s2_block_a_conv") == "dec3_s2" and step.level_of("logits") == "logits"

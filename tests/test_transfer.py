@@ -178,7 +178,7 @@ def run_transfer(*args, env_extra=None):
 
 
 @pytest.mark.slow
-def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp_path, cache_home):
+def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp_path, cache_home, monkeypatch):
     out = tmp_path / "transfer"
     first = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), env_extra=cache_home)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -224,12 +224,28 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert metadata["recipe"]["augmentation"] == "sensor_style"
     assert (metadata["epochs"], metadata["inference"]["tta"]) == (epochs, tta)
     assert metadata["inference"]["threshold"] == pytest.approx(threshold)
-    # A later plain `ablations.fit` in that folder (test_cv: from the kept curve alone) fits
-    # the kept curve's recipe, not the default one.
-    from ablations.final import FitRequest, _kept_curve, selected_recipe
+    # A later plain `ablations.fit` in that folder fits the kept curve's recipe, not the
+    # default one: run_fit in process, stopped where it starts loading data.
+    from ablations import final as final_module
 
-    kept_curve = _kept_curve(FitRequest(out=final, budget="smoke"))
-    assert selected_recipe(None, kept_curve)[1].augmentation == "sensor_style"
+    chosen = []
+
+    def recorded(*args):
+        chosen.append(selected_recipe(*args))
+        return chosen[-1]
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_):
+        raise Stop
+
+    selected_recipe = final_module.selected_recipe
+    monkeypatch.setattr(final_module, "selected_recipe", recorded)
+    monkeypatch.setattr(final_module, "load_samples", stop)
+    with pytest.raises(Stop):
+        final_module.run_fit(final_module.FitRequest(out=final, budget="smoke"))
+    assert chosen[0][1].augmentation == "sensor_style"
 
 
 def test_confident_learning_sets_aside_only_what_the_judge_confidently_disputes():

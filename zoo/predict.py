@@ -40,6 +40,10 @@ TTA_VIEWS = {
     "dihedral": (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV, _transposed(_IDENTITY),
                  _transposed(_FLIP_H), _transposed(_FLIP_V), _transposed(_FLIP_HV)),
 }
+# A server's choice of views: "model" applies the ones the model's metadata names (chosen by
+# cross-validation); the others override them (`python -m app --tta`).
+TTA_FROM_MODEL = "model"
+TTA_CHOICES = (TTA_FROM_MODEL, *TTA_VIEWS)
 
 
 class ImageError(ValueError):

@@ -37,8 +37,7 @@ import requests
 
 from ablations.bench import load, server
 from ablations.machine import describe
-from app.model import TTA_CHOICES, TTA_FROM_MODEL
-from zoo.predict import TTA_VIEWS, options_from
+from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL, TTA_VIEWS, options_from
 from zoo.runtimes import RUNTIMES
 from zoo.served import resolve_model_path
 

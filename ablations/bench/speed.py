@@ -162,7 +162,8 @@ def bench_http(model_path: Path, requests_per_size: int) -> dict:
     from ablations.bench.server import running_server
     from zoo.predict import Segmenter
 
-    with running_server(["--model", str(model_path)]) as server:
+    # The raw side below applies the model's own views, so the server must too, whatever $ZOO_TTA says.
+    with running_server(["--model", str(model_path), "--tta", "model"]) as server:
         url = server.url
         segmenter = Segmenter.from_file(model_path)
         rng = np.random.default_rng(0)
