@@ -52,17 +52,21 @@ def test_killed_run_resumes_without_repeating_finished_trials_and_reruns_lost_we
     assert sorted(trials["recipe_loss"]) == ["bce", "dice", "focal"]
     assert not [p for p in study.rglob("*") if ".tmp" in p.name and p.name not in leftovers]
 
-    # A fresh checkout: git keeps a study's records and tables, not its model files. Every
-    # record without its weights runs again; the search state is rebuilt from the records.
-    for path in list(study.rglob("*.weights.h5")) + list(study.rglob("*.keras")):
+    # A fresh checkout: git keeps a study's records and tables, not its model files. A record
+    # without its weights runs again (one here, to keep the test short; each is handled
+    # alike); the search state is rebuilt from the records.
+    lost = sorted(study.rglob("*.weights.h5"))
+    assert len(lost) == 3
+    lost[0].unlink()
+    for path in study.rglob("*.keras"):
         path.unlink()
     shutil.rmtree(study / "tuner")
     again = run_cli("loss", "--budget", "smoke", *only, "--out", str(out), *weights_flag(), env_extra=cache_home)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert again.stdout.count("weights are not here; running it again") == 3
+    assert again.stdout.count("weights are not here; running it again") == 1
     assert (study / "best" / "model.keras").is_file()
     runs = json.loads((study / "context.json").read_text())["runs"]
-    assert [r["trials_run"] for r in runs] == [3 - len(before), 3]  # each invocation's cost is kept
+    assert [r["trials_run"] for r in runs] == [3 - len(before), 1]  # each invocation's cost is kept
     assert f"{runs[0]['wall_minutes']} min wall" in (study / "table.md").read_text()
 
 
