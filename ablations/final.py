@@ -182,8 +182,7 @@ def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
         write_json_atomic(path, curve)
         plots_final.learning_curve(curve, Path(request.out) / "curve.png")
         return curve
-    if not request.curve:
-        _require_a_curve(request)
+    if not request.curve:  # run_fit checked that it exists before any work
         import json
 
         return json.loads(path.read_text())

@@ -105,6 +105,24 @@ def serve(tmp_path):
 
 
 
+@pytest.fixture
+def in_process(cache_home, monkeypatch, capsys):
+    """`in_process(main, *args)`: a command's `main` run in this process with the module's
+    synthetic-data cache (`cache_home`, test_ablations.py), as (exit status, stdout, stderr).
+    For refusals and finished runs, which stop before any training: a subprocess would add
+    ~8 s of imports each."""
+    for name, value in cache_home.items():
+        monkeypatch.setenv(name, value)
+
+    def run(main, *args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def run_module():
     """`run_module("pkg.mod", *args, timeout=..., **env)`: `python -m pkg.mod args` run from

@@ -56,27 +56,13 @@ def test_the_table_shows_each_fold_and_the_spread(cv_run):
     assert table.count("| val synth_") == 0 and table.count("val synth_") == 2  # two fold columns
 
 
-@pytest.fixture
-def in_process(cache_home, monkeypatch, capsys):
-    """`in_process(main, *args)`: a command's exit status and stderr, run in this process."""
-    for name, value in cache_home.items():
-        monkeypatch.setenv(name, value)
-
-    def run(main, *args) -> tuple[int, str]:
-        capsys.readouterr()
-        status = main([str(a) for a in args])
-        return status, capsys.readouterr().err
-
-    return run
-
-
 def test_a_run_with_another_setting_refuses_and_writes_nothing(cv_run, in_process):
     from ablations.run import main
 
     out, study = cv_run
     before = snapshot(out)
-    status, stderr = in_process(main, "loss", "--budget", "smoke", "--only", "loss=bce,dice", "--out", out,
-                                *weights_flag())  # the same study without --cv
+    status, _, stderr = in_process(main, "loss", "--budget", "smoke", "--only", "loss=bce,dice", "--out", out,
+                                   *weights_flag())  # the same study without --cv
     assert status == 2
     assert "--fresh" in stderr and "--out" in stderr and "cv 'areas' -> 'none'" in stderr
     assert snapshot(out) == before
@@ -93,7 +79,7 @@ def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, in_pro
     before = snapshot(tmp_path)
     from ablations.run import main
 
-    status, stderr = in_process(main, "decoder_variants", "--budget", "smoke", "--out", tmp_path, *weights_flag())
+    status, _, stderr = in_process(main, "decoder_variants", "--budget", "smoke", "--out", tmp_path, *weights_flag())
     assert status == 2, stderr
     assert "holds results of a different run" in stderr and "budget 'standard' -> 'smoke'" in stderr
     assert snapshot(tmp_path) == before
@@ -151,7 +137,7 @@ def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, in_process):
 
     _, out = fit_run
     before = snapshot(out)
-    status, stderr = in_process(main, "--budget", "smoke", "--test-area", "synth_a", "--out", out, *weights_flag())
+    status, _, stderr = in_process(main, "--budget", "smoke", "--test-area", "synth_a", "--out", out, *weights_flag())
     assert status == 2 and "test_area 'none' -> 'synth_a'" in stderr
     assert snapshot(out) == before
 
@@ -164,7 +150,7 @@ def test_a_fit_without_a_curve_names_the_flag_before_any_work(tmp_path, in_proce
         raise AssertionError("loaded the data before naming the missing curve")
 
     monkeypatch.setattr(final, "load_samples", no_loading)
-    status, stderr = in_process(main, "--budget", "smoke", "--out", tmp_path / "final", *weights_flag())
+    status, _, stderr = in_process(main, "--budget", "smoke", "--out", tmp_path / "final", *weights_flag())
     assert status == 2 and "--curve" in stderr
 
 

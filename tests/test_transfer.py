@@ -179,7 +179,7 @@ def run_transfer(*args, env_extra=None):
 
 @pytest.mark.slow
 def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp_path, cache_home, monkeypatch,
-                                                                             capsys):
+                                                                             in_process):
     out = tmp_path / "transfer"
     first = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), env_extra=cache_home)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -209,17 +209,13 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
 
     # Everything finished: nothing is encoded; another epoch count is refused. Both stop before
     # any training, so they run in this process (a subprocess adds ~10 s of imports each).
-    from ablations.evaluate import transfer
+    from ablations.evaluate.transfer import main
 
-    for name, value in cache_home.items():
-        monkeypatch.setenv(name, value)
-    smoke = ["--budget", "smoke", *weights_flag(), "--out", str(out)]
-    capsys.readouterr()
-    assert transfer.main(["--variants", "selected,style", "--epochs", "1", *smoke]) == 0
-    again = capsys.readouterr().out
-    assert "every variant asked for has finished" in again and "encoding" not in again
-    assert transfer.main(["--variants", "selected", "--epochs", "2", *smoke]) == 2
-    assert "other data, epochs or budget" in capsys.readouterr().err
+    smoke = ["--budget", "smoke", *weights_flag(), "--out", out]
+    status, again, _ = in_process(main, "--variants", "selected,style", "--epochs", "1", *smoke)
+    assert status == 0 and "every variant asked for has finished" in again and "encoding" not in again
+    status, _, stderr = in_process(main, "--variants", "selected", "--epochs", "2", *smoke)
+    assert status == 2 and "other data, epochs or budget" in stderr
 
     # The winner is served through the final fit, with what its cross-validation chose.
     from ablations.final import inference_choice

@@ -210,13 +210,13 @@ def section(run: dict) -> str:
                     f"| {c['p50_ms']:.0f} / {c['p95_ms']:.0f} | {r['differ_from_keras'].get('256', '-')} / "
                     f"{r['differ_from_keras'].get('1024', '-')} | {r['server_peak_rss_mb']:.0f} "
                     f"| {r['start_s']:.1f} |")
-    default = run["default"]
+    default, images = run["default"], _images_a_request(run)
     return "\n".join([
         section_title(run), "",
         f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
         f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}, "
-        f"test-time views `{run.get('tta', 'none')}`: {_images_a_request(run)} "
-        f"image{'' if _images_a_request(run) == 1 else 's'} through the "
+        f"test-time views `{run.get('tta', 'none')}`: {images} "
+        f"image{'' if images == 1 else 's'} through the "
         "network a request). Each runtime is its own `python -m app "
         "--runtime R` process on a free loopback port, all running at once and taking turns, "
         "request by request (burst by burst for the clients), so they meet the same load; JSON "
