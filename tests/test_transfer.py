@@ -170,6 +170,30 @@ def test_the_served_option_is_the_one_the_other_cities_score_best():
     assert inference_choice(_curve(0.2, 0.3))[2] == "none"
 
 
+def test_an_ensemble_found_on_disk_is_reported_at_both_thresholds_against_selected(tmp_path):
+    from ablations.evaluate.transfer import _variants
+    from ablations.evaluate.transfer_report import render
+
+    flips = _counts_peaking_at(0.4, iou=0.6)
+    selected = _curve(0.5, last_epoch_peak=0.5, flips=flips)
+    selected.update(seconds=60.0, why="the served recipe", machine="test", recipe={})
+    for row in selected["per_city"].values():
+        row["threshold"] = 0.6
+    (tmp_path / "selected").mkdir()
+    (tmp_path / "selected" / "curve.json").write_text(json.dumps(selected, default=np.ndarray.tolist))
+    better = _counts_peaking_at(0.5, iou=0.8)  # the ensemble peaks at 0.5, selected's flips at 0.4
+    (tmp_path / "ensembles").mkdir()
+    (tmp_path / "ensembles" / "selected+style.json").write_text(json.dumps(
+        {"members": ["selected", "style"], "counts": {c: better.tolist() for c in ("a", "b", "c")}}))
+
+    text = render(tmp_path, _variants(), ensembles=[])  # not asked for this time: found on disk
+    rows = [line for line in text.splitlines() if line.startswith("| selected+style")]
+    assert len(rows) == 2
+    borrowed, fixed = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
+    assert borrowed[1] == "flips" and borrowed[-2:] == ["0.800", "+0.200"]  # selected's flips: 0.6 at 0.4
+    assert fixed[1] == "flips, 0.5" and fixed[-2:] == ["0.800", "+0.700"]  # selected's flips at 0.5: 0.1
+
+
 def run_transfer(*args, env_extra=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "ablations.evaluate.transfer", "--budget", "smoke",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablations.heldout import leave_one_out, mean_of, serving_options
+from ablations.heldout import FIXED, at_threshold, leave_one_out, mean_of, serving_options
 
 def load_curves(out: Path, names) -> dict[str, dict]:
     curves = {}
@@ -63,7 +63,7 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
               "## Summary (building IoU per held-out city)", "",
               tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines += _label_noise_section(curves)
-    lines += _ensemble_section(out, ensembles)
+    lines += _ensemble_section(out, ensembles, base)
     lines += ["## Every row", "", tabulate(detail, headers="keys", tablefmt="github", disable_numparse=True), "",
               f"Machine: {next(iter(curves.values()))['machine']}. Epochs: {next(iter(curves.values()))['curve_epochs']} "
               "per fold. One seed per variant: earlier seed spreads (std 0.014-0.036 building IoU on one "
@@ -83,21 +83,27 @@ def _label_noise_section(curves: dict) -> list[str]:
     return ["## What the label-noise remedies set aside", "", *lines, ""] if lines else []
 
 
-def _ensemble_section(out: Path, ensembles: list[str]) -> list[str]:
+def _ensemble_section(out: Path, ensembles: list[str], base: dict) -> list[str]:
+    """Every ensemble asked for or scored earlier (OUT/ensembles/*.json), served as a variant
+    with flips is: at the threshold chosen on the other cities, and at 0.5."""
     from tabulate import tabulate
 
+    folder = Path(out) / "ensembles"
+    found = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
     rows = []
-    for name in ensembles:
-        path = Path(out) / "ensembles" / f"{name}.json"
+    for name in dict.fromkeys([*ensembles, *found]):
+        path = folder / f"{name}.json"
         if not path.is_file():
             continue
         counts = {c: np.asarray(v) for c, v in json.loads(path.read_text())["counts"].items()}
-        per_city = leave_one_out(counts)
-        mean = mean_of(per_city)
-        rows.append({"ensemble (probabilities averaged, with flips)": name,
-                     **{c: f"{r['building_iou']:.3f}" for c, r in per_city.items()},
-                     "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
-                     "mean building IoU": f"{mean['building_iou']:.3f}"})
+        for kind, per_city in (("flips", leave_one_out(counts)), (f"flips, {FIXED}", at_threshold(counts))):
+            mean = mean_of(per_city)
+            rows.append({"ensemble (probabilities averaged)": name, "served as": kind,
+                         **{c: f"{r['building_iou']:.3f}" for c, r in per_city.items()},
+                         "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
+                         "mean building IoU": f"{mean['building_iou']:.3f}",
+                         "vs selected served alike": (f"{mean['building_iou'] - mean_of(base[kind])['building_iou']:+.3f}"
+                                                      if kind in base else "")})
     if not rows:
         return []
     return ["## Ensembles of variants", "", "Each member's held-out probabilities (with flips, last epoch) "
