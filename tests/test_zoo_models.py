@@ -30,7 +30,8 @@ from zoo.losses import SegmentationLoss  # noqa: E402
 
 VARIANTS = [DecoderConfig(upsampler=u, skip=s)
             for u, s in itertools.product(config.UPSAMPLERS, config.SKIP_MERGES)]
-EXTRA = [DecoderConfig(conv="separable"), DecoderConfig(width=0.25), DecoderConfig(width=1.0)]
+EXTRA = [DecoderConfig(conv="separable"), DecoderConfig(width=0.25), DecoderConfig(width=1.0),
+         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)]
 _MODELS: dict[DecoderConfig, keras.Model] = {}
 
 
@@ -100,6 +101,19 @@ def test_built_decoder_uses_the_configured_filters(cfg):
         assert conv.filters == filters, conv.name
 
 
+def test_an_output_stride_2_decoder_stops_at_stride_2_and_resizes_its_logits():
+    cfg = EXTRA[-1]
+    assert cfg.filters == DecoderConfig(width=0.25).filters[:-1] and cfg.name.endswith("-os2")
+    decoder = unet.decoder_of(model_for(cfg))
+    names = [layer.name for layer in decoder.layers]
+    assert not any(name.startswith("dec4_s1") for name in names) and "dec3_s2_block_b_conv" in names
+    taps = random_taps(decoder, 1, 64)
+    coarse = keras.Model(decoder.inputs, decoder.get_layer("logits").output)(taps)
+    assert tuple(coarse.shape) == (1, 32, 32, 1)
+    resized = keras.ops.image.resize(coarse, (64, 64), interpolation="bilinear")
+    np.testing.assert_allclose(np.asarray(decoder(taps)), np.asarray(resized), atol=1e-5)
+
+
 def test_separable_variant_uses_separable_convs():
     decoder = unet.decoder_of(model_for(EXTRA[0]))
     assert isinstance(decoder.get_layer("dec0_s16_block_a_conv"), keras.layers.SeparableConv2D)
@@ -130,7 +144,7 @@ def test_block_registries_match_config_choices(registry, choices):
 
 @pytest.mark.parametrize("field, value", [
     ("upsampler", "pixelshuffle"), ("skip", "residual"), ("conv", "triple"),
-    ("width", 0.0), ("width", 10.0),
+    ("width", 0.0), ("width", 10.0), ("output_stride", 4),
 ])
 def test_config_rejects_unknown_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"DecoderConfig\.{field}") as caught:

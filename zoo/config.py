@@ -21,6 +21,11 @@ PREPROCESSING = ("scale", "standardize")
 # Encoder activations the decoder reads at strides 2 and 4 (zoo.encoder.TAP_SETS): the narrow
 # 16/24-channel bottleneck outputs, or the tutorial's 96/144-channel expansions.
 TAPS = ("narrow", "wide")
+# Where the decoder stops: 1 = a last level at full resolution (the U-Net as drawn); 2 = the
+# logits at stride 2, resized bilinearly to full size. The full-resolution level holds a few
+# channels over 4x the pixels of any other: 37% of a training step (results/step_profile.md)
+# and most of the decoder's inference time, for outlines that the stride-2 taps already place.
+OUTPUT_STRIDES = (1, 2)
 
 # Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
 BASE_FILTERS = (256, 128, 64, 32, 16)
@@ -37,6 +42,7 @@ class DecoderConfig:
     head: str = "linear"
     preprocess: str = "scale"
     taps: str = "narrow"
+    output_stride: int = 1
 
     def __post_init__(self):
         _check_choice("upsampler", self.upsampler, UPSAMPLERS)
@@ -45,19 +51,23 @@ class DecoderConfig:
         _check_choice("head", self.head, HEADS)
         _check_choice("preprocess", self.preprocess, PREPROCESSING)
         _check_choice("taps", self.taps, TAPS)
+        _check_choice("output_stride", self.output_stride, OUTPUT_STRIDES)
         if not 0.05 <= float(self.width) <= 4.0:
             raise ValueError(f"DecoderConfig.width must be in [0.05, 4], got {self.width!r}")
 
     @property
     def filters(self) -> tuple[int, ...]:
+        """Filters of each decoder level, coarse to fine (strides 16 .. output_stride)."""
+        levels = BASE_FILTERS[:len(BASE_FILTERS) - (self.output_stride.bit_length() - 1)]
         # At least 4 filters a level, and a multiple of 4 so separable convs stay aligned.
-        return tuple(max(4, int(round(f * self.width / 4)) * 4) for f in BASE_FILTERS)
+        return tuple(max(4, int(round(f * self.width / 4)) * 4) for f in levels)
 
     @property
     def name(self) -> str:
         suffix = "" if self.head == "linear" else f"-{self.head}"
         suffix += "" if self.preprocess == "scale" else f"-{self.preprocess}"
         suffix += "" if self.taps == "narrow" else f"-{self.taps}taps"
+        suffix += "" if self.output_stride == 1 else f"-os{self.output_stride}"
         return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:

@@ -75,6 +75,8 @@ def _variants() -> dict[str, Variant]:
         variant("bce", "plain BCE: calibrated probabilities, so a threshold may transfer", loss="bce"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
+        variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
+                "full-resolution level: 37% of a training step)", config=dataclasses.replace(base, output_stride=2)),
     ]
     return {v.name: v for v in listed}
 
