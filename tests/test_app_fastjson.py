@@ -111,6 +111,27 @@ def test_fast_path_on_full_size_images(size):
         np.testing.assert_array_equal(fast_image_from_json(body, MAX_SIDE), image)
 
 
+def test_threads_reading_at_once_each_get_their_own_image():
+    # Each thread has its own simdjson parser (a shared one would hand one thread's numbers,
+    # or an error, to another): the server's threads read bodies concurrently.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sys
+
+    images = [np.random.default_rng(n).integers(0, 256, (96, 64 + n, 3), dtype=np.uint8) for n in range(6)]
+    bodies = [orjson.dumps({"image": image}, option=orjson.OPT_SERIALIZE_NUMPY) for image in images]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads between almost any two steps
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            read = list(pool.map(lambda n: [fast_image_from_json(bodies[n], MAX_SIDE) for _ in range(30)],
+                                 range(6)))
+    finally:
+        sys.setswitchinterval(interval)
+    for image, copies in zip(images, read):
+        assert all(copy is not None and np.array_equal(copy, image) for copy in copies)
+
+
 def test_image_from_json_goes_the_fast_way(monkeypatch):
     import app.inputs
 
