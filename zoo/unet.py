@@ -64,8 +64,7 @@ def build_decoder(config: DecoderConfig, channels: list[int], model_name: str = 
         x = conv_block(x, filters, f"{name}_block", relu_out=not (last and config.head == "linear"))
     logits = layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
     if config.output_stride > 1:  # logits are smooth: resizing them is cheap and exact enough
-        logits = layers.UpSampling2D(config.output_stride, interpolation="bilinear", dtype="float32",
-                                     name="logits_resized")(logits)
+        logits = blocks.BilinearUpsample(dtype="float32", name="logits_resized")(logits)
     return keras.Model(taps, logits, name=model_name)
 
 
