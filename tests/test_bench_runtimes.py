@@ -40,3 +40,20 @@ def test_an_override_of_the_views_has_its_own_section_beside_the_models():
     assert again.count(f"{runtimes.SECTION}\n") == 1 and again.count(f"{runtimes.SECTION}, --tta none\n") == 1
     assert "again" in again and models.strip() in again
     assert runtimes.section_of(again).count("## ") == 2
+
+
+@pytest.mark.slow
+def test_the_request_profile_times_each_part_of_a_served_request(small_model_file, tmp_path, run_module):
+    # A real run on the small model through Keras: every part timed, the app's answer checked
+    # against the segmenter's mask (the command fails otherwise), one file per runtime and views.
+    result = run_module("ablations.bench.request", "--model", small_model_file, "--runtime", "keras",
+                        "--tta", "flips", "--size", "64", "--rounds", "3", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "request_profile-keras-tta-flips.json").read_text())
+    assert (run["runtime"], run["tta"], run["size"]) == ("keras", "flips", 64)
+    parts = run["parts"]
+    assert sorted(parts) == sorted(["read body", "model", "answer", "whole request, in process"])
+    assert all(0 < p["iqr_ms"][0] <= p["p50_ms"] <= p["iqr_ms"][1] for p in parts.values())
+    assert parts["model"]["p50_ms"] < parts["whole request, in process"]["p50_ms"]
+    text = (tmp_path / "request_profile-keras-tta-flips.md").read_text()
+    assert "| model |" in text and "test-time views `flips`" in text
