@@ -187,3 +187,15 @@ def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, ca
 
     assert metadata["epochs"] == inference_choice(curve)[0] and metadata["schedule_epochs"] == 2
     assert (tmp_path / "results" / "MODEL").read_text().strip() == "final/model.keras"
+
+
+@pytest.mark.parametrize("rule, says", [
+    ("flips, 0.5", ("a threshold of 0.5, fixed", "the four flips averaged")),
+    ("flips", ("each row's threshold chosen on the other cities", "the four flips averaged")),
+    ("plain, 0.5", ("a threshold of 0.5, fixed", "no test-time views")),
+])
+def test_the_per_city_page_says_how_the_rows_were_served(rule, says):
+    from ablations.evaluate.cities import _served_as
+
+    text = _served_as({"per_city": {"a": {"rule": rule}, "b": {"rule": rule}}})
+    assert f"`{rule}`" in text and all(part in text for part in says)

@@ -78,9 +78,12 @@ def _served_as(curve: dict) -> str:
     rules = {row.get("rule") for row in curve["per_city"].values()} - {None}
     if not rules or rules == {"plain"}:
         return "."
-    return (f", served as the fit serves it (`{rules.pop()}`: the last epoch, a threshold of 0.5 is fixed "
-            "and chosen on no city, flips are the four flips averaged; which option to serve was chosen "
-            "by the mean over the cities).")
+    rule = rules.pop()
+    threshold = ("a threshold of 0.5, fixed and chosen on no city" if rule.endswith(", 0.5")
+                 else "each row's threshold chosen on the other cities")
+    views = "the four flips averaged" if rule.startswith("flips") else "no test-time views"
+    return (f", served as the fit serves it (`{rule}`: the last epoch, {threshold}, {views}; which option "
+            "to serve was chosen by the mean over the cities).")
 
 
 def tutorial_file(out: Path, city: str) -> Path:
