@@ -1,12 +1,13 @@
-"""`python -m ablations.bench.step [--size 256] [--batch 16] [--repeats 3] [--out results]`
+"""`python -m ablations.bench.step [--size 256] [--batch 16] [--repeats 3] [--output-stride 1] [--out results]`
 
-Where a training step of the served decoder goes: each decoder layer's forward and backward
+Where a training step of the selected decoder goes (at `--output-stride` 2, the one that
+stops at stride 2 and resizes its logits, as served since the os2 fit): each decoder layer's forward and backward
 pass timed alone, on the input shapes it meets in a step (batch `--batch` of `--size` px
 tiles, random features shaped like the encoder's taps; no time depends on their values),
 then summed by decoder level and by kind of layer, beside the whole step as `fit` runs it
 (the steady epoch, tracing excluded). Layers timed alone miss the fusion and the overlap of
 a whole step, so their sum is a guide to the shares, not the step's time.
-Writes OUT/step_profile.md and OUT/step_profile.json.
+Writes OUT/step_profile.md and OUT/step_profile.json (OUT/step_profile_os2.* at stride 2).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each layer (median)")
+    parser.add_argument("--output-stride", type=int, default=1, choices=(1, 2),
+                        help="where the decoder stops (zoo.config.OUTPUT_STRIDES)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     return parser.parse_args(argv)
 
@@ -79,12 +82,15 @@ def fit_step_ms(decoder, taps: list, size: int, batch: int) -> float:
     return 1000 * (time.perf_counter() - started) / 4
 
 
-def profile(size: int, batch: int, repeats: int) -> dict:
+def profile(size: int, batch: int, repeats: int, output_stride: int = 1) -> dict:
+    import dataclasses
+
     from ablations.final import SELECTED_DECODER
     from zoo import unet
     from zoo.encoder import build_encoder
 
-    decoder = unet.decoder_of(unet.build(SELECTED_DECODER, encoder=build_encoder(None)))
+    config = dataclasses.replace(SELECTED_DECODER, output_stride=output_stride)
+    decoder = unet.decoder_of(unet.build(config, encoder=build_encoder(None)))
     rng = np.random.default_rng(0)
     taps = [rng.standard_normal((batch, size // s, size // s, t.shape[-1])).astype("float32")
             for s, t in zip(unet.STRIDES, decoder.inputs)]
@@ -94,7 +100,7 @@ def profile(size: int, batch: int, repeats: int) -> dict:
         shape = tuple(np.shape(inputs[0] if isinstance(inputs, (list, tuple)) else inputs))
         rows.append({"layer": name, "kind": type(layer).__name__, "input": list(shape),
                      "ms": time_layer(layer, inputs, repeats)})
-    return {"config": SELECTED_DECODER.name, "size": size, "batch": batch, "repeats": repeats,
+    return {"config": config.name, "size": size, "batch": batch, "repeats": repeats,
             "layers": rows, "fit_step_ms": fit_step_ms(decoder, taps, size, batch)}
 
 
@@ -117,7 +123,7 @@ def report(run: dict) -> str:
     return "\n".join([
         "# Where a decoder training step goes", "",
         f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Decoder "
-        f"`{run['config']}` (the served one), batch {run['batch']} of {run['size']} px tiles; each "
+        f"`{run['config']}`, batch {run['batch']} of {run['size']} px tiles; each "
         f"layer's forward and backward pass timed alone (median of {run['repeats']}), ms.", "",
         f"- **A whole step as `fit` runs it: {run['fit_step_ms']:.0f} ms** "
         f"({1000 * run['batch'] / run['fit_step_ms']:.1f} tiles/s).",
@@ -140,12 +146,13 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    run = {**profile(args.size, args.batch, args.repeats), "machine": describe(),
+    run = {**profile(args.size, args.batch, args.repeats, args.output_stride), "machine": describe(),
            "command": " ".join(["python -m ablations.bench.step", *argv]),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "step_profile.json", run)
-    write_text_atomic(args.out / "step_profile.md", report(run))
+    stem = "step_profile" if args.output_stride == 1 else f"step_profile_os{args.output_stride}"
+    write_json_atomic(args.out / f"{stem}.json", run)
+    write_text_atomic(args.out / f"{stem}.md", report(run))
     print(report(run))
     return 0
 
