@@ -147,26 +147,6 @@ def test_lowering_keeps_the_nearest_upsampling_exact():
                                   keras.ops.convert_to_numpy(model(batch)))
 
 
-@pytest.mark.slow
-def test_a_decoder_ending_at_stride_2_exports_its_logit_resize(tmp_path):
-    # The resized logits must reach LiteRT as a resize of any size: Keras' own bilinear
-    # UpSampling2D fails to trace once height and width are unknown, as exporting needs.
-    import keras
-
-    from zoo import saving, unet
-
-    keras.utils.set_random_seed(0)
-    config = DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)
-    model = saving.save(unet.build(config, weights=None), tmp_path / "model.keras",
-                        {"config": config.to_dict(), "threshold": 0.5})
-    sidecar = export.export(export.ExportRequest(model, runtimes.export_dir(model), formats=("tflite",)),
-                            log=lambda *_: None)
-    assert sidecar["artifacts"]["tflite"]["max_abs_logit_diff"] <= export.LOGIT_TOLERANCE
-    batch = export.probe_batches()[1]  # 64 x 96: logits at full size, not at stride 2
-    got = runtimes.forward_for("tflite", runtimes.export_dir(model) / runtimes.EXPORTED["tflite"])(batch)
-    assert got.shape == (*batch.shape[:3], 1)
-
-
 @pytest.mark.parametrize("runtime", ["auto", "onnx"])
 def test_app_serves_the_export(runtime, exported, serve, real_images):
     import sys

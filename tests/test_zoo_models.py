@@ -114,6 +114,20 @@ def test_an_output_stride_2_decoder_stops_at_stride_2_and_resizes_its_logits():
     np.testing.assert_allclose(np.asarray(decoder(taps)), np.asarray(resized), atol=1e-5)
 
 
+def test_an_output_stride_2_decoder_traces_at_any_size():
+    # What exporting and serving images of any size need. Keras' bilinear UpSampling2D for the
+    # logit resize failed right here ("symbolic tf.Tensor as a Python bool"), so no os2 model
+    # could be exported.
+    import tensorflow as tf
+
+    decoder = unet.decoder_of(model_for(EXTRA[-1]))
+    specs = [tf.TensorSpec((None, None, None, t.shape[-1]), tf.float32) for t in decoder.inputs]
+    traced = tf.function(lambda *taps: decoder(list(taps), training=False)).get_concrete_function(*specs)
+    assert traced.structured_outputs.shape.as_list() == [None, None, None, 1]
+    taps = random_taps(decoder, 1, 96)
+    assert tuple(traced(*[tf.constant(t) for t in taps]).shape) == (1, 96, 96, 1)
+
+
 def test_separable_variant_uses_separable_convs():
     decoder = unet.decoder_of(model_for(EXTRA[0]))
     assert isinstance(decoder.get_layer("dec0_s16_block_a_conv"), keras.layers.SeparableConv2D)
