@@ -108,11 +108,12 @@ def selected_recipe(recipe_from: Path | None, curve_from: Path | None = None) ->
 
 def _kept_curve(request: FitRequest) -> Path | None:
     """OUT's curve.json when it names the recipe it was run with (a variant's, brought by
-    --curve-from): refitting from it must fit that recipe, not the default one."""
+    --curve-from): refitting from it, or running its curve again (--curve), must fit that
+    recipe, not the default one, which would silently change the served model."""
     import json
 
     path = Path(request.out) / "curve.json"
-    if request.curve or request.recipe_from or not path.is_file():
+    if request.recipe_from or not path.is_file():
         return None
     return path if "config" in json.loads(path.read_text()) else None
 

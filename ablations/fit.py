@@ -30,7 +30,8 @@ def parse_args(argv=None):
                         "trains on every area: the model that ships")
     parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
     parser.add_argument("--out", type=Path, default=Path("results/final"))
-    parser.add_argument("--curve", action="store_true", help="run the cross-validated learning curve first")
+    parser.add_argument("--curve", action="store_true", help="run the cross-validated learning curve first "
+                        "(of the recipe OUT/curve.json names, else of --recipe-from's or the selected one)")
     parser.add_argument("--curve-epochs", type=int, default=12, help="length of the curve's cosine schedule")
     parser.add_argument("--epochs", type=int, help="train this many epochs instead of the curve's choice")
     parser.add_argument("--recipe-from", type=Path, help="a model.json whose config and recipe to fit "

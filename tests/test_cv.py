@@ -154,6 +154,34 @@ def test_a_fit_without_a_curve_names_the_flag_before_any_work(tmp_path, in_proce
     assert status == 2 and "--curve" in stderr
 
 
+@pytest.mark.parametrize("flags, expected_stride", [((), 2), (("--curve",), 2), (("--recipe-from", "MODEL_JSON"), 1)])
+def test_a_folder_keeps_its_recipe_when_refitted_or_recurved(tmp_path, monkeypatch, flags, expected_stride):
+    # A folder served from a variant's curve (here: output stride 2) refits, and runs its curve
+    # again, for that variant; only --recipe-from names another recipe.
+    from ablations import final
+    from zoo.config import DecoderConfig
+
+    out = tmp_path / "final"
+    out.mkdir()
+    kept = DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)
+    (out / "curve.json").write_text(json.dumps({"config": kept.to_dict(), "recipe": {"augmentation": "sensor"}}))
+    other = tmp_path / "model.json"
+    other.write_text(json.dumps({"config": DecoderConfig().to_dict(), "recipe": {"augmentation": "flips"}}))
+    chosen = []
+
+    def record(*args):
+        chosen.append(selected_recipe(*args))
+        raise KeyboardInterrupt  # stop before any data is read
+
+    selected_recipe = final.selected_recipe
+    monkeypatch.setattr(final, "selected_recipe", record)
+    request = final.FitRequest(out=out, budget="smoke", curve="--curve" in flags,
+                               recipe_from=other if "--recipe-from" in flags else None)
+    with pytest.raises(KeyboardInterrupt):
+        final.run_fit(request)
+    assert chosen[0][0].output_stride == expected_stride
+
+
 def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path):
     _, out = fit_run
     curve = json.loads((out / "curve.json").read_text())
