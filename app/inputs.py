@@ -31,8 +31,8 @@ when the file names them, else the first three). Either is then converted to RGB
 """
 from __future__ import annotations
 
+import queue
 import re
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -192,32 +192,38 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
     return text
 
 
-_PARSERS = threading.local()
-_REUSED_UP_TO = 16 * 2**20  # bytes of JSON; a 1024 x 1024 image is about 12 MiB
+_PARSERS: queue.SimpleQueue = queue.SimpleQueue()  # idle simdjson parsers, shared by all threads
+_REUSED_UP_TO = 4 * 2**20  # bytes of JSON: a 512 x 512 image is about 3 MiB
 
 
-def _parser(size: int) -> simdjson.Parser:
-    """A simdjson parser for `size` bytes of JSON: this thread's own, reused, or for a body
-    over _REUSED_UP_TO a new one that goes with the call. One parser must not serve two
-    threads at once; a reused one keeps its buffers warm (a new one each call made reading
-    256 x 256 twice as slow: 12 ms against 6.5 ms), but also keeps them as large as the
-    largest body it read, hence the limit. Reuse is safe here: no parsed element outlives
-    the call."""
-    if size > _REUSED_UP_TO:
+def _parser_for() -> simdjson.Parser:
+    """An idle parser from the shared pool, or a new one. A reused parser keeps its buffers
+    warm (a new one each call made reading 256 x 256 twice as slow: 12 ms against 6.5 ms),
+    which a thread-local one would lose with every thread the server starts per connection.
+    A parser also keeps them as large as the largest body it read (about 8.5x the body), so
+    only parsers that read at most _REUSED_UP_TO go back (`_done_with`)."""
+    try:
+        return _PARSERS.get_nowait()
+    except queue.Empty:
         return simdjson.Parser()
-    if not hasattr(_PARSERS, "parser"):
-        _PARSERS.parser = simdjson.Parser()
-    return _PARSERS.parser
+
+
+def _done_with(parser: simdjson.Parser, size: int) -> None:
+    if size <= _REUSED_UP_TO:
+        _PARSERS.put(parser)
 
 
 def _read_numbers(array_json: bytes, count: int) -> np.ndarray | None:
     """The `count` numbers of a JSON array of arrays of unsigned integers, in order, as
     uint8; None unless it is valid JSON (so "01", "1 2" or "[1,,2]" are refused) holding
     exactly `count` numbers, each 0..255."""
+    parser = _parser_for()  # taken out of the pool: no other thread uses it until it is back
     try:
-        flat = np.frombuffer(_parser(len(array_json)).parse(array_json).as_buffer(of_type="u"), np.uint64)
+        flat = np.frombuffer(parser.parse(array_json).as_buffer(of_type="u"), np.uint64)
     except (ValueError, TypeError, RuntimeError):  # bad JSON, a float, a negative, a big integer
         return None
+    finally:
+        _done_with(parser, len(array_json))  # no parsed element outlives this call
     if len(flat) != count or flat.max() > 255:
         return None  # the careful path names the range in its refusal
     return flat.astype(np.uint8)

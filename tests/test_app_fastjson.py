@@ -112,8 +112,8 @@ def test_fast_path_on_full_size_images(size):
 
 
 def test_threads_reading_at_once_each_get_their_own_image():
-    # Each thread has its own simdjson parser (a shared one would hand one thread's numbers,
-    # or an error, to another): the server's threads read bodies concurrently.
+    # A simdjson parser serves one thread at a time (a shared one would hand one thread's
+    # numbers, or an error, to another): the server's threads read bodies concurrently.
     from concurrent.futures import ThreadPoolExecutor
 
     import sys
