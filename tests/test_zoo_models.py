@@ -158,7 +158,7 @@ def test_block_registries_match_config_choices(registry, choices):
 
 @pytest.mark.parametrize("field, value", [
     ("upsampler", "pixelshuffle"), ("skip", "residual"), ("conv", "triple"),
-    ("width", 0.0), ("width", 10.0), ("output_stride", 4),
+    ("width", 0.0), ("width", 10.0), ("output_stride", 4), ("output_stride", 2.0),
 ])
 def test_config_rejects_unknown_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"DecoderConfig\.{field}") as caught:

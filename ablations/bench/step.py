@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.config import OUTPUT_STRIDES
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ablations.bench.step", description=__doc__.split("\n\n")[1])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each layer (median)")
-    parser.add_argument("--output-stride", type=int, default=1, choices=(1, 2),
+    parser.add_argument("--output-stride", type=int, default=1, choices=OUTPUT_STRIDES,
                         help="where the decoder stops (zoo.config.OUTPUT_STRIDES)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     return parser.parse_args(argv)
@@ -110,6 +112,12 @@ def level_of(layer_name: str) -> str:
     return "_".join(parts[:2]) if parts[0].startswith("dec") and len(parts) > 2 else layer_name
 
 
+def _finest_level(run: dict) -> str:
+    """"dec4_s1" at full resolution, "dec3_s2" for a decoder that stops at stride 2."""
+    levels = {level_of(r["layer"]) for r in run["layers"] if r["layer"].startswith("dec")}
+    return max(levels, key=lambda level: int(level.split("_")[0][3:]))
+
+
 def report(run: dict) -> str:
     from tabulate import tabulate
 
@@ -129,7 +137,7 @@ def report(run: dict) -> str:
         f"({1000 * run['batch'] / run['fit_step_ms']:.1f} tiles/s).",
         f"- Sum of the layers timed alone: {total:.0f} ms (no fusion or overlap, so a guide to "
         "the shares, not the step's time).", "",
-        "## By decoder level (dec0 is the deepest, at stride 16; dec4 at full resolution)", "",
+        f"## By decoder level (dec0 is the deepest, at stride 16; {_finest_level(run)} the finest)", "",
         tabulate([(k, share(v)) for k, v in sorted(by_level.items(), key=lambda kv: -kv[1])],
                  headers=["level", "ms (share)"], tablefmt="github"), "",
         "## By kind of layer", "",
