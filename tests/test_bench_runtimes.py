@@ -47,7 +47,7 @@ def test_the_request_profile_times_each_part_of_a_served_request(small_model_fil
     # A real run on the small model through Keras: every part timed, the app's answer checked
     # against the segmenter's mask (the command fails otherwise), one file per runtime and views.
     result = run_module("ablations.bench.request", "--model", small_model_file, "--runtime", "keras",
-                        "--tta", "flips", "--size", "64", "--rounds", "3", "--out", tmp_path)
+                        "--tta", "flips", "--size", "64", "--rounds", "9", "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "request_profile-keras-tta-flips.json").read_text())
     assert (run["runtime"], run["tta"], run["size"]) == ("keras", "flips", 64)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from ablations.bench.runtimes import spread_ms
 from ablations.machine import describe
 from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
 from zoo.served import resolve_model_path
@@ -70,14 +71,6 @@ def timed_parts(segmenter, body: bytes, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
-def summary(seconds: dict[str, list[float]]) -> dict[str, dict]:
-    out = {}
-    for part, values in seconds.items():
-        ms = np.asarray(values) * 1000
-        out[part] = {"p50_ms": float(np.median(ms)), "iqr_ms": [float(np.percentile(ms, 25)), float(np.percentile(ms, 75))]}
-    return out
-
-
 def report(run: dict) -> str:
     whole = run["parts"]["whole request, in process"]["p50_ms"]
     rows = [f"| {part} | {r['p50_ms']:.1f} [{r['iqr_ms'][0]:.1f}-{r['iqr_ms'][1]:.1f}] | "
@@ -109,7 +102,7 @@ def main(argv=None) -> int:
     run = {"command": "python -m ablations.bench.request " + " ".join(argv), "machine": describe(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "model": str(model), "runtime": runtime_of(segmenter), "tta": segmenter.tta, "size": args.size,
-           "rounds": args.rounds, "parts": summary(timed_parts(segmenter, body, args.rounds))}
+           "rounds": args.rounds, "parts": {part: spread_ms(values) for part, values in timed_parts(segmenter, body, args.rounds).items()}}
     stem = args.out / f"request_profile-{run['runtime']}-tta-{run['tta']}"
     write_json_atomic(stem.with_suffix(".json"), run)
     write_text_atomic(stem.with_suffix(".md"), report(run))

@@ -43,15 +43,7 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
     summary, detail = [], []
     for name, curve in curves.items():
         for kind, rows in variant_rows(curve).items():
-            mean = mean_of(rows)
-            summary.append({
-                "variant": name, "served as": kind,
-                **{city: f"{row['building_iou']:.3f}" for city, row in rows.items()},
-                "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
-                "mean building IoU": f"{mean['building_iou']:.3f}",
-                "vs selected served alike": (f"{mean['building_iou'] - mean_of(base[kind])['building_iou']:+.3f}"
-                                             if kind in base else ""),
-            })
+            summary.append({"variant": name, "served as": kind, **_summary_cells(rows, base.get(kind))})
             detail += [{"variant": name, "served as": kind, "held-out city": city, "threshold": f"{r['threshold']:.2f}",
                         "precision": f"{r['precision']:.3f}", "recall": f"{r['recall']:.3f}",
                         "building IoU": f"{r['building_iou']:.3f}", "mean IoU": f"{r['mean_iou']:.3f}"}
@@ -69,6 +61,16 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
               "per fold. One seed per variant: earlier seed spreads (std 0.014-0.036 building IoU on one "
               "city, results/cross_city) bound what a difference can mean.", ""]
     return "\n".join(lines)
+
+
+def _summary_cells(rows: dict[str, dict], selected_rows: dict[str, dict] | None) -> dict[str, str]:
+    """A summary row's cells: building IoU per city, the means, and the difference from
+    `selected` served the same way (blank without it)."""
+    mean = mean_of(rows)
+    versus = "" if selected_rows is None else f"{mean['building_iou'] - mean_of(selected_rows)['building_iou']:+.3f}"
+    return {**{city: f"{row['building_iou']:.3f}" for city, row in rows.items()},
+            "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
+            "mean building IoU": f"{mean['building_iou']:.3f}", "vs selected served alike": versus}
 
 
 def _label_noise_section(curves: dict) -> list[str]:
@@ -97,13 +99,8 @@ def _ensemble_section(out: Path, ensembles: list[str], base: dict) -> list[str]:
             continue
         counts = {c: np.asarray(v) for c, v in json.loads(path.read_text())["counts"].items()}
         for kind, per_city in (("flips", leave_one_out(counts)), (f"flips, {FIXED}", at_threshold(counts))):
-            mean = mean_of(per_city)
             rows.append({"ensemble (probabilities averaged)": name, "served as": kind,
-                         **{c: f"{r['building_iou']:.3f}" for c, r in per_city.items()},
-                         "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
-                         "mean building IoU": f"{mean['building_iou']:.3f}",
-                         "vs selected served alike": (f"{mean['building_iou'] - mean_of(base[kind])['building_iou']:+.3f}"
-                                                      if kind in base else "")})
+                         **_summary_cells(per_city, base.get(kind))})
     if not rows:
         return []
     return ["## Ensembles of variants", "", "Each member's held-out probabilities (with flips, last epoch) "
