@@ -54,6 +54,8 @@ def test_the_request_profile_times_each_part_of_a_served_request(small_model_fil
     parts = run["parts"]
     assert sorted(parts) == sorted(["read body", "model", "answer", "whole request, in process"])
     assert all(0 < p["iqr_ms"][0] <= p["p50_ms"] <= p["iqr_ms"][1] for p in parts.values())
-    assert parts["model"]["p50_ms"] < parts["whole request, in process"]["p50_ms"]
+    # Each part timed once a round, the two warm-up rounds left out. (Which part is slower is
+    # the bench's finding, not asserted: under CI load two medians this close swapped once.)
+    assert all(p["n"] == 9 for p in parts.values())
     text = (tmp_path / "request_profile-keras-tta-flips.md").read_text()
     assert "| model |" in text and "test-time views `flips`" in text
