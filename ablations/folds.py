@@ -11,6 +11,7 @@ curve to choose how long to train and at which threshold to cut.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
@@ -85,13 +86,15 @@ def threshold_counts(probs: np.ndarray, masks: np.ndarray,
 
 
 class ValidationCurve(keras.callbacks.Callback):
-    """After each epoch: the validation counts at every threshold, and the time it took."""
+    """After each epoch (or only the last, `last_only`): the validation counts at every threshold."""
 
-    def __init__(self, val: FeatureView):
+    def __init__(self, val: FeatureView, last_only: bool = False):
         super().__init__()
-        self.val, self.counts = val, []
+        self.val, self.last_only, self.counts = val, last_only, []
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.last_only and epoch + 1 < self.params["epochs"]:
+            return  # a study reads only the last epoch; scoring the others costs a third of a step
         probs = train.decoder_probabilities(self.model, self.val)
         self.counts.append(threshold_counts(probs, self.val.masks[0]))
 
@@ -108,19 +111,29 @@ class FoldResult:
 
 def cross_validate(build_model: Callable[[], keras.Model], recipe, pool, folds: list[Fold],
                    epochs: int, seed: int, schedule_epochs: int | None = None, eager: bool = False,
-                   first_model: keras.Model | None = None, callbacks=(), progress=print) -> list[FoldResult]:
+                   first_model: keras.Model | None = None, callbacks=(), progress=print,
+                   last_epoch_only: bool = False, initial_epoch: int = 0,
+                   resume: Sequence[tuple[Path, dict]] | None = None) -> list[FoldResult]:
     """Train one decoder per fold (each from the same seeded initial weights) and record its
-    validation curve. `first_model` (already built) is trained on the first fold."""
+    validation curve (`last_epoch_only`: its last epoch). `first_model` (already built) is
+    trained on the first fold. With `resume` (each fold's decoder weights file and optimizer
+    state, saved after `initial_epoch` epochs) every fold continues where it stopped."""
     results = []
     for number, fold in enumerate(folds):
         model = first_model if (number == 0 and first_model is not None) else build_model()
+        optimizer_state = None
+        if resume is not None:
+            weights_file, optimizer_state = resume[number]
+            decoder_of(model).load_weights(weights_file)
         val = FeatureView(pool, fold.val_index)
-        curve = ValidationCurve(val)
+        curve = ValidationCurve(val, last_only=last_epoch_only)
         progress(f"  fold {number + 1}/{len(folds)}: validate on {fold.val_area} ({val.count} tiles), "
-                 f"train on the other {len(fold.train_index)}")
+                 f"train on the other {len(fold.train_index)}"
+                 + (f", epochs {initial_epoch + 1}-{epochs}" if initial_epoch else ""))
         history, seconds = train.train_decoder(
             model, recipe, FeatureView(pool, fold.train_index), epochs, seed,
-            callbacks=[curve, *callbacks], eager=eager, schedule_epochs=schedule_epochs)
+            callbacks=[curve, *callbacks], eager=eager, schedule_epochs=schedule_epochs,
+            initial_epoch=initial_epoch, optimizer_state=optimizer_state)
         results.append(FoldResult(fold.val_area, val.count, np.stack(curve.counts), history, seconds, model))
     return results
 
@@ -149,17 +162,27 @@ def fold_scores(result: FoldResult, epochs: int, threshold: float) -> dict:
 
 
 def run_cv_trial(model, build_model, recipe, pool, area_folds: list[Fold], test, epochs: int,
-                 seed: int, samples: int = 4, callbacks=(), eager: bool = False) -> train.TrialResult:
+                 seed: int, samples: int = 4, callbacks=(), eager: bool = False,
+                 schedule_epochs: int | None = None, initial_epoch: int = 0,
+                 resume: Sequence[tuple[Path, dict]] | None = None) -> train.TrialResult:
     """A study's trial under cross-validation by area: one decoder per fold, one threshold for
     all folds (the best mean held-out building IoU at the last epoch), the objective the mean
     over folds. Test scores are each fold model's, averaged; per-fold numbers are kept as
-    `fold_<area>_<metric>` so trials.csv and the table show every fold."""
+    `fold_<area>_<metric>` so trials.csv and the table show every fold.
+
+    A rung of successive halving trains to `epochs` of a longer `schedule_epochs` cosine, and
+    a survivor continues from its folds' saved state (`resume`, `initial_epoch`). A trial that
+    stops short of its schedule is not scored on the test split: only the validation folds
+    decide whether it continues, and its fold models are returned to be saved."""
     results = cross_validate(build_model, recipe, pool, area_folds, epochs, seed, eager=eager,
-                             first_model=model, callbacks=callbacks)
+                             first_model=model, callbacks=callbacks, last_epoch_only=True,
+                             schedule_epochs=schedule_epochs, initial_epoch=initial_epoch, resume=resume)
+    stops_short = schedule_epochs is not None and epochs < schedule_epochs
+    tested = None if stops_short else test
     last = np.stack([r.counts[-1] for r in results])  # (folds, thresholds, 4)
     best = int(np.argmax(building_iou(last).mean(axis=0)))
     threshold = float(train.THRESHOLDS[best])
-    per_fold = {r.val_area: _fold_metrics(r, best, test, threshold) for r in results}
+    per_fold = {r.val_area: _fold_metrics(r, best, tested, threshold) for r in results}
     metrics = {key: float(np.mean([m[key] for m in per_fold.values()])) for key in next(iter(per_fold.values()))}
     metrics["val_building_iou_fold_std"] = float(np.std([m["val_building_iou"] for m in per_fold.values()]))
     for area, fold_metrics in per_fold.items():
@@ -167,9 +190,10 @@ def run_cv_trial(model, build_model, recipe, pool, area_folds: list[Fold], test,
                         if key in ("val_building_iou", "val_precision", "val_recall", "building_iou")})
     history = {f"{r.val_area}/{key}": values for r in results for key, values in r.history.items()}
     sample_masks = np.zeros((0,), np.uint8)
-    if test is not None:
-        sample_masks = (train.probabilities(model, test)[:samples] >= threshold).astype(np.uint8)
-    return train.TrialResult(metrics, history, threshold, sum(r.train_seconds for r in results), sample_masks)
+    if tested is not None:
+        sample_masks = (train.probabilities(model, tested)[:samples] >= threshold).astype(np.uint8)
+    return train.TrialResult(metrics, history, threshold, sum(r.train_seconds for r in results), sample_masks,
+                             fold_models=[r.model for r in results] if stops_short else [])
 
 
 def _fold_metrics(result: FoldResult, threshold_index: int, test, threshold: float) -> dict:

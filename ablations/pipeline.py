@@ -6,6 +6,7 @@ trials; the chief writes the report once every trial has ended.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import shutil
@@ -47,18 +48,21 @@ def run_study(request: StudyRequest) -> None:
     else:
         shared = shared_trial_data(encoder, arrays, budget, split if request.cv == "areas" else None)
     base = studies.base_decoder(study, request.out)
+    if request.output_stride is not None:
+        base = dataclasses.replace(base, output_stride=request.output_stride)
     hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=request.only)
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
-    planned = search.grid_size(hp) if study.search == "grid" else budget.search_trials * seeds
+    planned = search.planned_trials(study, hp, budget, seeds, request.halving)
     earlier_runs = report.earlier_runs(study_dir)  # a resumed study keeps what each run cost
     context = run_context(request, study, budget, seeds, split, source, base, planned)
     if role != "worker":  # the chief's context stands for the whole distributed run
         report.write_context(study_dir, context)
     tuner = search.RecordingTuner(
-        search.make_oracle(study, hp, planned, SEED), hypermodel=hypermodel,
+        search.make_oracle(study, hp, planned, SEED, request.halving), hypermodel=hypermodel,
         directory=str(study_dir), project_name="tuner", overwrite=False,
-        trials_dir=study_dir / "trials", planned=planned, progress=_progress(role))
+        trials_dir=study_dir / "trials", planned=planned, progress=_progress(role),
+        waits=bool(request.halving))
     print(f"{study.name}: {planned} trials, budget {budget.name}, base decoder {base.name}")
     if role == "worker":
         run_worker(tuner, started)
@@ -126,7 +130,7 @@ def study_binding(request: StudyRequest, budget, split, source: str) -> dict:
     return {"data_kind": provenance.data_kind(source),
             "data_fingerprint": provenance.data_fingerprint(split.train + split.val + split.test),
             "budget": budget.name, "split": split.description, "cv": request.cv,
-            "weights": request.weights}
+            "halving": request.halving, "output_stride": request.output_stride, "weights": request.weights}
 
 
 def scan_samples(budget, data: Path | None = None):
@@ -222,7 +226,7 @@ def run_context(request: StudyRequest, study, budget, seeds, split, source, base
         "seeds": seeds, "planned_trials": planned, "search": study.search,
         "data": source, "split": split.description, "counts": split.counts(),
         "base_decoder": base.to_dict(), "objective": f"{studies.OBJECTIVE} (max)",
-        "weights": request.weights, "cv": request.cv,
+        "weights": request.weights, "cv": request.cv, "halving": request.halving,
         "machine": describe_machine(), "versions": versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m ablations.run " + " ".join(request.argv()),

@@ -21,6 +21,8 @@ class StudyRequest:
     test_area: str | None = None
     val_area: str | None = None
     cv: str = "none"  # "areas": each non-test area held out in turn (ablations.folds)
+    halving: int | None = None  # successive halving: configurations kept after the first rung
+    output_stride: int | None = None  # the base decoder's finest level; None: the study's own
     weights: str = "imagenet"
     chief: bool = False
     worker: str | None = None
@@ -41,6 +43,10 @@ class StudyRequest:
             parts += ["--val-area", self.val_area]
         if self.cv != "none":
             parts += ["--cv", self.cv]
+        if self.halving:
+            parts += ["--halving", str(self.halving)]
+        if self.output_stride is not None:
+            parts += ["--output-stride", str(self.output_stride)]
         if Path(self.out) != Path("results"):
             parts += ["--out", str(self.out)]
         if self.weights != "imagenet":

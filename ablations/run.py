@@ -1,6 +1,6 @@
 """python -m ablations.run STUDY [--data DIR] [--budget smoke|standard|full] [--out DIR]
-                          [--seeds N] [--only NAME=V1,V2] [--fresh] [--chief | --worker ID]
-                          [--oracle HOST:PORT]
+                          [--seeds N] [--only NAME=V1,V2] [--cv areas [--halving KEEP]]
+                          [--output-stride 2] [--fresh] [--chief | --worker ID] [--oracle HOST:PORT]
 python -m ablations.run --list
 
 Runs a KerasTuner search for STUDY, scores every trial on the held-out test split, writes
@@ -45,6 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cv", choices=("none", "areas"), default="none",
                         help="'areas': cross-validation by area; each trial trains once per non-test "
                         "area held out, and the objective is the mean over those folds")
+    parser.add_argument("--halving", type=int, metavar="KEEP",
+                        help="successive halving (with --cv areas, grid studies): every configuration "
+                        "trains one epoch of its schedule, and only the KEEP best continue to the "
+                        "budget's epochs, from where they stopped")
+    parser.add_argument("--output-stride", type=int, choices=(1, 2),
+                        help="the base decoder's finest level (default: the study's base decoder's): 2 "
+                        "stops at half resolution and resizes the logits (about 1.8x faster to train)")
     parser.add_argument("--weights", default="imagenet",
                         help="encoder weights: 'imagenet' (default; honours $ZOO_ENCODER_WEIGHTS), "
                         "a .h5 path, or 'none' for random weights (tests only)")
@@ -86,11 +93,18 @@ def make_request(args: argparse.Namespace) -> StudyRequest:
         raise UserFacingError(f"data folder {args.data} does not exist")
     if args.cv == "areas" and args.val_area:
         raise UserFacingError("--cv areas validates on every non-test area in turn: drop --val-area")
+    if args.halving is not None:
+        if args.cv != "areas":
+            raise UserFacingError("--halving ranks configurations by their cross-validated score: add --cv areas")
+        if studies.STUDIES[args.study].search != "grid":
+            raise UserFacingError(f"--halving cuts a grid; study {args.study!r} searches by Bayesian optimisation")
+        if args.halving < 1:
+            raise UserFacingError("--halving KEEP: at least one configuration must continue")
     request = StudyRequest(
         study=args.study, data=args.data, budget=args.budget, out=args.out, seeds=args.seeds,
         only=parse_only(args.only), fresh=args.fresh, test_area=args.test_area,
-        val_area=args.val_area, cv=args.cv, weights=args.weights, chief=args.chief, worker=args.worker,
-        oracle=args.oracle)
+        val_area=args.val_area, cv=args.cv, halving=args.halving, output_stride=args.output_stride,
+        weights=args.weights, chief=args.chief, worker=args.worker, oracle=args.oracle)
     # KerasTuner reads its chief/worker roles from the environment when the tuner is made.
     distributed.configure(request.chief, request.worker, request.oracle)
     if request.fresh and distributed.role() == "worker":

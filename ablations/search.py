@@ -92,14 +92,22 @@ class StudyHyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(int(hp.values.get("seed", 0)))
         return unet.build(config, encoder=self.shared.encoder)
 
-    def fit(self, hp, model, callbacks=(), **kwargs):
+    def fit(self, hp, model, callbacks=(), resume=None, **kwargs):
+        """`resume`: a surviving configuration's fold states from its first rung (successive halving)."""
         _, recipe = self.trial_setup(hp)
         features = self.shared.train_features(recipe.augmentation)
         seed = int(hp.values.get("seed", 0))
         if self.shared.folds:
+            epochs, rung = self.shared.budget.epochs, rung_of(hp.values)
+            if rung is None:
+                return folds.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
+                                          self.shared.test, epochs, seed,
+                                          eager=self.shared.budget.eager, callbacks=callbacks)
             return folds.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
-                                      self.shared.test, self.shared.budget.epochs, seed,
-                                      eager=self.shared.budget.eager, callbacks=callbacks)
+                                      self.shared.test, FIRST_RUNG_EPOCHS if rung == 0 else epochs, seed,
+                                      eager=self.shared.budget.eager, callbacks=callbacks,
+                                      schedule_epochs=epochs, initial_epoch=0 if rung == 0 else FIRST_RUNG_EPOCHS,
+                                      resume=resume)
         return train.run_trial(model, recipe, features, self.shared.val, self.shared.test,
                                self.shared.budget.epochs, seed=int(hp.values.get("seed", 0)),
                                eager=self.shared.budget.eager,
@@ -107,8 +115,9 @@ class StudyHyperModel(keras_tuner.HyperModel):
 
 
 class RecordingTuner(keras_tuner.Tuner):
-    def __init__(self, *args, trials_dir: Path, planned: int, progress=print, **kwargs):
+    def __init__(self, *args, trials_dir: Path, planned: int, progress=print, waits: bool = False, **kwargs):
         super().__init__(*args, **kwargs)  # reloads the oracle when the project exists
+        self.waits = waits  # successive halving: a worker may be told to wait (IDLE) for the cut
         requeue_orphaned_trials(self.oracle)
         self.trials_dir, self.planned, self.progress = Path(trials_dir), planned, progress
         self.started = time.time()
@@ -129,12 +138,18 @@ class RecordingTuner(keras_tuner.Tuner):
         self.progress(f"trial {trial.trial_id} ({finished} of {self.planned} recorded so far): "
                       f"{config.name} {_short(hp.values)}{self._eta(finished)}")
         model = self.hypermodel.build(hp)
-        result = self.hypermodel.fit(hp, model, callbacks=[EpochProgress(self.progress)])
+        parent = hp.values.get(PARENT)
+        resume = None if parent is None else saved_fold_states(self.trials_dir, parent, len(self.hypermodel.shared.folds))
+        result = self.hypermodel.fit(hp, model, callbacks=[EpochProgress(self.progress)], resume=resume)
         self._record(trial, hp, config, recipe, model, result)
         self.done_this_run += 1
         now, peak = process_memory_gib()
         self.progress(f"trial {trial.trial_id} recorded; memory {now:.1f} GiB now, {peak:.1f} GiB peak")
         return {OBJECTIVE: result.metrics[OBJECTIVE]}
+
+    def pre_create_trial(self):
+        if self.waits:  # KerasTuner asks again at once after IDLE; don't flood the chief meanwhile
+            time.sleep(0.5)
 
     def _record(self, trial, hp, config, recipe, model, result) -> None:
         self.trials_dir.mkdir(parents=True, exist_ok=True)
@@ -144,16 +159,28 @@ class RecordingTuner(keras_tuner.Tuner):
             unet.decoder_of(model).save_weights(tmp)
         with atomic_path(self.trials_dir / f"{trial.trial_id}.samples.npy", ".npy") as tmp:
             np.save(tmp, result.sample_masks)
+        save_fold_states(self.trials_dir, trial.trial_id, result.fold_models)
+        history, train_seconds = result.history, result.train_seconds
+        parent = hp.values.get(PARENT)
+        if parent is not None:  # the survivor's record covers its whole schedule, first rung included
+            first = json.loads((self.trials_dir / f"{parent}.json").read_text())
+            history = {key: first["history"].get(key, []) + values for key, values in history.items()}
+            train_seconds += first["train_seconds"]
         record = {
             "trial_id": trial.trial_id, "hyperparameters": hp.values, "config": config.to_dict(),
             "variant": config.name, "recipe": recipe.to_dict(), "seed": int(hp.values.get("seed", 0)),
-            "threshold": result.threshold, "metrics": result.metrics, "history": result.history,
-            "train_seconds": result.train_seconds, "trainable_params": unet.trainable_params(model),
+            "threshold": result.threshold, "metrics": result.metrics, "history": history,
+            "train_seconds": train_seconds, "trainable_params": unet.trainable_params(model),
             "total_params": unet.total_params(model),
-            "latency_ms": train.latency_ms(model, self.hypermodel.shared.budget.size,
-                                          self.hypermodel.shared.budget.latency_repeats),
+            # A configuration cut after its first rung is never a candidate, so its latency
+            # (which only breaks ties between candidates) is not measured.
+            "latency_ms": None if result.fold_models else train.latency_ms(
+                model, self.hypermodel.shared.budget.size, self.hypermodel.shared.budget.latency_repeats),
             "tuner_id": self.tuner_id, "host": socket.gethostname(), "machine": describe_machine(),
         }
+        if rung_of(hp.values) is not None:
+            record["halving"] = {"rung": rung_of(hp.values), "parent": parent,
+                                 "epochs_trained": max(map(len, history.values()), default=0)}
         write_json_atomic(self.trials_dir / f"{trial.trial_id}.json", record)
 
     def _eta(self, finished: int) -> str:
@@ -194,13 +221,24 @@ class EpochProgress(keras.callbacks.Callback):
                       f"({self.seconds[-1]:.0f}s)")
 
 
-def make_oracle(study: Study, hp, planned: int, seed: int):
+def make_oracle(study: Study, hp, planned: int, seed: int, halving_keep: int | None = None):
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
     common = dict(objective=objective, hyperparameters=hp, seed=seed, tune_new_entries=False, max_consecutive_failed_trials=1,
                   allow_new_entries=False)
     if study.search == "bayesian":
         return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=planned, **common)
+    if halving_keep:
+        return HalvingOracle(halving_keep, max_trials=planned, **common)
     return GridOracle(max_trials=planned, **common)
+
+
+def planned_trials(study: Study, hp, budget, seeds: int, halving_keep: int | None = None) -> int:
+    """Trials a search runs: the grid (or the Bayesian budget), plus each survivor's second
+    rung under successive halving."""
+    if study.search != "grid":
+        return budget.search_trials * seeds
+    grid = grid_size(hp)
+    return grid + min(halving_keep, grid // seeds) * seeds if halving_keep else grid
 
 
 def requeue_orphaned_trials(oracle) -> list[str]:
@@ -236,6 +274,78 @@ class GridOracle(keras_tuner.Oracle):
             if not self._duplicate(values):
                 return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
         return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+
+
+# Successive halving over epochs (`--halving KEEP`, with --cv areas): every configuration
+# trains its folds for FIRST_RUNG_EPOCHS epochs of its full cosine schedule; the KEEP with the
+# best mean validation building IoU then continue from their saved fold states to the
+# budget's epochs, as if never stopped. The rest are cut. A trial's rung and, for the second
+# rung, the trial it continues travel as extra hyperparameter values (KerasTuner's Hyperband
+# passes its `tuner/epochs` the same way), so the oracle's saved state holds the whole plan.
+RUNG, PARENT = "tuner/rung", "tuner/parent"
+FIRST_RUNG_EPOCHS = 1
+
+
+def rung_of(values: dict) -> int | None:
+    return values.get(RUNG)
+
+
+class HalvingOracle(GridOracle):
+    """The grid at the first rung; once every first-rung trial has ended, the `keep` best
+    configurations (mean over seeds) at the second. Whoever asks while another process
+    still runs a first-rung trial waits (IDLE), since the cut needs every score."""
+
+    def __init__(self, keep: int, **kwargs):
+        super().__init__(**kwargs)
+        self.keep = keep
+
+    def populate_space(self, trial_id):
+        for values in grid_values(self.get_space()):
+            first = {**values, RUNG: 0}
+            if not self._duplicate(first):
+                return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": first}
+        first_rung = [t for t in self.trials.values() if rung_of(t.hyperparameters.values) == 0]
+        if any(t.status == keras_tuner.engine.trial.TrialStatus.RUNNING for t in first_rung):
+            return {"status": keras_tuner.engine.trial.TrialStatus.IDLE, "values": None}
+        for trial in survivors(first_rung, self.keep):
+            second = {**trial.hyperparameters.values, RUNG: 1, PARENT: trial.trial_id}
+            if not self._duplicate(second):
+                return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": second}
+        return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+
+
+def survivors(first_rung: list, keep: int) -> list:
+    """The first-rung trials of the `keep` configurations with the best mean score over
+    their seeds (a failed trial scores nothing; ties go to the earlier trial)."""
+    scored = [t for t in first_rung if t.score is not None]
+    by_configuration: dict[tuple, list] = {}
+    for trial in sorted(scored, key=lambda t: t.trial_id):
+        key = tuple(sorted((k, str(v)) for k, v in trial.hyperparameters.values.items() if k not in ("seed", RUNG)))
+        by_configuration.setdefault(key, []).append(trial)
+    ranked = sorted(by_configuration.values(), key=lambda trials: -np.mean([t.score for t in trials]))
+    return [trial for trials in ranked[:keep] for trial in trials]
+
+
+def save_fold_states(trials_dir: Path, trial_id: str, fold_models: list) -> None:
+    """Each fold's decoder weights and optimizer state, for a survivor to continue from."""
+    for number, model in enumerate(fold_models):
+        with atomic_path(trials_dir / f"{trial_id}.fold{number}.weights.h5", ".weights.h5") as tmp:
+            unet.decoder_of(model).save_weights(tmp)
+        with atomic_path(trials_dir / f"{trial_id}.fold{number}.optimizer.npz", ".npz") as tmp:
+            np.savez(tmp, **train.optimizer_variables(model))
+
+
+def saved_fold_states(trials_dir: Path, trial_id: str, fold_count: int) -> list[tuple[Path, dict]]:
+    states = []
+    for number in range(fold_count):
+        weights = trials_dir / f"{trial_id}.fold{number}.weights.h5"
+        optimizer = trials_dir / f"{trial_id}.fold{number}.optimizer.npz"
+        if not (weights.is_file() and optimizer.is_file()):
+            raise UserFacingError(f"trial {trial_id}'s saved fold state ({weights.name}) is missing, so "
+                                  "its second rung cannot continue it; rerun the study with --fresh")
+        with np.load(optimizer) as saved:
+            states.append((weights, {key: saved[key] for key in saved.files}))
+    return states
 
 
 def grid_values(hp: keras_tuner.HyperParameters):

@@ -22,11 +22,14 @@ from zoo.unet import decoder_of
 class FeatureBatches(keras.utils.PyDataset):
     """Shuffled batches of cached features; each epoch draws one encoded copy per image."""
 
-    def __init__(self, features: FeatureSet, batch_size: int, seed: int):
+    def __init__(self, features: FeatureSet, batch_size: int, seed: int, first_epoch: int = 0):
         super().__init__()
         self.features, self.batch_size = features, batch_size
         self.rng = np.random.default_rng(seed)
-        self.on_epoch_end()
+        # A run continued at `first_epoch` draws the orders the epochs before it drew, so it
+        # sees the batches an uninterrupted run would have seen.
+        for _ in range(first_epoch + 1):
+            self.on_epoch_end()
 
     def __len__(self):
         return math.ceil(self.features.count / self.batch_size)
@@ -53,13 +56,21 @@ class TrialResult:
     threshold: float
     train_seconds: float
     sample_masks: np.ndarray  # predictions on the first few test images
+    # A successive-halving rung that stops short of its schedule: each fold's model, whose
+    # weights and optimizer state a surviving configuration continues from.
+    fold_models: list = dataclasses.field(default_factory=list)
 
 
 def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: int,
-                  callbacks=(), eager: bool = False, schedule_epochs: int | None = None) -> tuple[dict, float]:
-    """Train the decoder for `epochs`. The learning rate follows a cosine over
+                  callbacks=(), eager: bool = False, schedule_epochs: int | None = None,
+                  initial_epoch: int = 0, optimizer_state: dict | None = None) -> tuple[dict, float]:
+    """Train the decoder up to epoch `epochs`. The learning rate follows a cosine over
     `schedule_epochs` (default `epochs`): the final fit stops such a schedule at the epoch
-    cross-validation chose, so it trains exactly as the folds it was chosen on did."""
+    cross-validation chose, so it trains exactly as the folds it was chosen on did.
+
+    A run stopped after `initial_epoch` epochs continues with `initial_epoch` and the
+    optimizer state it saved (`optimizer_variables`; the model already holds its weights):
+    the same schedule, moments and batch order as if it had never stopped."""
     keras.utils.set_random_seed(seed)
     decoder = decoder_of(model)
     steps = (schedule_epochs or epochs) * math.ceil(train.count / recipe.batch_size)
@@ -72,13 +83,27 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
         metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")],
         run_eagerly=eager,
     )
+    if optimizer_state is not None:
+        decoder.optimizer.build(decoder.trainable_variables)
+        if len(optimizer_state) != len(decoder.optimizer.variables):  # Keras would only warn
+            raise ValueError(f"the saved optimizer state has {len(optimizer_state)} variables, this "
+                             f"decoder's optimizer {len(decoder.optimizer.variables)}: another architecture?")
+        decoder.optimizer.load_own_variables(optimizer_state)
     started = time.time()
-    batches = FeatureBatches(train, recipe.batch_size, seed)
+    batches = FeatureBatches(train, recipe.batch_size, seed, first_epoch=initial_epoch)
     try:
-        history = decoder.fit(batches, epochs=epochs, verbose=0, callbacks=list(callbacks))
+        history = decoder.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+                              callbacks=list(callbacks))
     finally:
         batches.release()
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started
+
+
+def optimizer_variables(model) -> dict:
+    """The decoder's optimizer state (step count, moments) as arrays, to continue training later."""
+    store = {}
+    decoder_of(model).optimizer.save_own_variables(store)
+    return {key: np.asarray(value) for key, value in store.items()}
 
 
 def probabilities(model, features: FeatureSet, batch_size: int = 16) -> np.ndarray:
