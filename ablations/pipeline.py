@@ -38,7 +38,8 @@ def run_study(request: StudyRequest) -> None:
     split, arrays, source = load_data(budget, request.data, request.test_area, request.val_area,
                                       cv=request.cv)
     binding = study_binding(request, budget, split, source)
-    provenance.check_binding(study_dir, binding, fresh=request.fresh)  # before anything is written
+    provenance.check_binding(study_dir, binding, fresh=request.fresh,  # before anything is written
+                             absent_means={"halving": None, "output_stride": None})
     if request.fresh and study_dir.exists():  # only once weights and data are known good
         shutil.rmtree(study_dir)
     if role != "worker":

@@ -31,12 +31,15 @@ def _size(path) -> int:
     return Path(path).stat().st_size
 
 
-def check_binding(folder: Path, binding: dict, fresh: bool) -> None:
+def check_binding(folder: Path, binding: dict, fresh: bool, absent_means: dict | None = None) -> None:
     """Refuse, in one sentence, when `folder` was made by a different run. `fresh` means the
-    caller will empty the folder, so any earlier binding no longer matters."""
+    caller will empty the folder, so any earlier binding no longer matters. `absent_means`:
+    what a key newer than the recorded binding meant before it existed (a folder made before
+    `halving` existed was not halved)."""
     recorded = recorded_binding(Path(folder))
     if fresh or recorded is None:
         return
+    recorded = {**(absent_means or {}), **recorded}
     # Only what both name is compared: a binding recorded before a key existed says nothing
     # about it, and a key a run no longer binds (the fit reads the curve's own length) is free.
     differences = [f"{key} {recorded[key]!r} -> {binding[key]!r}"

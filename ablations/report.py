@@ -52,19 +52,25 @@ def full_schedule_records(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def halving_section(first_rung: list[dict], finished: list[dict], context: dict) -> str:
-    """What successive halving cut: every configuration's score after the first rung, which
-    continued, and where those ended."""
+    """What successive halving cut: each configuration's first-rung score (mean over seeds,
+    as the cut ranked them), which continued, and where those ended."""
     if not first_rung:
         return ""
     continued = {r["halving"]["parent"]: r for r in finished if r.get("halving")}
     epochs = context["budget_detail"]["epochs"]
+    by_configuration: dict[str, list[dict]] = {}
+    for r in first_rung:
+        choices = ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items() if k != "seed" and not k.startswith("tuner/"))
+        by_configuration.setdefault(choices, []).append(r)
+    ranked = sorted(by_configuration.items(), key=lambda item: -sum(r["metrics"]["val_building_iou"] for r in item[1]) / len(item[1]))
     rows = []
-    for rank, r in enumerate(sorted(first_rung, key=lambda r: -r["metrics"]["val_building_iou"]), start=1):
-        later = continued.get(r["trial_id"])
-        rows.append({"rank after epoch 1": rank, "variant": r["variant"], "seed": r["seed"],
-                     "val building IoU, epoch 1": f"{r['metrics']['val_building_iou']:.3f}",
-                     f"val building IoU, epoch {epochs}": f"{later['metrics']['val_building_iou']:.3f}" if later else "cut",
-                     "trial": r["trial_id"] + (f" -> {later['trial_id']}" if later else "")})
+    for rank, (choices, trials) in enumerate(ranked, start=1):
+        later = [continued[r["trial_id"]] for r in trials if r["trial_id"] in continued]
+        rows.append({"rank after epoch 1": rank, "configuration": choices, "seeds": len(trials),
+                     "val building IoU, epoch 1": f"{_mean(trials):.3f}",
+                     f"val building IoU, epoch {epochs}": f"{_mean(later):.3f}" if later else "cut",
+                     "trials": " ".join(r["trial_id"] + (f" -> {continued[r['trial_id']]['trial_id']}"
+                                                         if r["trial_id"] in continued else "") for r in trials)})
     spent = len(first_rung) + len(continued) * (epochs - 1)
     return "\n".join([
         "", "## Successive halving", "",
@@ -75,6 +81,10 @@ def halving_section(first_rung: list[dict], finished: list[dict], context: dict)
         f"after one epoch, with no test scores. Trial-epochs trained: {spent} of the full grid's "
         f"{len(first_rung) * epochs}.", "",
         tabulate(rows, headers="keys", tablefmt="github"), ""])
+
+
+def _mean(records: list[dict]) -> float:
+    return sum(r["metrics"]["val_building_iou"] for r in records) / len(records)
 
 
 def trials_frame(records: list[dict]) -> pd.DataFrame:

@@ -118,6 +118,7 @@ class RecordingTuner(keras_tuner.Tuner):
     def __init__(self, *args, trials_dir: Path, planned: int, progress=print, waits: bool = False, **kwargs):
         super().__init__(*args, **kwargs)  # reloads the oracle when the project exists
         self.waits = waits  # successive halving: a worker may be told to wait (IDLE) for the cut
+        self.latencies: dict[str, float] = {}
         requeue_orphaned_trials(self.oracle)
         self.trials_dir, self.planned, self.progress = Path(trials_dir), planned, progress
         self.started = time.time()
@@ -172,16 +173,23 @@ class RecordingTuner(keras_tuner.Tuner):
             "threshold": result.threshold, "metrics": result.metrics, "history": history,
             "train_seconds": train_seconds, "trainable_params": unet.trainable_params(model),
             "total_params": unet.total_params(model),
-            # A configuration cut after its first rung is never a candidate, so its latency
-            # (which only breaks ties between candidates) is not measured.
-            "latency_ms": None if result.fold_models else train.latency_ms(
-                model, self.hypermodel.shared.budget.size, self.hypermodel.shared.budget.latency_repeats),
+            "latency_ms": None if result.fold_models else self._latency_ms(config, model),
             "tuner_id": self.tuner_id, "host": socket.gethostname(), "machine": describe_machine(),
         }
         if rung_of(hp.values) is not None:
             record["halving"] = {"rung": rung_of(hp.values), "parent": parent,
                                  "epochs_trained": max(map(len, history.values()), default=0)}
         write_json_atomic(self.trials_dir / f"{trial.trial_id}.json", record)
+
+    def _latency_ms(self, config, model) -> float:
+        """Measured once per architecture in a process: latency belongs to the architecture, not
+        the recipe or seed (the selection compares architectures' medians), and each measurement
+        traces the whole model anew. A configuration cut after its first rung of successive
+        halving is never a candidate, so it is not measured at all."""
+        budget = self.hypermodel.shared.budget
+        if config.name not in self.latencies:
+            self.latencies[config.name] = train.latency_ms(model, budget.size, budget.latency_repeats)
+        return self.latencies[config.name]
 
     def _eta(self, finished: int) -> str:
         if not self.done_this_run:
@@ -326,6 +334,11 @@ def survivors(first_rung: list, keep: int) -> list:
     return [trial for trials in ranked[:keep] for trial in trials]
 
 
+class MissingFoldState(UserFacingError, keras_tuner.errors.FatalError):
+    """Fatal to the search (KerasTuner would otherwise record the survivor as failed and go
+    on) and told in one sentence like any UserFacingError."""
+
+
 def save_fold_states(trials_dir: Path, trial_id: str, fold_models: list) -> None:
     """Each fold's decoder weights and optimizer state, for a survivor to continue from."""
     for number, model in enumerate(fold_models):
@@ -341,7 +354,7 @@ def saved_fold_states(trials_dir: Path, trial_id: str, fold_count: int) -> list[
         weights = trials_dir / f"{trial_id}.fold{number}.weights.h5"
         optimizer = trials_dir / f"{trial_id}.fold{number}.optimizer.npz"
         if not (weights.is_file() and optimizer.is_file()):
-            raise UserFacingError(f"trial {trial_id}'s saved fold state ({weights.name}) is missing, so "
+            raise MissingFoldState(f"trial {trial_id}'s saved fold state ({weights.name}) is missing, so "
                                   "its second rung cannot continue it; rerun the study with --fresh")
         with np.load(optimizer) as saved:
             states.append((weights, {key: saved[key] for key in saved.files}))

@@ -92,8 +92,11 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
     started = time.time()
     batches = FeatureBatches(train, recipe.batch_size, seed, first_epoch=initial_epoch)
     try:
+        # shuffle=False: FeatureBatches already draws a seeded order per epoch, which a continued
+        # run replays; Keras' own shuffle of a PyDataset's batches would draw from Python's
+        # `random`, reseeded above, and so replay the first epochs' visiting order instead.
         history = decoder.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
-                              callbacks=list(callbacks))
+                              callbacks=list(callbacks), shuffle=False)
     finally:
         batches.release()
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started

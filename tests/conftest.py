@@ -28,8 +28,8 @@ SLOW_FIXTURES = {"app_server", "serve",  # conftest: `python -m app` / gunicorn
                  "smoke_run",            # test_ablations: the decoder_variants smoke study
                  "search",               # test_distributed: a chief and two workers
                  "measured",             # test_scaling: each point in its own process
-                 "cv_run", "fit_run",    # test_cv: a cross-validated study, the final fit
-                 "halving_run"}          # test_halving: a halved study and a full one
+                 "cv_run", "killed_cv_run", "fit_run",  # test_cv: a cross-validated study, the final fit
+                 "halving_run"}          # test_cv: a halved study
 
 
 def pytest_collection_modifyitems(items):

@@ -1,6 +1,7 @@
 """A search killed with SIGKILL resumes without losing or repeating trials, a checkout without
 weights re-runs what it cannot load, and --fresh starts over only once the data is good: each
-a real `python -m ablations.run` subprocess on the smoke budget. Apart from test_ablations.py so
+a real `python -m ablations.run` subprocess on the smoke budget (a killed cross-validated
+search: tests/test_cv.py). Apart from test_ablations.py so
 that a parallel run (pytest-xdist, one file per worker) spreads the slow studies."""
 from __future__ import annotations
 
@@ -72,41 +73,16 @@ def test_killed_run_resumes_without_repeating_finished_trials_and_reruns_lost_we
 
 @pytest.mark.slow
 def test_fresh_starts_over_but_only_once_the_data_is_good(tmp_path, cache_home):
-    stale = tmp_path / "results" / "hparams" / "trials" / "98.json"
+    # One trial of one study is enough: what matters is when the folder is emptied.
+    stale = tmp_path / "results" / "loss-loss-bce" / "trials" / "98.json"
     stale.parent.mkdir(parents=True)
     stale.write_text("{}")
     defective = _defective_folder(tmp_path / "bad")
-    result = run_cli("hparams", "--budget", "smoke", "--out", str(tmp_path / "results"), "--fresh",
-                     "--data", str(defective), *weights_flag(), env_extra=cache_home)
+    study = ["loss", "--budget", "smoke", "--only", "loss=bce", "--out", str(tmp_path / "results"), "--fresh"]
+    result = run_cli(*study, "--data", str(defective), *weights_flag(), env_extra=cache_home)
     assert result.returncode != 0
     assert stale.exists(), "--fresh deleted results before the data was checked"
-    result = run_cli("hparams", "--budget", "smoke", "--out", str(tmp_path / "results"), "--fresh",
-                     *weights_flag(), env_extra=cache_home)
+    result = run_cli(*study, *weights_flag(), env_extra=cache_home)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not stale.exists()
-    assert len(pd.read_csv(stale.parent.parent / "trials.csv")) == 3  # smoke: 3 Bayesian trials
-
-
-@pytest.mark.slow
-def test_a_killed_cross_validated_search_resumes_without_losing_or_repeating_trials(tmp_path, cache_home):
-    out = tmp_path / "results"
-    args = ["loss", "--budget", "smoke", "--cv", "areas", "--only", "loss=bce,dice", "--out", str(out),
-            *weights_flag()]
-    process = subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO,
-                               env={**os.environ, **cache_home}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    study = out / "loss-loss-bce-dice"
-    deadline = time.time() + 600
-    while time.time() < deadline and len(_records(study) if study.exists() else {}) < 1:
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGKILL)  # a trial is all its folds: killed inside the next one
-    process.wait()
-    before = _records(study)
-    assert len(before) == 1, f"expected an interrupted search, found {len(before)} records"
-    result = run_cli(*args, env_extra=cache_home)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    after = _records(study)
-    assert len(after) == 2 and all(after[t] == mtime for t, mtime in before.items()), "a finished trial re-ran"
-    trials = pd.read_csv(study / "trials.csv")
-    assert sorted(trials["recipe_loss"]) == ["bce", "dice"]
-    assert trials.filter(regex=r"^fold_.*_val_building_iou$").notna().all().all()  # every fold of every trial
+    assert pd.read_csv(stale.parent.parent / "trials.csv")["recipe_loss"].tolist() == ["bce"]

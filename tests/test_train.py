@@ -91,10 +91,11 @@ def test_a_run_continued_from_its_saved_state_trains_as_if_never_stopped():
     def distance(model):
         return max(float(np.abs(a - np.asarray(b)).max()) for a, b in zip(uninterrupted, unet.decoder_of(model).weights))
 
-    # Without the optimizer state (moments, step count: the cosine restarts) it differs by
-    # about 1e-2; continued, only by TensorFlow's threaded float sums (about 3e-4 here).
+    # Continued, it ends where the uninterrupted run ends; without the optimizer state
+    # (moments, step count: the cosine restarts) it differs by about 1e-2.
+    assert distance(continued) < 1e-6
     restarted = fresh()
     for variable, value in zip(unet.decoder_of(restarted).weights, weights):
         variable.assign(value)
     train.train_decoder(restarted, recipe, cache, epochs=3, seed=0, schedule_epochs=3, initial_epoch=1, eager=True)
-    assert distance(continued) < 0.1 * distance(restarted)
+    assert distance(restarted) > 1e-3
