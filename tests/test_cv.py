@@ -298,7 +298,7 @@ def test_every_configuration_trains_one_epoch_and_only_the_best_continues(halvin
     assert section.count("| cut ") == 1  # the one configuration cut
     assert "Trial-epochs trained: 3 of the full grid's 4" in table
     rows = [line for line in table.split("## Successive")[0].splitlines() if line.startswith("| ")][1:]
-    assert len(rows) == 1 and "**(selected)**" in rows[0] and f" {survivor['recipe']['loss']} " in rows[0]
+    assert len(rows) == 1 and "**(selected)**" in rows[0]  # only the survivor trained its whole schedule
     assert f"loss={survivor['recipe']['loss']} " in section  # the cut table names each configuration
 
 
