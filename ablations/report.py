@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from ablations.studies import configuration_of
 from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
 
@@ -60,8 +61,7 @@ def halving_section(first_rung: list[dict], finished: list[dict], context: dict)
     epochs = context["budget_detail"]["epochs"]
     by_configuration: dict[str, list[dict]] = {}
     for r in first_rung:
-        choices = ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items() if k != "seed" and not k.startswith("tuner/"))
-        by_configuration.setdefault(choices, []).append(r)
+        by_configuration.setdefault(configuration_of(r["hyperparameters"]), []).append(r)
     ranked = sorted(by_configuration.items(), key=lambda item: -sum(r["metrics"]["val_building_iou"] for r in item[1]) / len(item[1]))
     rows = []
     for rank, (choices, trials) in enumerate(ranked, start=1):

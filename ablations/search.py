@@ -24,7 +24,7 @@ import numpy as np
 from ablations import folds, train
 from ablations.errors import UserFacingError
 from ablations.machine import describe as describe_machine, process_memory_gib
-from ablations.studies import OBJECTIVE, Study
+from ablations.studies import OBJECTIVE, Study, configuration_of
 from zoo import unet
 from zoo.files import atomic_path, write_json_atomic
 
@@ -98,15 +98,13 @@ class StudyHyperModel(keras_tuner.HyperModel):
         features = self.shared.train_features(recipe.augmentation)
         seed = int(hp.values.get("seed", 0))
         if self.shared.folds:
+            # The whole schedule, unless successive halving stops it after its first rung
+            # (rung 0) or continues it from there (rung 1).
             epochs, rung = self.shared.budget.epochs, rung_of(hp.values)
-            if rung is None:
-                return folds.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
-                                          self.shared.test, epochs, seed,
-                                          eager=self.shared.budget.eager, callbacks=callbacks)
             return folds.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
                                       self.shared.test, FIRST_RUNG_EPOCHS if rung == 0 else epochs, seed,
                                       eager=self.shared.budget.eager, callbacks=callbacks,
-                                      schedule_epochs=epochs, initial_epoch=0 if rung == 0 else FIRST_RUNG_EPOCHS,
+                                      schedule_epochs=epochs, initial_epoch=FIRST_RUNG_EPOCHS if rung == 1 else 0,
                                       resume=resume)
         return train.run_trial(model, recipe, features, self.shared.val, self.shared.test,
                                self.shared.budget.epochs, seed=int(hp.values.get("seed", 0)),
@@ -326,10 +324,9 @@ def survivors(first_rung: list, keep: int) -> list:
     """The first-rung trials of the `keep` configurations with the best mean score over
     their seeds (a failed trial scores nothing; ties go to the earlier trial)."""
     scored = [t for t in first_rung if t.score is not None]
-    by_configuration: dict[tuple, list] = {}
+    by_configuration: dict[str, list] = {}
     for trial in sorted(scored, key=lambda t: t.trial_id):
-        key = tuple(sorted((k, str(v)) for k, v in trial.hyperparameters.values.items() if k not in ("seed", RUNG)))
-        by_configuration.setdefault(key, []).append(trial)
+        by_configuration.setdefault(configuration_of(trial.hyperparameters.values), []).append(trial)
     ranked = sorted(by_configuration.values(), key=lambda trials: -np.mean([t.score for t in trials]))
     return [trial for trials in ranked[:keep] for trial in trials]
 

@@ -70,6 +70,13 @@ class Study:
     starts_from_best_of: str | None = None
 
 
+def configuration_of(values: dict) -> str:
+    """A trial's configuration as "name=value, ...": its hyperparameter values without the seed
+    (repeats of one configuration) and the tuner's own bookkeeping (`tuner/...`, e.g. the rung
+    of successive halving)."""
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k != "seed" and not k.startswith("tuner/"))
+
+
 def _seed_choice(hp, seeds: int) -> None:
     hp.Choice("seed", list(range(seeds)))
 
