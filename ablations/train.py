@@ -15,8 +15,8 @@ from ablations.studies import Recipe
 from zoo.losses import SegmentationLoss
 from zoo.metrics import Confusion, keras_metrics, summarise
 from zoo.predict import Segmenter, sigmoid
+from zoo import allocator
 from zoo.unet import decoder_of
-
 
 
 class FeatureBatches(keras.utils.PyDataset):
@@ -47,6 +47,14 @@ class FeatureBatches(keras.utils.PyDataset):
         global py_func registry keeps alive after training, so without this every trial's
         training features (GiBs) would stay in memory until the process ends."""
         self.features = None
+
+
+class KeepFreedMemory(keras.callbacks.Callback):
+    """zoo.allocator's settings again at every batch: the generator dataset that `fit` reads a
+    PyDataset through resets glibc's trim threshold when it starts."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        allocator.keep_freed_memory()
 
 
 @dataclasses.dataclass
@@ -96,7 +104,7 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
         # run replays; Keras' own shuffle of a PyDataset's batches would draw from Python's
         # `random`, reseeded above, and so replay the first epochs' visiting order instead.
         history = decoder.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
-                              callbacks=list(callbacks), shuffle=False)
+                              callbacks=[KeepFreedMemory(), *callbacks], shuffle=False)
     finally:
         batches.release()
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started
@@ -120,7 +128,8 @@ def decoder_probabilities(decoder, features: FeatureSet, batch_size: int = 16) -
     for start in range(0, features.count, batch_size):
         chosen = index[start:start + batch_size]
         inputs, _ = features.batch(np.zeros_like(chosen), chosen)
-        logits = np.asarray(decoder(inputs, training=False))[..., 0]
+        # The compiled predict function, not an eager call: 23-30 against 40 ms a tile.
+        logits = np.asarray(decoder.predict_on_batch(inputs))[..., 0]
         out.append(sigmoid(logits))
     return np.concatenate(out)
 
