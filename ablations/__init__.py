@@ -8,6 +8,6 @@ from zoo import allocator as _allocator
 
 # Before TensorFlow starts its threads: freed tensors' memory is reused, not faulted in
 # afresh at every step (zoo.allocator; a training step's kernel time falls from a third of
-# its CPU time to a twentieth).
+# its CPU time to under a tenth).
 _allocator.one_arena()
 _allocator.keep_freed_memory()

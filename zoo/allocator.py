@@ -40,7 +40,8 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
-    return all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
+    applied = [libc.mallopt(parameter, value) == 1 for parameter, value in settings]  # each, even if one fails
+    return all(applied)
 
 
 def one_arena() -> bool:
