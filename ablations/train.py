@@ -12,10 +12,10 @@ from ablations.features import FeatureSet
 from ablations.heldout import THRESHOLDS
 from ablations.machine import median_ms
 from ablations.studies import Recipe
+from zoo import allocator
 from zoo.losses import SegmentationLoss
 from zoo.metrics import Confusion, keras_metrics, summarise
 from zoo.predict import Segmenter, sigmoid
-from zoo import allocator
 from zoo.unet import decoder_of
 
 

@@ -1,6 +1,9 @@
 """zoo.allocator: freed memory is reused instead of faulted in again at every step."""
 import resource
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +12,12 @@ from zoo import allocator
 
 pytestmark = pytest.mark.skipif(allocator._glibc() is None, reason="glibc's mallopt only")
 
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS, PAGES = 20, 16 * 2**20 // 4096  # 20 rounds of a 16 MB tensor, 4096 pages each
 
-def _page_faults(rounds: int = 20, megabytes: int = 16) -> int:
-    """Minor page faults of allocating, filling and freeing an array, `rounds` times (the
+
+def _page_faults(rounds: int = ROUNDS) -> int:
+    """Minor page faults of allocating, filling and freeing a 16 MB array, `rounds` times (the
     life of one large activation tensor a training step), in 4 KB pages: NumPy's own
     transparent-huge-page advice is switched off meanwhile, so the count is the same
     whatever the kernel's huge-page setting."""
@@ -21,36 +27,66 @@ def _page_faults(rounds: int = 20, megabytes: int = 16) -> int:
     try:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(rounds):
-            tensor = np.ones(megabytes * 2**20, np.uint8)
+            tensor = np.ones(PAGES * 4096, np.uint8)
             del tensor
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     finally:
         _set_madvise_hugepage(was)
 
 
-def test_kept_memory_is_reused_where_tensorflows_setting_faults_it_in_every_time():
-    libc = allocator._glibc()
-    # What glibc's defaults and TensorFlow's generator dataset leave: mmap, trim and top pad at 128 KB.
+def _as_tensorflow_leaves_it() -> None:
+    """glibc's mmap threshold and top pad (128 KB) with the 128 KB trim threshold that
+    TensorFlow's generator dataset sets."""
     for parameter in (allocator.M_MMAP_THRESHOLD, allocator.M_TRIM_THRESHOLD, allocator.M_TOP_PAD):
-        libc.mallopt(parameter, 128 * 1024)
-    faulted = _page_faults()
+        allocator._glibc().mallopt(parameter, 128 * 1024)
+
+
+def _faults_once_warm() -> int:
+    _page_faults(rounds=1)  # the first allocation grows the heap once
+    return _page_faults()
+
+
+def test_kept_memory_is_reused_where_tensorflows_setting_faults_it_in_every_time():
+    _as_tensorflow_leaves_it()
     try:
+        faulted = _page_faults()
         assert allocator.keep_freed_memory()
-        _page_faults(rounds=1)  # the first allocation grows the heap once
-        kept = _page_faults()
+        kept = _faults_once_warm()
     finally:
         allocator.keep_freed_memory()  # as importing ablations leaves every test process
-    assert faulted > 20 * 4096 / 2, faulted  # each round faulted (most of) its 4096 pages in again
+    assert faulted > ROUNDS * PAGES / 2, faulted  # each round faulted (most of) its pages in again
     assert kept < faulted / 20, (kept, faulted)
 
 
-def test_importing_ablations_applies_the_settings_and_training_keeps_them():
-    import ablations  # noqa: F401  (applies them on import)
+def test_training_applies_the_settings_again_at_every_batch():
     from ablations.train import KeepFreedMemory
 
-    libc = allocator._glibc()
-    libc.mallopt(allocator.M_TRIM_THRESHOLD, 128 * 1024)  # as fit's generator dataset does
-    KeepFreedMemory().on_train_batch_begin(0)
-    _page_faults(rounds=1)
-    assert _page_faults() < 200
-    assert "ablations" in sys.modules
+    _as_tensorflow_leaves_it()
+    try:
+        KeepFreedMemory().on_train_batch_begin(0)
+        kept = _faults_once_warm()
+    finally:
+        allocator.keep_freed_memory()
+    assert kept < 200, kept
+
+
+@pytest.mark.parametrize("imports_ablations", [False, True])
+def test_importing_ablations_applies_the_settings(imports_ablations):
+    """In a fresh process, after only the trim threshold is set as TensorFlow sets it: glibc's
+    own settings fault every round in, those importing `ablations` applies do not."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        {"import ablations" if imports_ablations else ""}
+        from zoo import allocator
+        import test_allocator
+        allocator._glibc().mallopt(allocator.M_TRIM_THRESHOLD, 128 * 1024)
+        print(test_allocator._faults_once_warm())
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    faults = int(run.stdout.split()[-1])
+    if imports_ablations:
+        assert faults < 200, faults
+    else:
+        assert faults > ROUNDS * PAGES / 2, faults
