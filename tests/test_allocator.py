@@ -46,27 +46,46 @@ def _faults_once_warm() -> int:
     return _page_faults()
 
 
+def _faults_in_a_fresh_process(steps: str) -> list[int]:
+    """Run `steps` in a new Python process and return the numbers it prints. Fresh because a
+    test process's heap may already hold a free 16 MB chunk (left by earlier tests) that malloc
+    hands out before it ever looks at the mmap threshold: CI saw 0 faults with TensorFlow's
+    settings that way."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+    """) + textwrap.dedent(steps)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return [int(word) for word in run.stdout.split()]
+
+
 def test_kept_memory_is_reused_where_tensorflows_setting_faults_it_in_every_time():
-    _as_tensorflow_leaves_it()
-    try:
-        faulted = _page_faults()
-        assert allocator.keep_freed_memory()
-        kept = _faults_once_warm()
-    finally:
-        allocator.keep_freed_memory()  # as importing ablations leaves every test process
+    faulted, settings_applied, kept = _faults_in_a_fresh_process("""
+        from zoo import allocator
+        import test_allocator
+        test_allocator._as_tensorflow_leaves_it()
+        print(test_allocator._page_faults())
+        print(int(allocator.keep_freed_memory()))
+        print(test_allocator._faults_once_warm())
+    """)
     assert faulted > ROUNDS * PAGES / 2, faulted  # each round faulted (most of) its pages in again
+    assert settings_applied == 1
     assert kept < faulted / 20, (kept, faulted)
 
 
 def test_training_applies_the_settings_again_at_every_batch():
-    from ablations.train import KeepFreedMemory
-
-    _as_tensorflow_leaves_it()
-    try:
+    """After importing `ablations` (which applies the settings), TensorFlow's settings fault
+    every round in again until the training callback applies ours once more."""
+    faulted, kept = _faults_in_a_fresh_process("""
+        from ablations.train import KeepFreedMemory
+        import test_allocator
+        test_allocator._as_tensorflow_leaves_it()
+        print(test_allocator._faults_once_warm())
         KeepFreedMemory().on_train_batch_begin(0)
-        kept = _faults_once_warm()
-    finally:
-        allocator.keep_freed_memory()
+        print(test_allocator._faults_once_warm())
+    """)
+    assert faulted > ROUNDS * PAGES / 2, faulted
     assert kept < 200, kept
 
 
@@ -74,18 +93,13 @@ def test_training_applies_the_settings_again_at_every_batch():
 def test_importing_ablations_applies_the_settings(imports_ablations):
     """In a fresh process, after only the trim threshold is set as TensorFlow sets it: glibc's
     own settings fault every round in, those importing `ablations` applies do not."""
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+    (faults,) = _faults_in_a_fresh_process(f"""
         {"import ablations" if imports_ablations else ""}
         from zoo import allocator
         import test_allocator
         allocator._glibc().mallopt(allocator.M_TRIM_THRESHOLD, 128 * 1024)
         print(test_allocator._faults_once_warm())
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    faults = int(run.stdout.split()[-1])
     if imports_ablations:
         assert faults < 200, faults
     else:
