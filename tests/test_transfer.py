@@ -190,8 +190,31 @@ def test_an_ensemble_found_on_disk_is_reported_at_both_thresholds_against_select
     rows = [line for line in text.splitlines() if line.startswith("| selected+style")]
     assert len(rows) == 2
     borrowed, fixed = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
-    assert borrowed[1] == "flips" and borrowed[-2:] == ["0.800", "+0.200"]  # selected's flips: 0.6 at 0.4
-    assert fixed[1] == "flips, 0.5" and fixed[-2:] == ["0.800", "+0.700"]  # selected's flips at 0.5: 0.1
+    assert borrowed[1] == "flips" and borrowed[-3:] == ["0.800", "+0.200", "selected"]  # selected's flips: 0.6 at 0.4
+    assert fixed[1] == "flips, 0.5" and fixed[-3:] == ["0.800", "+0.700", "selected"]  # selected's flips at 0.5: 0.1
+
+
+def test_a_stride_2_variant_is_compared_with_the_served_stride_not_with_selected(tmp_path):
+    from ablations.evaluate.transfer import _variants
+    from ablations.evaluate.transfer_report import render
+
+    variants = _variants()
+    assert variants["os2_bce"].config.output_stride == 2 and variants["os2_bce"].recipe.loss == "bce"
+    assert variants["os2_bce"].config == variants["os2"].config  # only the recipe differs from its base
+    for name, plain_iou in (("selected", 0.2), ("os2", 0.4), ("os2_bce", 0.5)):
+        curve = _curve(plain_iou, last_epoch_peak=0.3)
+        curve.update(seconds=60.0, why=name, machine="test", recipe={})
+        for row in curve["per_city"].values():
+            row["threshold"] = 0.6
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(curve, default=np.ndarray.tolist))
+
+    text = render(tmp_path, variants, ensembles=[])
+    summary = text.split("## Summary")[1].split("## Every row")[0]
+    plain = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in summary.splitlines()
+                                           if line.startswith("| ")) if cells[1] == "plain"}
+    assert plain["os2_bce"][-3:] == ["0.500", "+0.100", "os2"]
+    assert plain["os2"][-3:] == ["0.400", "+0.200", "selected"]
 
 
 def run_transfer(*args, env_extra=None):

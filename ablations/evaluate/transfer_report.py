@@ -33,7 +33,7 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
     curves = load_curves(out, variants)
     lines = ["# What transfers to an unseen city: recipe variants under cross-validation by city", "",
              "Written by `python -m ablations.evaluate.transfer`. Each variant changes one thing of the "
-             "served recipe (`selected`) and runs the final fit's learning curve: per city, one decoder "
+             "served recipe (`selected`, or `os2` for an `os2_` variant: the served stride-2 decoder) and runs the final fit's learning curve: per city, one decoder "
              "trained on the other two cities (same seed, same cosine schedule), scored on the held-out "
              "city. Every row's settings are chosen on the *other* cities or on none, never on its own "
              "(see \"served as\" below). Pixel counts summed over the city; building IoU = TP/(TP+FP+FN).", ""]
@@ -42,8 +42,10 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
     base = variant_rows(curves["selected"]) if "selected" in curves else {}
     summary, detail = [], []
     for name, curve in curves.items():
+        own_base = variant_rows(curves[variants[name].base]) if variants[name].base in curves else {}
         for kind, rows in variant_rows(curve).items():
-            summary.append({"variant": name, "served as": kind, **_summary_cells(rows, base.get(kind))})
+            summary.append({"variant": name, "served as": kind, **_summary_cells(rows, own_base.get(kind)),
+                            "its base": variants[name].base})
             detail += [{"variant": name, "served as": kind, "held-out city": city, "threshold": f"{r['threshold']:.2f}",
                         "precision": f"{r['precision']:.3f}", "recall": f"{r['recall']:.3f}",
                         "building IoU": f"{r['building_iou']:.3f}", "mean IoU": f"{r['mean_iou']:.3f}"}
@@ -64,13 +66,13 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
 
 
 def _summary_cells(rows: dict[str, dict], selected_rows: dict[str, dict] | None) -> dict[str, str]:
-    """A summary row's cells: building IoU per city, the means, and the difference from
-    `selected` served the same way (blank without it)."""
+    """A summary row's cells: building IoU per city, the means, and the difference from the
+    base variant (`selected` for an ensemble) served the same way (blank without it)."""
     mean = mean_of(rows)
     versus = "" if selected_rows is None else f"{mean['building_iou'] - mean_of(selected_rows)['building_iou']:+.3f}"
     return {**{city: f"{row['building_iou']:.3f}" for city, row in rows.items()},
             "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
-            "mean building IoU": f"{mean['building_iou']:.3f}", "vs selected served alike": versus}
+            "mean building IoU": f"{mean['building_iou']:.3f}", "vs base served alike": versus}
 
 
 def _label_noise_section(curves: dict) -> list[str]:
@@ -100,7 +102,7 @@ def _ensemble_section(out: Path, ensembles: list[str], base: dict) -> list[str]:
         counts = {c: np.asarray(v) for c, v in json.loads(path.read_text())["counts"].items()}
         for kind, per_city in (("flips", leave_one_out(counts)), (f"flips, {FIXED}", at_threshold(counts))):
             rows.append({"ensemble (probabilities averaged)": name, "served as": kind,
-                         **_summary_cells(per_city, base.get(kind))})
+                         **_summary_cells(per_city, base.get(kind)), "its base": "selected"})
     if not rows:
         return []
     return ["## Ensembles of variants", "", "Each member's held-out probabilities (with flips, last epoch) "
