@@ -384,3 +384,49 @@ def test_restyled_copies_read_like_the_stacked_pool_without_copying_it():
     (want, want_masks), (got, got_masks) = stacked.batch(copies, images), mixed.batch(copies, images)
     assert all(np.array_equal(want[name], got[name]) for name in want)
     assert np.array_equal(want_masks, got_masks) and np.array_equal(mixed.masks, stacked.masks)
+
+
+def test_a_reseeded_variant_starts_and_trains_from_its_own_seed(monkeypatch, tmp_path):
+    """os2_seed1 is os2 with another seed: its decoder starts from other weights and trains
+    with that seed, the same each time it is built."""
+    from types import SimpleNamespace
+
+    from ablations import folds
+    from ablations.evaluate import transfer
+    from zoo.encoder import TAP_SETS, build_encoder
+
+    variants = transfer._variants()
+    reseeded, served = variants["os2_seed1"], variants["os2"]
+    assert dataclasses_differ(reseeded, served) == {"name", "why", "seed", "base"} and reseeded.seed == 1
+
+    class Stop(Exception):
+        pass
+
+    def caught(variant):
+        trained = {}
+
+        def cross_validate(build, recipe, pool, fold_list, epochs, seed, **_):
+            trained.update(seed=seed, weights=[w.copy() for w in build().get_weights()[-4:]],
+                           again=[w.copy() for w in build().get_weights()[-4:]])
+            raise Stop
+
+        monkeypatch.setattr(folds, "cross_validate", cross_validate)
+        monkeypatch.setattr(transfer, "training_pool", lambda *_: None)
+        encodings = SimpleNamespace(encoder=build_encoder(None, TAP_SETS["narrow"]))
+        fold = SimpleNamespace(val_area="a")
+        with pytest.raises(Stop):
+            transfer.cross_validate_variant(variant, encodings, [fold], 1, SimpleNamespace(eager=True),
+                                            cache=tmp_path, fingerprint={})
+        return trained
+
+    seed0, seed1 = caught(served), caught(reseeded)
+    assert (seed0["seed"], seed1["seed"]) == (0, 1)
+    for run in (seed0, seed1):
+        assert all(np.array_equal(a, b) for a, b in zip(run["weights"], run["again"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(seed0["weights"], seed1["weights"]))
+
+
+def dataclasses_differ(a, b) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
