@@ -1,7 +1,7 @@
 """zoo model building: every decoder variant, the config, the frozen encoder and the blocks.
 
-Models are built with weights=None (random encoder) and cached per config, so each of the
-16 upsampler x skip variants is built once for the whole module.
+Models share one random-weight encoder (weights=None) and are cached per config, so each of
+the 16 upsampler x skip variants is built once for the whole module.
 """
 import dataclasses
 import itertools
@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from zoo import blocks, config, unet  # noqa: E402
 from zoo.config import DecoderConfig  # noqa: E402
-from zoo.encoder import TAPS  # noqa: E402
+from zoo.encoder import TAP_SETS, TAPS, build_encoder  # noqa: E402
 from zoo.losses import SegmentationLoss  # noqa: E402
 
 # ---------------------------------------------------------------- helpers
@@ -33,13 +33,18 @@ VARIANTS = [DecoderConfig(upsampler=u, skip=s)
 EXTRA = [DecoderConfig(conv="separable"), DecoderConfig(width=0.25), DecoderConfig(width=1.0),
          DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)]
 _MODELS: dict[DecoderConfig, keras.Model] = {}
+_ENCODERS: dict[str, keras.Model] = {}
 
 
 def model_for(cfg: DecoderConfig) -> keras.Model:
-    """One random-weight model per config for the whole module (building is the slow part)."""
+    """One random-weight model per config for the whole module (building is the slow part),
+    all on one frozen random encoder per tap set, as the studies share theirs."""
     if cfg not in _MODELS:
+        if cfg.taps not in _ENCODERS:
+            keras.utils.set_random_seed(0)
+            _ENCODERS[cfg.taps] = build_encoder(None, TAP_SETS[cfg.taps])
         keras.utils.set_random_seed(0)
-        _MODELS[cfg] = unet.build(cfg, weights=None)
+        _MODELS[cfg] = unet.build(cfg, encoder=_ENCODERS[cfg.taps])
     return _MODELS[cfg]
 
 
