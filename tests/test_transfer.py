@@ -386,9 +386,9 @@ def test_restyled_copies_read_like_the_stacked_pool_without_copying_it():
     assert np.array_equal(want_masks, got_masks) and np.array_equal(mixed.masks, stacked.masks)
 
 
-def test_a_reseeded_variant_starts_and_trains_from_its_own_seed(monkeypatch, tmp_path):
+def test_a_reseeded_or_longer_variant_trains_from_its_own_seed_and_schedule(monkeypatch, tmp_path):
     """os2_seed1 is os2 with another seed: its decoder starts from other weights and trains
-    with that seed, the same each time it is built."""
+    with that seed, the same each time it is built. os2_twice trains twice the epochs."""
     from types import SimpleNamespace
 
     from ablations import folds
@@ -405,8 +405,8 @@ def test_a_reseeded_variant_starts_and_trains_from_its_own_seed(monkeypatch, tmp
     def caught(variant):
         trained = {}
 
-        def cross_validate(build, recipe, pool, fold_list, epochs, seed, **_):
-            trained.update(seed=seed, weights=[w.copy() for w in build().get_weights()[-4:]],
+        def cross_validate(build, recipe, pool, fold_list, epochs, seed, schedule_epochs, **_):
+            trained.update(seed=seed, epochs=(epochs, schedule_epochs), weights=[w.copy() for w in build().get_weights()[-4:]],
                            again=[w.copy() for w in build().get_weights()[-4:]])
             raise Stop
 
@@ -415,12 +415,16 @@ def test_a_reseeded_variant_starts_and_trains_from_its_own_seed(monkeypatch, tmp
         encodings = SimpleNamespace(encoder=build_encoder(None, TAP_SETS["narrow"]))
         fold = SimpleNamespace(val_area="a")
         with pytest.raises(Stop):
-            transfer.cross_validate_variant(variant, encodings, [fold], 1, SimpleNamespace(eager=True),
+            transfer.cross_validate_variant(variant, encodings, [fold], 3, SimpleNamespace(eager=True),
                                             cache=tmp_path, fingerprint={})
         return trained
 
     seed0, seed1 = caught(served), caught(reseeded)
     assert (seed0["seed"], seed1["seed"]) == (0, 1)
+    assert seed0["epochs"] == seed1["epochs"] == (3, 3)
+    twice = variants["os2_twice"]
+    assert dataclasses_differ(twice, served) == {"name", "why", "epoch_factor", "base"}
+    assert caught(twice)["epochs"] == (6, 6)  # one decoder at the training CPU of two
     for run in (seed0, seed1):
         assert all(np.array_equal(a, b) for a, b in zip(run["weights"], run["again"]))
     assert not all(np.array_equal(a, b) for a, b in zip(seed0["weights"], seed1["weights"]))
