@@ -422,6 +422,8 @@ def test_a_reseeded_or_longer_variant_trains_from_its_own_seed_and_schedule(monk
     seed0, seed1 = caught(served), caught(reseeded)
     assert (seed0["seed"], seed1["seed"]) == (0, 1)
     assert seed0["epochs"] == seed1["epochs"] == (3, 3)
+    assert variants["os2_standardize_seed1"].seed == 1 and variants["os2_standardize_seed1"].base == "os2_standardize"
+    assert dataclasses_differ(variants["os2_standardize_seed1"], variants["os2_standardize"]) == {"name", "why", "seed", "base"}
     twice = variants["os2_twice"]
     assert dataclasses_differ(twice, served) == {"name", "why", "epoch_factor", "base"}
     assert caught(twice)["epochs"] == (6, 6)  # one decoder at the training CPU of two
