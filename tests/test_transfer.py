@@ -156,6 +156,15 @@ def _curve(plain_iou: float, last_epoch_peak: float, flips=None) -> dict:
             "flips": None if flips is None else {c: flips for c in cities}}
 
 
+def _write_curve(out, name: str, curve: dict) -> None:
+    """`curve` as variant `name`'s finished curve.json under `out`, with what the report reads."""
+    curve.update(seconds=60.0, why=name, machine="test", recipe={})
+    for row in curve["per_city"].values():
+        row["threshold"] = 0.6
+    (out / name).mkdir()
+    (out / name / "curve.json").write_text(json.dumps(curve, default=np.ndarray.tolist))
+
+
 def test_the_served_option_is_the_one_the_other_cities_score_best():
     from ablations.final import inference_choice
 
@@ -175,12 +184,7 @@ def test_an_ensemble_found_on_disk_is_reported_at_both_thresholds_against_select
     from ablations.evaluate.transfer_report import render
 
     flips = _counts_peaking_at(0.4, iou=0.6)
-    selected = _curve(0.5, last_epoch_peak=0.5, flips=flips)
-    selected.update(seconds=60.0, why="the served recipe", machine="test", recipe={})
-    for row in selected["per_city"].values():
-        row["threshold"] = 0.6
-    (tmp_path / "selected").mkdir()
-    (tmp_path / "selected" / "curve.json").write_text(json.dumps(selected, default=np.ndarray.tolist))
+    _write_curve(tmp_path, "selected", _curve(0.5, last_epoch_peak=0.5, flips=flips))
     better = _counts_peaking_at(0.5, iou=0.8)  # the ensemble peaks at 0.5, selected's flips at 0.4
     (tmp_path / "ensembles").mkdir()
     (tmp_path / "ensembles" / "selected+style.json").write_text(json.dumps(
@@ -202,12 +206,7 @@ def test_a_stride_2_variant_is_compared_with_the_served_stride_not_with_selected
     assert variants["os2_bce"].config.output_stride == 2 and variants["os2_bce"].recipe.loss == "bce"
     assert variants["os2_bce"].config == variants["os2"].config  # only the recipe differs from its base
     for name, plain_iou in (("selected", 0.2), ("os2", 0.4), ("os2_bce", 0.5)):
-        curve = _curve(plain_iou, last_epoch_peak=0.3)
-        curve.update(seconds=60.0, why=name, machine="test", recipe={})
-        for row in curve["per_city"].values():
-            row["threshold"] = 0.6
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "curve.json").write_text(json.dumps(curve, default=np.ndarray.tolist))
+        _write_curve(tmp_path, name, _curve(plain_iou, last_epoch_peak=0.3))
 
     text = render(tmp_path, variants, ensembles=[])
     summary = text.split("## Summary")[1].split("## Every row")[0]

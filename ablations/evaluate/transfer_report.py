@@ -39,11 +39,12 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
              "(see \"served as\" below). Pixel counts summed over the city; building IoU = TP/(TP+FP+FN).", ""]
     if not curves:
         return "\n".join(lines + ["No variant has finished yet.", ""])
-    base = variant_rows(curves["selected"]) if "selected" in curves else {}
+    rows_of = {name: variant_rows(curve) for name, curve in curves.items()}
+    base = rows_of.get("selected", {})
     summary, detail = [], []
-    for name, curve in curves.items():
-        own_base = variant_rows(curves[variants[name].base]) if variants[name].base in curves else {}
-        for kind, rows in variant_rows(curve).items():
+    for name, options in rows_of.items():
+        own_base = rows_of.get(variants[name].base, {})
+        for kind, rows in options.items():
             summary.append({"variant": name, "served as": kind, **_summary_cells(rows, own_base.get(kind)),
                             "its base": variants[name].base})
             detail += [{"variant": name, "served as": kind, "held-out city": city, "threshold": f"{r['threshold']:.2f}",
