@@ -46,7 +46,9 @@ class FitRequest:
     curve_epochs: int = 12
     epochs: int | None = None         # overrides the curve's choice
     recipe_from: Path | None = None   # a model.json whose config and recipe to fit
-    curve_from: Path | None = None    # a curve.json (ablations.evaluate.transfer) to fit as chosen there
+    # curve.json files (ablations.evaluate.transfer) of one recipe, under one seed or several,
+    # to fit as chosen there (several: their counts pooled, see pooled_curve)
+    curve_from: tuple[Path, ...] = ()
     point_served: bool = True         # write results/MODEL -> OUT/model.keras
     fresh: bool = False
 
@@ -59,14 +61,14 @@ def run_fit(request: FitRequest) -> dict:
     started = time.time()
     budget = studies.BUDGETS[request.budget]
     _require_a_curve(request)  # before minutes of loading and encoding, not after
-    config, recipe = selected_recipe(request.recipe_from, request.curve_from or _kept_curve(request))
+    config, recipe = selected_recipe(request.recipe_from, _first(request.curve_from) or _kept_curve(request))
     pool_samples, test_samples, source = load_samples(request, budget)
     binding = {"data_kind": provenance.data_kind(source),
                "data_fingerprint": provenance.data_fingerprint(pool_samples + test_samples),
                "budget": budget.name, "test_area": request.test_area, "weights": request.weights,
                "config": config.to_dict(), "recipe": recipe.to_dict()}
     provenance.check_binding(request.out, binding,
-                             fresh=request.fresh or request.curve or request.curve_from is not None)
+                             fresh=request.fresh or request.curve or bool(request.curve_from))
     encoder = _encoder(request.weights)
     pool = encode_pool(encoder, pool_samples, budget, recipe, config)
     curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
@@ -176,10 +178,8 @@ def _train(model, recipe, pool, epochs: int, schedule_epochs: int, budget):
 def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget) -> dict:
     """Run the cross-validated curve (--curve), or read the one this folder already holds."""
     path = Path(request.out) / "curve.json"
-    if request.curve_from is not None:  # a variant's curve, run by ablations.evaluate.transfer
-        import json
-
-        curve = json.loads(Path(request.curve_from).read_text())
+    if request.curve_from:  # a variant's curve(s), run by ablations.evaluate.transfer
+        curve = curve_from_files(request.curve_from)
         write_json_atomic(path, curve)
         plots_final.learning_curve(curve, Path(request.out) / "curve.png")
         return curve
@@ -200,9 +200,63 @@ def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
     return curve
 
 
+def _first(paths) -> Path | None:
+    return paths[0] if paths else None
+
+
+def curve_from_files(paths) -> dict:
+    """The curve one file holds, or the pooled curve of several (one recipe, several seeds)."""
+    import json
+
+    curves = [json.loads(Path(path).read_text()) for path in paths]
+    return curves[0] if len(curves) == 1 else pooled_curve(curves, [str(path) for path in paths])
+
+
+# What must agree for curves to be pooled: the same recipe on the same data, scored alike.
+POOLED_ALIKE = ("config", "recipe", "relabel", "curve_epochs", "thresholds", "fingerprint", "set_aside")
+
+
+def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
+    """One learning curve from the same recipe's curves under several seeds: each held-out
+    city's confusion counts (every epoch and threshold, and the flips') summed over the seeds,
+    then epochs, threshold and serving option chosen from the sums exactly as from one curve.
+
+    Why: one seed's choice can be a lucky draw. The served recipe's seed 0 chose a threshold
+    of 0.35 on the other cities; under seed 1 the same rule scored 0.09 lower on the held-out
+    cities (results/EXPERIMENTS.md, step 19). Summed counts weigh every seed's pixels alike."""
+    for field in POOLED_ALIKE:
+        differing = [source for source, curve in zip(sources, curves) if curve.get(field) != curves[0].get(field)]
+        if differing:
+            raise UserFacingError(f"--curve-from: {', '.join(differing)} differ(s) from {sources[0]} in "
+                                  f"'{field}'; only one recipe's curves under other seeds can be pooled")
+    seeds = [curve.get("seed", SEED) for curve in curves]
+    if len(set(seeds)) < len(seeds):
+        raise UserFacingError(f"--curve-from: the curves must come from different seeds, got seeds {seeds}")
+    first = curves[0]
+    results = [folds.FoldResult(city, first["per_city"][city]["tiles_held_out"],
+                                np.sum([curve["folds"][city]["counts"] for curve in curves], axis=0),
+                                _mean_history([curve["folds"][city]["history"] for curve in curves]),
+                                sum(curve["folds"][city]["train_seconds"] for curve in curves), model=None)
+               for city in first["folds"]]
+    pooled = curve_record(results, first["curve_epochs"], sum(curve["seconds"] for curve in curves))
+    pooled.update({field: first[field] for field in POOLED_ALIKE + ("source", "why") if field in first})
+    if all(curve.get("flips") for curve in curves):
+        pooled["flips"] = {city: np.sum([curve["flips"][city] for curve in curves], axis=0).tolist()
+                           for city in first["flips"]}
+    pooled["variant"] = " + ".join(str(curve.get("variant", source)) for curve, source in zip(curves, sources))
+    pooled["pooled"] = {"seeds": seeds, "from": sources}
+    pooled["chosen"]["rule"] += f", on confusion counts summed over seeds {', '.join(map(str, seeds))}"
+    return pooled
+
+
+def _mean_history(histories: list[dict]) -> dict:
+    shared = set.intersection(*(set(history) for history in histories))
+    return {key: np.mean([history[key] for history in histories], axis=0).tolist() for key in sorted(shared)}
+
+
 def _require_a_curve(request) -> None:
     path = Path(request.out) / "curve.json"
-    if not (request.curve or request.curve_from is not None or path.is_file()):
+    if not (request.curve or request.curve_from or path.is_file()):
         raise UserFacingError(f"{path} does not exist: run once with --curve (the cross-validated "
                               "learning curve that chooses the epochs and threshold)")
 
@@ -299,6 +353,13 @@ def report(request, metadata: dict, curve: dict) -> str:
         "IoU = TP/(TP+FP+FN), mean IoU = mean of building and background IoU.", "",
         tabulate(rows, headers="keys", tablefmt="github"), "",
     ]
+    if curve.get("pooled"):
+        seeds = ", ".join(map(str, curve["pooled"]["seeds"]))
+        lines += [f"The curve pools the recipe's learning curves under seeds {seeds} "
+                  f"({', '.join(f'`{source}`' for source in curve['pooled']['from'])}): each city's "
+                  "confusion counts are summed over the seeds, so the epochs, threshold and views are "
+                  "chosen, and each row scored, on every seed's held-out pixels at once. The model "
+                  f"itself trains with seed {metadata['seed']}.", ""]
     if test:
         lines += [f"**Test area {data['test_area']}** ({data['test_tiles']} tiles, end to end): precision "
                   f"{test['precision']:.3f}, recall {test['recall']:.3f}, building IoU {test['building_iou']:.3f}, "
@@ -330,8 +391,8 @@ def fit_argv(request: FitRequest) -> list[str]:
         parts += ["--curve", "--curve-epochs", str(request.curve_epochs)]
     if request.epochs:
         parts += ["--epochs", str(request.epochs)]
-    if request.curve_from:
-        parts += ["--curve-from", str(request.curve_from)]
+    for path in request.curve_from:
+        parts += ["--curve-from", str(path)]
     if Path(request.out) != Path("results/final"):
         parts += ["--out", str(request.out)]
     return parts

@@ -1,5 +1,5 @@
 """python -m ablations.fit [--data DIR] [--test-area AREA|none] [--curve [--curve-epochs N]]
-                          [--epochs N] [--recipe-from MODEL.json | --curve-from CURVE.json]
+                          [--epochs N] [--recipe-from MODEL.json | --curve-from CURVE.json ...]
                           [--out results/final] [--fresh]
 
 Fits the selected recipe on every non-test area and serves it: writes OUT/model.keras (with
@@ -36,9 +36,12 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, help="train this many epochs instead of the curve's choice")
     parser.add_argument("--recipe-from", type=Path, help="a model.json whose config and recipe to fit "
                         "(default: the recipe the cross-city studies selected)")
-    parser.add_argument("--curve-from", type=Path, help="a variant's curve.json from ablations.evaluate.transfer "
+    parser.add_argument("--curve-from", type=Path, action="append", default=[],
+                        help="a variant's curve.json from ablations.evaluate.transfer "
                         "(results/transfer/NAME/curve.json): fit its config and recipe with the epochs, "
-                        "threshold and test-time views its cross-validation chose")
+                        "threshold and test-time views its cross-validation chose. Give it again with "
+                        "the same recipe's curve under another seed (NAME_seed1) to choose them on the "
+                        "seeds' confusion counts summed")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--no-serve", action="store_true", help="do not point results/MODEL at the model")
     parser.add_argument("--fresh", action="store_true", help="replace what OUT holds from a different run")
@@ -50,15 +53,16 @@ def to_request(args):
 
     if args.data is not None and not args.data.is_dir():
         raise UserFacingError(f"data folder {args.data} does not exist")
-    if args.curve_from is not None and (args.curve or args.recipe_from):
+    if args.curve_from and (args.curve or args.recipe_from):
         raise UserFacingError("--curve-from brings its own curve and recipe: drop --curve and --recipe-from")
-    if args.curve_from is not None and not args.curve_from.is_file():
-        raise UserFacingError(f"--curve-from {args.curve_from} is not a file")
+    for path in args.curve_from:
+        if not path.is_file():
+            raise UserFacingError(f"--curve-from {path} is not a file")
     if args.curve_epochs < 1 or (args.epochs is not None and not 1 <= args.epochs <= args.curve_epochs):
         raise UserFacingError("--curve-epochs must be at least 1 and --epochs between 1 and --curve-epochs")
     return FitRequest(data=args.data, test_area=args.test_area, out=args.out, budget=args.budget,
                       weights=args.weights, curve=args.curve, curve_epochs=args.curve_epochs,
-                      epochs=args.epochs, recipe_from=args.recipe_from, curve_from=args.curve_from,
+                      epochs=args.epochs, recipe_from=args.recipe_from, curve_from=tuple(args.curve_from),
                       point_served=not args.no_serve, fresh=args.fresh)
 
 

@@ -1,0 +1,70 @@
+"""Choosing how to serve a recipe over several seeds' learning curves (`ablations.fit
+--curve-from A --curve-from B`): the counts are pooled, and the choice follows them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ablations import heldout
+from ablations.errors import UserFacingError
+from ablations.final import curve_from_files, curve_record, fit_argv, inference_choice, pooled_curve
+from ablations.folds import FoldResult
+
+CITIES = ("dar", "kathmandu", "nairobi")
+RECIPE = {"augmentation": "sensor", "loss": "bce_dice"}
+
+
+def _counts(peak: int, slope: float, bonus: float = 0.0) -> np.ndarray:
+    """(thresholds, 4) counts whose building IoU is 0.6 + bonus at THRESHOLDS[peak] and falls
+    by `slope` per threshold step away from it (tp / (tp + fp + fn) = tp / 1000)."""
+    steps = np.abs(np.arange(len(heldout.THRESHOLDS)) - peak)
+    iou = np.clip(0.6 + bonus - slope * steps, 0.05, 1.0)
+    return np.stack([iou * 1000, (1 - iou) * 500, (1 - iou) * 500, np.full_like(iou, 5000)], axis=-1).round()
+
+
+def _curve(peak: int, slope: float, seed: int, recipe=RECIPE) -> dict:
+    results = [FoldResult(city, 10, np.stack([_counts(peak, slope, bonus) for bonus in (-0.1, -0.05, 0.0)]),
+                          {"building_iou": [0.3, 0.4, 0.5]}, 5.0, model=None) for city in CITIES]
+    curve = curve_record(results, 3, 15.0)
+    curve.update(config={"width": 0.25}, recipe=dict(recipe), relabel=None, fingerprint="data", seed=seed,
+                 variant=f"v_seed{seed}", flips={city: _counts(peak, slope, 0.02).tolist() for city in CITIES})
+    return curve
+
+
+def test_pooled_seeds_serve_what_their_summed_counts_choose_not_the_first_seeds_luck():
+    lucky = _curve(peak=3, slope=0.01, seed=0)     # best at 0.35, and gentle either side
+    unlucky = _curve(peak=6, slope=0.05, seed=1)   # best at 0.50, and poor at 0.35
+    assert inference_choice(lucky) == (3, 0.35, "flips")
+    pooled = pooled_curve([lucky, unlucky], ["a.json", "b.json"])
+    assert inference_choice(pooled) == (3, 0.5, "flips")
+    city = CITIES[0]
+    assert np.array_equal(np.asarray(pooled["folds"][city]["counts"]),
+                          np.asarray(lucky["folds"][city]["counts"]) + np.asarray(unlucky["folds"][city]["counts"]))
+    assert pooled["flips"][city] == (np.asarray(lucky["flips"][city]) + np.asarray(unlucky["flips"][city])).tolist()
+    assert pooled["pooled"] == {"seeds": [0, 1], "from": ["a.json", "b.json"]}
+    assert pooled["recipe"] == RECIPE and "seeds 0, 1" in pooled["chosen"]["rule"]
+
+
+def test_only_one_recipes_curves_under_different_seeds_pool():
+    with pytest.raises(UserFacingError, match="b.json.*'recipe'"):
+        pooled_curve([_curve(3, 0.01, 0), _curve(3, 0.01, 1, recipe={**RECIPE, "loss": "bce"})], ["a.json", "b.json"])
+    with pytest.raises(UserFacingError, match="different seeds"):
+        pooled_curve([_curve(3, 0.01, 0), _curve(6, 0.05, 0)], ["a.json", "b.json"])
+
+
+def test_the_fit_takes_several_curves_and_records_them_in_its_command(tmp_path):
+    from ablations.fit import parse_args, to_request
+
+    paths = []
+    for seed, peak in ((0, 3), (1, 6)):
+        paths.append(tmp_path / f"seed{seed}.json")
+        paths[-1].write_text(json.dumps(_curve(peak, 0.01 + 0.04 * seed, seed)))
+    request = to_request(parse_args(["--curve-from", str(paths[0]), "--curve-from", str(paths[1])]))
+    assert request.curve_from == tuple(paths)
+    assert fit_argv(request)[-4:] == ["--curve-from", str(paths[0]), "--curve-from", str(paths[1])]
+    assert inference_choice(curve_from_files(request.curve_from))[1:] == (0.5, "flips")
+    assert curve_from_files(request.curve_from[:1])["seed"] == 0  # one file: its curve as it is
+    with pytest.raises(UserFacingError, match="missing.json is not a file"):
+        to_request(parse_args(["--curve-from", str(paths[0]), "--curve-from", str(tmp_path / "missing.json")]))
