@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from ablations.bench.runtimes import spread_ms
-from ablations.machine import describe
+from ablations.machine import OtherWork, describe
 from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
 from zoo.served import resolve_model_path
 
@@ -81,7 +81,7 @@ def report(run: dict) -> str:
         f"Each part timed alone in one process, {run['rounds']} interleaved rounds after two warm-ups; "
         "p50 [p25-p75] ms, and the share of the whole request's p50. The whole request goes "
         "through the Flask app (`app.test_client`), without the network and the WSGI server "
-        "that `ablations.bench.runtimes` adds.", "",
+        f"that `ablations.bench.runtimes` adds. {run.get('other_work', '')}", "",
         "| part | ms | share |", "|---|---:|---:|", *rows, ""])
 
 
@@ -102,7 +102,10 @@ def main(argv=None) -> int:
     run = {"command": "python -m ablations.bench.request " + " ".join(argv), "machine": describe(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "model": str(model), "runtime": runtime_of(segmenter), "tta": segmenter.tta, "size": args.size,
-           "rounds": args.rounds, "parts": {part: spread_ms(values) for part, values in timed_parts(segmenter, body, args.rounds).items()}}
+           "rounds": args.rounds}
+    other_work = OtherWork()
+    run["parts"] = {part: spread_ms(values) for part, values in timed_parts(segmenter, body, args.rounds).items()}
+    run["other_work"] = other_work.note()
     stem = args.out / f"request_profile-{run['runtime']}-tta-{run['tta']}"
     write_json_atomic(stem.with_suffix(".json"), run)
     write_text_atomic(stem.with_suffix(".md"), report(run))

@@ -36,7 +36,7 @@ import orjson
 import requests
 
 from ablations.bench import load, server
-from ablations.machine import describe
+from ablations.machine import OtherWork, describe
 from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL, TTA_VIEWS, options_from
 from zoo.runtimes import RUNTIMES
 from zoo.served import resolve_model_path
@@ -155,7 +155,7 @@ def interleaved_clients(servers: dict, bodies: list[bytes], per_client: int, rou
                       "clients": len(bodies)} for runtime in servers}
 
 
-def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[dict, dict]:
+def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[dict, dict, str]:
     """Every runtime's server started at once, then each phase interleaved across them."""
     results, masks = {name: {} for name in names}, {}
     with contextlib.ExitStack() as stack:
@@ -172,7 +172,7 @@ def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[d
                 raise RuntimeError(f"asked for {name}, the server runs {served.get('runtime')}")
             if args.tta != TTA_FROM_MODEL and served.get("tta") != args.tta:
                 raise RuntimeError(f"asked for test-time views {args.tta}, the server applies {served.get('tta')}")
-        load_start = os.getloadavg()[0]
+        load_start, other_work = os.getloadavg()[0], OtherWork()
         for size, count in ((256, args.requests), (1024, args.requests_1024)):
             print(f"single {size} px requests ...", flush=True)
             stats, masks[size] = interleaved_singles(servers, bodies[size], count)
@@ -184,8 +184,9 @@ def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[d
             results[name].update(clients=clients[name], load_start=load_start,
                                  load_end=os.getloadavg()[0],
                                  server_peak_rss_mb=_peak_rss_mb(servers[name].process.pid))
+        other_note = other_work.note()  # before the servers stop: their time is the run's own
     by_runtime = {name: {size: masks[size][name] for size in masks} for name in names}
-    return results, by_runtime
+    return results, by_runtime, other_note
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -290,7 +291,7 @@ def main(argv=None) -> int:
         as_body = lambda pixels: orjson.dumps({"image": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)  # noqa: E731
         bodies = {256: as_body(image(256)), 1024: as_body(image(1024)),
                   "clients": load.client_bodies(args.clients, 256, seed=1)}
-        results, masks = bench_runtimes(model, args.runtimes, bodies, args)
+        results, masks, other_note = bench_runtimes(model, args.runtimes, bodies, args)
     for runtime in results:
         results[runtime]["differ_from_keras"] = (compare_masks(masks[runtime], masks["keras"])
                                                  if "keras" in masks else {})
@@ -307,9 +308,8 @@ def main(argv=None) -> int:
            "tta": served["tta"], "tta_override": None if args.tta == TTA_FROM_MODEL else args.tta,
            "requests": args.requests, "requests_1024": args.requests_1024, "clients": args.clients,
            "per_client": args.per_client, "rounds": args.rounds, "runtimes": results, "default": default,
-           "load_note": (f"Load average (1 min) between {min(loads):.1f} and {max(loads):.1f} on "
-                         f"{os.cpu_count()} cores during the run" + (": other work shared the CPU, so "
-                         "every number is slower and noisier than on an idle machine." if max(loads) > 1 else "."))}
+           "load_note": f"{other_note} Load average (1 min), the benchmark's own work included: "
+                        f"{min(loads):.1f} to {max(loads):.1f}."}
     from zoo.files import write_json_atomic, write_text_atomic
 
     bench_md = args.out / "bench.md"
