@@ -68,3 +68,11 @@ def test_the_fit_takes_several_curves_and_records_them_in_its_command(tmp_path):
     assert curve_from_files(request.curve_from[:1])["seed"] == 0  # one file: its curve as it is
     with pytest.raises(UserFacingError, match="missing.json is not a file"):
         to_request(parse_args(["--curve-from", str(paths[0]), "--curve-from", str(tmp_path / "missing.json")]))
+
+
+def test_the_per_city_page_says_its_rows_are_pooled_over_seeds():
+    from ablations.evaluate.cities import _pooled
+
+    single = _curve(3, 0.01, 0)
+    assert _pooled(single) == ""
+    assert "seeds 0, 1" in _pooled(pooled_curve([single, _curve(6, 0.05, 1)], ["a.json", "b.json"]))

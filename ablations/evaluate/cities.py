@@ -86,6 +86,15 @@ def _served_as(curve: dict) -> str:
             "to serve was chosen by the mean over the cities).")
 
 
+def _pooled(curve: dict) -> str:
+    pooled = curve.get("pooled")
+    if not pooled:
+        return ""
+    return (f" Each row sums the fold's confusion counts over the recipe's curves under seeds "
+            f"{', '.join(map(str, pooled['seeds']))}, on which the fit chose how to serve; the served "
+            "model itself is one seed's.")
+
+
 def tutorial_file(out: Path, city: str) -> Path:
     return Path(out) / f"tutorial-{city}" / "tutorial_recipe" / "metrics.json"
 
@@ -149,7 +158,7 @@ def render(curve: dict, tutorial: dict, final: Path) -> str:
         f"- **Selected recipe** (`{name}`): each row is a fold of the final fit's cross-validated "
         f"learning curve ({curve['curve_epochs']}-epoch cosine schedule), trained on the other cities "
         "and scored on this one at the epoch and threshold chosen on the *other* folds"
-        + _served_as(curve),
+        + _served_as(curve) + _pooled(curve),
         f"- **Tutorial recipe** (frozen MobileNetV2, pix2pix decoder, Adam, BCE, flips): {tutorial_line}.",
         f"- **Machine:** {curve['machine']}; curve {curve['date']}.", "",
         tabulate(rows(curve, tutorial), headers="keys", tablefmt="github"), "",
