@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from zoo.config import DecoderConfig
 
 
 def test_the_ensemble_bench_measures_every_head_count_and_side(tmp_path):
@@ -18,3 +21,6 @@ def test_the_ensemble_bench_measures_every_head_count_and_side(tmp_path):
     assert double == 2 * single  # two full decoders, one encoder
     table = (tmp_path / "ensemble.md").read_text()
     assert "| 1       | flips" in table and "1.00x" in table
+    served = json.loads((Path(__file__).resolve().parents[1] / "results" / "final" / "model.json").read_text())
+    assert f"architecture `{DecoderConfig.from_dict(served['config']).name}` per head" in table  # what is served
+    assert "Other work on the machine" in table

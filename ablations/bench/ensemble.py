@@ -1,4 +1,4 @@
-"""python -m ablations.bench.ensemble [--heads 1,2,3] [--sides 256,1024] [--tta none,flips] [--repeats 30] [--out results]
+"""python -m ablations.bench.ensemble [--heads 1,2,3] [--sides 256,1024] [--tta none,flips] [--repeats 30] [--config-from MODEL.json] [--out results]
 
 What an ensemble of decoders on one encoder pass (zoo.ensemble) costs at inference, against
 a single U-Net of the served architecture, and what test-time views cost: median and 95th
@@ -24,14 +24,29 @@ def parse_args(argv=None):
     parser.add_argument("--tta", default="none", help="test-time views to time: none, flips, dihedral (comma-separated)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--config-from", type=Path, help="a model.json whose decoder each head is "
+                        "(default: the served model's, else the selected decoder)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     return parser.parse_args(argv)
 
 
-def measure(heads: list[int], sides: list[int], repeats: int, weights: str, views=("none",)) -> list[dict]:
-    import numpy as np
+def head_config(config_from: Path | None = None):
+    """The decoder each head is: `config_from`'s, else the served model's, else the selected one."""
+    import json
 
     from ablations.final import SELECTED_DECODER
+    from zoo.config import DecoderConfig
+    from zoo.served import resolve_model_path
+
+    path = config_from or resolve_model_path().with_suffix(".json")
+    if config_from is None and not path.is_file():
+        return SELECTED_DECODER
+    return DecoderConfig.from_dict(json.loads(Path(path).read_text())["config"])
+
+
+def measure(config, heads: list[int], sides: list[int], repeats: int, weights: str, views=("none",)) -> list[dict]:
+    import numpy as np
+
     from ablations.machine import median_ms
     from zoo import ensemble, unet
     from zoo.encoder import build_encoder
@@ -40,8 +55,8 @@ def measure(heads: list[int], sides: list[int], repeats: int, weights: str, view
     encoder = build_encoder(None if weights == "none" else weights)
     rows = []
     for count in heads:
-        model = (unet.build(SELECTED_DECODER, encoder=encoder) if count == 1
-                 else ensemble.build_ensemble([SELECTED_DECODER] * count, encoder=encoder))
+        model = (unet.build(config, encoder=encoder) if count == 1
+                 else ensemble.build_ensemble([config] * count, encoder=encoder))
         decoder_params = int(sum(unet.trainable_params(d) for d in unet.decoders_of(model)))
         for tta in views:
             segmenter = Segmenter(model, tta=tta)
@@ -55,7 +70,7 @@ def measure(heads: list[int], sides: list[int], repeats: int, weights: str, view
     return rows
 
 
-def render(rows: list[dict], command: str, machine: str, date: str) -> str:
+def render(rows: list[dict], command: str, machine: str, date: str, name: str, other_work: str = "") -> str:
     from tabulate import tabulate
 
     single = {r["side"]: r["p50_ms"] for r in rows if r["heads"] == 1 and r["tta"] == "none"}
@@ -65,32 +80,30 @@ def render(rows: list[dict], command: str, machine: str, date: str) -> str:
               "decoder parameters": r["decoder_params"]} for r in rows]
     return "\n".join([
         "# Ensembles on one encoder pass: inference cost", "",
-        f"- **Command:** `{command}`", f"- **Machine:** {machine}; {date}",
+        f"- **Command:** `{command}`", f"- **Machine:** {machine}; {date}. {other_work}".rstrip(),
         "- One image through `zoo.predict.Segmenter` (Keras, one scale; `flips` = four views averaged), "
-        f"architecture `{_name()}` per head; the encoder runs once whatever the number of heads.", "",
+        f"architecture `{name}` per head; the encoder runs once whatever the number of heads.", "",
         tabulate(table, headers="keys", tablefmt="github", disable_numparse=True), ""])
-
-
-def _name() -> str:
-    from ablations.final import SELECTED_DECODER
-
-    return SELECTED_DECODER.name
 
 
 def main(argv=None) -> int:
     import datetime
 
-    from ablations.machine import describe
+    from ablations.machine import OtherWork, describe
     from zoo.files import write_json_atomic, write_text_atomic
 
     args = parse_args(argv)
     heads = [int(v) for v in args.heads.split(",")]
     sides = [int(v) for v in args.sides.split(",")]
-    rows = measure(heads, sides, args.repeats, args.weights, [v for v in args.tta.split(",") if v])
+    config = head_config(args.config_from)
+    other_work = OtherWork()
+    rows = measure(config, heads, sides, args.repeats, args.weights, [v for v in args.tta.split(",") if v])
+    other_note = other_work.note()
     command = "python -m ablations.bench.ensemble " + " ".join(argv if argv is not None else sys.argv[1:])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    write_json_atomic(args.out / "ensemble.json", {"rows": rows, "command": command, "machine": describe(), "date": date})
-    write_text_atomic(args.out / "ensemble.md", render(rows, command, describe(), date))
+    write_json_atomic(args.out / "ensemble.json", {"rows": rows, "command": command, "machine": describe(),
+                                                   "date": date, "head": config.name, "other_work": other_note})
+    write_text_atomic(args.out / "ensemble.md", render(rows, command, describe(), date, config.name, other_note))
     print(f"wrote {args.out / 'ensemble.md'}")
     return 0
 
