@@ -216,6 +216,26 @@ def test_a_stride_2_variant_is_compared_with_the_served_stride_not_with_selected
     assert plain["os2"][-3:] == ["0.400", "+0.200", "selected"]
 
 
+def test_a_recipe_over_its_seeds_is_pooled_and_set_against_its_base_over_the_same_seeds(tmp_path):
+    from ablations.evaluate.transfer import _variants
+    from ablations.evaluate.transfer_report import render
+
+    # flips at 0.5: building IoU per seed (0.1 where a curve peaks elsewhere)
+    for name, seed, iou, peak in (("os2", 0, 0.8, 0.5), ("os2_seed1", 1, 0.4, 0.5), ("os2_bce", 0, 0.9, 0.5),
+                                  ("os2_bce_seed1", 1, 0.7, 0.5), ("os2_bce_seed2", 2, 0.9, 0.3)):
+        curve = _curve(0.3, last_epoch_peak=0.3, flips=_counts_peaking_at(peak, iou=iou))
+        _write_curve(tmp_path, name, {**curve, "seed": seed})
+
+    section = render(tmp_path, _variants(), ensembles=[]).split("## Over seeds")[1].split("\n## ")[0]
+    rows = {(cells[0], cells[2]): cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                                      for line in section.splitlines() if line.startswith("| "))}
+    os2, bce = rows["os2", "flips, 0.5"], rows["os2_bce", "flips, 0.5"]
+    assert os2[1] == "0, 1" and os2[-4:] == ["0.600", "", "0.800 / 0.400", ""]  # counts summed: (80+40)/200
+    # seeds 0-2 pooled: (90+70+10)/300; against os2 over seeds 0 and 1 only: 0.800 - 0.600
+    assert bce[1] == "0, 1, 2" and bce[-4:] == ["0.567", "+0.200", "0.900 / 0.700 / 0.100", "os2 (0, 1)"]
+    assert ("os2_bce_seed1", "flips, 0.5") not in rows  # a seed is a member of its recipe, not a recipe
+
+
 def run_transfer(*args, env_extra=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "ablations.evaluate.transfer", "--budget", "smoke",

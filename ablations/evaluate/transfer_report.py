@@ -7,6 +7,7 @@ test-time flips or an ensemble (scored at the last epoch). Reads only JSON: no T
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +58,13 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
               "`flips, 0.5` = the same with the four flips averaged (last epoch).", "",
               "## Summary (building IoU per held-out city)", "",
               tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    lines += _seeds_section(curves, variants)
     lines += _label_noise_section(curves)
     lines += _ensemble_section(out, ensembles, base)
     lines += ["## Every row", "", tabulate(detail, headers="keys", tablefmt="github", disable_numparse=True), "",
               f"Machine: {next(iter(curves.values()))['machine']}. Epochs: {next(iter(curves.values()))['curve_epochs']} "
-              "per fold. One seed per variant: earlier seed spreads (std 0.014-0.036 building IoU on one "
-              "city, results/cross_city) bound what a difference can mean.", ""]
+              "per fold. A variant is one seed; the same recipe under other seeds (`NAME_seedK`) is pooled "
+              "under \"Over seeds\", and the spread of its seeds bounds what a difference can mean.", ""]
     return "\n".join(lines)
 
 
@@ -74,6 +76,61 @@ def _summary_cells(rows: dict[str, dict], selected_rows: dict[str, dict] | None)
     return {**{city: f"{row['building_iou']:.3f}" for city, row in rows.items()},
             "mean P": f"{mean['precision']:.3f}", "mean R": f"{mean['recall']:.3f}",
             "mean building IoU": f"{mean['building_iou']:.3f}", "vs base served alike": versus}
+
+
+SEED_SUFFIX = re.compile(r"_seed(\d+)$")
+
+
+def seed_groups(curves: dict) -> dict[str, dict[int, str]]:
+    """Recipe name -> {seed: variant name} for every recipe run under two seeds or more."""
+    groups: dict[str, dict[int, str]] = {}
+    for name, curve in curves.items():
+        recipe = SEED_SUFFIX.sub("", name)
+        groups.setdefault(recipe, {})[int(curve.get("seed", 0))] = name
+    return {recipe: dict(sorted(seeds.items())) for recipe, seeds in groups.items() if len(seeds) > 1}
+
+
+def pooled_options(curves: list[dict]) -> dict[str, dict[str, dict]]:
+    """Per-city rows of the serving options that need no epoch choice, on each city's
+    confusion counts summed over the curves (the seeds): how `ablations.fit --curve-from`
+    given several times pools them. `plain` (an epoch chosen on the other cities) is left out:
+    it is the one option the fit has never chosen."""
+    cities = list(curves[0]["folds"])
+    last = {city: np.sum([np.asarray(c["folds"][city]["counts"])[-1] for c in curves], axis=0) for city in cities}
+    options = {f"plain, {FIXED}": at_threshold(last)}
+    if all(c.get("flips") for c in curves):
+        flips = {city: np.sum([c["flips"][city] for c in curves], axis=0) for city in cities}
+        options.update({"flips": leave_one_out(flips), f"flips, {FIXED}": at_threshold(flips)})
+    return options
+
+
+def _seeds_section(curves: dict, variants: dict) -> list[str]:
+    """Each recipe over its seeds, set against its base over the same seeds."""
+    from tabulate import tabulate
+
+    groups = seed_groups(curves)
+    rows = []
+    for recipe, names in groups.items():
+        base = groups.get(variants[recipe].base, {}) if recipe in variants else {}
+        shared = [seed for seed in names if seed in base]
+        base_options = pooled_options([curves[base[seed]] for seed in shared]) if len(shared) > 1 else {}
+        for kind, per_city in pooled_options([curves[n] for n in names.values()]).items():
+            each = [mean_of(variant_rows(curves[n])[kind])["building_iou"] for n in names.values()]
+            versus = pooled_options([curves[names[seed]] for seed in shared])[kind] if base_options else None
+            cells = _summary_cells(per_city, None)
+            cells["vs base served alike"] = "" if versus is None else (
+                f"{mean_of(versus)['building_iou'] - mean_of(base_options[kind])['building_iou']:+.3f}")
+            rows.append({"recipe": recipe, "seeds": ", ".join(map(str, names)), "served as": kind, **cells,
+                         "each seed's mean": " / ".join(f"{v:.3f}" for v in each),
+                         "its base, same seeds": (f"{variants[recipe].base} ({', '.join(map(str, shared))})"
+                                                  if base_options else "")})
+    if not rows:
+        return []
+    return ["## Over seeds (confusion counts summed)", "",
+            "A recipe run under several seeds (`NAME`, `NAME_seed1`, ...), each city's counts summed over "
+            "its seeds, as `ablations.fit --curve-from` pools them. \"vs base\" compares both over the seeds "
+            "they share; a difference smaller than the spread of \"each seed's mean\" is no finding.", "",
+            tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
 
 
 def _label_noise_section(curves: dict) -> list[str]:
