@@ -213,7 +213,7 @@ def curve_from_files(paths) -> dict:
 
 
 # What must agree for curves to be pooled: the same recipe on the same data, scored alike.
-POOLED_ALIKE = ("config", "recipe", "relabel", "curve_epochs", "thresholds", "fingerprint", "set_aside")
+POOLED_ALIKE = ("config", "recipe", "relabel", "curve_epochs", "thresholds", "fingerprint")
 
 
 def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
@@ -231,7 +231,13 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
                                   f"'{field}'; only one recipe's curves under other seeds can be pooled")
     seeds = [curve.get("seed", SEED) for curve in curves]
     if len(set(seeds)) < len(seeds):
-        raise UserFacingError(f"--curve-from: the curves must come from different seeds, got seeds {seeds}")
+        raise UserFacingError(f"--curve-from: the curves must come from different seeds, got seeds {seeds} "
+                              f"(a curve without a 'seed' field is seed {SEED})")
+    with_flips = [bool(curve.get("flips")) for curve in curves]
+    if any(with_flips) and not all(with_flips):
+        missing = [source for source, has in zip(sources, with_flips) if not has]
+        raise UserFacingError(f"--curve-from: {', '.join(missing)} recorded no test-time flips and the "
+                              "others did; pooled, the flips would silently drop out of the choice")
     first = curves[0]
     results = [folds.FoldResult(city, first["per_city"][city]["tiles_held_out"],
                                 np.sum([curve["folds"][city]["counts"] for curve in curves], axis=0),
@@ -239,8 +245,10 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
                                 sum(curve["folds"][city]["train_seconds"] for curve in curves), model=None)
                for city in first["folds"]]
     pooled = curve_record(results, first["curve_epochs"], sum(curve["seconds"] for curve in curves))
-    pooled.update({field: first[field] for field in POOLED_ALIKE + ("source", "why") if field in first})
-    if all(curve.get("flips") for curve in curves):
+    pooled.update({field: first[field] for field in POOLED_ALIKE + ("source",) if field in first})
+    if any(curve.get("set_aside") for curve in curves):  # measured per seed, not a setting: kept apart
+        pooled["set_aside_by_seed"] = {str(seed): curve.get("set_aside") for seed, curve in zip(seeds, curves)}
+    if all(with_flips):
         pooled["flips"] = {city: np.sum([curve["flips"][city] for curve in curves], axis=0).tolist()
                            for city in first["flips"]}
     pooled["variant"] = " + ".join(str(curve.get("variant", source)) for curve, source in zip(curves, sources))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from zoo.config import DecoderConfig
 
@@ -21,6 +20,19 @@ def test_the_ensemble_bench_measures_every_head_count_and_side(tmp_path):
     assert double == 2 * single  # two full decoders, one encoder
     table = (tmp_path / "ensemble.md").read_text()
     assert "| 1       | flips" in table and "1.00x" in table
-    served = json.loads((Path(__file__).resolve().parents[1] / "results" / "final" / "model.json").read_text())
-    assert f"architecture `{DecoderConfig.from_dict(served['config']).name}` per head" in table  # what is served
+    served = ensemble.head_config()  # the served model's decoder, wherever results/MODEL points
+    assert f"architecture `{served.name}` per head" in table
     assert "Other work on the machine" in table
+
+
+def test_the_ensemble_bench_times_a_named_decoder_and_refuses_a_missing_one(tmp_path, capsys):
+    from ablations.bench import ensemble
+
+    named = tmp_path / "model.json"
+    named.write_text(json.dumps({"config": DecoderConfig(upsampler="bilinear", skip="add", width=0.25).to_dict()}))
+    assert ensemble.head_config(named).name == "bilinear-add-double-w0.25"
+    assert ensemble.main(["--config-from", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
+    assert "missing.json is not a file" in capsys.readouterr().err
+    named.write_text("{}")
+    assert ensemble.main(["--config-from", str(named), "--out", str(tmp_path)]) == 2
+    assert "names no decoder config" in capsys.readouterr().err and not (tmp_path / "ensemble.md").exists()

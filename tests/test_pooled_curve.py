@@ -52,6 +52,18 @@ def test_only_one_recipes_curves_under_different_seeds_pool():
         pooled_curve([_curve(3, 0.01, 0), _curve(3, 0.01, 1, recipe={**RECIPE, "loss": "bce"})], ["a.json", "b.json"])
     with pytest.raises(UserFacingError, match="different seeds"):
         pooled_curve([_curve(3, 0.01, 0), _curve(6, 0.05, 0)], ["a.json", "b.json"])
+    without_flips = {**_curve(6, 0.05, 1), "flips": None}
+    with pytest.raises(UserFacingError, match="b.json recorded no test-time flips"):
+        pooled_curve([_curve(3, 0.01, 0), without_flips], ["a.json", "b.json"])
+
+
+def test_what_a_seed_set_aside_is_its_own_and_does_not_stop_the_pooling():
+    # Confident learning's set-aside shares are measured per seed: they always differ.
+    first = {**_curve(3, 0.01, 0), "set_aside": {"dar": {"kathmandu": 0.12}}}
+    second = {**_curve(6, 0.05, 1), "set_aside": {"dar": {"kathmandu": 0.14}}}
+    pooled = pooled_curve([first, second], ["a.json", "b.json"])
+    assert pooled["set_aside_by_seed"] == {"0": first["set_aside"], "1": second["set_aside"]}
+    assert "set_aside" not in pooled
 
 
 def test_the_fit_takes_several_curves_and_records_them_in_its_command(tmp_path):

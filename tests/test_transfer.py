@@ -236,6 +236,24 @@ def test_a_recipe_over_its_seeds_is_pooled_and_set_against_its_base_over_the_sam
     assert ("os2_bce_seed1", "flips, 0.5") not in rows  # a seed is a member of its recipe, not a recipe
 
 
+def test_seeds_come_from_the_name_and_a_base_without_flips_is_compared_only_without_them(tmp_path):
+    from ablations.evaluate.transfer import _variants
+    from ablations.evaluate.transfer_report import render
+
+    _write_curve(tmp_path, "os2", _curve(0.3, last_epoch_peak=0.5))
+    _write_curve(tmp_path, "os2_seed1", _curve(0.3, last_epoch_peak=0.5))  # an old curve: no "seed" field
+    for name, seed in (("os2_bce", 0), ("os2_bce_seed1", 1)):
+        flips = _counts_peaking_at(0.5, iou=0.9)
+        _write_curve(tmp_path, name, {**_curve(0.3, last_epoch_peak=0.5, flips=flips), "seed": seed})
+
+    section = render(tmp_path, _variants(), ensembles=[]).split("## Over seeds")[1].split("\n## ")[0]
+    rows = {(cells[0], cells[2]): cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                                      for line in section.splitlines() if line.startswith("| "))}
+    assert rows["os2", "plain, 0.5"][1] == "0, 1"  # seed 1 read from the name, not lost to seed 0
+    assert rows["os2_bce", "plain, 0.5"][-3] == "+0.000"  # compared where both have the option
+    assert rows["os2_bce", "flips, 0.5"][-3] == ""  # its base recorded no flips: nothing to compare
+
+
 def run_transfer(*args, env_extra=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "ablations.evaluate.transfer", "--budget", "smoke",

@@ -34,14 +34,21 @@ def head_config(config_from: Path | None = None):
     """The decoder each head is: `config_from`'s, else the served model's, else the selected one."""
     import json
 
+    from ablations.errors import UserFacingError
     from ablations.final import SELECTED_DECODER
     from zoo.config import DecoderConfig
+    from zoo.saving import metadata_path
     from zoo.served import resolve_model_path
 
-    path = config_from or resolve_model_path().with_suffix(".json")
+    path = Path(config_from or metadata_path(resolve_model_path()))
     if config_from is None and not path.is_file():
         return SELECTED_DECODER
-    return DecoderConfig.from_dict(json.loads(Path(path).read_text())["config"])
+    if not path.is_file():
+        raise UserFacingError(f"--config-from {path} is not a file")
+    fields = json.loads(path.read_text())
+    if "config" not in fields:
+        raise UserFacingError(f"{path} names no decoder config: pass a model.json beside a .keras file")
+    return DecoderConfig.from_dict(fields["config"])
 
 
 def measure(config, heads: list[int], sides: list[int], repeats: int, weights: str, views=("none",)) -> list[dict]:
@@ -95,7 +102,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     heads = [int(v) for v in args.heads.split(",")]
     sides = [int(v) for v in args.sides.split(",")]
-    config = head_config(args.config_from)
+    from ablations.errors import UserFacingError
+
+    try:
+        config = head_config(args.config_from)
+    except UserFacingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     other_work = OtherWork()
     rows = measure(config, heads, sides, args.repeats, args.weights, [v for v in args.tta.split(",") if v])
     other_note = other_work.note()

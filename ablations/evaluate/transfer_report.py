@@ -85,16 +85,18 @@ def seed_groups(curves: dict) -> dict[str, dict[int, str]]:
     """Recipe name -> {seed: variant name} for every recipe run under two seeds or more."""
     groups: dict[str, dict[int, str]] = {}
     for name, curve in curves.items():
-        recipe = SEED_SUFFIX.sub("", name)
-        groups.setdefault(recipe, {})[int(curve.get("seed", 0))] = name
+        suffix = SEED_SUFFIX.search(name)  # the name says the seed even where an old curve does not
+        seed = int(suffix.group(1)) if suffix else int(curve.get("seed") or 0)
+        groups.setdefault(SEED_SUFFIX.sub("", name), {})[seed] = name
     return {recipe: dict(sorted(seeds.items())) for recipe, seeds in groups.items() if len(seeds) > 1}
 
 
 def pooled_options(curves: list[dict]) -> dict[str, dict[str, dict]]:
     """Per-city rows of the serving options that need no epoch choice, on each city's
     confusion counts summed over the curves (the seeds): how `ablations.fit --curve-from`
-    given several times pools them. `plain` (an epoch chosen on the other cities) is left out:
-    it is the one option the fit has never chosen."""
+    given several times pools them. `plain` is left out: it needs an epoch chosen on the other
+    cities from the summed counts (ablations.final.pooled_curve), which this JSON-only report
+    does not recompute."""
     cities = list(curves[0]["folds"])
     last = {city: np.sum([np.asarray(c["folds"][city]["counts"])[-1] for c in curves], axis=0) for city in cities}
     options = {f"plain, {FIXED}": at_threshold(last)}
@@ -114,12 +116,13 @@ def _seeds_section(curves: dict, variants: dict) -> list[str]:
         base = groups.get(variants[recipe].base, {}) if recipe in variants else {}
         shared = [seed for seed in names if seed in base]
         base_options = pooled_options([curves[base[seed]] for seed in shared]) if len(shared) > 1 else {}
+        own_options = pooled_options([curves[names[seed]] for seed in shared]) if base_options else {}
         for kind, per_city in pooled_options([curves[n] for n in names.values()]).items():
             each = [mean_of(variant_rows(curves[n])[kind])["building_iou"] for n in names.values()]
-            versus = pooled_options([curves[names[seed]] for seed in shared])[kind] if base_options else None
             cells = _summary_cells(per_city, None)
-            cells["vs base served alike"] = "" if versus is None else (
-                f"{mean_of(versus)['building_iou'] - mean_of(base_options[kind])['building_iou']:+.3f}")
+            comparable = kind in base_options and kind in own_options
+            cells["vs base served alike"] = "" if not comparable else (
+                f"{mean_of(own_options[kind])['building_iou'] - mean_of(base_options[kind])['building_iou']:+.3f}")
             rows.append({"recipe": recipe, "seeds": ", ".join(map(str, names)), "served as": kind, **cells,
                          "each seed's mean": " / ".join(f"{v:.3f}" for v in each),
                          "its base, same seeds": (f"{variants[recipe].base} ({', '.join(map(str, shared))})"
