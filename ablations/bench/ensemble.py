@@ -96,14 +96,13 @@ def render(rows: list[dict], command: str, machine: str, date: str, name: str, o
 def main(argv=None) -> int:
     import datetime
 
+    from ablations.errors import UserFacingError
     from ablations.machine import OtherWork, describe
     from zoo.files import write_json_atomic, write_text_atomic
 
     args = parse_args(argv)
     heads = [int(v) for v in args.heads.split(",")]
     sides = [int(v) for v in args.sides.split(",")]
-    from ablations.errors import UserFacingError
-
     try:
         config = head_config(args.config_from)
     except UserFacingError as error:

@@ -58,7 +58,7 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
               "`flips, 0.5` = the same with the four flips averaged (last epoch).", "",
               "## Summary (building IoU per held-out city)", "",
               tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
-    lines += _seeds_section(curves, variants)
+    lines += _seeds_section(curves, rows_of, variants)
     lines += _label_noise_section(curves)
     lines += _ensemble_section(out, ensembles, base)
     lines += ["## Every row", "", tabulate(detail, headers="keys", tablefmt="github", disable_numparse=True), "",
@@ -106,8 +106,9 @@ def pooled_options(curves: list[dict]) -> dict[str, dict[str, dict]]:
     return options
 
 
-def _seeds_section(curves: dict, variants: dict) -> list[str]:
-    """Each recipe over its seeds, set against its base over the same seeds."""
+def _seeds_section(curves: dict, rows_of: dict, variants: dict) -> list[str]:
+    """Each recipe over its seeds, set against its base over the same seeds. `rows_of`: each
+    variant's serving options, as `render` computed them."""
     from tabulate import tabulate
 
     groups = seed_groups(curves)
@@ -118,11 +119,10 @@ def _seeds_section(curves: dict, variants: dict) -> list[str]:
         base_options = pooled_options([curves[base[seed]] for seed in shared]) if len(shared) > 1 else {}
         own_options = pooled_options([curves[names[seed]] for seed in shared]) if base_options else {}
         for kind, per_city in pooled_options([curves[n] for n in names.values()]).items():
-            each = [mean_of(variant_rows(curves[n])[kind])["building_iou"] for n in names.values()]
+            each = [mean_of(rows_of[n][kind])["building_iou"] for n in names.values()]
             cells = _summary_cells(per_city, None)
-            comparable = kind in base_options and kind in own_options
-            cells["vs base served alike"] = "" if not comparable else (
-                f"{mean_of(own_options[kind])['building_iou'] - mean_of(base_options[kind])['building_iou']:+.3f}")
+            if kind in base_options and kind in own_options:  # compared over the seeds both ran
+                cells["vs base served alike"] = _summary_cells(own_options[kind], base_options[kind])["vs base served alike"]
             rows.append({"recipe": recipe, "seeds": ", ".join(map(str, names)), "served as": kind, **cells,
                          "each seed's mean": " / ".join(f"{v:.3f}" for v in each),
                          "its base, same seeds": (f"{variants[recipe].base} ({', '.join(map(str, shared))})"
