@@ -218,7 +218,7 @@ POOLED_ALIKE = ("config", "recipe", "relabel", "curve_epochs", "thresholds", "fi
 
 def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
     """One learning curve from the same recipe's curves under several seeds: each held-out
-    city's confusion counts (every epoch and threshold, and the flips') summed over the seeds,
+    city's confusion counts (every epoch and threshold, and each view set's) summed over the seeds,
     then epochs, threshold and serving option chosen from the sums exactly as from one curve.
 
     Why: one seed's choice can be a lucky draw. The served recipe's seed 0 chose a threshold
@@ -233,11 +233,12 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
     if len(set(seeds)) < len(seeds):
         raise UserFacingError(f"--curve-from: the curves must come from different seeds, got seeds {seeds} "
                               f"(a curve without a 'seed' field is seed {SEED})")
-    with_flips = [bool(curve.get("flips")) for curve in curves]
-    if any(with_flips) and not all(with_flips):
-        missing = [source for source, has in zip(sources, with_flips) if not has]
-        raise UserFacingError(f"--curve-from: {', '.join(missing)} recorded no test-time flips and the "
-                              "others did; pooled, the flips would silently drop out of the choice")
+    view_sets = [set(heldout.recorded_views(curve)) for curve in curves]
+    differing = [source for source, names in zip(sources, view_sets) if names != view_sets[0]]
+    if differing:
+        raise UserFacingError(f"--curve-from: {', '.join(differing)} recorded other test-time views than "
+                              f"{sources[0]} ({', '.join(sorted(view_sets[0])) or 'none'}); pooled, the "
+                              "views missing from one would silently drop out of the choice")
     first = curves[0]
     results = [folds.FoldResult(city, first["per_city"][city]["tiles_held_out"],
                                 np.sum([curve["folds"][city]["counts"] for curve in curves], axis=0),
@@ -248,9 +249,9 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
     pooled.update({field: first[field] for field in POOLED_ALIKE + ("source",) if field in first})
     if any(curve.get("set_aside") for curve in curves):  # measured per seed, not a setting: kept apart
         pooled["set_aside_by_seed"] = {str(seed): curve.get("set_aside") for seed, curve in zip(seeds, curves)}
-    if all(with_flips):
-        pooled["flips"] = {city: np.sum([curve["flips"][city] for curve in curves], axis=0).tolist()
-                           for city in first["flips"]}
+    if view_sets[0]:
+        pooled["views"] = {name: {city: counts.tolist() for city, counts in heldout.summed_counts(
+            curves, lambda curve: heldout.recorded_views(curve)[name]).items()} for name in sorted(view_sets[0])}
     pooled["variant"] = " + ".join(str(curve.get("variant", source)) for curve, source in zip(curves, sources))
     pooled["pooled"] = {"seeds": seeds, "from": sources}
     pooled["chosen"]["rule"] += f", on confusion counts summed over seeds {', '.join(map(str, seeds))}"
@@ -294,7 +295,7 @@ def curve_record(results: list[folds.FoldResult], curve_epochs: int, seconds: fl
 def inference_choice(curve: dict) -> tuple[int, float, str]:
     """(epochs, threshold, test-time views) as cross-validation chose them: the serving option
     (ablations.heldout.serving_options: threshold chosen on the other cities or fixed at 0.5,
-    flips or not) whose per-city scores are best on average."""
+    which test-time views) whose per-city scores are best on average."""
     _, option = heldout.best_option(curve)
     return option["epochs"], option["threshold"], option["tta"]
 
@@ -352,7 +353,8 @@ def report(request, metadata: dict, curve: dict) -> str:
         f"- **Epochs and threshold** from the cross-validated learning curve ({curve['chosen']['rule']}): "
         f"mean held-out building IoU {metadata['metrics']['cross_validated']['mean_heldout_building_iou']:.3f}. "
         f"Served: `{metadata['inference']['tta']}` test-time views at threshold {metadata['threshold']:.2f}, "
-        "the option (threshold chosen on the other cities or fixed at 0.5, flips or not) with the best "
+        "the option (threshold chosen on the other cities or fixed at 0.5; no test-time views or one of the "
+        f"recorded sets: {', '.join(heldout.recorded_views(curve)) or 'none recorded'}) with the best "
         "mean per-city building IoU.",
         "", "## Quality on a city the model never saw", "",
         "Each row: the same recipe trained on the other cities only (a fold of the learning curve), "

@@ -57,13 +57,28 @@ def at_threshold(counts_by_city: dict, threshold: float = FIXED) -> dict[str, di
             for city, counts in counts_by_city.items()}
 
 
+def recorded_views(curve: dict) -> dict[str, dict]:
+    """Test-time view set (zoo.predict's names) -> city -> its last epoch's counts, as a curve
+    or a kept fold recorded them. Curves written before view sets had names kept the flips only."""
+    if curve.get("views"):
+        return curve["views"]
+    return {"flips": curve["flips"]} if curve.get("flips") else {}
+
+
+def summed_counts(curves: list[dict], counts_of) -> dict[str, np.ndarray]:
+    """City -> the counts `counts_of(curve)[city]` summed over the curves (the seeds)."""
+    return {city: np.sum([np.asarray(counts_of(curve)[city]) for curve in curves], axis=0)
+            for city in counts_of(curves[0])}
+
+
 def serving_options(curve: dict) -> dict[str, dict]:
     """Every way to serve a learning curve's recipe, each with its per-city rows (settings
     never chosen on the row's own city) and what it serves: epochs, threshold, views.
 
     - "plain": epoch and threshold chosen on the other cities (ablations.final.curve_record);
     - "plain, 0.5": the schedule's last epoch at the fixed threshold 0.5;
-    - "flips" and "flips, 0.5": the same with test-time flips (last epoch), when recorded."""
+    - "VIEWS" and "VIEWS, 0.5" for every test-time view set recorded (last epoch): "flips",
+      and with `--views` also "rot180", "transpose", "dihedral"."""
     last_epoch = curve["curve_epochs"]
     last = {city: np.asarray(fold["counts"])[-1] for city, fold in curve["folds"].items()}
     options = {
@@ -71,12 +86,12 @@ def serving_options(curve: dict) -> dict[str, dict]:
                   "threshold": curve["chosen"]["threshold"], "tta": "none"},
         f"plain, {FIXED}": {"per_city": at_threshold(last), "epochs": last_epoch, "threshold": FIXED, "tta": "none"},
     }
-    if curve.get("flips"):
-        flips = {city: np.asarray(counts) for city, counts in curve["flips"].items()}
-        options["flips"] = {"per_city": leave_one_out(flips), "epochs": last_epoch,
-                            "threshold": best_threshold(flips), "tta": "flips"}
-        options[f"flips, {FIXED}"] = {"per_city": at_threshold(flips), "epochs": last_epoch,
-                                      "threshold": FIXED, "tta": "flips"}
+    for name, counts_by_city in recorded_views(curve).items():
+        counts = {city: np.asarray(c) for city, c in counts_by_city.items()}
+        options[name] = {"per_city": leave_one_out(counts), "epochs": last_epoch,
+                         "threshold": best_threshold(counts), "tta": name}
+        options[f"{name}, {FIXED}"] = {"per_city": at_threshold(counts), "epochs": last_epoch,
+                                       "threshold": FIXED, "tta": name}
     return options
 
 

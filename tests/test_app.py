@@ -591,7 +591,7 @@ def test_tta_override_replaces_the_models_views_and_says_so(small_model_file, sm
                                   Segmenter(small_segmenter.model, tta="dihedral").predict(image))
     kept = override_tta(load_segmenter(small_model_file, "keras"), "model")
     assert kept.tta == "none" and "tta_of_model" not in kept.metadata["serving"]
-    with pytest.raises(ModelUnavailable, match="tta must be one of model, none, flips, dihedral"):
+    with pytest.raises(ModelUnavailable, match="tta must be one of model, none, rot180, transpose, flips, dihedral"):
         override_tta(kept, "rot90")
     from app.model import load_for_serving
 

@@ -42,7 +42,7 @@ def test_pooled_seeds_serve_what_their_summed_counts_choose_not_the_first_seeds_
     city = CITIES[0]
     assert np.array_equal(np.asarray(pooled["folds"][city]["counts"]),
                           np.asarray(lucky["folds"][city]["counts"]) + np.asarray(unlucky["folds"][city]["counts"]))
-    assert pooled["flips"][city] == (np.asarray(lucky["flips"][city]) + np.asarray(unlucky["flips"][city])).tolist()
+    assert pooled["views"]["flips"][city] == (np.asarray(lucky["flips"][city]) + np.asarray(unlucky["flips"][city])).tolist()
     assert pooled["pooled"] == {"seeds": [0, 1], "from": ["a.json", "b.json"]}
     assert pooled["recipe"] == RECIPE and "seeds 0, 1" in pooled["chosen"]["rule"]
 
@@ -53,8 +53,27 @@ def test_only_one_recipes_curves_under_different_seeds_pool():
     with pytest.raises(UserFacingError, match="different seeds"):
         pooled_curve([_curve(3, 0.01, 0), _curve(6, 0.05, 0)], ["a.json", "b.json"])
     without_flips = {**_curve(6, 0.05, 1), "flips": None}
-    with pytest.raises(UserFacingError, match="b.json recorded no test-time flips"):
+    with pytest.raises(UserFacingError, match="b.json recorded other test-time views than a.json \\(flips\\)"):
         pooled_curve([_curve(3, 0.01, 0), without_flips], ["a.json", "b.json"])
+    more_views = {**_curve(6, 0.05, 1), "views": {"flips": [], "dihedral": []}}
+    with pytest.raises(UserFacingError, match="b.json recorded other test-time views"):
+        pooled_curve([_curve(3, 0.01, 0), more_views], ["a.json", "b.json"])
+
+
+def test_curves_named_views_pool_with_curves_that_kept_the_flips_alone():
+    """Curves written before view sets had names kept "flips" only; a newer curve of another
+    seed names its sets. Pooled, the flips of both are summed and the newer sets are chosen from."""
+    old = _curve(peak=3, slope=0.01, seed=0)
+    new = _curve(peak=6, slope=0.05, seed=1)
+    new["views"] = {"flips": new.pop("flips")}
+    pooled = pooled_curve([old, new], ["old.json", "new.json"])
+    city = CITIES[0]
+    assert pooled["views"]["flips"][city] == (np.asarray(old["flips"][city]) + np.asarray(new["views"]["flips"][city])).tolist()
+    assert inference_choice(pooled) == (3, 0.5, "flips")
+    dihedral = {city: _counts(6, 0.05, 0.1).tolist() for city in CITIES}  # better than the flips
+    chosen = pooled_curve([{**old, "views": {"flips": old["flips"], "dihedral": dihedral}},
+                           {**new, "views": {**new["views"], "dihedral": dihedral}}], ["a.json", "b.json"])
+    assert inference_choice(chosen) == (3, 0.5, "dihedral")
 
 
 def test_what_a_seed_set_aside_is_its_own_and_does_not_stop_the_pooling():

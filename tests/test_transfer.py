@@ -265,11 +265,14 @@ def run_transfer(*args, env_extra=None):
 def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp_path, cache_home, monkeypatch,
                                                                              in_process):
     out = tmp_path / "transfer"
-    first = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), env_extra=cache_home)
+    views = ("--views", "flips,rot180")
+    first = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), *views,
+                         env_extra=cache_home)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     curves = {name: json.loads((out / name / "curve.json").read_text()) for name in ("selected", "style")}
     for curve in curves.values():
-        assert sorted(curve["flips"]) == sorted(curve["per_city"]) and len(curve["per_city"]) == 3
+        assert sorted(curve["views"]) == ["flips", "rot180"] and len(curve["per_city"]) == 3
+        assert all(sorted(counts) == sorted(curve["per_city"]) for counts in curve["views"].values())
     assert curves["style"]["recipe"]["augmentation"] == "sensor_style"
     assert "styles from" in first.stdout  # the per-fold restyled copies were encoded
 
@@ -279,7 +282,7 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert len(kept) == 3
     kept[-1].unlink()
     untouched = {path: path.stat().st_mtime_ns for path in kept[:-1]}
-    resumed = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out),
+    resumed = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), *views,
                            "--ensembles", "selected+style", env_extra=cache_home)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "variant selected: finished earlier" in resumed.stdout  # its curve is kept, not re-run
@@ -289,7 +292,7 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     ensemble = json.loads((out / "ensembles" / "selected+style.json").read_text())
     assert ensemble["members"] == ["selected", "style"] and len(ensemble["counts"]) == 3
     readme = (out / "README.md").read_text()
-    assert "| selected " in readme and "flips, 0.5" in readme and "selected+style" in readme
+    assert "| selected " in readme and "flips, 0.5" in readme and "rot180, 0.5" in readme and "selected+style" in readme
 
     # Everything finished: nothing is encoded; another epoch count is refused. Both stop before
     # any training, so they run in this process (a subprocess adds ~10 s of imports each).
@@ -300,6 +303,9 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert status == 0 and "every variant asked for has finished" in again and "encoding" not in again
     status, _, stderr = in_process(main, "--variants", "selected", "--epochs", "2", *smoke)
     assert status == 2 and "other data, epochs or budget" in stderr
+    # Views a finished curve never scored would retrain and overwrite it: refused, by name.
+    status, _, stderr = in_process(main, "--variants", "selected", "--epochs", "1", "--views", "dihedral", *smoke)
+    assert status == 2 and "without the test-time views dihedral" in stderr
 
     # The winner is served through the final fit, with what its cross-validation chose.
     from ablations.final import inference_choice
@@ -473,3 +479,38 @@ def dataclasses_differ(a, b) -> set[str]:
     import dataclasses
 
     return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path):
+    """Cross-validation scores a view set from encoded copies of the tiles seen through each
+    view; the server runs each view through the whole model (zoo.predict). Both must give the
+    same probabilities, or the views chosen would be scored on something never served."""
+    import keras
+
+    from ablations import studies
+    from ablations.evaluate.transfer import Encodings, view_averaged_probabilities
+    from ablations.final import SELECTED_DECODER
+    from zoo import unet
+    from zoo.encoder import TAP_SETS, build_encoder
+    from zoo.predict import Segmenter
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
+    encoder = build_encoder(None, TAP_SETS["narrow"])
+    keras.utils.set_random_seed(0)
+    model = unet.build(SELECTED_DECODER, encoder=encoder)
+    decoder = unet.decoder_of(model)  # a random decoder says ~0.5 everywhere: spread its logits
+    weights = decoder.get_weights()
+    decoder.set_weights([*weights[:-2], weights[-2] * 300, weights[-1]])  # the 1x1 head's kernel
+    encodings = Encodings(encoder, images, masks, np.array(["a", "a", "b"], dtype=object),
+                          studies.BUDGETS["smoke"], tmp_path / "views", "data")
+    index = np.array([0, 2])
+    names = ["rot180", "transpose", "flips", "dihedral"]
+    scored = view_averaged_probabilities(model, encodings, SELECTED_DECODER.preprocess, index, names)
+    plain = Segmenter(model).probabilities(images[0])
+    for name in names:
+        served = np.stack([Segmenter(model, tta=name).probabilities(images[i]) for i in index])
+        np.testing.assert_allclose(scored[name], served, atol=1e-3)  # features are kept in float16
+        assert np.abs(served[0] - plain).max() > 0.1  # the views change the prediction: a real check
+    assert sorted(p.name for p in (tmp_path / "views").iterdir()) == [f"data-scale-view{v}" for v in range(1, 8)]

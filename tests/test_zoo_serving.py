@@ -369,6 +369,8 @@ def test_shared_weights_in_keras_cache_work_offline(monkeypatch, tmp_path):
 @pytest.mark.parametrize("tta, group", [
     ("flips", [lambda a: a[:, ::-1], lambda a: a[::-1]]),
     ("dihedral", [lambda a: a[:, ::-1], lambda a: np.rot90(a), lambda a: np.swapaxes(a, 0, 1)]),
+    ("rot180", [lambda a: a[::-1, ::-1]]),
+    ("transpose", [lambda a: np.swapaxes(a, 0, 1)]),
 ])
 def test_test_time_views_make_the_prediction_equivariant(spread_model, tta, group):
     """Averaging over a group of views makes the prediction commute with that group, which
@@ -412,7 +414,7 @@ def test_test_time_views_run_through_tiles_and_scales(spread_model):
 
 
 def test_unknown_test_time_views_are_refused_by_name(spread_model):
-    with pytest.raises(ValueError, match="tta must be one of none, flips, dihedral"):
+    with pytest.raises(ValueError, match="tta must be one of none, rot180, transpose, flips, dihedral"):
         Segmenter(spread_model, tta="rotate")
 
 

@@ -12,7 +12,8 @@ it learned (results/cross_city/inference/README.md measures what that buys). A s
 metadata may name its scales and threshold under "inference" (`ablations.evaluate.scales --apply`).
 
 Test-time augmentation (`tta`): each forward pass also runs on the batch flipped ("flips":
-identity, horizontal, vertical, both) or on all eight rotations and flips ("dihedral"), and
+identity, horizontal, vertical, both), on all eight rotations and flips ("dihedral"), or on
+one other view only ("rot180", "transpose": two passes, for latency-bound serving), and
 the probabilities, mapped back, are averaged. Aerial images have no "up", so every view is
 as plausible as the original, and the model's errors on them are partly independent.
 """
@@ -34,12 +35,15 @@ def _transposed(view):
     return (lambda a: np.swapaxes(forward(a), 1, 2), lambda a: inverse(np.swapaxes(a, 1, 2)))
 
 
-TTA_VIEWS = {
-    "none": (_IDENTITY,),
-    "flips": (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV),
-    "dihedral": (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV, _transposed(_IDENTITY),
-                 _transposed(_FLIP_H), _transposed(_FLIP_V), _transposed(_FLIP_HV)),
-}
+# The eight rotations and flips of a square, numbered: cross-validation encodes each view once
+# and names it by this number (ablations.evaluate.transfer), so the order never changes.
+DIHEDRAL_VIEWS = (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV, _transposed(_IDENTITY),
+                  _transposed(_FLIP_H), _transposed(_FLIP_V), _transposed(_FLIP_HV))
+# Which views each choice averages. The two-view sets cost two passes instead of the flips'
+# four: "rot180" adds the half turn (both flips), "transpose" the mirror across the diagonal.
+TTA_VIEW_INDICES = {"none": (0,), "rot180": (0, 3), "transpose": (0, 4), "flips": (0, 1, 2, 3),
+                    "dihedral": tuple(range(8))}
+TTA_VIEWS = {name: tuple(DIHEDRAL_VIEWS[i] for i in indices) for name, indices in TTA_VIEW_INDICES.items()}
 # A server's choice of views: "model" applies the ones the model's metadata names (chosen by
 # cross-validation); the others override them (`python -m app --tta`).
 TTA_FROM_MODEL = "model"

@@ -74,6 +74,11 @@ def served_rows(curve: dict, final: Path) -> dict:
     return {**curve, "per_city": served or curve["per_city"]}
 
 
+VIEWS_IN_WORDS = {"flips": "the four flips averaged", "dihedral": "all eight rotations and flips averaged",
+                  "rot180": "the image and its half turn averaged",
+                  "transpose": "the image and its mirror across the diagonal averaged"}
+
+
 def _served_as(curve: dict) -> str:
     rules = {row.get("rule") for row in curve["per_city"].values()} - {None}
     if not rules or rules == {"plain"}:
@@ -81,7 +86,7 @@ def _served_as(curve: dict) -> str:
     rule = rules.pop()
     threshold = ("a threshold of 0.5, fixed and chosen on no city" if rule.endswith(", 0.5")
                  else "each row's threshold chosen on the other cities")
-    views = "the four flips averaged" if rule.startswith("flips") else "no test-time views"
+    views = VIEWS_IN_WORDS.get(rule.split(",")[0], "no test-time views")
     return (f", served as the fit serves it (`{rule}`: the last epoch, {threshold}, {views}; which option "
             "to serve was chosen by the mean over the cities).")
 

@@ -10,8 +10,10 @@ final fit serves) in one thing: its loss, its preprocessing, its augmentation or
 - Features are encoded once per (preprocessing, augmentation) and shared by the folds; a
   style augmentation borrows other cities' looks, so its augmented copies are encoded per
   fold from that fold's training cities only (the held-out city's look never trains).
-- Test-time flips are scored on the last epoch from encoded flipped copies of the held-out
-  tiles, so flips-or-not is chosen by cross-validation like the threshold.
+- Test-time views are scored on the last epoch from encoded flipped and rotated copies of
+  the held-out tiles, so which views to serve (`--views`: the flips by default, also the
+  two-view sets and all eight rotations and flips) is chosen by cross-validation like the
+  threshold.
 - Each variant writes OUT/VARIANT/curve.json when it ends: a rerun skips finished variants
   and each finished fold is kept in OUT/cache/VARIANT/CITY-fold.json, so a killed run loses
   only the fold it was in. Held-out probabilities of the last epoch go to OUT/cache/ (not
@@ -37,9 +39,11 @@ from ablations.data.augment import STYLE_AUGMENTATIONS
 from ablations.errors import UserFacingError
 from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
-from zoo.predict import TTA_VIEWS
+from zoo.predict import DIHEDRAL_VIEWS, TTA_VIEW_INDICES
 
-FLIP_VIEWS = TTA_VIEWS["flips"]  # (forward, inverse) on N x H x W (x C) arrays, as the server applies them
+# Test-time view sets cross-validation can score (zoo.predict's names, "none" is always scored).
+RECORDABLE_VIEWS = [name for name in TTA_VIEW_INDICES if name != "none"]
+DEFAULT_VIEWS = "flips"
 
 SEED = 0
 
@@ -118,8 +122,15 @@ def parse_args(argv=None):
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--out", type=Path, default=Path("results/transfer"))
     parser.add_argument("--ensembles", default="", help="e.g. selected+standardize: averaged probabilities")
+    parser.add_argument("--views", default=DEFAULT_VIEWS,
+                        help="comma-separated test-time view sets to score besides none (default "
+                             f"{DEFAULT_VIEWS}; choices: {', '.join(RECORDABLE_VIEWS)})")
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md from finished variants")
     args = parser.parse_args(argv)
+    unknown_views = [v for v in _names(args.views) if v not in RECORDABLE_VIEWS]
+    if unknown_views or not _names(args.views):
+        parser.error(f"--views: unknown or empty {', '.join(unknown_views)}; choices: {', '.join(RECORDABLE_VIEWS)}")
+    args.views = _names(args.views)
     unknown = [v for v in _names(args.variants) if v not in variants]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choices: {', '.join(variants)}")
@@ -151,7 +162,8 @@ def run_variants(args) -> None:
     budget = studies.BUDGETS[args.budget]
     samples, _, source = scan_samples(budget, args.data)
     fingerprint = _fingerprint(samples, args.epochs, budget.name)
-    todo = [v for v in (_variants()[n] for n in _names(args.variants)) if not _finished(args.out, v, fingerprint)]
+    todo = [v for v in (_variants()[n] for n in _names(args.variants))
+            if not _finished(args.out, v, fingerprint, args.views)]
     if not todo:
         print("every variant asked for has finished; rewriting the report")
         return
@@ -167,7 +179,8 @@ def run_variants(args) -> None:
         if variant.recipe.edge_band:
             draw_edge_band(variant, images, masks, args.out / variant.name / "edge_band.png")
         results, extra = cross_validate_variant(variant, encodings, area_folds, args.epochs, budget,
-                                                cache=args.out / "cache", fingerprint=fingerprint)
+                                                cache=args.out / "cache", fingerprint=fingerprint,
+                                                views=args.views)
         # The curve is as long as the folds trained (epochs_of), read from what they recorded.
         curve = final.curve_record(results, len(results[0].counts), time.time() - started)
         curve.update(variant=variant.name, why=variant.why, config=variant.config.to_dict(),
@@ -184,22 +197,28 @@ def _fingerprint(samples, epochs: int, budget: str) -> dict:
     return {"data": provenance.data_fingerprint(samples), "epochs": epochs, "budget": budget, "seed": SEED}
 
 
-def _finished(out: Path, variant: Variant, fingerprint: dict) -> bool:
+def _finished(out: Path, variant: Variant, fingerprint: dict, views: list[str]) -> bool:
+    from ablations.heldout import recorded_views
+
     path = out / variant.name / "curve.json"
     if not path.is_file():
         return False
-    recorded = json.loads(path.read_text()).get("fingerprint")
-    if recorded != fingerprint:
+    curve = json.loads(path.read_text())
+    if curve.get("fingerprint") != fingerprint:
         raise UserFacingError(f"{path} was made with other data, epochs or budget; choose another --out "
                               "or delete that variant's folder to rerun it")
+    missing = [name for name in views if name not in recorded_views(curve)]
+    if missing:  # a rerun would retrain and overwrite a finished curve: never silently
+        raise UserFacingError(f"{path} finished without the test-time views {', '.join(missing)} asked for; "
+                              "choose another --out to score them")
     print(f"variant {variant.name}: finished earlier ({path}), skipped")
     return True
 
 
 class Encodings:
-    """Encoder features of the whole pool by (preprocessing, augmentation), and flipped
-    copies of every tile for test-time flips. One preprocessing is kept in memory at a time
-    (about 5 GiB for two copies of 1,638 tiles). The flipped copies (8 GiB for three flips)
+    """Encoder features of the whole pool by (preprocessing, augmentation), and flipped or
+    rotated copies of every tile for test-time views. One preprocessing is kept in memory at
+    a time (about 5 GiB for two copies of 1,638 tiles). The viewed copies (2.5 GiB a view)
     live on disk under `disk` and are read memory-mapped; their file names carry the data's
     fingerprint, so a later run on the same data reuses them and another data set never does."""
 
@@ -223,13 +242,13 @@ class Encodings:
                 return features
         return self.pool(preprocess, "none")
 
-    def flipped(self, preprocess: str, view: int):
-        """Every tile seen through test-time view `view` of zoo.predict's "flips"."""
+    def viewed(self, preprocess: str, view: int):
+        """Every tile seen through zoo.predict.DIHEDRAL_VIEWS[view]."""
         from ablations.features import TAP_INPUTS, FeatureSet
 
-        key = ("flipped", preprocess, view)
+        key = ("viewed", preprocess, view)
         if key not in self.cache:
-            forward, _ = FLIP_VIEWS[view]
+            forward, _ = DIHEDRAL_VIEWS[view]
             folder = self.disk / f"{self.data_key}-{preprocess}-view{view}"
             if not (folder / "done").is_file():
                 encoded = self.encode(preprocess, forward(self.images), forward(self.masks), 1, "none")
@@ -260,11 +279,11 @@ class Encodings:
 
 
 def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, epochs: int, budget,
-                           cache: Path, fingerprint: dict):
+                           cache: Path, fingerprint: dict, views=(DEFAULT_VIEWS,)):
     """The variant's fold results (ablations.folds.FoldResult), and what else its folds record:
-    the last epoch's held-out counts with test-time flips, the label pixels set aside. Each
-    finished fold is kept under `cache` with the data's fingerprint, so a variant (about 70
-    minutes here) killed mid-way resumes at its first unfinished fold."""
+    the last epoch's held-out counts under each test-time view set of `views`, the label
+    pixels set aside. Each finished fold is kept under `cache` with the data's fingerprint, so
+    a variant killed mid-way resumes at its first unfinished fold."""
     from ablations import folds
     from zoo import unet
 
@@ -275,13 +294,14 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         return unet.build(variant.config, encoder=encodings.encoder)
 
     epochs = variant.epochs_of(epochs)
-    results, flipped, set_aside = [], {}, {}
+    results, viewed, set_aside = [], {name: {} for name in views}, {}
     judged = judges(encodings, variant, build, epochs, budget, cache) if variant.relabel == "confident" else None
     for fold in area_folds:
-        kept = _finished_fold(cache / variant.name, fold.val_area, fingerprint)
+        kept = _finished_fold(cache / variant.name, fold.val_area, fingerprint, views)
         if kept is not None:
             results.append(kept["result"])
-            flipped[fold.val_area] = kept["flips"]
+            for name in views:
+                viewed[name][fold.val_area] = kept["views"][name]
             if kept["set_aside"] is not None:
                 set_aside[fold.val_area] = kept["set_aside"]
             continue
@@ -290,29 +310,34 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
             pool, set_aside[fold.val_area] = relabelled(pool, encodings, fold, judged, cache.parent / variant.name)
         result = folds.cross_validate(build, variant.recipe, pool, [fold], epochs, variant.seed,
                                       schedule_epochs=epochs, eager=budget.eager)[0]
-        probs = flip_averaged_probabilities(result.model, encodings, variant.config.preprocess, fold.val_index)
-        flipped[fold.val_area] = folds.threshold_counts(probs, encodings.masks[fold.val_index]).tolist()
-        path = cache / variant.name / f"{fold.val_area}-flips.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, probs.astype(np.float16))  # for ensembles of variants
+        by_views = view_averaged_probabilities(result.model, encodings, variant.config.preprocess,
+                                               fold.val_index, views)
+        for name, probs in by_views.items():
+            viewed[name][fold.val_area] = folds.threshold_counts(probs, encodings.masks[fold.val_index]).tolist()
+            path = cache / variant.name / f"{fold.val_area}-{name}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, probs.astype(np.float16))  # for ensembles of variants
+        del by_views
         result.model = None  # scored: free it
         results.append(result)
-        _keep_fold(cache / variant.name, result, flipped[fold.val_area], set_aside.get(fold.val_area), fingerprint)
+        _keep_fold(cache / variant.name, result, {name: viewed[name][fold.val_area] for name in views},
+                   set_aside.get(fold.val_area), fingerprint)
         del pool  # a style fold's stacked features (GiBs) go before the next fold's are built
         gc.collect()
-    return results, {"flips": flipped, "set_aside": set_aside}
+    return results, {"views": viewed, "set_aside": set_aside}
 
 
-def _keep_fold(folder: Path, result, flips: list, set_aside: dict | None, fingerprint: dict) -> None:
+def _keep_fold(folder: Path, result, views: dict, set_aside: dict | None, fingerprint: dict) -> None:
     write_json_atomic(folder / f"{result.val_area}-fold.json", {
         "fingerprint": fingerprint, "val_area": result.val_area, "tiles": int(result.tiles),
         "counts": np.asarray(result.counts).tolist(), "history": result.history,
-        "train_seconds": float(result.train_seconds), "flips": flips,
+        "train_seconds": float(result.train_seconds), "views": views,
         "set_aside": None if set_aside is None else {a: float(f) for a, f in set_aside.items()}})
 
 
-def _finished_fold(folder: Path, val_area: str, fingerprint: dict) -> dict | None:
-    """A fold kept by an earlier, interrupted run of this variant on the same data and epochs."""
+def _finished_fold(folder: Path, val_area: str, fingerprint: dict, views) -> dict | None:
+    """A fold kept by an earlier, interrupted run of this variant on the same data and epochs
+    that scored every view set of `views`."""
     from ablations.folds import FoldResult
 
     path = folder / f"{val_area}-fold.json"
@@ -321,10 +346,13 @@ def _finished_fold(folder: Path, val_area: str, fingerprint: dict) -> dict | Non
     kept = json.loads(path.read_text())
     if kept["fingerprint"] != fingerprint:
         return None  # another data set or schedule: run the fold again (the curve checks the rest)
+    kept_views = kept.get("views") or {"flips": kept["flips"]}  # folds kept before view sets had names
+    if any(name not in kept_views for name in views):
+        return None  # scored without a view set asked for now: run the fold again
     print(f"  fold without {val_area}: finished earlier ({path}), not re-run", flush=True)
     result = FoldResult(val_area, kept["tiles"], np.asarray(kept["counts"], dtype=np.int64), kept["history"],
                         kept["train_seconds"], model=None)
-    return {"result": result, "flips": kept["flips"], "set_aside": kept["set_aside"]}
+    return {"result": result, "views": kept_views, "set_aside": kept["set_aside"]}
 
 
 def draw_edge_band(variant: Variant, images, masks, path: Path) -> None:
@@ -433,19 +461,26 @@ class RestyledCopies:
         return inputs, masks
 
 
-def flip_averaged_probabilities(model, encodings: Encodings, preprocess: str, index) -> np.ndarray:
-    """Held-out probabilities averaged over the four flips (zoo.predict's tta="flips"),
-    each mapped back."""
+def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, index, views) -> dict:
+    """Held-out probabilities under each test-time view set of `views` (zoo.predict's names),
+    each view mapped back and the set's views averaged. Each view is predicted once, however
+    many sets share it."""
     from ablations.folds import FeatureView
     from ablations.train import decoder_probabilities
     from zoo.unet import decoder_of
 
     decoder = decoder_of(model)
-    total = decoder_probabilities(decoder, FeatureView(encodings.originals(preprocess), index)).astype(np.float32)
-    for view in range(1, len(FLIP_VIEWS)):  # view 0 is the identity: the originals above
-        _, inverse = FLIP_VIEWS[view]
-        total += inverse(decoder_probabilities(decoder, FeatureView(encodings.flipped(preprocess, view), index)))
-    return total / len(FLIP_VIEWS)
+    totals = {name: 0.0 for name in views}
+    for view in sorted(set().union(*(TTA_VIEW_INDICES[name] for name in views))):
+        # view 0 is the identity: the originals, encoded with the training pool
+        features = encodings.originals(preprocess) if view == 0 else encodings.viewed(preprocess, view)
+        _, inverse = DIHEDRAL_VIEWS[view]
+        probs = inverse(decoder_probabilities(decoder, FeatureView(features, index)).astype(np.float32))
+        for name in views:
+            if view in TTA_VIEW_INDICES[name]:
+                totals[name] = totals[name] + probs
+        del probs
+    return {name: totals[name] / len(TTA_VIEW_INDICES[name]) for name in views}
 
 
 def score_ensembles(args) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablations.heldout import FIXED, at_threshold, leave_one_out, mean_of, serving_options
+from ablations.heldout import (FIXED, at_threshold, leave_one_out, mean_of, recorded_views, serving_options,
+                               summed_counts)
 
 def load_curves(out: Path, names) -> dict[str, dict]:
     curves = {}
@@ -55,7 +56,9 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
     whys = [f"- `{name}` ({curve['seconds'] / 60:.0f} min for its folds): {curve['why']}" for name, curve in curves.items()]
     lines += ["## Variants", "", *whys, "", "Served as: `plain` = each city at the epoch and threshold chosen on the "
               "other cities; `plain, 0.5` = last epoch at the fixed threshold 0.5 (chosen on no city); `flips` and "
-              "`flips, 0.5` = the same with the four flips averaged (last epoch).", "",
+              "`flips, 0.5` = the same with the four flips averaged (last epoch); `rot180`, `transpose`: the "
+              "image and one other view (its half turn, its mirror across the diagonal); `dihedral`: all eight "
+              "rotations and flips.", "",
               "## Summary (building IoU per held-out city)", "",
               tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines += _seeds_section(curves, rows_of, variants)
@@ -97,12 +100,13 @@ def pooled_options(curves: list[dict]) -> dict[str, dict[str, dict]]:
     given several times pools them. `plain` is left out: it needs an epoch chosen on the other
     cities from the summed counts (ablations.final.pooled_curve), which this JSON-only report
     does not recompute."""
-    cities = list(curves[0]["folds"])
-    last = {city: np.sum([np.asarray(c["folds"][city]["counts"])[-1] for c in curves], axis=0) for city in cities}
+    last = summed_counts(curves, lambda curve: {city: np.asarray(fold["counts"])[-1]
+                                                for city, fold in curve["folds"].items()})
     options = {f"plain, {FIXED}": at_threshold(last)}
-    if all(c.get("flips") for c in curves):
-        flips = {city: np.sum([c["flips"][city] for c in curves], axis=0) for city in cities}
-        options.update({"flips": leave_one_out(flips), f"flips, {FIXED}": at_threshold(flips)})
+    for name in recorded_views(curves[0]):
+        if all(name in recorded_views(curve) for curve in curves):
+            counts = summed_counts(curves, lambda curve: recorded_views(curve)[name])
+            options.update({name: leave_one_out(counts), f"{name}, {FIXED}": at_threshold(counts)})
     return options
 
 
