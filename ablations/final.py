@@ -51,6 +51,9 @@ class FitRequest:
     curve_from: tuple[Path, ...] = ()
     point_served: bool = True         # write results/MODEL -> OUT/model.keras
     fresh: bool = False
+    # Serve only test-time view sets of at most this many views an image (None: any). Each view
+    # is one more pass of the network: the latency budget of a request.
+    max_views: int | None = heldout.SERVED_MAX_VIEWS
 
     @property
     def results_root(self) -> Path:
@@ -73,7 +76,7 @@ def run_fit(request: FitRequest) -> dict:
     pool = encode_pool(encoder, pool_samples, budget, recipe, config)
     curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
     provenance.write_binding(request.out, binding)
-    chosen_epochs, threshold, tta = inference_choice(curve)
+    chosen_epochs, threshold, tta = inference_choice(curve, request.max_views)
     epochs = request.epochs or chosen_epochs
     print(f"final fit: {config.name}, {recipe.augmentation} augmentation, {epochs} of "
           f"{curve['curve_epochs']} cosine epochs, threshold {threshold:.2f}, test-time views "
@@ -292,11 +295,11 @@ def curve_record(results: list[folds.FoldResult], curve_epochs: int, seconds: fl
     }
 
 
-def inference_choice(curve: dict) -> tuple[int, float, str]:
+def inference_choice(curve: dict, max_views: int | None = None) -> tuple[int, float, str]:
     """(epochs, threshold, test-time views) as cross-validation chose them: the serving option
     (ablations.heldout.serving_options: threshold chosen on the other cities or fixed at 0.5,
-    which test-time views) whose per-city scores are best on average."""
-    _, option = heldout.best_option(curve)
+    which test-time views, at most `max_views` of them) whose per-city scores are best on average."""
+    _, option = heldout.best_option(curve, max_views)
     return option["epochs"], option["threshold"], option["tta"]
 
 
@@ -319,7 +322,8 @@ def final_metadata(request, config, recipe, epochs, inference, curve, history, s
         "history": history, "train_seconds": round(seconds, 1),
         "metrics": {"test": test, "cross_validated": {
             "mean_heldout_building_iou": curve["mean_heldout_building_iou_by_epoch"][epochs - 1],
-            "per_city": _served_rows(curve)}},
+            "per_city": _served_rows(curve, request.max_views),
+            "views_budget": views_budget(curve, request.max_views)}},
         "data": {"source": source, "trained_on": areas, "tiles": len(pool_samples),
                  "test_area": request.test_area, "test_tiles": len(test_samples)},
         "budget": request.budget, "machine": describe_machine(), "date": _now(),
@@ -327,8 +331,26 @@ def final_metadata(request, config, recipe, epochs, inference, curve, history, s
     }
 
 
-def _served_rows(curve: dict) -> dict:
-    name, option = heldout.best_option(curve)
+def views_budget(curve: dict, max_views: int | None) -> dict:
+    """What the latency budget costs: the option served within it against the best of all."""
+    within, unbounded = (heldout.best_option(curve, limit) for limit in (max_views, None))
+    return {"max_views": max_views, "served": within[0], "best_of_all": unbounded[0],
+            "mean_building_iou": {name: heldout.mean_of(option["per_city"])["building_iou"]
+                                  for name, option in dict([within, unbounded]).items()}}
+
+
+def _budget_lines(budget: dict | None) -> list[str]:
+    if not budget or budget["max_views"] is None:
+        return []
+    served, best, iou = budget["served"], budget["best_of_all"], budget["mean_building_iou"]
+    cost = ("nothing: the best option fits it" if served == best else
+            f"{iou[best] - iou[served]:.3f} mean building IoU: `{best}` would score {iou[best]:.3f}")
+    return [f"- **Latency budget** (`--max-views {budget['max_views']}`: at most {budget['max_views']} "
+            f"view(s) an image): served `{served}`, mean building IoU {iou[served]:.3f}; the budget costs {cost}."]
+
+
+def _served_rows(curve: dict, max_views: int | None = None) -> dict:
+    name, option = heldout.best_option(curve, max_views)
     return {city: {"epochs": option["epochs"], "rule": name, **row} for city, row in option["per_city"].items()}
 
 
@@ -356,6 +378,7 @@ def report(request, metadata: dict, curve: dict) -> str:
         "the option (threshold chosen on the other cities or fixed at 0.5; no test-time views or one of the "
         f"recorded sets: {', '.join(heldout.recorded_views(curve)) or 'none recorded'}) with the best "
         "mean per-city building IoU.",
+        *_budget_lines(metadata["metrics"]["cross_validated"].get("views_budget")),
         "", "## Quality on a city the model never saw", "",
         "Each row: the same recipe trained on the other cities only (a fold of the learning curve), "
         "scored on the held-out city at the epoch and threshold chosen on the *other* folds, so "
@@ -403,6 +426,8 @@ def fit_argv(request: FitRequest) -> list[str]:
         parts += ["--epochs", str(request.epochs)]
     for path in request.curve_from:
         parts += ["--curve-from", str(path)]
+    if request.max_views != heldout.SERVED_MAX_VIEWS:
+        parts += ["--max-views", str(request.max_views)]
     if Path(request.out) != Path("results/final"):
         parts += ["--out", str(request.out)]
     return parts

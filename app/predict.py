@@ -1,13 +1,15 @@
 """`python -m app.predict IMAGE --out footprints.geojson`: the buildings of one image, as GeoJSON.
 
     python -m app.predict IMAGE [--out FILE.geojson] [--mask MASK.png] [--model PATH]
-                          [--tolerance PX] [--min-area PX] [--window PX]
+                          [--tta VIEWS] [--tolerance PX] [--min-area PX] [--window PX]
 
 IMAGE is a GeoTIFF (outlines in WGS84 longitude/latitude, areas in m² measured in the image's
 own projected CRS, see `zoo.polygons`) or any TIFF, PNG or JPEG (outlines in pixels; the
 collection's `why_pixels` says why). The model is the served one (`app.model`: --model,
-$ZOO_MODEL, results/MODEL), run with its own scales and threshold, so the outlines are those
-of the mask `POST /inference` gives for the same image.
+$ZOO_MODEL, results/MODEL), run with its own scales, test-time views and threshold, so the
+outlines are those of the mask `POST /inference` gives for the same image. A batch job that is
+not bound by a request's latency may ask for more views (`--tta dihedral`: all eight rotations
+and flips, four times the passes of the served two; results/EXPERIMENTS.md, step 22).
 
 Any size is taken, in bounded memory. Up to `--window` (4096) px a side, the image is predicted
 whole, exactly as the server does, with `zoo.predict`'s overlapping 512 px tiles. A larger TIFF
@@ -29,9 +31,11 @@ import orjson
 
 from app.inputs import (TIFF_MAGIC, InputError, read_image_file, tiff_bands, tiff_georeference,
                         to_rgb)
-from app.model import ENV, ModelUnavailable, load_segmenter, model_name, resolve_model_path
+from app.model import (ENV, ModelUnavailable, load_segmenter, model_name, override_tta,
+                       resolve_model_path)
 from zoo.polygons import (DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, SceneOutlines, feature_collection,
                           footprints_geojson)
+from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
 
 WINDOW = 4096  # the server's largest side: above it, a TIFF is predicted part by part
 
@@ -44,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where to write the GeoJSON (default: IMAGE with .geojson)")
     parser.add_argument("--mask", type=Path, default=None, help="also write the mask, 0/255 PNG")
     parser.add_argument("--model", help=f"a .keras file (default: ${ENV}, else results/MODEL)")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default=TTA_FROM_MODEL,
+                        help="test-time views (default: the model's, as the server applies them)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help=f"outline simplification, pixels (default {DEFAULT_TOLERANCE:g})")
     parser.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA,
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
         size = _tiff_size(args.image)
         in_parts = size is not None and max(size) > args.window
         upload = None if in_parts else read_image_file(args.image)
-        segmenter = load_segmenter(resolve_model_path(args.model))
+        segmenter = override_tta(load_segmenter(resolve_model_path(args.model)), args.tta)
     except (InputError, ModelUnavailable, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

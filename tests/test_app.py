@@ -669,14 +669,20 @@ def test_predict_cli_writes_lon_lat_geojson_and_the_mask(small_model_file, small
 
 
 @pytest.mark.slow
-def test_predict_cli_on_a_png_says_pixels_and_names_a_bad_file(small_model_file, run_module,
-                                                               tmp_path):
-    (tmp_path / "tile.png").write_bytes(encoded(blobby(64, 64, seed=29)))
+def test_predict_cli_on_a_png_says_pixels_applies_its_views_and_names_a_bad_file(
+        small_model_file, small_segmenter, run_module, tmp_path):
+    picture = blobby(64, 64, seed=29)
+    (tmp_path / "tile.png").write_bytes(encoded(picture))
     done = run_module("app.predict", tmp_path / "tile.png", "--model", small_model_file,
-                      timeout=300)
+                      "--tta", "dihedral", "--mask", tmp_path / "mask.png", timeout=300)
     assert done.returncode == 0, done.stderr
     collection = json.loads((tmp_path / "tile.geojson").read_text())
     assert collection["crs"] is None and "PNG carries no georeferencing" in collection["why_pixels"]
+    # --tta replaces the model's views (none): the mask is the eight views' average, thresholded
+    from zoo.predict import Segmenter
+
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "mask.png")),
+                                  Segmenter(small_segmenter.model, tta="dihedral").predict(picture) * 255)
     (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really")
     done = run_module("app.predict", tmp_path / "broken.tif", "--model", small_model_file)
     assert done.returncode == 1 and "broken.tif' is not a readable" in done.stderr

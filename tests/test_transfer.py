@@ -196,6 +196,13 @@ def test_an_ensemble_found_on_disk_is_reported_at_both_thresholds_against_select
     borrowed, fixed = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
     assert borrowed[1] == "flips" and borrowed[-3:] == ["0.800", "+0.200", "selected"]  # selected's flips: 0.6 at 0.4
     assert fixed[1] == "flips, 0.5" and fixed[-3:] == ["0.800", "+0.700", "selected"]  # selected's flips at 0.5: 0.1
+    # A newer ensemble names its view sets: each is a row pair, against selected served alike.
+    (tmp_path / "ensembles" / "selected+style.json").write_text(json.dumps(
+        {"members": ["selected", "style"], "views": {"flips": {c: better.tolist() for c in ("a", "b", "c")},
+                                                     "dihedral": {c: flips.tolist() for c in ("a", "b", "c")}}}))
+    rows = [line for line in render(tmp_path, _variants(), ensembles=[]).splitlines() if line.startswith("| selected+style")]
+    assert [row.split("|")[2].strip() for row in rows] == ["flips", "flips, 0.5", "dihedral", "dihedral, 0.5"]
+    assert rows[2].split("|")[-3].strip() == ""  # selected recorded no dihedral: nothing to set it against
 
 
 def test_a_stride_2_variant_is_compared_with_the_served_stride_not_with_selected(tmp_path):
@@ -291,6 +298,8 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert sorted(json.loads((out / "style" / "curve.json").read_text())["per_city"]) == sorted(curves["style"]["per_city"])
     ensemble = json.loads((out / "ensembles" / "selected+style.json").read_text())
     assert ensemble["members"] == ["selected", "style"] and len(ensemble["counts"]) == 3
+    assert sorted(ensemble["views"]) == ["flips", "rot180"] and ensemble["views"]["flips"] == ensemble["counts"]
+    assert ensemble["views"]["rot180"] != ensemble["views"]["flips"]
     readme = (out / "README.md").read_text()
     assert "| selected " in readme and "flips, 0.5" in readme and "rot180, 0.5" in readme and "selected+style" in readme
 
@@ -315,7 +324,7 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
                      *weights_flag(), env_extra=cache_home)
     assert fitted.returncode == 0, fitted.stdout[-3000:] + fitted.stderr[-3000:]
     metadata = json.loads((final / "model.json").read_text())
-    epochs, threshold, tta = inference_choice(curves["style"])
+    epochs, threshold, tta = inference_choice(curves["style"], max_views=2)  # the fit's default budget
     assert metadata["recipe"]["augmentation"] == "sensor_style"
     assert (metadata["epochs"], metadata["inference"]["tta"]) == (epochs, tta)
     assert metadata["inference"]["threshold"] == pytest.approx(threshold)

@@ -484,8 +484,9 @@ def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
 
 
 def score_ensembles(args) -> None:
-    """Average the members' cached held-out probabilities (flips, last epoch) and record the
-    counts at every threshold per city: OUT/ensembles/A+B.json."""
+    """Average the members' cached held-out probabilities (last epoch) under each view set of
+    `--views` and record the counts at every threshold per city: OUT/ensembles/A+B.json, its
+    "views" by set ("counts": the flips', as the report has always shown them)."""
     from ablations import folds
     from ablations.data import folders
     from ablations.pipeline import scan_samples
@@ -499,17 +500,26 @@ def score_ensembles(args) -> None:
     areas = np.asarray([s.area for s in samples], dtype=object)
     for name in names:
         members = name.split("+")
-        counts = {}
-        for area in sorted(set(areas)):
-            paths = [args.out / "cache" / m / f"{area}-flips.npy" for m in members]
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise UserFacingError(f"ensemble {name}: no cached probabilities {', '.join(missing)}; "
-                                      "run its members first (same --out)")
-            probs = np.mean([np.load(p).astype(np.float32) for p in paths], axis=0)
-            counts[area] = folds.threshold_counts(probs, masks[areas == area]).tolist()
-        write_json_atomic(args.out / "ensembles" / f"{name}.json", {"members": members, "counts": counts})
-        print(f"ensemble {name}: scored")
+        views = {view: _ensemble_counts(args.out / "cache", members, view, areas, masks, folds.threshold_counts)
+                 for view in args.views}
+        record = {"members": members, "views": views}
+        if "flips" in views:
+            record["counts"] = views["flips"]
+        write_json_atomic(args.out / "ensembles" / f"{name}.json", record)
+        print(f"ensemble {name}: scored with {', '.join(views)}")
+
+
+def _ensemble_counts(cache: Path, members: list[str], view: str, areas, masks, threshold_counts) -> dict:
+    counts = {}
+    for area in sorted(set(areas)):
+        paths = [cache / member / f"{area}-{view}.npy" for member in members]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise UserFacingError(f"ensemble {'+'.join(members)}: no cached probabilities {', '.join(missing)}; "
+                                  f"run its members first (same --out, --views {view})")
+        probs = np.mean([np.load(p).astype(np.float32) for p in paths], axis=0)
+        counts[area] = threshold_counts(probs, masks[areas == area]).tolist()
+    return counts
 
 
 def write_report(args) -> None:

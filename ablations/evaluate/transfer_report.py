@@ -164,11 +164,13 @@ def _ensemble_section(out: Path, ensembles: list[str], base: dict) -> list[str]:
         path = folder / f"{name}.json"
         if not path.is_file():
             continue
-        counts = {c: np.asarray(v) for c, v in json.loads(path.read_text())["counts"].items()}
-        for kind, per_city in (("flips", leave_one_out(counts)), (f"flips, {FIXED}", at_threshold(counts))):
-            rows.append({"ensemble (probabilities averaged)": name, "served as": kind,
-                         **_summary_cells(per_city, base.get(kind)), "its base": "selected"})
+        record = json.loads(path.read_text())
+        for view, by_city in (record.get("views") or {"flips": record["counts"]}).items():  # older: flips only
+            counts = {c: np.asarray(v) for c, v in by_city.items()}
+            for kind, per_city in ((view, leave_one_out(counts)), (f"{view}, {FIXED}", at_threshold(counts))):
+                rows.append({"ensemble (probabilities averaged)": name, "served as": kind,
+                             **_summary_cells(per_city, base.get(kind)), "its base": "selected"})
     if not rows:
         return []
-    return ["## Ensembles of variants", "", "Each member's held-out probabilities (with flips, last epoch) "
-            "averaged; training cost is the members' sum.", "", tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    return ["## Ensembles of variants", "", "Each member's held-out probabilities (under each view set, last "
+            "epoch) averaged; training cost is the members' sum.", "", tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
