@@ -51,9 +51,9 @@ class FitRequest:
     curve_from: tuple[Path, ...] = ()
     point_served: bool = True         # write results/MODEL -> OUT/model.keras
     fresh: bool = False
-    # Serve only test-time view sets of at most this many views an image (None: any). Each view
-    # is one more pass of the network: the latency budget of a request.
-    max_views: int | None = heldout.SERVED_MAX_VIEWS
+    # Serve only options that run at most this many full-size passes of the network an image
+    # (None: any): the latency budget of a request (ablations.heldout.passes_of).
+    max_passes: float | None = heldout.SERVED_MAX_PASSES
 
     @property
     def results_root(self) -> Path:
@@ -76,15 +76,16 @@ def run_fit(request: FitRequest) -> dict:
     pool = encode_pool(encoder, pool_samples, budget, recipe, config)
     curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
     provenance.write_binding(request.out, binding)
-    chosen_epochs, threshold, tta = inference_choice(curve, request.max_views)
-    epochs = request.epochs or chosen_epochs
+    _, served = heldout.best_option(curve, request.max_passes)
+    threshold, tta, scales = served["threshold"], served["tta"], served["scales"]
+    epochs = request.epochs or served["epochs"]
     print(f"final fit: {config.name}, {recipe.augmentation} augmentation, {epochs} of "
           f"{curve['curve_epochs']} cosine epochs, threshold {threshold:.2f}, test-time views "
-          f"'{tta}', {pool.count} tiles")
+          f"'{tta}' at scales {scales}, {pool.count} tiles")
     model = _build(config, encoder)
     history, seconds = _train(model, recipe, pool, epochs, curve["curve_epochs"], budget)
     test = score_test(model, threshold, test_samples, budget)
-    metadata = final_metadata(request, config, recipe, epochs, (threshold, tta), curve, history, seconds,
+    metadata = final_metadata(request, config, recipe, epochs, (threshold, tta, scales), curve, history, seconds,
                               test, source, pool_samples, test_samples)
     path = saving.save(model, Path(request.out) / "model.keras", metadata)
     plots_final.samples(model, threshold, pool, test_samples, budget.size, Path(request.out) / "samples.png")
@@ -295,11 +296,12 @@ def curve_record(results: list[folds.FoldResult], curve_epochs: int, seconds: fl
     }
 
 
-def inference_choice(curve: dict, max_views: int | None = None) -> tuple[int, float, str]:
+def inference_choice(curve: dict, max_passes: float | None = None) -> tuple[int, float, str]:
     """(epochs, threshold, test-time views) as cross-validation chose them: the serving option
     (ablations.heldout.serving_options: threshold chosen on the other cities or fixed at 0.5,
-    which test-time views, at most `max_views` of them) whose per-city scores are best on average."""
-    _, option = heldout.best_option(curve, max_views)
+    which test-time views, within `max_passes`) whose per-city scores are best on average; its
+    scales are the option's "scales" (ablations.heldout.best_option)."""
+    _, option = heldout.best_option(curve, max_passes)
     return option["epochs"], option["threshold"], option["tta"]
 
 
@@ -314,16 +316,16 @@ def score_test(model, threshold: float, test_samples, budget) -> dict | None:
 def final_metadata(request, config, recipe, epochs, inference, curve, history, seconds, test,
                    source, pool_samples, test_samples) -> dict:
     areas = sorted({s.area or "?" for s in pool_samples})
-    threshold, tta = inference
+    threshold, tta, scales = inference
     return {
         "name": f"final/{config.name}", "config": config.to_dict(), "recipe": recipe.to_dict(),
-        "threshold": threshold, "inference": {"threshold": threshold, "scales": [1.0], "tta": tta},
+        "threshold": threshold, "inference": {"threshold": threshold, "scales": list(scales), "tta": tta},
         "epochs": epochs, "schedule_epochs": curve["curve_epochs"], "seed": SEED,
         "history": history, "train_seconds": round(seconds, 1),
         "metrics": {"test": test, "cross_validated": {
             "mean_heldout_building_iou": curve["mean_heldout_building_iou_by_epoch"][epochs - 1],
-            "per_city": _served_rows(curve, request.max_views),
-            "views_budget": views_budget(curve, request.max_views)}},
+            "per_city": _served_rows(curve, request.max_passes),
+            "passes_budget": passes_budget(curve, request.max_passes)}},
         "data": {"source": source, "trained_on": areas, "tiles": len(pool_samples),
                  "test_area": request.test_area, "test_tiles": len(test_samples)},
         "budget": request.budget, "machine": describe_machine(), "date": _now(),
@@ -331,26 +333,27 @@ def final_metadata(request, config, recipe, epochs, inference, curve, history, s
     }
 
 
-def views_budget(curve: dict, max_views: int | None) -> dict:
+def passes_budget(curve: dict, max_passes: float | None) -> dict:
     """What the latency budget costs: the option served within it against the best of all."""
-    within, unbounded = (heldout.best_option(curve, limit) for limit in (max_views, None))
-    return {"max_views": max_views, "served": within[0], "best_of_all": unbounded[0],
+    within, unbounded = (heldout.best_option(curve, limit) for limit in (max_passes, None))
+    return {"max_passes": max_passes, "served": within[0], "best_of_all": unbounded[0],
             "mean_building_iou": {name: heldout.mean_of(option["per_city"])["building_iou"]
                                   for name, option in dict([within, unbounded]).items()}}
 
 
 def _budget_lines(budget: dict | None) -> list[str]:
-    if not budget or budget["max_views"] is None:
+    if not budget or budget["max_passes"] is None:
         return []
     served, best, iou = budget["served"], budget["best_of_all"], budget["mean_building_iou"]
     cost = ("nothing: the best option fits it" if served == best else
             f"{iou[best] - iou[served]:.3f} mean building IoU: `{best}` would score {iou[best]:.3f}")
-    return [f"- **Latency budget** (`--max-views {budget['max_views']}`: at most {budget['max_views']} "
-            f"view(s) an image): served `{served}`, mean building IoU {iou[served]:.3f}; the budget costs {cost}."]
+    return [f"- **Latency budget** (`--max-passes {budget['max_passes']:g}`: at most {budget['max_passes']:g} "
+            f"full-size passes of the network an image): served `{served}`, mean building IoU {iou[served]:.3f}; "
+            f"the budget costs {cost}."]
 
 
-def _served_rows(curve: dict, max_views: int | None = None) -> dict:
-    name, option = heldout.best_option(curve, max_views)
+def _served_rows(curve: dict, max_passes: float | None = None) -> dict:
+    name, option = heldout.best_option(curve, max_passes)
     return {city: {"epochs": option["epochs"], "rule": name, **row} for city, row in option["per_city"].items()}
 
 
@@ -374,11 +377,12 @@ def report(request, metadata: dict, curve: dict) -> str:
         f"{metadata['cost']['peak_rss_gib']} GiB peak in all.",
         f"- **Epochs and threshold** from the cross-validated learning curve ({curve['chosen']['rule']}): "
         f"mean held-out building IoU {metadata['metrics']['cross_validated']['mean_heldout_building_iou']:.3f}. "
-        f"Served: `{metadata['inference']['tta']}` test-time views at threshold {metadata['threshold']:.2f}, "
+        f"Served: `{metadata['inference']['tta']}` test-time views at scales "
+        f"{', '.join(f'{s:g}' for s in metadata['inference']['scales'])} and threshold {metadata['threshold']:.2f}, "
         "the option (threshold chosen on the other cities or fixed at 0.5; no test-time views or one of the "
-        f"recorded sets: {', '.join(heldout.recorded_views(curve)) or 'none recorded'}) with the best "
-        "mean per-city building IoU.",
-        *_budget_lines(metadata["metrics"]["cross_validated"].get("views_budget")),
+        f"recorded options: {', '.join(heldout.recorded_views(curve)) or 'none recorded'}) with the best "
+        "mean per-city building IoU within the latency budget.",
+        *_budget_lines(metadata["metrics"]["cross_validated"].get("passes_budget")),
         "", "## Quality on a city the model never saw", "",
         "Each row: the same recipe trained on the other cities only (a fold of the learning curve), "
         "scored on the held-out city at the epoch and threshold chosen on the *other* folds, so "
@@ -426,8 +430,8 @@ def fit_argv(request: FitRequest) -> list[str]:
         parts += ["--epochs", str(request.epochs)]
     for path in request.curve_from:
         parts += ["--curve-from", str(path)]
-    if request.max_views != heldout.SERVED_MAX_VIEWS:
-        parts += ["--max-views", str(request.max_views)]
+    if request.max_passes != heldout.SERVED_MAX_PASSES:
+        parts += ["--max-passes", f"{request.max_passes:g}"]
     if Path(request.out) != Path("results/final"):
         parts += ["--out", str(request.out)]
     return parts

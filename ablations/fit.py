@@ -1,6 +1,6 @@
 """python -m ablations.fit [--data DIR] [--test-area AREA|none] [--curve [--curve-epochs N]]
                           [--epochs N] [--recipe-from MODEL.json | --curve-from CURVE.json ...]
-                          [--max-views N] [--out results/final] [--fresh]
+                          [--max-passes N] [--out results/final] [--fresh]
 
 Fits the selected recipe on every non-test area and serves it: writes OUT/model.keras (with
 model.json), OUT/README.md (per-city quality, learning curve, samples) and points
@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ablations import studies  # noqa: E402  (cheap: no TensorFlow)
-from ablations.heldout import SERVED_MAX_VIEWS  # noqa: E402  (NumPy only)
+from ablations.heldout import SERVED_MAX_PASSES  # noqa: E402  (NumPy only)
 from ablations.errors import UserFacingError  # noqa: E402
 
 
@@ -43,11 +43,11 @@ def parse_args(argv=None):
                         "threshold and test-time views its cross-validation chose. Give it again with "
                         "the same recipe's curve under another seed (NAME_seed1) to choose them on the "
                         "seeds' confusion counts summed")
-    parser.add_argument("--max-views", type=int, default=SERVED_MAX_VIEWS,
-                        help="serve only test-time view sets of at most N views an image, the best of them "
-                        "by cross-validation (each view is one more pass of the network; the default "
-                        f"{SERVED_MAX_VIEWS} keeps a 256 px request within 25 ms on 2 cores, results/bench.md; "
-                        "8 allows every set)")
+    parser.add_argument("--max-passes", type=float, default=SERVED_MAX_PASSES,
+                        help="serve only options that run at most N full-size passes of the network an "
+                        "image (a test-time view is one pass, a view at scale s counts s²), the best of "
+                        f"them by cross-validation; the default {SERVED_MAX_PASSES:g} keeps a 256 px request "
+                        "within 25 ms on 2 cores (results/bench.md); 32 allows every option")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--no-serve", action="store_true", help="do not point results/MODEL at the model")
     parser.add_argument("--fresh", action="store_true", help="replace what OUT holds from a different run")
@@ -64,14 +64,14 @@ def to_request(args):
     for path in args.curve_from:
         if not path.is_file():
             raise UserFacingError(f"--curve-from {path} is not a file")
-    if args.max_views < 1:
-        raise UserFacingError("--max-views must be at least 1 (one view: the image as given)")
+    if args.max_passes < 1:
+        raise UserFacingError("--max-passes must be at least 1 (one pass: the image as given)")
     if args.curve_epochs < 1 or (args.epochs is not None and not 1 <= args.epochs <= args.curve_epochs):
         raise UserFacingError("--curve-epochs must be at least 1 and --epochs between 1 and --curve-epochs")
     return FitRequest(data=args.data, test_area=args.test_area, out=args.out, budget=args.budget,
                       weights=args.weights, curve=args.curve, curve_epochs=args.curve_epochs,
                       epochs=args.epochs, recipe_from=args.recipe_from, curve_from=tuple(args.curve_from),
-                      point_served=not args.no_serve, fresh=args.fresh, max_views=args.max_views)
+                      point_served=not args.no_serve, fresh=args.fresh, max_passes=args.max_passes)
 
 
 def main(argv=None) -> int:

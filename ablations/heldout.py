@@ -66,6 +66,30 @@ def recorded_views(curve: dict) -> dict[str, dict]:
     return {"flips": curve["flips"]} if curve.get("flips") else {}
 
 
+SCALES_MARK = "@"  # "transpose@1+0.5": the transpose views at scales 1 and 0.5, averaged
+
+
+def scales_of(text: str) -> tuple[float, ...]:
+    """"1+0.5" -> (1.0, 0.5): a set of inference scales, each in (0, 1], none repeated."""
+    scales = tuple(float(part) for part in text.split("+"))
+    if not all(0 < s <= 1 for s in scales) or len(set(scales)) < len(scales):
+        raise ValueError(f"{text!r}: scales must be distinct numbers in (0, 1], joined by '+'")
+    return scales
+
+
+def option_of(name: str) -> tuple[str, tuple[float, ...]]:
+    """A recorded option's test-time views and scales: "flips" -> ("flips", (1.0,))."""
+    views, _, scales = name.partition(SCALES_MARK)
+    return views, scales_of(scales) if scales else (1.0,)
+
+
+def option_names(views: list[str], scale_sets: list[tuple[float, ...]]) -> list[str]:
+    """What cross-validation scores besides one view at scale 1: each view set at scale 1, and
+    each scale set with no views and with each view set."""
+    joined = ["+".join(f"{s:g}" for s in scales) for scales in scale_sets if scales != (1.0,)]
+    return [*views, *(f"{v}{SCALES_MARK}{scales}" for scales in joined for v in ("none", *views))]
+
+
 def summed_counts(curves: list[dict], counts_of) -> dict[str, np.ndarray]:
     """City -> the counts `counts_of(curve)[city]` summed over the curves (the seeds)."""
     return {city: np.sum([np.asarray(counts_of(curve)[city]) for curve in curves], axis=0)
@@ -84,34 +108,36 @@ def serving_options(curve: dict) -> dict[str, dict]:
     last = {city: np.asarray(fold["counts"])[-1] for city, fold in curve["folds"].items()}
     options = {
         "plain": {"per_city": curve["per_city"], "epochs": curve["chosen"]["epochs"],
-                  "threshold": curve["chosen"]["threshold"], "tta": "none"},
-        f"plain, {FIXED}": {"per_city": at_threshold(last), "epochs": last_epoch, "threshold": FIXED, "tta": "none"},
+                  "threshold": curve["chosen"]["threshold"], "tta": "none", "scales": [1.0]},
+        f"plain, {FIXED}": {"per_city": at_threshold(last), "epochs": last_epoch, "threshold": FIXED,
+                            "tta": "none", "scales": [1.0]},
     }
     for name, counts_by_city in recorded_views(curve).items():
         counts = {city: np.asarray(c) for city, c in counts_by_city.items()}
-        options[name] = {"per_city": leave_one_out(counts), "epochs": last_epoch,
-                         "threshold": best_threshold(counts), "tta": name}
-        options[f"{name}, {FIXED}"] = {"per_city": at_threshold(counts), "epochs": last_epoch,
-                                       "threshold": FIXED, "tta": name}
+        tta, scales = option_of(name)
+        served = {"epochs": last_epoch, "tta": tta, "scales": list(scales)}
+        options[name] = {"per_city": leave_one_out(counts), "threshold": best_threshold(counts), **served}
+        options[f"{name}, {FIXED}"] = {"per_city": at_threshold(counts), "threshold": FIXED, **served}
     return options
 
 
-# The served model's latency budget, in views an image: a single 256 px request must be
-# answered within 25 ms on the 2-core machine (issue 16), and one view costs about 6 ms of
-# the 20 ms that two take through LiteRT end to end (results/bench.md). `ablations.fit
-# --max-views` changes it.
-SERVED_MAX_VIEWS = 2
+# The served model's latency budget, in passes of the network an image: a single 256 px
+# request must be answered within 25 ms on the 2-core machine (issue 16), and one full-size
+# pass costs about 6 ms of the 21 ms that two take through LiteRT end to end
+# (results/bench.md). `ablations.fit --max-passes` changes it.
+SERVED_MAX_PASSES = 2.0
 
 
-def views_of(option: dict) -> int:
-    """How many passes of the network a serving option runs per image: its test-time views."""
-    return len(TTA_VIEW_INDICES[option["tta"]])
+def passes_of(option: dict) -> float:
+    """How much of the network a serving option runs per image, in full-size passes: one per
+    test-time view at each scale, a pass at scale s counting s² (its pixels)."""
+    return len(TTA_VIEW_INDICES[option["tta"]]) * sum(s * s for s in option.get("scales", (1.0,)))
 
 
-def best_option(curve: dict, max_views: int | None = None) -> tuple[str, dict]:
+def best_option(curve: dict, max_passes: float | None = None) -> tuple[str, dict]:
     """The serving option with the best mean per-city building IoU (the first on a tie), among
-    those that run at most `max_views` views per image (None: any)."""
+    those that cost at most `max_passes` passes per image (None: any)."""
     options = {name: option for name, option in serving_options(curve).items()
-               if max_views is None or views_of(option) <= max_views}
+               if max_passes is None or passes_of(option) <= max_passes}
     name = max(options, key=lambda n: (mean_of(options[n]["per_city"])["building_iou"], -list(options).index(n)))
     return name, options[name]

@@ -259,6 +259,7 @@ def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, ca
     ("plain, 0.5", ("a threshold of 0.5, fixed", "no test-time views")),
     ("transpose, 0.5", ("a threshold of 0.5, fixed", "its mirror across the diagonal")),
     ("dihedral", ("each row's threshold chosen on the other cities", "all eight rotations and flips")),
+    ("none@1+0.5, 0.5", ("a threshold of 0.5, fixed", "no test-time views, at scales 1, 0.5 averaged")),
 ])
 def test_the_per_city_page_says_how_the_rows_were_served(rule, says):
     from ablations.evaluate.cities import _served_as

@@ -77,7 +77,7 @@ def test_curves_named_views_pool_with_curves_that_kept_the_flips_alone():
 
 
 def test_a_latency_budget_serves_the_best_view_set_that_fits_it_and_reports_what_it_costs(tmp_path):
-    from ablations.final import _budget_lines, views_budget
+    from ablations.final import _budget_lines, passes_budget
     from ablations.fit import parse_args, to_request
 
     curve = _curve(peak=6, slope=0.05, seed=0)
@@ -85,23 +85,31 @@ def test_a_latency_budget_serves_the_best_view_set_that_fits_it_and_reports_what
                       "rot180": {city: _counts(6, 0.05, 0.01).tolist() for city in CITIES},  # 0.61
                       "dihedral": {city: _counts(6, 0.05, 0.05).tolist() for city in CITIES}}  # 0.65
     assert inference_choice(curve) == (3, 0.5, "dihedral")
-    assert inference_choice(curve, max_views=4) == (3, 0.5, "flips")
-    assert inference_choice(curve, max_views=2) == (3, 0.5, "rot180")
-    assert inference_choice(curve, max_views=1) == (3, 0.5, "none")
-    budget = views_budget(curve, 2)
+    assert inference_choice(curve, max_passes=4) == (3, 0.5, "flips")
+    assert inference_choice(curve, max_passes=2) == (3, 0.5, "rot180")
+    assert inference_choice(curve, max_passes=1) == (3, 0.5, "none")
+    budget = passes_budget(curve, 2)
     # Each city's threshold chosen on the others is 0.5 too: the option of that rule comes first on the tie.
     assert (budget["served"], budget["best_of_all"]) == ("rot180", "dihedral")
     assert budget["mean_building_iou"]["dihedral"] - budget["mean_building_iou"]["rot180"] == pytest.approx(0.04)
     assert "costs 0.040 mean building IoU" in _budget_lines(budget)[0]
-    assert "costs nothing" in _budget_lines(views_budget(curve, 8))[0] and _budget_lines(views_budget(curve, None)) == []
+    assert "costs nothing" in _budget_lines(passes_budget(curve, 8))[0] and _budget_lines(passes_budget(curve, None)) == []
+    assert "`--max-passes 2`" in _budget_lines(budget)[0]
     path = tmp_path / "curve.json"
     path.write_text(json.dumps(curve))
-    assert to_request(parse_args(["--curve-from", str(path)])).max_views == 2  # the served latency budget
-    request = to_request(parse_args(["--curve-from", str(path), "--max-views", "8"]))
-    assert request.max_views == 8 and fit_argv(request)[-2:] == ["--max-views", "8"]
-    assert "--max-views" not in fit_argv(to_request(parse_args(["--curve-from", str(path)])))
-    with pytest.raises(UserFacingError, match="--max-views must be at least 1"):
-        to_request(parse_args(["--curve-from", str(path), "--max-views", "0"]))
+    assert to_request(parse_args(["--curve-from", str(path)])).max_passes == 2  # the served latency budget
+    request = to_request(parse_args(["--curve-from", str(path), "--max-passes", "8"]))
+    assert request.max_passes == 8 and fit_argv(request)[-2:] == ["--max-passes", "8"]
+    assert "--max-passes" not in fit_argv(to_request(parse_args(["--curve-from", str(path)])))
+    with pytest.raises(UserFacingError, match="--max-passes must be at least 1"):
+        to_request(parse_args(["--curve-from", str(path), "--max-passes", "0.5"]))
+    # Scales count by their pixels: the transpose views at scales 1 and 0.5 cost 2 x 1.25 passes.
+    curve["views"]["transpose@1+0.5"] = {city: _counts(6, 0.05, 0.04).tolist() for city in CITIES}
+    curve["views"]["none@1+0.5+0.25"] = {city: _counts(6, 0.05, 0.03).tolist() for city in CITIES}
+    _, option = heldout.best_option(curve, 2.5)
+    assert (option["tta"], option["scales"]) == ("transpose", [1.0, 0.5])
+    _, option = heldout.best_option(curve, 2)
+    assert (option["tta"], option["scales"]) == ("none", [1.0, 0.5, 0.25])
 
 
 def test_what_a_seed_set_aside_is_its_own_and_does_not_stop_the_pooling():

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from ablations.heldout import option_of
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TUTORIAL_EPOCHS = 5
@@ -86,7 +88,10 @@ def _served_as(curve: dict) -> str:
     rule = rules.pop()
     threshold = ("a threshold of 0.5, fixed and chosen on no city" if rule.endswith(", 0.5")
                  else "each row's threshold chosen on the other cities")
-    views = VIEWS_IN_WORDS.get(rule.split(",")[0], "no test-time views")
+    tta, scales = option_of(rule.split(",")[0])
+    views = VIEWS_IN_WORDS.get(tta, "no test-time views")
+    if scales != (1.0,):
+        views += f", at scales {', '.join(f'{s:g}' for s in scales)} averaged"
     return (f", served as the fit serves it (`{rule}`: the last epoch, {threshold}, {views}; which option "
             "to serve was chosen by the mean over the cities).")
 

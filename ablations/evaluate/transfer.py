@@ -39,6 +39,7 @@ from ablations.data.augment import STYLE_AUGMENTATIONS
 from ablations.errors import UserFacingError
 from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
+from ablations.heldout import option_names, scales_of
 from zoo.predict import DIHEDRAL_VIEWS, TTA_VIEW_INDICES
 
 # Test-time view sets cross-validation can score (zoo.predict's names, "none" is always scored).
@@ -125,12 +126,21 @@ def parse_args(argv=None):
     parser.add_argument("--views", default=DEFAULT_VIEWS,
                         help="comma-separated test-time view sets to score besides none (default "
                              f"{DEFAULT_VIEWS}; choices: {', '.join(RECORDABLE_VIEWS)})")
+    parser.add_argument("--scales", default="",
+                        help="comma-separated sets of inference scales to score besides 1 alone, each "
+                             "with no views and with every --views set, e.g. 1+0.5,1+0.5+0.25 (zoo.predict's "
+                             "scales: the image also predicted shrunk, the probabilities averaged)")
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md from finished variants")
     args = parser.parse_args(argv)
     unknown_views = [v for v in _names(args.views) if v not in RECORDABLE_VIEWS]
     if unknown_views or not _names(args.views):
         parser.error(f"--views: unknown or empty {', '.join(unknown_views)}; choices: {', '.join(RECORDABLE_VIEWS)}")
     args.views = _names(args.views)
+    try:
+        scale_sets = [scales_of(text) for text in _names(args.scales)]
+    except ValueError as error:
+        parser.error(f"--scales: {error}")
+    args.options = option_names(args.views, scale_sets)  # what each fold scores, by name
     unknown = [v for v in _names(args.variants) if v not in variants]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choices: {', '.join(variants)}")
@@ -163,7 +173,7 @@ def run_variants(args) -> None:
     samples, _, source = scan_samples(budget, args.data)
     fingerprint = _fingerprint(samples, args.epochs, budget.name)
     todo = [v for v in (_variants()[n] for n in _names(args.variants))
-            if not _finished(args.out, v, fingerprint, args.views)]
+            if not _finished(args.out, v, fingerprint, args.options)]
     if not todo:
         print("every variant asked for has finished; rewriting the report")
         return
@@ -180,7 +190,7 @@ def run_variants(args) -> None:
             draw_edge_band(variant, images, masks, args.out / variant.name / "edge_band.png")
         results, extra = cross_validate_variant(variant, encodings, area_folds, args.epochs, budget,
                                                 cache=args.out / "cache", fingerprint=fingerprint,
-                                                views=args.views)
+                                                views=args.options)
         # The curve is as long as the folds trained (epochs_of), read from what they recorded.
         curve = final.curve_record(results, len(results[0].counts), time.time() - started)
         curve.update(variant=variant.name, why=variant.why, config=variant.config.to_dict(),
@@ -242,23 +252,26 @@ class Encodings:
                 return features
         return self.pool(preprocess, "none")
 
-    def viewed(self, preprocess: str, view: int):
-        """Every tile seen through zoo.predict.DIHEDRAL_VIEWS[view]."""
+    def viewed(self, preprocess: str, view: int, scale: float = 1.0):
+        """Every tile seen through zoo.predict.DIHEDRAL_VIEWS[view], resized by `scale` and
+        padded as zoo.predict's Segmenter does (`scaled_tiles`)."""
         from ablations.features import TAP_INPUTS, FeatureSet
 
-        key = ("viewed", preprocess, view)
+        key = ("viewed", preprocess, view, scale)
         if key not in self.cache:
             forward, _ = DIHEDRAL_VIEWS[view]
-            folder = self.disk / f"{self.data_key}-{preprocess}-view{view}"
+            images = self.images if scale == 1.0 else scaled_tiles(self.images, scale)
+            masks = self.masks if scale == 1.0 else np.zeros(images.shape[:3], np.uint8)  # never scored
+            folder = self.disk / (f"{self.data_key}-{preprocess}-view{view}" + ("" if scale == 1.0 else f"-scale{scale:g}"))
             if not (folder / "done").is_file():
-                encoded = self.encode(preprocess, forward(self.images), forward(self.masks), 1, "none")
+                encoded = self.encode(preprocess, forward(images), forward(masks), 1, "none")
                 folder.mkdir(parents=True, exist_ok=True)
                 for number, tap in enumerate(encoded.taps):
                     np.save(folder / f"tap{number}.npy", tap)
                 (folder / "done").write_text("complete\n")  # written last: a killed write is redone
                 del encoded
             taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(len(TAP_INPUTS))]
-            self.cache[key] = FeatureSet(taps, forward(self.masks)[None], self.images)
+            self.cache[key] = FeatureSet(taps, forward(masks)[None], self.images)
         return self.cache[key]
 
     def encode(self, preprocess, images, masks, copies, augmentation):
@@ -314,9 +327,10 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
                                                fold.val_index, views)
         for name, probs in by_views.items():
             viewed[name][fold.val_area] = folds.threshold_counts(probs, encodings.masks[fold.val_index]).tolist()
-            path = cache / variant.name / f"{fold.val_area}-{name}.npy"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, probs.astype(np.float16))  # for ensembles of variants
+            if "@" not in name:  # one scale: kept for ensembles of variants (every option would be GiBs)
+                path = cache / variant.name / f"{fold.val_area}-{name}.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, probs.astype(np.float16))
         del by_views
         result.model = None  # scored: free it
         results.append(result)
@@ -461,26 +475,53 @@ class RestyledCopies:
         return inputs, masks
 
 
-def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, index, views) -> dict:
-    """Held-out probabilities under each test-time view set of `views` (zoo.predict's names),
-    each view mapped back and the set's views averaged. Each view is predicted once, however
-    many sets share it."""
+def scaled_tiles(images: np.ndarray, scale: float) -> np.ndarray:
+    """Each tile resized by `scale` and reflect-padded to the encoder's stride, exactly as
+    zoo.predict.Segmenter prepares an image at that scale (probabilities_at, then _whole)."""
+    from zoo.predict import STRIDE, reflect_pad, resize
+
+    height, width = images.shape[1:3]
+    small = (max(1, round(height * scale)), max(1, round(width * scale)))
+    padded = [-(-side // STRIDE) * STRIDE for side in small]
+    return np.stack([reflect_pad(resize(image, *small), *padded) for image in images])
+
+
+def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, index, names) -> dict:
+    """Held-out probabilities under each serving option of `names` (ablations.heldout.option_of:
+    a test-time view set, at one scale or several), as zoo.predict serves it: each view mapped
+    back; at a smaller scale, cropped and resized to the tile's size; the views averaged, then
+    the scales. Each (scale, view) is predicted once, however many options share it."""
     from ablations.folds import FeatureView
+    from ablations.heldout import option_of
     from ablations.train import decoder_probabilities
+    from zoo.predict import resize
     from zoo.unet import decoder_of
 
     decoder = decoder_of(model)
-    totals = {name: 0.0 for name in views}
-    for view in sorted(set().union(*(TTA_VIEW_INDICES[name] for name in views))):
-        # view 0 is the identity: the originals, encoded with the training pool
-        features = encodings.originals(preprocess) if view == 0 else encodings.viewed(preprocess, view)
-        _, inverse = DIHEDRAL_VIEWS[view]
-        probs = inverse(decoder_probabilities(decoder, FeatureView(features, index)).astype(np.float32))
-        for name in views:
-            if view in TTA_VIEW_INDICES[name]:
-                totals[name] = totals[name] + probs
-        del probs
-    return {name: totals[name] / len(TTA_VIEW_INDICES[name]) for name in views}
+    options = {name: option_of(name) for name in names}
+    height, width = encodings.images.shape[1:3]
+    totals = {name: 0.0 for name in names}
+    for scale in sorted({s for _, scales in options.values() for s in scales}, reverse=True):
+        at_scale = {name: (tta, scales) for name, (tta, scales) in options.items() if scale in scales}
+        small = (max(1, round(height * scale)), max(1, round(width * scale)))
+        by_views = {tta: 0.0 for tta, _ in at_scale.values()}
+        for view in sorted(set().union(*(TTA_VIEW_INDICES[tta] for tta in by_views))):
+            # view 0 at full size is the originals, encoded with the training pool
+            features = (encodings.originals(preprocess) if (view, scale) == (0, 1.0)
+                        else encodings.viewed(preprocess, view, scale))
+            _, inverse = DIHEDRAL_VIEWS[view]
+            probs = inverse(decoder_probabilities(decoder, FeatureView(features, index)).astype(np.float32))
+            probs = probs[:, :small[0], :small[1]]
+            if small != (height, width):
+                probs = np.stack([resize(p, height, width) for p in probs])
+            for tta in by_views:
+                if view in TTA_VIEW_INDICES[tta]:
+                    by_views[tta] = by_views[tta] + probs
+            del probs
+        for name, (tta, scales) in at_scale.items():
+            totals[name] = totals[name] + by_views[tta] / (len(TTA_VIEW_INDICES[tta]) * len(scales))
+        del by_views
+    return totals
 
 
 def score_ensembles(args) -> None:
