@@ -9,7 +9,7 @@ collection's `why_pixels` says why). The model is the served one (`app.model`: -
 $ZOO_MODEL, results/MODEL), run with its own scales, test-time views and threshold, so the
 outlines are those of the mask `POST /inference` gives for the same image. A batch job that is
 not bound by a request's latency may ask for more views (`--tta dihedral`: all eight rotations
-and flips, four times the passes of the served two; results/EXPERIMENTS.md, step 22).
+and flips at the model's scales, eight times the passes; results/EXPERIMENTS.md, step 23).
 
 Any size is taken, in bounded memory. Up to `--window` (4096) px a side, the image is predicted
 whole, exactly as the server does, with `zoo.predict`'s overlapping 512 px tiles. A larger TIFF
