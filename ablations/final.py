@@ -376,7 +376,8 @@ def report(request, metadata: dict, curve: dict) -> str:
         f"{metadata['train_seconds']:.0f} s of training, {metadata['cost']['wall_minutes']} min and "
         f"{metadata['cost']['peak_rss_gib']} GiB peak in all.",
         f"- **Epochs and threshold** from the cross-validated learning curve ({curve['chosen']['rule']}): "
-        f"mean held-out building IoU {metadata['metrics']['cross_validated']['mean_heldout_building_iou']:.3f}. "
+        f"mean held-out building IoU {metadata['metrics']['cross_validated']['mean_heldout_building_iou']:.3f} "
+        "(the curve itself: scale 1, no test-time views; as served, the table below). "
         f"Served: `{metadata['inference']['tta']}` test-time views at scales "
         f"{', '.join(f'{s:g}' for s in metadata['inference']['scales'])} and threshold {metadata['threshold']:.2f}, "
         "the option (threshold chosen on the other cities or fixed at 0.5; no test-time views or one of the "
@@ -431,7 +432,7 @@ def fit_argv(request: FitRequest) -> list[str]:
     for path in request.curve_from:
         parts += ["--curve-from", str(path)]
     if request.max_passes != heldout.SERVED_MAX_PASSES:
-        parts += ["--max-passes", f"{request.max_passes:g}"]
+        parts += ["--max-passes", "inf" if request.max_passes is None else f"{request.max_passes:g}"]
     if Path(request.out) != Path("results/final"):
         parts += ["--out", str(request.out)]
     return parts

@@ -47,7 +47,7 @@ def parse_args(argv=None):
                         help="serve only options that run at most N full-size passes of the network an "
                         "image (a test-time view is one pass, a view at scale s counts s²), the best of "
                         f"them by cross-validation; the default {SERVED_MAX_PASSES:g} keeps a 256 px request "
-                        "within 25 ms on 2 cores (results/bench.md); 32 allows every option")
+                        "within 25 ms on 2 cores (results/bench.md); inf allows every option")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--no-serve", action="store_true", help="do not point results/MODEL at the model")
     parser.add_argument("--fresh", action="store_true", help="replace what OUT holds from a different run")

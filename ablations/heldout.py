@@ -83,11 +83,17 @@ def option_of(name: str) -> tuple[str, tuple[float, ...]]:
     return views, scales_of(scales) if scales else (1.0,)
 
 
+def option_name(views: str, scales=(1.0,)) -> str:
+    """The name of test-time views at scales: "transpose", "none@1+0.5" (option_of's inverse)."""
+    scales = tuple(float(s) for s in scales)
+    return views if scales == (1.0,) else f"{views}{SCALES_MARK}{'+'.join(f'{s:g}' for s in scales)}"
+
+
 def option_names(views: list[str], scale_sets: list[tuple[float, ...]]) -> list[str]:
     """What cross-validation scores besides one view at scale 1: each view set at scale 1, and
     each scale set with no views and with each view set."""
-    joined = ["+".join(f"{s:g}" for s in scales) for scales in scale_sets if scales != (1.0,)]
-    return [*views, *(f"{v}{SCALES_MARK}{scales}" for scales in joined for v in ("none", *views))]
+    scale_sets = [scales for scales in scale_sets if tuple(scales) != (1.0,)]
+    return [*views, *(option_name(v, scales) for scales in scale_sets for v in ("none", *views))]
 
 
 def summed_counts(curves: list[dict], counts_of) -> dict[str, np.ndarray]:
@@ -102,8 +108,9 @@ def serving_options(curve: dict) -> dict[str, dict]:
 
     - "plain": epoch and threshold chosen on the other cities (ablations.final.curve_record);
     - "plain, 0.5": the schedule's last epoch at the fixed threshold 0.5;
-    - "VIEWS" and "VIEWS, 0.5" for every test-time view set recorded (last epoch): "flips",
-      and with `--views` also "rot180", "transpose", "dihedral"."""
+    - "NAME" and "NAME, 0.5" for every option recorded (last epoch): a test-time view set
+      ("flips"; with transfer's `--views` also "rot180", "transpose", "dihedral") at scale 1,
+      or at several scales ("none@1+0.5", with `--scales`)."""
     last_epoch = curve["curve_epochs"]
     last = {city: np.asarray(fold["counts"])[-1] for city, fold in curve["folds"].items()}
     options = {

@@ -28,8 +28,8 @@ from zoo.served import DEFAULT_MODEL, ENV, POINTER, resolve_model_path as _resol
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RUNTIME_ENV = "ZOO_RUNTIME"
 RUNTIME_CHOICES = (runtimes.AUTO, *runtimes.RUNTIMES)
-# Test-time views (zoo.predict.TTA_CHOICES): "none" trades the flips' quality for a quarter of
-# the network's work a request (results/bench.md measures both).
+# Test-time views (zoo.predict.TTA_CHOICES) that override the model's: each view is one more
+# pass of the network a request (results/bench.md measures every set).
 TTA_ENV = "ZOO_TTA"
 # The one command that makes the served model, from the repository root with ../shared beside it
 # (the README's main job), and a smoke model for a quick look (synthetic scenes, meaningless).

@@ -32,7 +32,7 @@ def test_an_override_of_the_views_has_its_own_section_beside_the_models():
         pytest.skip("no recorded runtimes bench in results/")
     run = json.loads(RECORDED.read_text())
     models = runtimes.section({**run, "tta_override": None})
-    override = runtimes.section({**run, "tta": "none", "tta_override": "none"})
+    override = runtimes.section({**run, "scales": [1.0], "tta": "none", "tta_override": "none"})
     assert override.startswith(f"{runtimes.SECTION}, --tta none\n")
     assert "test-time views `none`: 1 image through the network a request" in override
     report = runtimes.replace_section(runtimes.replace_section("# Benchmark\n", models), override)
@@ -40,6 +40,19 @@ def test_an_override_of_the_views_has_its_own_section_beside_the_models():
     assert again.count(f"{runtimes.SECTION}\n") == 1 and again.count(f"{runtimes.SECTION}, --tta none\n") == 1
     assert "again" in again and models.strip() in again
     assert runtimes.section_of(again).count("## ") == 2
+    # The same views on a model served at other scales is another measurement: its own section.
+    scaled = runtimes.section({**run, "scales": [1.0, 0.5], "tta": "none", "tta_override": "none"})
+    assert scaled.startswith(f"{runtimes.SECTION}, --tta none@1+0.5\n")
+    both = runtimes.replace_section(again, scaled)
+    assert both.count(f"{runtimes.SECTION}, --tta none\n") == 1 and runtimes.section_of(both).count("## ") == 3
+
+
+def test_a_request_profile_is_named_by_its_views_and_scales():
+    from ablations.bench import request
+
+    assert request.option_label({"tta": "flips", "scales": [1.0]}) == "flips"
+    assert request.option_label({"tta": "none", "scales": [1.0, 0.5]}) == "none@1+0.5"
+    assert request.option_label({"tta": "none"}) == "none"  # profiles recorded before scales were named
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from ablations import heldout
 from test_ablations import REPO, cache_home, weights_flag  # noqa: F401  (cache_home: a fixture)
 from test_cv import run_fit
 
@@ -272,13 +273,14 @@ def run_transfer(*args, env_extra=None):
 def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp_path, cache_home, monkeypatch,
                                                                              in_process):
     out = tmp_path / "transfer"
-    views = ("--views", "flips,rot180")
+    views = ("--views", "flips,rot180", "--scales", "1+0.5")
     first = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), *views,
                          env_extra=cache_home)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     curves = {name: json.loads((out / name / "curve.json").read_text()) for name in ("selected", "style")}
     for curve in curves.values():
-        assert sorted(curve["views"]) == ["flips", "rot180"] and len(curve["per_city"]) == 3
+        assert sorted(curve["views"]) == ["flips", "flips@1+0.5", "none@1+0.5", "rot180", "rot180@1+0.5"]
+        assert len(curve["per_city"]) == 3
         assert all(sorted(counts) == sorted(curve["per_city"]) for counts in curve["views"].values())
     assert curves["style"]["recipe"]["augmentation"] == "sensor_style"
     assert "styles from" in first.stdout  # the per-fold restyled copies were encoded
@@ -312,6 +314,11 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert status == 0 and "every variant asked for has finished" in again and "encoding" not in again
     status, _, stderr = in_process(main, "--variants", "selected", "--epochs", "2", *smoke)
     assert status == 2 and "other data, epochs or budget" in stderr
+    # An ensemble scored again under fewer views keeps what it recorded before.
+    status, again, _ = in_process(main, "--variants", "selected,style", "--epochs", "1", "--views", "flips",
+                                  "--ensembles", "selected+style", *smoke)
+    assert status == 0 and "recorded: flips, rot180" in again
+    assert json.loads((out / "ensembles" / "selected+style.json").read_text())["views"]["rot180"] == ensemble["views"]["rot180"]
     # Views a finished curve never scored would retrain and overwrite it: refused, by name.
     status, _, stderr = in_process(main, "--variants", "selected", "--epochs", "1", "--views", "dihedral", *smoke)
     assert status == 2 and "without the test-time views dihedral" in stderr
@@ -325,6 +332,8 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert fitted.returncode == 0, fitted.stdout[-3000:] + fitted.stderr[-3000:]
     metadata = json.loads((final / "model.json").read_text())
     epochs, threshold, tta = inference_choice(curves["style"], max_passes=2)  # the fit's default budget
+    _, served = heldout.best_option(curves["style"], 2)
+    assert metadata["inference"]["scales"] == served["scales"]  # the option's scales reach the saved model
     assert metadata["recipe"]["augmentation"] == "sensor_style"
     assert (metadata["epochs"], metadata["inference"]["tta"]) == (epochs, tta)
     assert metadata["inference"]["threshold"] == pytest.approx(threshold)

@@ -8,7 +8,8 @@ timed alone, interleaved round by round so that other work on the machine meets 
 medians and interquartile ranges. The end-to-end latency over HTTP is
 `ablations.bench.runtimes`'; this says which part of it to work on.
 
-Writes OUT/request_profile-RUNTIME-tta-VIEWS.md and .json (one file per runtime and views,
+Writes OUT/request_profile-RUNTIME-tta-VIEWS.md and .json (VIEWS@1+0.5 where the model serves
+scales 1 and 0.5: one file per runtime, views and scales,
 so runs of other settings never overwrite each other).
 """
 from __future__ import annotations
@@ -71,12 +72,25 @@ def timed_parts(segmenter, body: bytes, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
+def option_label(run: dict) -> str:
+    """The views, and the scales where they are not 1 alone: one file per served option."""
+    from ablations.heldout import option_name
+
+    return option_name(run["tta"], run.get("scales", (1.0,)))
+
+
+def _at_scales(run: dict) -> str:
+    scales = run.get("scales", [1.0])
+    return "" if list(scales) == [1.0] else f" at scales {', '.join(f'{s:g}' for s in scales)}"
+
+
 def report(run: dict) -> str:
     whole = run["parts"]["whole request, in process"]["p50_ms"]
     rows = [f"| {part} | {r['p50_ms']:.1f} [{r['iqr_ms'][0]:.1f}-{r['iqr_ms'][1]:.1f}] | "
             f"{100 * r['p50_ms'] / whole:.0f}% |" for part, r in ((p, run["parts"][p]) for p in PARTS)]
     return "\n".join([
-        f"# Where a {run['size']} px request's time goes: {run['runtime']}, test-time views `{run['tta']}`", "",
+        f"# Where a {run['size']} px request's time goes: {run['runtime']}, test-time views `{run['tta']}`"
+        f"{_at_scales(run)}", "",
         f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: `{run['model']}`. "
         f"Each part timed alone in one process, {run['rounds']} interleaved rounds after two warm-ups; "
         "p50 [p25-p75] ms, and the share of the whole request's p50. The whole request goes "
@@ -101,14 +115,14 @@ def main(argv=None) -> int:
     body = orjson.dumps({"image": image}, option=orjson.OPT_SERIALIZE_NUMPY)
     run = {"command": "python -m ablations.bench.request " + " ".join(argv), "machine": describe(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "model": str(model), "runtime": runtime_of(segmenter), "tta": segmenter.tta, "size": args.size,
-           "rounds": args.rounds}
+           "model": str(model), "runtime": runtime_of(segmenter), "tta": segmenter.tta,
+           "scales": list(segmenter.scales), "size": args.size, "rounds": args.rounds}
     other_work = OtherWork()
     run["parts"] = {part: spread_ms(values) for part, values in timed_parts(segmenter, body, args.rounds).items()}
     run["other_work"] = other_work.note()
-    stem = args.out / f"request_profile-{run['runtime']}-tta-{run['tta']}"
-    write_json_atomic(stem.with_suffix(".json"), run)
-    write_text_atomic(stem.with_suffix(".md"), report(run))
+    stem = f"request_profile-{run['runtime']}-tta-{option_label(run)}"  # "none@1+0.5": no with_suffix
+    write_json_atomic(args.out / f"{stem}.json", run)
+    write_text_atomic(args.out / f"{stem}.md", report(run))
     print(report(run))
     return 0
 

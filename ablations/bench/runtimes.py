@@ -11,7 +11,8 @@ compared with the Keras runtime's, pixel by pixel. The section "Serving runtimes
 OUT/bench.md is replaced (the rest of the file is left as `ablations.bench.speed` wrote it),
 and OUT/bench_runtimes.json holds every number. With `--tta V` the servers apply the test-time
 views V instead of the model's (`python -m app --tta V`), and the run has its own section,
-"Serving runtimes, --tta V", and its own OUT/bench_runtimes_tta-V.json.
+"Serving runtimes, --tta V", and its own OUT/bench_runtimes_tta-V.json (V@1+0.5 where the model
+serves scales 1 and 0.5).
 
 `--stand-in` benchmarks a stand-in instead of a trained model: the architecture and inference
 settings given as model metadata (JSON: "config", "inference"), on the real ImageNet encoder,
@@ -199,8 +200,17 @@ def compare_masks(masks: dict, reference: dict) -> dict:
 
 
 def section_title(run: dict) -> str:
+    """"## Serving runtimes" for the model's own settings; with --tta V, its own section, named
+    by the views and, where the model's scales are not 1 alone, the scales ("transpose@1+0.5"):
+    a model served at other scales never overwrites another's measurement."""
     override = run.get("tta_override")
-    return SECTION if not override else f"{SECTION}, --tta {override}"
+    return SECTION if not override else f"{SECTION}, --tta {override_label(run)}"
+
+
+def override_label(run: dict) -> str:
+    from ablations.heldout import option_name
+
+    return option_name(run["tta_override"], run.get("scales", (1.0,)))
 
 
 def section(run: dict) -> str:
@@ -315,7 +325,7 @@ def main(argv=None) -> int:
     bench_md = args.out / "bench.md"
     existing = bench_md.read_text() if bench_md.is_file() else "# Benchmark\n"
     write_text_atomic(bench_md, replace_section(existing, section(run)))
-    suffix = "" if args.tta == TTA_FROM_MODEL else f"_tta-{args.tta}"
+    suffix = "" if args.tta == TTA_FROM_MODEL else f"_tta-{override_label(run)}"
     write_json_atomic(args.out / f"bench_runtimes{suffix}.json", run)
     print(section(run))
     return 0

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
 def served_rows(curve: dict, final: Path) -> dict:
     """The curve with the per-city rows of what the fit serves (OUT/model.json): each row as
-    the serving option its cross-validation chose (flips or not, fixed 0.5 or not) scores it."""
+    the serving option its cross-validation chose (views and scales, fixed 0.5 or not) scores it."""
     metadata_file = Path(final) / "model.json"
     if not metadata_file.is_file():
         return curve

@@ -541,13 +541,16 @@ def score_ensembles(args) -> None:
     areas = np.asarray([s.area for s in samples], dtype=object)
     for name in names:
         members = name.split("+")
-        views = {view: _ensemble_counts(args.out / "cache", members, view, areas, masks, folds.threshold_counts)
-                 for view in args.views}
+        path = args.out / "ensembles" / f"{name}.json"
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        views = {**(earlier.get("views") or {}),  # what an earlier run scored under other --views stays
+                 **{view: _ensemble_counts(args.out / "cache", members, view, areas, masks, folds.threshold_counts)
+                    for view in args.views}}
         record = {"members": members, "views": views}
         if "flips" in views:
             record["counts"] = views["flips"]
-        write_json_atomic(args.out / "ensembles" / f"{name}.json", record)
-        print(f"ensemble {name}: scored with {', '.join(views)}")
+        write_json_atomic(path, record)
+        print(f"ensemble {name}: scored with {', '.join(args.views)} (recorded: {', '.join(views)})")
 
 
 def _ensemble_counts(cache: Path, members: list[str], view: str, areas, masks, threshold_counts) -> dict:

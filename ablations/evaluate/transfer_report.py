@@ -58,7 +58,8 @@ def render(out: Path, variants: dict, ensembles: list[str]) -> str:
               "other cities; `plain, 0.5` = last epoch at the fixed threshold 0.5 (chosen on no city); `flips` and "
               "`flips, 0.5` = the same with the four flips averaged (last epoch); `rot180`, `transpose`: the "
               "image and one other view (its half turn, its mirror across the diagonal); `dihedral`: all eight "
-              "rotations and flips.", "",
+              "rotations and flips; `VIEWS@1+0.5`: those views at scales 1 and 0.5 (the image also predicted at "
+              "half size), the probabilities averaged.", "",
               "## Summary (building IoU per held-out city)", "",
               tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines += _seeds_section(curves, rows_of, variants)
