@@ -537,3 +537,29 @@ def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path):
     assert sorted(p.name for p in (tmp_path / "views").iterdir()) == sorted(
         [f"data-scale-view{v}" for v in range(1, 8)] + ["data-scale-view0-scale0.5", "data-scale-view0-scale0.25",
                                                         "data-scale-view4-scale0.5", "data-scale-view4-scale0.25"])
+
+
+def test_a_farther_view_shrinks_buildings_and_keeps_the_mask_on_them():
+    """sensor_shrink: a tile shrunk 2-4x with its border reflected, so a large roof takes the
+    size it has at half-scale inference; the mask must shrink with it, pixel for pixel."""
+    import cv2
+
+    from ablations.data import augment
+
+    image = np.full((256, 256, 3), 90, np.uint8)
+    mask = np.zeros((256, 256), np.uint8)
+    image[80:176, 80:176] = (220, 40, 40)  # one 96 px roof
+    mask[80:176, 80:176] = 1
+    pipeline = augment._albumentations().Compose(augment._farther_view(augment._albumentations(), p=1.0), seed=3)
+    for _ in range(5):
+        out = pipeline(image=image, mask=mask)
+        shrunk_image, shrunk_mask = out["image"], out["mask"]
+        _, _, stats, _ = cv2.connectedComponentsWithStats(shrunk_mask.astype(np.uint8))
+        largest = stats[1:, cv2.CC_STAT_AREA].max()
+        assert 96 * 96 / 16 * 0.8 < largest < 96 * 96 / 4 * 1.2  # shrunk 2-4x a side
+        red = (shrunk_image[..., 0] > 155) & (shrunk_image[..., 1] < 105)
+        overlap = (red & (shrunk_mask == 1)).sum() / (red | (shrunk_mask == 1)).sum()
+        assert overlap > 0.85  # the mask moved with the roof (edges blur by a pixel)
+    assert "sensor_shrink" not in augment.AUGMENTATIONS  # the augmentation study's grid is unchanged
+    described = repr(augment.augmentation("sensor_shrink", seed=0))
+    assert "(0.25, 0.5)" in described and repr(augment.augmentation("sensor", seed=0)) != described

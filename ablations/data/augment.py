@@ -19,15 +19,18 @@ AUGMENTATIONS = ("none", "flips", "geometric", "strong", "sensor", "zoom")
 # reference pool, which only a caller that knows the split can give without leaking a
 # held-out city's look into training (ablations.evaluate.transfer, per fold).
 STYLE_AUGMENTATIONS = ("sensor_style",)
+# Studied under cross-validation by city only (ablations.evaluate.transfer), so the grid of
+# the `augmentation` study stays the one it ran.
+FARTHER_AUGMENTATIONS = ("sensor_shrink",)
 STYLE_KEY = "style_reference"  # the albumentations data key a style reference travels under
 
 
 def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose":
     """A named albumentations pipeline; the same seed gives the same stream of random choices.
     A STYLE_AUGMENTATIONS pipeline takes its reference per call (augment_pair's `style`)."""
-    if name not in AUGMENTATIONS + STYLE_AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r}; choices: "
-                         f"{', '.join(AUGMENTATIONS + STYLE_AUGMENTATIONS)}")
+    known = AUGMENTATIONS + STYLE_AUGMENTATIONS + FARTHER_AUGMENTATIONS
+    if name not in known:
+        raise ValueError(f"unknown augmentation {name!r}; choices: {', '.join(known)}")
     A = _albumentations()
     transforms = []
     if name != "none":
@@ -36,8 +39,10 @@ def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose"
         transforms += _small_affine(A)
     if name == "strong":
         transforms += _photometric(A)
-    if name in ("sensor", "sensor_style"):
+    if name in ("sensor", "sensor_style", "sensor_shrink"):
         transforms += _other_sensor(A)
+    if name == "sensor_shrink":
+        transforms += _farther_view(A)
     if name == "sensor_style":
         transforms += _borrowed_style(A)
     if name == "zoom":
@@ -117,6 +122,20 @@ def _borrowed_style(A) -> list:
         A.PixelDistributionAdaptation(blend_ratio=(0.5, 1.0), transform_type="pca", metadata_key=STYLE_KEY),
         A.FDA(beta_limit=(0.01, 0.05), metadata_key=STYLE_KEY),
     ], p=0.8)]
+
+
+def _farther_view(A, p: float = 0.3) -> list:
+    """A farther view: the tile shrunk 2-4x, the border reflected (mask alike) so the tile
+    stays full. Served, the model also sees each image at half size (inference scales 1 and
+    0.5, results/EXPERIMENTS.md step 23), where a large roof of Nairobi looks like a house; this
+    trains the decoder on buildings at those sizes. The reflected copies are the price: mirrored
+    seams no real image has."""
+    import cv2
+
+    return [
+        A.Affine(scale=(0.25, 0.5), rotate=(-15, 15), interpolation=cv2.INTER_AREA,
+                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=p),
+    ]
 
 
 def _closer_view(A) -> list:

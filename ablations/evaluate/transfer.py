@@ -84,6 +84,8 @@ def _variants() -> dict[str, Variant]:
         variant("confident", "label noise: pixels a model trained on another training city confidently "
                 "disputes train nothing (confident learning, per fold)", relabel="confident"),
         variant("bce", "plain BCE: calibrated probabilities, so a threshold may transfer", loss="bce"),
+        variant("shrink", "sensor augmentation plus farther views: 3 tiles in 10 shrunk 2-4x, the border "
+                "reflected (buildings at the sizes half-scale inference shows them)", augmentation="sensor_shrink"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
         variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
@@ -248,7 +250,7 @@ class Encodings:
     def originals(self, preprocess: str):
         """Copy 0 of any cached pool is the unaugmented tiles."""
         for (kind, augmentation), features in self.cache.items():
-            if kind == preprocess and augmentation in ("none", "sensor"):
+            if kind == preprocess and augmentation in ("none", "sensor", "sensor_shrink"):
                 return features
         return self.pool(preprocess, "none")
 
