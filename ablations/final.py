@@ -244,8 +244,9 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
                               f"{sources[0]} ({', '.join(sorted(view_sets[0])) or 'none'}); pooled, the "
                               "views missing from one would silently drop out of the choice")
     first = curves[0]
-    results = [folds.FoldResult(city, first["per_city"][city]["tiles_held_out"],
-                                np.sum([curve["folds"][city]["counts"] for curve in curves], axis=0),
+    counts = heldout.summed_counts(curves, lambda curve: {city: fold["counts"]
+                                                          for city, fold in curve["folds"].items()})
+    results = [folds.FoldResult(city, first["per_city"][city]["tiles_held_out"], counts[city],
                                 _mean_history([curve["folds"][city]["history"] for curve in curves]),
                                 sum(curve["folds"][city]["train_seconds"] for curve in curves), model=None)
                for city in first["folds"]]

@@ -108,7 +108,7 @@ class Segmenter:
         image = check_image(image)
         height, width = image.shape[:2]
         if scale != 1.0:
-            small = resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
+            small = resize(image, *scaled_size(height, width, scale))
             return resize(self.probabilities_at(small), height, width)
         if max(height, width) <= self.tile:
             return self._whole(image)
@@ -144,7 +144,7 @@ class Segmenter:
 
     def _whole(self, image):
         height, width = image.shape[:2]
-        padded = reflect_pad(image, _round_up(height), _round_up(width))
+        padded = reflect_pad(image, round_up(height), round_up(width))
         return self._forward(padded[None])[0, :height, :width]
 
     def _tiled(self, image):
@@ -213,7 +213,13 @@ def reflect_pad(image: np.ndarray, height: int, width: int, before: int = 0) -> 
     return np.pad(image, pads, mode="symmetric") if (before or pad_h or pad_w) else image
 
 
-def _round_up(size: int, multiple: int = STRIDE) -> int:
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size an image is predicted at for `scale` (probabilities_at), at least 1 px a side."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def round_up(size: int, multiple: int = STRIDE) -> int:
+    """`size` padded to a whole number of `multiple`s: the encoder's stride for a whole image."""
     return -(-size // multiple) * multiple
 
 
@@ -221,4 +227,4 @@ def _cover(size: int, tile: int, step: int) -> int:
     """Smallest length >= size that a whole number of tiles at `step` covers exactly."""
     if size <= tile:
         return tile
-    return tile + _round_up(size - tile, step) if step else tile
+    return tile + round_up(size - tile, step) if step else tile

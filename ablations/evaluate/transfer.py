@@ -237,7 +237,8 @@ class Encodings:
     def __init__(self, encoder, images, masks, areas, budget, disk: Path, data_key: str):
         self.encoder, self.images, self.masks, self.areas, self.budget = encoder, images, masks, areas, budget
         self.disk, self.data_key = Path(disk), data_key
-        self.cache: dict = {}
+        self.cache: dict = {}  # (preprocess, augmentation) -> the pool's features
+        self.views: dict = {}  # (preprocess, view, scale) -> memory-mapped features of viewed tiles
 
     def pool(self, preprocess: str, augmentation: str):
         key = (preprocess, augmentation)
@@ -248,9 +249,9 @@ class Encodings:
         return self.cache[key]
 
     def originals(self, preprocess: str):
-        """Copy 0 of any cached pool is the unaugmented tiles."""
-        for (kind, augmentation), features in self.cache.items():
-            if kind == preprocess and augmentation in ("none", "sensor", "sensor_shrink"):
+        """Copy 0 of any cached pool is the unaugmented tiles (ablations.features.encode)."""
+        for (kind, _), features in self.cache.items():
+            if kind == preprocess:
                 return features
         return self.pool(preprocess, "none")
 
@@ -259,8 +260,8 @@ class Encodings:
         padded as zoo.predict's Segmenter does (`scaled_tiles`)."""
         from ablations.features import TAP_INPUTS, FeatureSet
 
-        key = ("viewed", preprocess, view, scale)
-        if key not in self.cache:
+        key = (preprocess, view, scale)
+        if key not in self.views:
             forward, _ = DIHEDRAL_VIEWS[view]
             images = self.images if scale == 1.0 else scaled_tiles(self.images, scale)
             masks = self.masks if scale == 1.0 else np.zeros(images.shape[:3], np.uint8)  # never scored
@@ -273,8 +274,8 @@ class Encodings:
                 (folder / "done").write_text("complete\n")  # written last: a killed write is redone
                 del encoded
             taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(len(TAP_INPUTS))]
-            self.cache[key] = FeatureSet(taps, forward(masks)[None], self.images)
-        return self.cache[key]
+            self.views[key] = FeatureSet(taps, forward(masks)[None], self.images)
+        return self.views[key]
 
     def encode(self, preprocess, images, masks, copies, augmentation):
         from ablations import features
@@ -288,8 +289,9 @@ class Encodings:
         return features.encode(model, images, masks, copies, kind, seed=SEED)
 
     def _keep_only(self, preprocess: str) -> None:
-        for key in [k for k in self.cache if preprocess not in k]:
-            del self.cache[key]
+        for store in (self.cache, self.views):
+            for key in [k for k in store if k[0] != preprocess]:
+                del store[key]
         gc.collect()
 
 
@@ -355,6 +357,7 @@ def _finished_fold(folder: Path, val_area: str, fingerprint: dict, views) -> dic
     """A fold kept by an earlier, interrupted run of this variant on the same data and epochs
     that scored every view set of `views`."""
     from ablations.folds import FoldResult
+    from ablations.heldout import recorded_views
 
     path = folder / f"{val_area}-fold.json"
     if not path.is_file():
@@ -362,7 +365,7 @@ def _finished_fold(folder: Path, val_area: str, fingerprint: dict, views) -> dic
     kept = json.loads(path.read_text())
     if kept["fingerprint"] != fingerprint:
         return None  # another data set or schedule: run the fold again (the curve checks the rest)
-    kept_views = kept.get("views") or {"flips": kept["flips"]}  # folds kept before view sets had names
+    kept_views = recorded_views(kept)  # a fold kept before view sets had names holds the flips
     if any(name not in kept_views for name in views):
         return None  # scored without a view set asked for now: run the fold again
     print(f"  fold without {val_area}: finished earlier ({path}), not re-run", flush=True)
@@ -480,11 +483,10 @@ class RestyledCopies:
 def scaled_tiles(images: np.ndarray, scale: float) -> np.ndarray:
     """Each tile resized by `scale` and reflect-padded to the encoder's stride, exactly as
     zoo.predict.Segmenter prepares an image at that scale (probabilities_at, then _whole)."""
-    from zoo.predict import STRIDE, reflect_pad, resize
+    from zoo.predict import reflect_pad, resize, round_up, scaled_size
 
-    height, width = images.shape[1:3]
-    small = (max(1, round(height * scale)), max(1, round(width * scale)))
-    padded = [-(-side // STRIDE) * STRIDE for side in small]
+    small = scaled_size(*images.shape[1:3], scale)
+    padded = [round_up(side) for side in small]
     return np.stack([reflect_pad(resize(image, *small), *padded) for image in images])
 
 
@@ -496,7 +498,7 @@ def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
     from ablations.folds import FeatureView
     from ablations.heldout import option_of
     from ablations.train import decoder_probabilities
-    from zoo.predict import resize
+    from zoo.predict import resize, scaled_size
     from zoo.unet import decoder_of
 
     decoder = decoder_of(model)
@@ -505,7 +507,7 @@ def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
     totals = {name: 0.0 for name in names}
     for scale in sorted({s for _, scales in options.values() for s in scales}, reverse=True):
         at_scale = {name: (tta, scales) for name, (tta, scales) in options.items() if scale in scales}
-        small = (max(1, round(height * scale)), max(1, round(width * scale)))
+        small = scaled_size(height, width, scale)
         by_views = {tta: 0.0 for tta, _ in at_scale.values()}
         for view in sorted(set().union(*(TTA_VIEW_INDICES[tta] for tta in by_views))):
             # view 0 at full size is the originals, encoded with the training pool
@@ -546,7 +548,7 @@ def score_ensembles(args) -> None:
         path = args.out / "ensembles" / f"{name}.json"
         earlier = json.loads(path.read_text()) if path.is_file() else {}
         views = {**(earlier.get("views") or {}),  # what an earlier run scored under other --views stays
-                 **{view: _ensemble_counts(args.out / "cache", members, view, areas, masks, folds.threshold_counts)
+                 **{view: _ensemble_counts(args.out / "cache", members, view, areas, masks)
                     for view in args.views}}
         record = {"members": members, "views": views}
         if "flips" in views:
@@ -555,7 +557,9 @@ def score_ensembles(args) -> None:
         print(f"ensemble {name}: scored with {', '.join(args.views)} (recorded: {', '.join(views)})")
 
 
-def _ensemble_counts(cache: Path, members: list[str], view: str, areas, masks, threshold_counts) -> dict:
+def _ensemble_counts(cache: Path, members: list[str], view: str, areas, masks) -> dict:
+    from ablations.folds import threshold_counts
+
     counts = {}
     for area in sorted(set(areas)):
         paths = [cache / member / f"{area}-{view}.npy" for member in members]
