@@ -159,9 +159,9 @@ def encode_pool(encoder, pool_samples, budget, recipe, config=SELECTED_DECODER) 
     # Any decoder carries the preprocessing; the config's decides what the encoder sees.
     model = unet.build(dataclasses.replace(studies.DEFAULT_DECODER, preprocess=config.preprocess), encoder=encoder)
     print(f"encoding {len(images)} pool tiles once for every fold and the fit: "
-          f"{budget.augmented_copies} copies with '{recipe.augmentation}' augmentation ...")
+          f"{recipe.copies(budget)} copies with '{recipe.augmentation}' augmentation ...")
     if recipe.augmentation not in augment.STYLE_AUGMENTATIONS:
-        return features.encode(model, images, masks, copies=budget.augmented_copies,
+        return features.encode(model, images, masks, copies=recipe.copies(budget),
                                augmentation=recipe.augmentation, seed=SEED)
     # Styles borrowed from the other cities of the pool; the curve (ablations.evaluate.transfer)
     # restyles per fold instead, so a held-out city's look never trained a fold.

@@ -29,9 +29,21 @@ class Recipe:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0  # label-noise remedies (zoo.losses.SegmentationLoss)
     edge_band: int = 0
+    # Encoded copies per training tile (copy 0 the original, the rest augmented; each epoch
+    # draws one copy per tile): how often a tile is seen augmented. None: the budget's.
+    augmented_copies: int | None = None
+
+    def copies(self, budget: "Budget", augmentation: str | None = None) -> int:
+        """Copies to encode for `augmentation` (default the recipe's): one when it is "none"."""
+        if (augmentation or self.augmentation) == "none":
+            return 1
+        return self.augmented_copies or budget.augmented_copies
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        if fields["augmented_copies"] is None:  # recipes recorded before the field compare equal
+            del fields["augmented_copies"]
+        return fields
 
 
 @dataclasses.dataclass(frozen=True)

@@ -493,6 +493,33 @@ def test_a_reseeded_or_longer_variant_trains_from_its_own_seed_and_schedule(monk
     assert not all(np.array_equal(a, b) for a, b in zip(seed0["weights"], seed1["weights"]))
 
 
+def test_a_variant_with_more_copies_encodes_them_and_old_recipes_read_back_unchanged(tmp_path):
+    """shrink_copies4 trains on 4 encoded copies per tile (3 augmented) where the budget gives
+    2; each epoch draws one copy per tile, so its tiles are seen augmented 3 times in 4. A
+    recipe recorded before the field existed must read back and compare as it was written,
+    or pooling and the fit would refuse or re-fit committed curves."""
+    from ablations import studies
+    from ablations.evaluate.transfer import Encodings, _variants
+    from zoo.encoder import TAP_SETS, build_encoder
+
+    variants = _variants()
+    more, served = variants["os2_shrink_copies4"], variants["os2_shrink"]
+    assert dataclasses_differ(more.recipe, served.recipe) == {"augmented_copies"}
+    assert variants["os2_shrink_copies4_seed2"].recipe.augmented_copies == 4
+    recorded = json.loads((REPO / "results" / "views" / "os2_shrink" / "curve.json").read_text())["recipe"]
+    assert studies.Recipe(**recorded).to_dict() == recorded and "augmented_copies" not in recorded
+    assert more.recipe.to_dict()["augmented_copies"] == 4
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
+    encodings = Encodings(build_encoder(None, TAP_SETS["narrow"]), images, masks, np.array(["a", "a", "b"], dtype=object),
+                          studies.BUDGETS["smoke"], tmp_path / "views", "data")
+    four, two = encodings.pool(*more.encoding), encodings.pool(*served.encoding)
+    assert (four.copies, two.copies, encodings.pool("scale", "none").copies) == (4, 2, 1)
+    assert np.array_equal(four.masks[0], masks) and not np.array_equal(four.masks[3], masks)  # copy 0 as given
+
+
 def dataclasses_differ(a, b) -> set[str]:
     import dataclasses
 

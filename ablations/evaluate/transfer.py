@@ -64,8 +64,9 @@ class Variant:
         return run_epochs * self.epoch_factor
 
     @property
-    def encoding(self) -> tuple[str, str]:
-        return self.config.preprocess, self.recipe.augmentation
+    def encoding(self) -> tuple[str, str, int | None]:
+        """What its pool is encoded with: preprocessing, augmentation, copies (None: the budget's)."""
+        return self.config.preprocess, self.recipe.augmentation, self.recipe.augmented_copies
 
 
 def _variants() -> dict[str, Variant]:
@@ -86,6 +87,12 @@ def _variants() -> dict[str, Variant]:
         variant("bce", "plain BCE: calibrated probabilities, so a threshold may transfer", loss="bce"),
         variant("shrink", "sensor augmentation plus farther views: 3 tiles in 10 shrunk 2-4x, the border "
                 "reflected (buildings at the sizes half-scale inference shows them)", augmentation="sensor_shrink"),
+        variant("shrink_standardize", "farther views and per-image standardisation together: each "
+                "raised Kathmandu, and they moved Dar es Salaam in opposite directions",
+                config=dataclasses.replace(base, preprocess="standardize"), augmentation="sensor_shrink"),
+        variant("shrink_copies4", "farther views seen more often: 4 encoded copies of each tile (3 "
+                "augmented, so an epoch draws an augmented one 3 times in 4, against 1 in 2)",
+                augmentation="sensor_shrink", augmented_copies=4),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
         variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
@@ -237,20 +244,20 @@ class Encodings:
     def __init__(self, encoder, images, masks, areas, budget, disk: Path, data_key: str):
         self.encoder, self.images, self.masks, self.areas, self.budget = encoder, images, masks, areas, budget
         self.disk, self.data_key = Path(disk), data_key
-        self.cache: dict = {}  # (preprocess, augmentation) -> the pool's features
+        self.cache: dict = {}  # (preprocess, augmentation, copies) -> the pool's features
         self.views: dict = {}  # (preprocess, view, scale) -> memory-mapped features of viewed tiles
 
-    def pool(self, preprocess: str, augmentation: str):
-        key = (preprocess, augmentation)
+    def pool(self, preprocess: str, augmentation: str, copies: int | None = None):
+        copies = studies.Recipe(augmentation=augmentation, augmented_copies=copies).copies(self.budget)
+        key = (preprocess, augmentation, copies)
         if key not in self.cache:
             self._keep_only(preprocess)
-            copies = 1 if augmentation == "none" else self.budget.augmented_copies
             self.cache[key] = self.encode(preprocess, self.images, self.masks, copies, augmentation)
         return self.cache[key]
 
     def originals(self, preprocess: str):
         """Copy 0 of any cached pool is the unaugmented tiles (ablations.features.encode)."""
-        for (kind, _), features in self.cache.items():
+        for (kind, *_), features in self.cache.items():
             if kind == preprocess:
                 return features
         return self.pool(preprocess, "none")
@@ -431,9 +438,9 @@ def training_pool(encodings: Encodings, variant: Variant, fold):
     style augmentation: every tile's original, plus for the fold's training tiles a copy
     restyled after the fold's *other* training cities, never the held-out one. Held-out
     tiles keep their original in both copies; validation reads copy 0 only."""
-    preprocess, augmentation = variant.encoding
+    preprocess, augmentation, copies = variant.encoding
     if augmentation not in STYLE_AUGMENTATIONS:
-        return encodings.pool(preprocess, augmentation)
+        return encodings.pool(preprocess, augmentation, copies)
     from ablations.data import augment
 
     originals = encodings.originals(preprocess)
