@@ -128,6 +128,29 @@ def serving_options(curve: dict) -> dict[str, dict]:
     return options
 
 
+def zoom_aware(by_zoom: dict, threshold: float = FIXED) -> tuple[dict, dict]:
+    """Each city's counts when every zoom level of its tiles is served the option that the
+    *other* cities score best at that zoom level (building IoU of their counts summed, at
+    `threshold`), and the choices: city -> zoom -> option. by_zoom: option -> city -> zoom ->
+    counts (thresholds, 4), as ablations.evaluate.transfer records them. What a server that
+    knew (or estimated) each image's ground resolution could do with the options recorded."""
+    index = int(np.flatnonzero(np.isclose(THRESHOLDS, threshold))[0])
+    options = list(by_zoom)
+    cities = list(by_zoom[options[0]])
+    counts, chosen = {}, {}
+    for city in cities:
+        others = [c for c in cities if c != city] or [city]
+        counts[city], chosen[city] = 0, {}
+        for zoom in by_zoom[options[0]][city]:
+            def others_iou(option):
+                rows = [np.asarray(by_zoom[option][c][zoom])[index] for c in others if zoom in by_zoom[option][c]]
+                return float(building_iou(np.sum(rows, axis=0))) if rows else 0.0
+            best = max(options, key=lambda o: (others_iou(o), -options.index(o)))
+            chosen[city][zoom] = best
+            counts[city] = counts[city] + np.asarray(by_zoom[best][city][zoom])
+    return counts, chosen
+
+
 # The served model's latency budget, in passes of the network an image: a single 256 px
 # request must be answered within 25 ms on the 2-core machine (issue 16), and one full-size
 # pass costs about 6 ms of the 21 ms that two take through LiteRT end to end

@@ -282,6 +282,9 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
         assert sorted(curve["views"]) == ["flips", "flips@1+0.5", "none@1+0.5", "rot180", "rot180@1+0.5"]
         assert len(curve["per_city"]) == 3
         assert all(sorted(counts) == sorted(curve["per_city"]) for counts in curve["views"].values())
+        for name, by_city in curve["views_by_zoom"].items():  # the synthetic scenes are all zoom 21
+            assert {city: list(zooms) for city, zooms in by_city.items()} == {city: ["21"] for city in curve["per_city"]}
+            assert all(by_city[city]["21"] == curve["views"][name][city] for city in by_city)
     assert curves["style"]["recipe"]["augmentation"] == "sensor_style"
     assert "styles from" in first.stdout  # the per-fold restyled copies were encoded
 
@@ -297,7 +300,9 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert "variant selected: finished earlier" in resumed.stdout  # its curve is kept, not re-run
     assert resumed.stdout.count("not re-run") == 2 and kept[-1].is_file()
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in untouched.items())
-    assert sorted(json.loads((out / "style" / "curve.json").read_text())["per_city"]) == sorted(curves["style"]["per_city"])
+    resumed_curve = json.loads((out / "style" / "curve.json").read_text())
+    assert sorted(resumed_curve["per_city"]) == sorted(curves["style"]["per_city"])
+    assert resumed_curve["views_by_zoom"] == curves["style"]["views_by_zoom"]  # kept folds keep theirs
     ensemble = json.loads((out / "ensembles" / "selected+style.json").read_text())
     assert ensemble["members"] == ["selected", "style"] and len(ensemble["counts"]) == 3
     assert sorted(ensemble["views"]) == ["flips", "rot180"] and ensemble["views"]["flips"] == ensemble["counts"]

@@ -191,7 +191,8 @@ def run_variants(args) -> None:
     areas = np.asarray([s.area for s in samples], dtype=object)
     area_folds = folds.area_folds(list(areas))
     data_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-    encodings = Encodings(encoder, images, masks, areas, budget, args.out / "cache" / "flipped", data_key)
+    zooms = np.asarray([-1 if s.zoom is None else s.zoom for s in samples])  # -1: not a web-map tile
+    encodings = Encodings(encoder, images, masks, areas, budget, args.out / "cache" / "flipped", data_key, zooms)
     for variant in todo:
         started = time.time()
         print(f"variant {variant.name}: {variant.why}", flush=True)
@@ -241,8 +242,10 @@ class Encodings:
     live on disk under `disk` and are read memory-mapped; their file names carry the data's
     fingerprint, so a later run on the same data reuses them and another data set never does."""
 
-    def __init__(self, encoder, images, masks, areas, budget, disk: Path, data_key: str):
+    def __init__(self, encoder, images, masks, areas, budget, disk: Path, data_key: str, zooms=None):
         self.encoder, self.images, self.masks, self.areas, self.budget = encoder, images, masks, areas, budget
+        # Each tile's zoom level (ground resolution), so options can be scored per zoom; -1: unknown.
+        self.zooms = np.full(len(images), -1) if zooms is None else np.asarray(zooms)
         self.disk, self.data_key = Path(disk), data_key
         self.cache: dict = {}  # (preprocess, augmentation, copies) -> the pool's features
         self.views: dict = {}  # (preprocess, view, scale) -> memory-mapped features of viewed tiles
@@ -318,7 +321,7 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         return unet.build(variant.config, encoder=encodings.encoder)
 
     epochs = variant.epochs_of(epochs)
-    results, viewed, set_aside = [], {name: {} for name in views}, {}
+    results, viewed, by_zoom, set_aside = [], {name: {} for name in views}, {name: {} for name in views}, {}
     judged = judges(encodings, variant, build, epochs, budget, cache) if variant.relabel == "confident" else None
     for fold in area_folds:
         kept = _finished_fold(cache / variant.name, fold.val_area, fingerprint, views)
@@ -326,6 +329,7 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
             results.append(kept["result"])
             for name in views:
                 viewed[name][fold.val_area] = kept["views"][name]
+                by_zoom[name][fold.val_area] = kept["views_by_zoom"].get(name)
             if kept["set_aside"] is not None:
                 set_aside[fold.val_area] = kept["set_aside"]
             continue
@@ -336,8 +340,10 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
                                       schedule_epochs=epochs, eager=budget.eager)[0]
         by_views = view_averaged_probabilities(result.model, encodings, variant.config.preprocess,
                                                fold.val_index, views)
+        masks, zooms = encodings.masks[fold.val_index], encodings.zooms[fold.val_index]
         for name, probs in by_views.items():
-            viewed[name][fold.val_area] = folds.threshold_counts(probs, encodings.masks[fold.val_index]).tolist()
+            viewed[name][fold.val_area] = folds.threshold_counts(probs, masks).tolist()
+            by_zoom[name][fold.val_area] = counts_by_zoom(probs, masks, zooms)
             if "@" not in name:  # one scale: kept for ensembles of variants (every option would be GiBs)
                 path = cache / variant.name / f"{fold.val_area}-{name}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -346,17 +352,26 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         result.model = None  # scored: free it
         results.append(result)
         _keep_fold(cache / variant.name, result, {name: viewed[name][fold.val_area] for name in views},
-                   set_aside.get(fold.val_area), fingerprint)
+                   {name: by_zoom[name][fold.val_area] for name in views}, set_aside.get(fold.val_area), fingerprint)
         del pool  # a style fold's stacked features (GiBs) go before the next fold's are built
         gc.collect()
-    return results, {"views": viewed, "set_aside": set_aside}
+    return results, {"views": viewed, "views_by_zoom": by_zoom, "set_aside": set_aside}
 
 
-def _keep_fold(folder: Path, result, views: dict, set_aside: dict | None, fingerprint: dict) -> None:
+def counts_by_zoom(probs: np.ndarray, masks: np.ndarray, zooms: np.ndarray) -> dict[str, list]:
+    """Zoom level (as text, a JSON key) -> the counts of the tiles at that zoom, every threshold."""
+    from ablations.folds import threshold_counts
+
+    return {str(zoom): threshold_counts(probs[zooms == zoom], masks[zooms == zoom]).tolist()
+            for zoom in sorted(set(zooms.tolist()))}
+
+
+def _keep_fold(folder: Path, result, views: dict, views_by_zoom: dict, set_aside: dict | None,
+               fingerprint: dict) -> None:
     write_json_atomic(folder / f"{result.val_area}-fold.json", {
         "fingerprint": fingerprint, "val_area": result.val_area, "tiles": int(result.tiles),
         "counts": np.asarray(result.counts).tolist(), "history": result.history,
-        "train_seconds": float(result.train_seconds), "views": views,
+        "train_seconds": float(result.train_seconds), "views": views, "views_by_zoom": views_by_zoom,
         "set_aside": None if set_aside is None else {a: float(f) for a, f in set_aside.items()}})
 
 
@@ -378,7 +393,9 @@ def _finished_fold(folder: Path, val_area: str, fingerprint: dict, views) -> dic
     print(f"  fold without {val_area}: finished earlier ({path}), not re-run", flush=True)
     result = FoldResult(val_area, kept["tiles"], np.asarray(kept["counts"], dtype=np.int64), kept["history"],
                         kept["train_seconds"], model=None)
-    return {"result": result, "views": kept_views, "set_aside": kept["set_aside"]}
+    # Folds kept before per-zoom counts were recorded have none: None, and ablations.evaluate.zooms says so.
+    return {"result": result, "views": kept_views, "views_by_zoom": kept.get("views_by_zoom") or {},
+            "set_aside": kept["set_aside"]}
 
 
 def draw_edge_band(variant: Variant, images, masks, path: Path) -> None:

@@ -1,0 +1,117 @@
+"""Which inference scales suit which ground resolution: serving options scored per zoom level.
+
+    python -m ablations.evaluate.zooms --curve-from results/zooms/os2_shrink/curve.json [--curve-from ...]
+
+Reads the curves of one recipe (under one seed or several) that ablations.evaluate.transfer
+recorded with counts per zoom level (`views_by_zoom`), sums the counts over the seeds and writes
+OUT (default: README.md beside the first curve's folder):
+
+- building IoU at 0.5 of every recorded option, per held-out city and zoom level;
+- a zoom-aware rule (ablations.heldout.zoom_aware): each zoom level of a city served the option
+  that the *other* cities score best at that zoom, against the best single option. The rule
+  needs each image's ground resolution, which the served contract does not carry, so it measures
+  what knowing (or estimating) it would be worth; it is not served.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ablations import heldout
+from ablations.errors import UserFacingError
+from zoo.files import write_text_atomic
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ablations.evaluate.zooms", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--curve-from", type=Path, action="append", required=True,
+                        help="a transfer curve.json with per-zoom counts; repeat for the recipe's other seeds")
+    parser.add_argument("--out", type=Path, help="markdown to write (default: README.md beside the first curve's folder)")
+    args = parser.parse_args(argv)
+    args.out = args.out or args.curve_from[0].parent.parent / "README.md"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        curves = [_read(path) for path in args.curve_from]
+        write_text_atomic(args.out, report(curves, args.curve_from))
+    except UserFacingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise UserFacingError(f"{path}: no such curve")
+    curve = json.loads(path.read_text())
+    by_zoom = curve.get("views_by_zoom") or {}
+    if not by_zoom or any(counts is None for option in by_zoom.values() for counts in option.values()):
+        raise UserFacingError(f"{path} has no counts per zoom level for every fold: rerun its variant with "
+                              "ablations.evaluate.transfer into a new --out")
+    return curve
+
+
+def pooled_by_zoom(curves: list[dict]) -> dict:
+    """option -> city -> zoom -> counts summed over the curves (the seeds); only options every curve has."""
+    options = [o for o in curves[0]["views_by_zoom"] if all(o in c["views_by_zoom"] for c in curves)]
+    return {option: {city: {zoom: np.sum([np.asarray(c["views_by_zoom"][option][city][zoom]) for c in curves], axis=0)
+                            for zoom in zooms}
+                     for city, zooms in curves[0]["views_by_zoom"][option].items()}
+            for option in options}
+
+
+def report(curves: list[dict], paths: list[Path]) -> str:
+    import pandas as pd
+
+    by_zoom = pooled_by_zoom(curves)
+    index = int(np.flatnonzero(np.isclose(heldout.THRESHOLDS, heldout.FIXED))[0])
+    rows = [{"city": city, "zoom": zoom, "pixels (M)": _megapixels(counts), **{
+                option: round(float(heldout.building_iou(by_zoom[option][city][zoom][index])), 3) for option in by_zoom}}
+            for city, zooms in by_zoom[next(iter(by_zoom))].items() for zoom, counts in zooms.items()]
+    single = {option: heldout.mean_of(heldout.at_threshold(
+        {city: sum(zooms.values()) for city, zooms in by_city.items()})) for option, by_city in by_zoom.items()}
+    best = max(single, key=lambda o: single[o]["building_iou"])
+    aware_counts, chosen = heldout.zoom_aware(by_zoom)
+    aware = heldout.at_threshold(aware_counts)
+    best_rows = heldout.at_threshold({city: sum(z.values()) for city, z in by_zoom[best].items()})
+    compare = [{"serving": f"best single option ({best})", **{c: round(r["building_iou"], 3) for c, r in best_rows.items()},
+                "mean": round(single[best]["building_iou"], 3), "P / R": _pr(single[best])},
+               {"serving": "each zoom its option, chosen on the other cities",
+                **{c: round(r["building_iou"], 3) for c, r in aware.items()},
+                "mean": round(heldout.mean_of(aware)["building_iou"], 3), "P / R": _pr(heldout.mean_of(aware))}]
+    choices = [{"held-out city": city, **{f"zoom {z}": option for z, option in zooms.items()}} for city, zooms in chosen.items()]
+    seeds = ", ".join(str(c.get("seed", "?")) for c in curves)
+    return "\n".join([
+        f"# Serving options by zoom level: {curves[0].get('variant', '?')}, seeds {seeds}", "",
+        "Written by `python -m ablations.evaluate.zooms " + " ".join(f"--curve-from {p}" for p in paths) + "`. "
+        "Counts summed over the seeds; building IoU at threshold 0.5 of each held-out city's tiles "
+        "of one zoom level (21: about 7 cm a pixel, 20: 15 cm, 19: 30 cm).", "",
+        pd.DataFrame(rows).to_markdown(index=False), "",
+        "## A zoom-aware rule against the best single option", "",
+        "Each zoom level of a held-out city served the option the other two cities score best at "
+        "that zoom. A server would need each image's ground resolution, which the request does not "
+        "carry: this is what knowing it would be worth, not what is served.", "",
+        pd.DataFrame(compare).to_markdown(index=False), "",
+        pd.DataFrame(choices).to_markdown(index=False), ""])
+
+
+def _megapixels(counts) -> float:
+    """Pixels the counts cover (summed over seeds), in millions."""
+    return round(float(np.asarray(counts)[0].sum()) / 1e6, 1)
+
+
+def _pr(mean: dict) -> str:
+    return f"{mean['precision']:.3f} / {mean['recall']:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
