@@ -4,7 +4,7 @@
 
 Reads the curves of one recipe (under one seed or several) that ablations.evaluate.transfer
 recorded with counts per zoom level (`views_by_zoom`), sums the counts over the seeds and writes
-OUT (default: README.md beside the first curve's folder):
+OUT (default: by_zoom.md beside the first curve's folder; README.md there is the harness's own):
 
 - building IoU at 0.5 of every recorded option, per held-out city and zoom level;
 - a zoom-aware rule (ablations.heldout.zoom_aware): each zoom level of a city served the option
@@ -31,9 +31,9 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--curve-from", type=Path, action="append", required=True,
                         help="a transfer curve.json with per-zoom counts; repeat for the recipe's other seeds")
-    parser.add_argument("--out", type=Path, help="markdown to write (default: README.md beside the first curve's folder)")
+    parser.add_argument("--out", type=Path, help="markdown to write (default: by_zoom.md beside the first curve's folder)")
     args = parser.parse_args(argv)
-    args.out = args.out or args.curve_from[0].parent.parent / "README.md"
+    args.out = args.out or args.curve_from[0].parent.parent / "by_zoom.md"  # README.md is the harness's
     return args
 
 
