@@ -285,6 +285,12 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
         for name, by_city in curve["views_by_zoom"].items():  # the synthetic scenes are all zoom 21
             assert {city: list(zooms) for city, zooms in by_city.items()} == {city: ["21"] for city in curve["per_city"]}
             assert all(by_city[city]["21"] == curve["views"][name][city] for city in by_city)
+        # Per tile at 0.5 (ablations.evaluate.adaptive), "none" too: the tiles add up to the option's counts.
+        assert sorted(curve["tile_counts"]) == sorted([*curve["views"], "none"])
+        at_half = int(np.flatnonzero(np.isclose(heldout.THRESHOLDS, 0.5))[0])
+        for name, by_city in curve["views"].items():
+            for city, counts in by_city.items():
+                assert np.sum(curve["tile_counts"][name][city], axis=0).tolist() == counts[at_half][:3]
     assert curves["style"]["recipe"]["augmentation"] == "sensor_style"
     assert "styles from" in first.stdout  # the per-fold restyled copies were encoded
 
@@ -303,6 +309,7 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     resumed_curve = json.loads((out / "style" / "curve.json").read_text())
     assert sorted(resumed_curve["per_city"]) == sorted(curves["style"]["per_city"])
     assert resumed_curve["views_by_zoom"] == curves["style"]["views_by_zoom"]  # kept folds keep theirs
+    assert resumed_curve["tile_counts"] == curves["style"]["tile_counts"]
     ensemble = json.loads((out / "ensembles" / "selected+style.json").read_text())
     assert ensemble["members"] == ["selected", "style"] and len(ensemble["counts"]) == 3
     assert sorted(ensemble["views"]) == ["flips", "rot180"] and ensemble["views"]["flips"] == ensemble["counts"]

@@ -321,15 +321,18 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         return unet.build(variant.config, encoder=encodings.encoder)
 
     epochs = variant.epochs_of(epochs)
-    results, viewed, by_zoom, set_aside = [], {name: {} for name in views}, {name: {} for name in views}, {}
+    # What each fold records, by kind: kind -> option -> held-out city -> counts.
+    recorded = {kind: {name: {} for name in (*views, *(PER_TILE_ONLY if kind == "tile_counts" else ()))}
+                for kind in FOLD_RECORDS}
+    results, set_aside = [], {}
     judged = judges(encodings, variant, build, epochs, budget, cache) if variant.relabel == "confident" else None
     for fold in area_folds:
         kept = _finished_fold(cache / variant.name, fold.val_area, fingerprint, views)
         if kept is not None:
             results.append(kept["result"])
-            for name in views:
-                viewed[name][fold.val_area] = kept["views"][name]
-                by_zoom[name][fold.val_area] = kept["views_by_zoom"].get(name)
+            for kind in FOLD_RECORDS:  # folds kept before a kind was recorded have None for it
+                for name in recorded[kind]:
+                    recorded[kind][name][fold.val_area] = (kept[kind] or {}).get(name)
             if kept["set_aside"] is not None:
                 set_aside[fold.val_area] = kept["set_aside"]
             continue
@@ -338,24 +341,55 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
             pool, set_aside[fold.val_area] = relabelled(pool, encodings, fold, judged, cache.parent / variant.name)
         result = folds.cross_validate(build, variant.recipe, pool, [fold], epochs, variant.seed,
                                       schedule_epochs=epochs, eager=budget.eager)[0]
-        by_views = view_averaged_probabilities(result.model, encodings, variant.config.preprocess,
-                                               fold.val_index, views)
-        masks, zooms = encodings.masks[fold.val_index], encodings.zooms[fold.val_index]
-        for name, probs in by_views.items():
-            viewed[name][fold.val_area] = folds.threshold_counts(probs, masks).tolist()
-            by_zoom[name][fold.val_area] = counts_by_zoom(probs, masks, zooms)
-            if "@" not in name:  # one scale: kept for ensembles of variants (every option would be GiBs)
-                path = cache / variant.name / f"{fold.val_area}-{name}.npy"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, probs.astype(np.float16))
-        del by_views
+        scored = score_fold(result.model, encodings, variant.config.preprocess, fold, views, cache / variant.name)
+        for kind in FOLD_RECORDS:
+            for name, counts in scored[kind].items():
+                recorded[kind][name][fold.val_area] = counts
         result.model = None  # scored: free it
         results.append(result)
-        _keep_fold(cache / variant.name, result, {name: viewed[name][fold.val_area] for name in views},
-                   {name: by_zoom[name][fold.val_area] for name in views}, set_aside.get(fold.val_area), fingerprint)
-        del pool  # a style fold's stacked features (GiBs) go before the next fold's are built
+        _keep_fold(cache / variant.name, result, scored, set_aside.get(fold.val_area), fingerprint)
+        del pool, scored  # a style fold's stacked features (GiBs) go before the next fold's are built
         gc.collect()
-    return results, {"views": viewed, "views_by_zoom": by_zoom, "set_aside": set_aside}
+    return results, {**recorded, "set_aside": set_aside}
+
+
+# What a fold records of its held-out tiles, under each option: "views", counts at every
+# threshold (what the report and the fit choose from); "views_by_zoom", the same per zoom
+# level (ablations.evaluate.zooms); "tile_counts", each tile's (tp, fp, fn) at threshold 0.5
+# (ablations.evaluate.adaptive: rules that choose an option per tile).
+FOLD_RECORDS = ("views", "views_by_zoom", "tile_counts")
+# Scored per tile only: no views at scale 1, whose threshold counts the curve already holds.
+PER_TILE_ONLY = ("none",)
+
+
+def score_fold(model, encodings: Encodings, preprocess: str, fold, views, folder: Path) -> dict:
+    """The held-out tiles of a fold under every option of `views` (and PER_TILE_ONLY), as
+    FOLD_RECORDS: kind -> option -> counts. One-scale probabilities are kept under `folder`
+    for ensembles of variants (every option would be GiBs)."""
+    from ablations.folds import threshold_counts
+
+    names = [*views, *(name for name in PER_TILE_ONLY if name not in views)]
+    by_option = view_averaged_probabilities(model, encodings, preprocess, fold.val_index, names)
+    masks, zooms = encodings.masks[fold.val_index], encodings.zooms[fold.val_index]
+    scored = {kind: {} for kind in FOLD_RECORDS}
+    for name in names:
+        probs = by_option.pop(name)
+        scored["tile_counts"][name] = tile_counts(probs, masks)
+        if name in views:
+            scored["views"][name] = threshold_counts(probs, masks).tolist()
+            scored["views_by_zoom"][name] = counts_by_zoom(probs, masks, zooms)
+            if "@" not in name:
+                folder.mkdir(parents=True, exist_ok=True)
+                np.save(folder / f"{fold.val_area}-{name}.npy", probs.astype(np.float16))
+        del probs
+    return scored
+
+
+def tile_counts(probs: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> list[list[int]]:
+    """Each tile's (tp, fp, fn) pixels at `threshold` (a pixel at or above it is building)."""
+    predicted, truth = probs >= threshold, masks.astype(bool)
+    counts = [(predicted & truth), (predicted & ~truth), (~predicted & truth)]
+    return np.stack([c.sum(axis=(1, 2)) for c in counts], axis=1).astype(np.int64).tolist()
 
 
 def counts_by_zoom(probs: np.ndarray, masks: np.ndarray, zooms: np.ndarray) -> dict[str, list]:
@@ -366,12 +400,11 @@ def counts_by_zoom(probs: np.ndarray, masks: np.ndarray, zooms: np.ndarray) -> d
             for zoom in sorted(set(zooms.tolist()))}
 
 
-def _keep_fold(folder: Path, result, views: dict, views_by_zoom: dict, set_aside: dict | None,
-               fingerprint: dict) -> None:
+def _keep_fold(folder: Path, result, scored: dict, set_aside: dict | None, fingerprint: dict) -> None:
     write_json_atomic(folder / f"{result.val_area}-fold.json", {
         "fingerprint": fingerprint, "val_area": result.val_area, "tiles": int(result.tiles),
         "counts": np.asarray(result.counts).tolist(), "history": result.history,
-        "train_seconds": float(result.train_seconds), "views": views, "views_by_zoom": views_by_zoom,
+        "train_seconds": float(result.train_seconds), **scored,
         "set_aside": None if set_aside is None else {a: float(f) for a, f in set_aside.items()}})
 
 
@@ -393,9 +426,9 @@ def _finished_fold(folder: Path, val_area: str, fingerprint: dict, views) -> dic
     print(f"  fold without {val_area}: finished earlier ({path}), not re-run", flush=True)
     result = FoldResult(val_area, kept["tiles"], np.asarray(kept["counts"], dtype=np.int64), kept["history"],
                         kept["train_seconds"], model=None)
-    # Folds kept before per-zoom counts were recorded have none: None, and ablations.evaluate.zooms says so.
-    return {"result": result, "views": kept_views, "views_by_zoom": kept.get("views_by_zoom") or {},
-            "set_aside": kept["set_aside"]}
+    # Folds kept before a kind of FOLD_RECORDS was recorded have None for it.
+    return {"result": result, "views": kept_views, "views_by_zoom": kept.get("views_by_zoom"),
+            "tile_counts": kept.get("tile_counts"), "set_aside": kept["set_aside"]}
 
 
 def draw_edge_band(variant: Variant, images, masks, path: Path) -> None:
