@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ablations import heldout
-from ablations.errors import UserFacingError
-from zoo.files import write_text_atomic
+from ablations.evaluate.recorded import read_curve, write_report
 from zoo.predict import TTA_VIEW_INDICES
 
 FULL, HALF = "none", "none@0.5"  # the passes the signal compares
@@ -54,26 +52,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        tiles = pooled_tiles([_read(path) for path in args.curve_from])
-        write_text_atomic(args.out, report(tiles, args.curve_from, args.max_passes))
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
 
+    def made() -> str:
+        curves = [read_curve(path, "tile_counts", (FULL, HALF), "--scales 0.5,... ") for path in args.curve_from]
+        return report(pooled_tiles(curves), args.curve_from, args.max_passes)
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise UserFacingError(f"{path}: no such curve")
-    curve = json.loads(path.read_text())
-    tiles = curve.get("tile_counts") or {}
-    if any(name not in tiles for name in (FULL, HALF)) or any(
-            c is None for option in tiles.values() for c in option.values()):
-        raise UserFacingError(f"{path} has no per-tile counts of '{FULL}' and '{HALF}' for every fold: rerun its "
-                              "variant with ablations.evaluate.transfer --scales 0.5,... into a new --out")
-    return curve
+    return write_report(args.out, made)
 
 
 def pooled_tiles(curves: list[dict]) -> dict:

@@ -15,15 +15,13 @@ OUT (default: by_zoom.md beside the first curve's folder; README.md there is the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ablations import heldout
-from ablations.errors import UserFacingError
-from zoo.files import write_text_atomic
+from ablations.evaluate.recorded import read_curve, write_report
 
 
 def parse_args(argv=None):
@@ -39,25 +37,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        curves = [_read(path) for path in args.curve_from]
-        write_text_atomic(args.out, report(curves, args.curve_from))
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise UserFacingError(f"{path}: no such curve")
-    curve = json.loads(path.read_text())
-    by_zoom = curve.get("views_by_zoom") or {}
-    if not by_zoom or any(counts is None for option in by_zoom.values() for counts in option.values()):
-        raise UserFacingError(f"{path} has no counts per zoom level for every fold: rerun its variant with "
-                              "ablations.evaluate.transfer into a new --out")
-    return curve
+    return write_report(args.out, lambda: report([read_curve(path, "views_by_zoom") for path in args.curve_from],
+                                                 args.curve_from))
 
 
 def pooled_by_zoom(curves: list[dict]) -> dict:
