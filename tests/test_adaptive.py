@@ -63,7 +63,8 @@ def test_the_held_out_city_never_chooses_its_own_rule(tiles):
 
 
 def test_a_rule_costs_every_pass_it_may_run_and_the_budget_holds():
-    assert adaptive.passes_of_rule("none", "none") == pytest.approx(1.25)  # the signal's two passes
+    assert adaptive.passes_of_rule("none", "none@0.5+0.25") == pytest.approx(1.3125)  # the signal's two passes
+    assert adaptive.passes_of_rule("transpose@0.5", "transpose@0.5") == pytest.approx(0.5)  # one option: no signal
     assert adaptive.passes_of_rule("none@1+0.5", "none@0.5+0.25") == pytest.approx(1 + 0.25 + 0.0625)
     assert adaptive.passes_of_rule("transpose@1+0.5", "none") == pytest.approx(2.5)
 
@@ -82,9 +83,13 @@ def test_the_report_reads_curves_and_refuses_one_without_tile_counts(tmp_path, t
             o: {c: counts.tolist() for c, counts in by_city.items()} for o, by_city in tiles.items()}}))
         paths.append(path)
     out = tmp_path / "adaptive.md"
-    assert adaptive.main([a for p in paths for a in ("--curve-from", str(p))] + ["--out", str(out)]) == 0
+    assert adaptive.main([a for p in paths for a in ("--curve-from", str(p))] + ["--out", str(out), "--reference", "none"]) == 0
     text = out.read_text()
     assert "| rule, any cost" in text and "| single option, within the budget" in text
+    assert "| none for every tile (not chosen here)" in text
+    assert adaptive.main(["--curve-from", str(paths[0]), "--out", str(out), "--reference", "transpose"]) == 0
+    assert "| transpose for every tile (not chosen here)" in out.read_text()
+    assert adaptive.main(["--curve-from", str(paths[0]), "--out", str(out), "--reference", "dihedral"]) == 2
     pooled = adaptive.pooled_tiles([json.loads(p.read_text()) for p in paths])
     assert pooled["none"]["a"].shape == (200, 3)  # two seeds' tiles side by side
     old = tmp_path / "old" / "curve.json"

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ablations import heldout
+from ablations.errors import UserFacingError
 from ablations.evaluate.recorded import read_curve, write_report
 from zoo.predict import TTA_VIEW_INDICES
 
@@ -44,6 +45,9 @@ def parse_args(argv=None):
                         help="a transfer curve.json with per-tile counts; repeat for the recipe's other seeds")
     parser.add_argument("--max-passes", type=float, default=heldout.SERVED_MAX_PASSES,
                         help=f"latency budget of the budgeted rule, full-size passes an image (default {heldout.SERVED_MAX_PASSES:g})")
+    parser.add_argument("--reference", default="none@1+0.5",
+                        help="an option shown for every tile as well, unchosen (default: the one served now, "
+                             "which the fit chose on all three cities)")
     parser.add_argument("--out", type=Path, help="markdown to write (default: adaptive.md beside the first curve's folder)")
     args = parser.parse_args(argv)
     args.out = args.out or args.curve_from[0].parent.parent / "adaptive.md"
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
 
     def made() -> str:
         curves = [read_curve(path, "tile_counts", (FULL, HALF), "--scales 0.5,... ") for path in args.curve_from]
-        return report(pooled_tiles(curves), args.curve_from, args.max_passes)
+        return report(pooled_tiles(curves), args.curve_from, args.max_passes, args.reference)
 
     return write_report(args.out, made)
 
@@ -76,8 +80,9 @@ def signal(tiles: dict, city: str) -> np.ndarray:
 
 
 def passes_of_rule(small: str, large: str) -> float:
-    """Full-size passes a tile may cost: the signal's two passes and both options' (view, scale) pairs."""
-    pairs = {(0, 1.0), (0, 0.5)}
+    """Full-size passes a tile may cost: the signal's two passes and both options' (view, scale)
+    pairs; one option for every tile (small == large) needs no signal, only its own passes."""
+    pairs = set() if small == large else {(0, 1.0), (0, 0.5)}
     for name in (small, large):
         views, scales = heldout.option_of(name)
         pairs |= {(view, scale) for view in TTA_VIEW_INDICES[views] for scale in scales}
@@ -119,19 +124,29 @@ def leave_one_city_out(tiles: dict, max_passes: float | None, single: bool = Fal
     rows = {}
     for city in cities:
         small, large, cut = choose_rule(tiles, [c for c in cities if c != city] or [city], max_passes, single)
-        counts = served_counts(tiles, city, small, large, cut)
-        tp, fp, fn = (int(c) for c in counts)
         share = float(np.mean(signal(tiles, city) > cut)) if small != large else 0.0
         rows[city] = {"small": small, "large": large, "cut": cut, "to_large": share, "passes": passes_of_rule(small, large),
-                      "building_iou": tp / max(tp + fp + fn, 1), "precision": tp / max(tp + fp, 1),
-                      "recall": tp / max(tp + fn, 1)}
+                      **_scores(served_counts(tiles, city, small, large, cut))}
     return rows
 
 
-def report(tiles: dict, paths: list[Path], max_passes: float) -> str:
+def fixed(tiles: dict, option: str) -> dict:
+    """city -> its scores with `option` for every tile, chosen on no city here."""
+    if option not in tiles:
+        raise UserFacingError(f"--reference {option}: not recorded; recorded: {', '.join(tiles)}")
+    return {city: {"small": option, "large": option, "cut": 1.0, "to_large": 0.0, "passes": passes_of_rule(option, option),
+                   **_scores(tiles[option][city].sum(axis=0))} for city in tiles[option]}
+
+
+def _scores(counts) -> dict:
+    tp, fp, fn = (int(c) for c in counts)
+    return {"building_iou": tp / max(tp + fp + fn, 1), "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
+
+
+def report(tiles: dict, paths: list[Path], max_passes: float, reference: str = "none@1+0.5") -> str:
     import pandas as pd
 
-    served = {"single option, within the budget": leave_one_city_out(tiles, max_passes, single=True),
+    served = {f"{reference} for every tile (not chosen here)": fixed(tiles, reference),"single option, within the budget": leave_one_city_out(tiles, max_passes, single=True),
               "rule, within the budget": leave_one_city_out(tiles, max_passes),
               "single option, any cost": leave_one_city_out(tiles, None, single=True),
               "rule, any cost": leave_one_city_out(tiles, None)}
