@@ -128,6 +128,24 @@ def serving_options(curve: dict) -> dict[str, dict]:
     return options
 
 
+def option_left_out(curve: dict, max_passes: float | None = None) -> dict[str, dict]:
+    """Each city scored under the serving option (within `max_passes`) that the *other*
+    cities score best on average: city -> {"rule": that option, **its row}. best_option
+    chooses one option on every city, so each city's row there helped choose how it is
+    served; here no row does. With three cities, the option is chosen on two."""
+    options = {name: option for name, option in serving_options(curve).items()
+               if max_passes is None or passes_of(option) <= max_passes}
+    rows = {}
+    for city in curve["per_city"]:
+        def others(name):
+            per_city = options[name]["per_city"]
+            return float(np.mean([row["building_iou"] for c, row in per_city.items() if c != city]
+                                 or [per_city[city]["building_iou"]]))
+        name = max(options, key=lambda n: (others(n), -list(options).index(n)))
+        rows[city] = {"rule": name, "epochs": options[name]["epochs"], **options[name]["per_city"][city]}
+    return rows
+
+
 def zoom_aware(by_zoom: dict, threshold: float = FIXED) -> tuple[dict, dict]:
     """Each city's counts when every zoom level of its tiles is served the option that the
     *other* cities score best at that zoom level (building IoU of their counts summed, at

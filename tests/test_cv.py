@@ -234,6 +234,14 @@ def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path
     assert "0.512" in row and "0.398" in row and f"{curve['per_city'][city]['building_iou']:.3f}" in row
     mean = sum(r["building_iou"] for r in curve["per_city"].values()) / 3
     assert f"**{mean:.3f}**" in page and "(1 of 3 run)" in page
+    # The second table: each row's serving option chosen on the other cities, never its own.
+    from ablations.heldout import option_left_out
+
+    strict = option_left_out(curve, json.loads((out / "model.json").read_text())["metrics"]["cross_validated"]
+                             ["passes_budget"]["max_passes"])
+    second = page[page.index("chosen on the other cities only"):]
+    strict_row = next(line for line in second.splitlines() if line.startswith(f"| {city} "))
+    assert f"{strict[city]['building_iou']:.3f}" in strict_row and f"`{strict[city]['rule']}`" in strict_row
 
 
 def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, cache_home):

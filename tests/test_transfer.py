@@ -180,6 +180,26 @@ def test_the_served_option_is_the_one_the_other_cities_score_best():
     assert inference_choice(_curve(0.2, 0.3))[2] == "none"
 
 
+def test_each_city_can_be_served_the_option_the_other_cities_chose():
+    """best_option chooses on every city, the row's own included; option_left_out never does.
+    The flips score 0.9 / 0.6 / 0.2 in cities a / b / c, no views 0.5 each: the flips win the mean
+    over all three (0.567), but a, choosing on b and c (0.4), gets no views, while b and c,
+    choosing with a, get the flips, so c's 0.2 counts in full."""
+    from ablations.final import left_out_lines
+    from ablations.heldout import best_option, mean_of, option_left_out
+
+    curve = _curve(0.5, last_epoch_peak=0.3)  # "plain": 0.5 in every city; "plain, 0.5": 0.1
+    curve["views"] = {"flips": {city: _counts_peaking_at(0.5, iou=iou) for city, iou in zip("abc", (0.9, 0.6, 0.2))}}
+    assert best_option(curve)[0] == "flips"
+    rows = option_left_out(curve)
+    assert {city: row["rule"] for city, row in rows.items()} == {"a": "plain", "b": "flips", "c": "flips"}
+    assert [rows[c]["building_iou"] for c in "abc"] == pytest.approx([0.5, 0.6, 0.2])
+    assert mean_of(rows)["building_iou"] == pytest.approx(1.3 / 3)
+    assert {row["rule"] for row in option_left_out(curve, max_passes=1).values()} == {"plain"}  # flips: 4 passes
+    table = "\n".join(left_out_lines(rows))
+    assert "`plain`" in table and "`flips`" in table and "**0.433**" in table
+
+
 def test_an_ensemble_found_on_disk_is_reported_at_both_thresholds_against_selected(tmp_path):
     from ablations.evaluate.transfer import _variants
     from ablations.evaluate.transfer_report import render
