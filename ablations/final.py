@@ -411,7 +411,8 @@ def report(request, metadata: dict, curve: dict) -> str:
                   f"mean IoU {test['mean_iou']:.3f}.", ""]
     else:
         lines += ["No test area (`--test-area none`): every city trains the model that ships, so its "
-                  "quality estimate is the per-city table above.", ""]
+                  "quality estimate is the per-city tables above: the first lets each row's city help choose "
+                  "the serving option, the second does not.", ""]
     lines += ["![learning curve: training and held-out building IoU by epoch](curve.png)", "",
               "![samples: RGB, truth, prediction](samples.png)", ""]
     return "\n".join(lines)
