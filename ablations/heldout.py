@@ -131,17 +131,26 @@ def serving_options(curve: dict) -> dict[str, dict]:
 def option_left_out(curve: dict, max_passes: float | None = None) -> dict[str, dict]:
     """Each city scored under the serving option (within `max_passes`) that the *other*
     cities score best on average: city -> {"rule": that option, **its row}. best_option
-    chooses one option on every city, so each city's row there helped choose how it is
-    served; here no row does. With three cities, the option is chosen on two."""
+    chooses one option on every city, so each city's row there helped choose how it is served;
+    here nothing is chosen on the row's city, nested all the way down: where an option
+    chooses its threshold on the other cities, the other cities' rows that rank it choose
+    theirs without the held-out city too. "plain", whose epoch is chosen as well, is left out.
+    With three cities, the option is chosen on two."""
     options = {name: option for name, option in serving_options(curve).items()
-               if max_passes is None or passes_of(option) <= max_passes}
+               if name != "plain" and (max_passes is None or passes_of(option) <= max_passes)}
+    recorded = recorded_views(curve)
     rows = {}
     for city in curve["per_city"]:
-        def others(name):
-            per_city = options[name]["per_city"]
-            return float(np.mean([row["building_iou"] for c, row in per_city.items() if c != city]
-                                 or [per_city[city]["building_iou"]]))
-        name = max(options, key=lambda n: (others(n), -list(options).index(n)))
+        others = [c for c in curve["per_city"] if c != city]
+
+        def others_mean(name: str) -> float:
+            if name in recorded and others:  # threshold chosen on the other cities: again without `city`
+                ranked = leave_one_out({c: np.asarray(recorded[name][c]) for c in others})
+            else:
+                ranked = {c: options[name]["per_city"][c] for c in (others or [city])}
+            return float(np.mean([row["building_iou"] for row in ranked.values()]))
+
+        name = max(options, key=lambda n: (others_mean(n), -list(options).index(n)))
         rows[city] = {"rule": name, "epochs": options[name]["epochs"], **options[name]["per_city"][city]}
     return rows
 
@@ -151,7 +160,8 @@ def zoom_aware(by_zoom: dict, threshold: float = FIXED) -> tuple[dict, dict]:
     *other* cities score best at that zoom level (building IoU of their counts summed, at
     `threshold`), and the choices: city -> zoom -> option. by_zoom: option -> city -> zoom ->
     counts (thresholds, 4), as ablations.evaluate.transfer records them. What a server that
-    knew (or estimated) each image's ground resolution could do with the options recorded."""
+    knew (or estimated) each image's ground resolution could do with the options recorded.
+    A zoom level no other city has is served the first option (every option scores 0 there)."""
     index = int(np.flatnonzero(np.isclose(THRESHOLDS, threshold))[0])
     options = list(by_zoom)
     cities = list(by_zoom[options[0]])

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ablations.data.augment import AUGMENTATIONS
+from ablations.data.augment import AUGMENTATIONS, STYLE_AUGMENTATIONS
 from zoo.config import CONV_BLOCKS, SKIP_MERGES, UPSAMPLERS, DecoderConfig
 
 OBJECTIVE = "val_building_iou"  # validation building IoU (the strict IoU), maximised
@@ -30,8 +30,19 @@ class Recipe:
     label_smoothing: float = 0.0  # label-noise remedies (zoo.losses.SegmentationLoss)
     edge_band: int = 0
     # Encoded copies per training tile (copy 0 the original, the rest augmented; each epoch
-    # draws one copy per tile): how often a tile is seen augmented. None: the budget's.
+    # draws one copy per tile): how often a tile is seen augmented. None: the budget's. The
+    # final fit and the transfer harness honour it; the studies of ablations.run encode the
+    # budget's copies and set none.
     augmented_copies: int | None = None
+
+    def __post_init__(self):
+        if self.augmented_copies is None:
+            return
+        if self.augmented_copies < 2:
+            raise ValueError(f"Recipe.augmented_copies must be at least 2 (the original and one augmented), "
+                             f"got {self.augmented_copies}")
+        if self.augmentation in STYLE_AUGMENTATIONS:  # one restyled copy per tile, made per fold
+            raise ValueError(f"Recipe.augmented_copies does not apply to {self.augmentation!r}")
 
     def copies(self, budget: "Budget", augmentation: str | None = None) -> int:
         """Copies to encode for `augmentation` (default the recipe's): one when it is "none"."""

@@ -67,6 +67,8 @@ def test_a_rule_costs_every_pass_it_may_run_and_the_budget_holds():
     assert adaptive.passes_of_rule("transpose@0.5", "transpose@0.5") == pytest.approx(0.5)  # one option: no signal
     assert adaptive.passes_of_rule("none@1+0.5", "none@0.5+0.25") == pytest.approx(1 + 0.25 + 0.0625)
     assert adaptive.passes_of_rule("transpose@1+0.5", "none") == pytest.approx(2.5)
+    # A tile runs the signal and one option: the costlier option decides, not both together.
+    assert adaptive.passes_of_rule("transpose", "none@0.5+0.25") == pytest.approx(2.25)  # transpose 2 + the half pass
 
 
 def test_within_a_budget_no_rule_above_it_is_chosen(tiles):

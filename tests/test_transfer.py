@@ -188,16 +188,35 @@ def test_each_city_can_be_served_the_option_the_other_cities_chose():
     from ablations.final import left_out_lines
     from ablations.heldout import best_option, mean_of, option_left_out
 
-    curve = _curve(0.5, last_epoch_peak=0.3)  # "plain": 0.5 in every city; "plain, 0.5": 0.1
+    curve = _curve(0.1, last_epoch_peak=0.5)  # "plain" (epoch chosen too, never left out): 0.1
+    for fold in curve["folds"].values():  # "plain, 0.5": 0.5 in every city
+        fold["counts"][-1] = _counts_peaking_at(0.5, iou=0.5)
     curve["views"] = {"flips": {city: _counts_peaking_at(0.5, iou=iou) for city, iou in zip("abc", (0.9, 0.6, 0.2))}}
     assert best_option(curve)[0] == "flips"
     rows = option_left_out(curve)
-    assert {city: row["rule"] for city, row in rows.items()} == {"a": "plain", "b": "flips", "c": "flips"}
+    assert {city: row["rule"] for city, row in rows.items()} == {"a": "plain, 0.5", "b": "flips", "c": "flips"}
     assert [rows[c]["building_iou"] for c in "abc"] == pytest.approx([0.5, 0.6, 0.2])
     assert mean_of(rows)["building_iou"] == pytest.approx(1.3 / 3)
-    assert {row["rule"] for row in option_left_out(curve, max_passes=1).values()} == {"plain"}  # flips: 4 passes
+    assert {row["rule"] for row in option_left_out(curve, max_passes=1).values()} == {"plain, 0.5"}  # flips: 4 passes
     table = "\n".join(left_out_lines(rows))
-    assert "`plain`" in table and "`flips`" in table and "**0.433**" in table
+    assert "`plain, 0.5`" in table and "`flips`" in table and "**0.433**" in table
+
+
+def test_an_option_left_out_ranks_thresholds_chosen_without_the_held_out_city_too():
+    """Nested: ranking options for city c, b's row under 'flips' takes the threshold a alone
+    prefers (0.3, where b scores 0.1), not the one a and c together prefer (0.6, b's 0.95). With
+    c's say, flips would win for c; without it, the fixed 0.5 does."""
+    from ablations.heldout import option_left_out, serving_options
+
+    curve = _curve(0.1, last_epoch_peak=0.5)
+    for fold in curve["folds"].values():
+        fold["counts"][-1] = _counts_peaking_at(0.5, iou=0.5)
+    peak = {"a": _counts_peaking_at(0.3, iou=0.95), "b": _counts_peaking_at(0.6, iou=0.95),
+            "c": _counts_peaking_at(0.6, iou=0.99)}
+    curve["views"] = {"flips": peak}
+    with_c = serving_options(curve)["flips"]["per_city"]  # thresholds chosen with c among the others
+    assert (with_c["a"]["building_iou"] + with_c["b"]["building_iou"]) / 2 > 0.5  # would choose flips for c
+    assert option_left_out(curve)["c"]["rule"] == "plain, 0.5"
 
 
 def test_an_ensemble_found_on_disk_is_reported_at_both_thresholds_against_selected(tmp_path):
@@ -541,6 +560,9 @@ def test_a_variant_with_more_copies_encodes_them_and_old_recipes_read_back_uncha
     recorded = json.loads((REPO / "results" / "views" / "os2_shrink" / "curve.json").read_text())["recipe"]
     assert studies.Recipe(**recorded).to_dict() == recorded and "augmented_copies" not in recorded
     assert more.recipe.to_dict()["augmented_copies"] == 4
+    for wrong in ({"augmented_copies": 1}, {"augmented_copies": 4, "augmentation": "sensor_style"}):
+        with pytest.raises(ValueError, match="augmented_copies"):
+            studies.Recipe(**wrong)  # one copy is no augmentation; a style copy is made per fold
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)

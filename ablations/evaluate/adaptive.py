@@ -15,7 +15,7 @@ chosen on the other cities (each city's counts summed over its tiles and the see
 building IoU over those cities at threshold 0.5), then applied to the held-out city: nothing is
 chosen on the city it is scored on. A pair of one option twice is that option alone, so the
 rule competes with every single option under the same choice. Within `--max-passes`, a rule
-counts every pass it may run: the two signal passes and both options' views and scales.
+counts the most passes a tile may cost: the two signal passes and the costlier option's.
 
 Reads the curves ablations.evaluate.transfer recorded with per-tile counts (`tile_counts`;
 `--scales` must include 0.5) and writes OUT (default: adaptive.md beside the first curve's folder).
@@ -80,13 +80,17 @@ def signal(tiles: dict, city: str) -> np.ndarray:
 
 
 def passes_of_rule(small: str, large: str) -> float:
-    """Full-size passes a tile may cost: the signal's two passes and both options' (view, scale)
-    pairs; one option for every tile (small == large) needs no signal, only its own passes."""
-    pairs = set() if small == large else {(0, 1.0), (0, 0.5)}
-    for name in (small, large):
+    """Full-size passes a tile costs at most: the signal's two passes and then the (view, scale)
+    pairs of the option it is served, the costlier of the two. One option for every tile
+    (small == large) needs no signal, only its own passes."""
+    signal_passes = set() if small == large else {(0, 1.0), (0, 0.5)}
+
+    def with_option(name: str) -> float:
         views, scales = heldout.option_of(name)
-        pairs |= {(view, scale) for view in TTA_VIEW_INDICES[views] for scale in scales}
-    return sum(scale * scale for _, scale in pairs)
+        pairs = signal_passes | {(view, scale) for view in TTA_VIEW_INDICES[views] for scale in scales}
+        return sum(scale * scale for _, scale in pairs)
+
+    return max(with_option(small), with_option(large))
 
 
 def iou_by_cut(tiles: dict, city: str, small: str, large: str) -> np.ndarray:
@@ -146,7 +150,8 @@ def _scores(counts) -> dict:
 def report(tiles: dict, paths: list[Path], max_passes: float, reference: str = "none@1+0.5") -> str:
     import pandas as pd
 
-    served = {f"{reference} for every tile (not chosen here)": fixed(tiles, reference),"single option, within the budget": leave_one_city_out(tiles, max_passes, single=True),
+    served = {f"{reference} for every tile (not chosen here)": fixed(tiles, reference),
+              "single option, within the budget": leave_one_city_out(tiles, max_passes, single=True),
               "rule, within the budget": leave_one_city_out(tiles, max_passes),
               "single option, any cost": leave_one_city_out(tiles, None, single=True),
               "rule, any cost": leave_one_city_out(tiles, None)}

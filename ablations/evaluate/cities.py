@@ -85,7 +85,10 @@ def option_left_out_rows(curve: dict, final: Path) -> dict:
 
     metadata_file = Path(final) / "model.json"
     metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
-    budget = metadata.get("metrics", {}).get("cross_validated", {}).get("passes_budget") or {}
+    validated = metadata.get("metrics", {}).get("cross_validated", {})
+    if validated.get("per_city_option_left_out"):  # what the fit recorded beside what it serves
+        return validated["per_city_option_left_out"]
+    budget = validated.get("passes_budget") or {}
     return heldout.option_left_out(curve, budget.get("max_passes", heldout.SERVED_MAX_PASSES))
 
 
