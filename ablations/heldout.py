@@ -51,9 +51,14 @@ def mean_of(rows: dict[str, dict]) -> dict:
 FIXED = 0.5  # the threshold of a probability that means what it says, chosen on no city
 
 
+def threshold_index(threshold: float = FIXED) -> int:
+    """The row of a (thresholds, 4) counts array that holds `threshold` (one of THRESHOLDS)."""
+    return int(np.flatnonzero(np.isclose(THRESHOLDS, threshold))[0])
+
+
 def at_threshold(counts_by_city: dict, threshold: float = FIXED) -> dict[str, dict]:
     """Each city scored at one fixed threshold."""
-    index = int(np.flatnonzero(np.isclose(THRESHOLDS, threshold))[0])
+    index = threshold_index(threshold)
     return {city: {"threshold": float(threshold), **scores(np.asarray(counts)[index])}
             for city, counts in counts_by_city.items()}
 
@@ -162,7 +167,7 @@ def zoom_aware(by_zoom: dict, threshold: float = FIXED) -> tuple[dict, dict]:
     counts (thresholds, 4), as ablations.evaluate.transfer records them. What a server that
     knew (or estimated) each image's ground resolution could do with the options recorded.
     A zoom level no other city has is served the first option (every option scores 0 there)."""
-    index = int(np.flatnonzero(np.isclose(THRESHOLDS, threshold))[0])
+    index = threshold_index(threshold)
     options = list(by_zoom)
     cities = list(by_zoom[options[0]])
     counts, chosen = {}, {}

@@ -44,9 +44,9 @@ class Recipe:
         if self.augmentation in STYLE_AUGMENTATIONS:  # one restyled copy per tile, made per fold
             raise ValueError(f"Recipe.augmented_copies does not apply to {self.augmentation!r}")
 
-    def copies(self, budget: "Budget", augmentation: str | None = None) -> int:
-        """Copies to encode for `augmentation` (default the recipe's): one when it is "none"."""
-        if (augmentation or self.augmentation) == "none":
+    def copies(self, budget: "Budget") -> int:
+        """Copies to encode: one when the augmentation is "none", else the recipe's or the budget's."""
+        if self.augmentation == "none":
             return 1
         return self.augmented_copies or budget.augmented_copies
 

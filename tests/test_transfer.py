@@ -326,7 +326,7 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
             assert all(by_city[city]["21"] == curve["views"][name][city] for city in by_city)
         # Per tile at 0.5 (ablations.evaluate.adaptive), "none" too: the tiles add up to the option's counts.
         assert sorted(curve["tile_counts"]) == sorted([*curve["views"], "none"])
-        at_half = int(np.flatnonzero(np.isclose(heldout.THRESHOLDS, 0.5))[0])
+        at_half = heldout.threshold_index(0.5)
         for name, by_city in curve["views"].items():
             for city, counts in by_city.items():
                 assert np.sum(curve["tile_counts"][name][city], axis=0).tolist() == counts[at_half][:3]

@@ -54,7 +54,7 @@ def report(curves: list[dict], paths: list[Path]) -> str:
     import pandas as pd
 
     by_zoom = pooled_by_zoom(curves)
-    index = int(np.flatnonzero(np.isclose(heldout.THRESHOLDS, heldout.FIXED))[0])
+    index = heldout.threshold_index()
     rows = [{"city": city, "zoom": zoom, "pixels (M)": _megapixels(counts), **{
                 option: round(float(heldout.building_iou(by_zoom[option][city][zoom][index])), 3) for option in by_zoom}}
             for city, zooms in by_zoom[next(iter(by_zoom))].items() for zoom, counts in zooms.items()]
