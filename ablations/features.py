@@ -13,17 +13,19 @@ import time
 import numpy as np
 
 from ablations.data import augment
-from zoo.encoder import tap_name
+from zoo.encoder import half_tap_name, tap_name
 from zoo.unet import STRIDES, encoder_features
 
 TAP_INPUTS = [tap_name(s) for s in STRIDES]  # zoo.unet.build_decoder's input names
+# A two-scale decoder's inputs: the taps above, then the same taps of the image at half size.
+TWO_SCALE_INPUTS = TAP_INPUTS + [half_tap_name(s) for s in STRIDES]
 
 
 @dataclasses.dataclass
 class FeatureSet:
     """taps[k][copy, image] at each stride, masks[copy, image], for `copies` encoded copies."""
 
-    taps: list[np.ndarray]
+    taps: list[np.ndarray]  # TAP_INPUTS', or TWO_SCALE_INPUTS' for a two-scale model's features
     masks: np.ndarray
     images: np.ndarray  # copy 0 (the originals), kept for sample plots and latency checks
 
@@ -39,16 +41,26 @@ class FeatureSet:
         # A dict keyed by the decoder's input names: Keras' PyDataset adapter rejects a
         # list or tuple of inputs nested inside the (x, y) pair.
         inputs = {name: tap[copy_index, image_index].astype(np.float32)
-                  for name, tap in zip(TAP_INPUTS, self.taps)}
+                  for name, tap in zip(input_names(len(self.taps)), self.taps)}
         return inputs, self.masks[copy_index, image_index][..., None].astype(np.float32)
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.taps) + self.masks.nbytes + self.images.nbytes
 
 
+def input_names(count: int) -> list[str]:
+    """The decoder input names of `count` taps: one scale's, or two scales'."""
+    for names in (TAP_INPUTS, TWO_SCALE_INPUTS):
+        if len(names) == count:
+            return names
+    raise ValueError(f"{count} encoder taps: expected {len(TAP_INPUTS)} (one scale) or "
+                     f"{len(TWO_SCALE_INPUTS)} (two scales)")
+
+
 def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentation: str,
            seed: int, batch_size: int = 16, progress=print) -> FeatureSet:
-    """Encode `copies` versions of every image: the original, then augmented ones.
+    """Encode `copies` versions of every image: the original, then augmented ones. A
+    two-scale model's features hold each copy at full and at half size (zoo.unet).
 
     Features are written batch by batch into arrays allocated once, so the peak is the
     cache itself, not the cache plus a list of chunks plus their concatenation.

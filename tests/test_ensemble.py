@@ -132,6 +132,16 @@ def test_members_must_share_preprocess(encoder, members):
         ensemble_from([members[0], standardized])
 
 
+def test_members_must_be_one_scale_decoders(encoder, members):
+    """A two-scale decoder needs the half-size taps that an ensemble's one encoder pass lacks:
+    refused by name, not a shape error deep in Keras."""
+    two_scale = DecoderConfig(width=0.25, output_stride=2, scale_fusion="attention")
+    with pytest.raises(ValueError, match="one-scale.*scaleatt"):
+        build_ensemble([CONFIGS[0], two_scale], encoder=encoder)
+    with pytest.raises(ValueError, match="one-scale.*scaleatt"):
+        ensemble_from([members[0], unet.build(two_scale, weights=None, encoder=encoder)])
+
+
 def test_members_must_share_the_encoder(members):
     keras.utils.set_random_seed(9)
     other = unet.build(CONFIGS[0], weights=None)  # its own random encoder

@@ -574,16 +574,69 @@ def test_a_variant_with_more_copies_encodes_them_and_old_recipes_read_back_uncha
     assert np.array_equal(four.masks[0], masks) and not np.array_equal(four.masks[3], masks)  # copy 0 as given
 
 
+def test_a_two_scale_variant_encodes_its_pool_at_half_size_too_and_keeps_one_pool(tmp_path):
+    """The two-scale variants train on each copy's full- and half-size taps (10 decoder
+    inputs); the pool without them is dropped when the other is encoded (GiBs each)."""
+    from ablations import studies
+    from ablations.evaluate.transfer import Encodings, _variants
+    from ablations.features import TWO_SCALE_INPUTS
+    from zoo.encoder import TAP_SETS, build_encoder
+
+    variants = _variants()
+    for name in ("os2_shrink_scaleatt", "os2_rescale_scaleatt_seed2"):
+        assert variants[name].config.scale_fusion == "attention" and variants[name].encoding[-1] is True
+    assert dataclasses_differ(variants["os2_shrink_scaleatt"].config, variants["os2_shrink"].config) == {"scale_fusion"}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
+    encodings = Encodings(build_encoder(None, TAP_SETS["narrow"]), images, masks, np.array(["a", "a", "b"], dtype=object),
+                          studies.BUDGETS["smoke"], tmp_path / "views", "data")
+    one = encodings.pool(*variants["os2_shrink"].encoding)
+    two = encodings.pool(*variants["os2_rescale_scaleatt"].encoding)
+    assert len(one.taps) == 5 and len(two.taps) == 10 and two.copies == 2
+    assert list(two.batch(np.array([1]), np.array([0]))[0]) == TWO_SCALE_INPUTS
+    assert [t.shape[2] for t in two.taps] == [32, 16, 8, 4, 2, 16, 8, 4, 2, 1]
+    assert list(encodings.cache) == [("scale", "sensor_rescale", 2, True)]  # the one-scale pool went
+    assert encodings.originals("scale", half=True) is two
+
+
+def test_closer_or_farther_views_make_roofs_both_larger_and_smaller():
+    """sensor_rescale: a tile in 4 shrunk 2-4x, a tile in 4 enlarged 1.5-4x, the rest at their
+    size; a two-scale decoder must see roofs too large for its full-size pass to learn when
+    to trust the half-size one."""
+    import cv2
+
+    from ablations.data import augment
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[104:152, 104:152] = 1  # one 48 px roof
+    image = np.where(mask[..., None] == 1, np.uint8(220), np.uint8(90)).repeat(3, axis=2)
+    pipeline = augment.augmentation("sensor_rescale", seed=0)
+    sizes = []
+    for _ in range(60):
+        out = augment.augment_pair(pipeline, image, mask)[1].astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(out)
+        sizes.append(stats[1:, cv2.CC_STAT_AREA].max() if len(stats) > 1 else 0)
+    sizes = np.asarray(sizes) / 48 ** 2
+    shrunk, enlarged = (sizes < 0.3).mean(), (sizes > 2.0).mean()
+    assert 0.1 < shrunk < 0.45 and 0.1 < enlarged < 0.45 and ((sizes > 0.7) & (sizes < 1.4)).mean() > 0.3
+    assert "sensor_rescale" not in augment.AUGMENTATIONS
+
+
 def dataclasses_differ(a, b) -> set[str]:
     import dataclasses
 
     return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
 
 
-def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path):
+@pytest.mark.parametrize("scale_fusion", ["none", "attention"])
+def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path, scale_fusion):
     """Cross-validation scores a view set from encoded copies of the tiles seen through each
     view; the server runs each view through the whole model (zoo.predict). Both must give the
-    same probabilities, or the views chosen would be scored on something never served."""
+    same probabilities, or the views chosen would be scored on something never served. A
+    two-scale model's copies are encoded at half size too, as the model halves each view."""
+    import dataclasses
+
     import keras
 
     from ablations import studies
@@ -599,25 +652,33 @@ def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path):
     masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
     encoder = build_encoder(None, TAP_SETS["narrow"])
     keras.utils.set_random_seed(0)
-    model = unet.build(SELECTED_DECODER, encoder=encoder)
-    decoder = unet.decoder_of(model)  # a random decoder says ~0.5 everywhere: spread its logits
-    weights = decoder.get_weights()
-    decoder.set_weights([*weights[:-2], weights[-2] * 300, weights[-1]])  # the 1x1 head's kernel
+    config = dataclasses.replace(SELECTED_DECODER, scale_fusion=scale_fusion)
+    model = unet.build(config, encoder=encoder)
+    decoder = unet.decoder_of(model)
+    # A random decoder says ~0.5 everywhere: spread its logits (the 1x1 head's kernel).
+    head = decoder.get_layer("decoder_branch") if scale_fusion == "attention" else decoder
+    weights = head.get_weights()
+    head.set_weights([*weights[:-2], weights[-2] * 300, weights[-1]])
+    if scale_fusion == "attention":  # and let the mix of the two scales vary from pixel to pixel
+        kernel, bias = decoder.get_layer("scale_weight").get_weights()
+        decoder.get_layer("scale_weight").set_weights([rng.normal(0, 3, kernel.shape).astype("float32"), bias])
     encodings = Encodings(encoder, images, masks, np.array(["a", "a", "b"], dtype=object),
                           studies.BUDGETS["smoke"], tmp_path / "views", "data")
     index = np.array([0, 2])
     # At 0.25 the 64 px tiles shrink to 16 px, which the server pads to 32 and crops back.
     names = ["rot180", "transpose", "flips", "dihedral", "none@1+0.5", "transpose@1+0.5+0.25"]
-    scored = view_averaged_probabilities(model, encodings, SELECTED_DECODER.preprocess, index, names)
+    scored = view_averaged_probabilities(model, encodings, config.preprocess, index, names)
     plain = Segmenter(model).probabilities(images[0])
     for name in names:
         tta, scales = option_of(name)
         served = np.stack([Segmenter(model, tta=tta, scales=scales).probabilities(images[i]) for i in index])
         np.testing.assert_allclose(scored[name], served, atol=1e-3)  # features are kept in float16
         assert np.abs(served[0] - plain).max() > 0.05  # the options change the prediction: a real check
+    half = "-half" if scale_fusion == "attention" else ""
     assert sorted(p.name for p in (tmp_path / "views").iterdir()) == sorted(
-        [f"data-scale-view{v}" for v in range(1, 8)] + ["data-scale-view0-scale0.5", "data-scale-view0-scale0.25",
-                                                        "data-scale-view4-scale0.5", "data-scale-view4-scale0.25"])
+        f"{name}{half}" for name in [f"data-scale-view{v}" for v in range(1, 8)]
+        + ["data-scale-view0-scale0.5", "data-scale-view0-scale0.25", "data-scale-view4-scale0.5",
+           "data-scale-view4-scale0.25"])
 
 
 def test_a_farther_view_shrinks_buildings_and_keeps_the_mask_on_them():

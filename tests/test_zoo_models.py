@@ -354,3 +354,69 @@ def test_configs_recorded_before_the_head_field_load_as_relu_heads():
     assert DecoderConfig.from_dict(legacy).head == "relu"
     assert DecoderConfig.from_dict(legacy).name == "nearest-attention-double-w0.25-relu"
     assert DecoderConfig().head == "linear" and "relu" not in DecoderConfig().name
+
+
+# ---------------------------------------------------------------- two scales, mixed per pixel
+
+TWO_SCALE = DecoderConfig(upsampler="transpose", width=0.25, output_stride=2, scale_fusion="attention")
+
+
+def half_taps(decoder, n, size, seed=9):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n, size // (2 * s), size // (2 * s), t.shape[-1])).astype("float32")
+            for s, t in zip(unet.STRIDES, decoder.inputs)]
+
+
+def test_a_two_scale_decoder_mixes_its_two_passes_by_a_learned_per_pixel_weight():
+    """Untrained, the mix is the plain average of the full- and half-size logits (the weight's
+    bias is 0); pushed to either end, it is one scale's logits alone. The two passes share
+    one decoder's weights."""
+    keras.utils.set_random_seed(0)
+    decoder = unet.build_decoder(TWO_SCALE, [16, 24, 192, 576, 1280])
+    assert [i.name for i in decoder.inputs][5:] == [f"half_tap_s{s}" for s in unet.STRIDES]
+    full, half = random_taps(decoder, 2, 64), half_taps(decoder, 2, 64)
+    branch = decoder.get_layer("decoder_branch")
+    full_logits = np.asarray(branch(full)[0])
+    half_logits = tf.image.resize(np.asarray(branch(half)[0]), (64, 64)).numpy()
+    assert np.abs(full_logits - half_logits).mean() > 0.05  # the two passes differ: a real check
+    np.testing.assert_allclose(np.asarray(decoder([*full, *half])), (full_logits + half_logits) / 2, atol=1e-4)
+    weight = decoder.get_layer("scale_weight")
+    kernel, _ = weight.get_weights()
+    for bias, expected in ((30.0, full_logits), (-30.0, half_logits)):
+        weight.set_weights([kernel * 0, np.array([bias], np.float32)])
+        np.testing.assert_allclose(np.asarray(decoder([*full, *half])), expected, atol=1e-4)
+    trainable_branch = {id(v) for v in branch.trainable_weights}
+    assert trainable_branch <= {id(v) for v in decoder.trainable_weights}
+    # + the weight head: its conv, BatchNorm (gamma, beta) and 1x1 sigmoid (kernel, bias)
+    assert len(decoder.trainable_weights) == len(branch.trainable_weights) + 5
+
+
+def test_a_two_scale_model_halves_the_image_as_its_cached_features_do():
+    """The served model halves the image itself (any size, padded so the encoder's strides
+    divide it); the cached features the decoder trains on must be the same taps, or it would
+    train on inputs it is never served."""
+    from ablations.features import TWO_SCALE_INPUTS, encode
+    from zoo.predict import Segmenter
+
+    model = model_for(TWO_SCALE)
+    images = rgb(2, 96, 96).round()  # halves to 48, padded to 64
+    features = encode(model, images.astype(np.uint8), np.zeros((2, 96, 96), np.uint8), 1, "none", seed=0)
+    assert [t.shape[2] for t in features.taps] == [48, 24, 12, 6, 3, 32, 16, 8, 4, 2]
+    inputs, _ = features.batch(np.zeros(2, int), np.arange(2))
+    assert list(inputs) == TWO_SCALE_INPUTS
+    decoded = np.asarray(unet.decoder_of(model).predict_on_batch(inputs))
+    np.testing.assert_allclose(decoded, np.asarray(model(images)), atol=2e-3)  # features are float16
+    halved = np.asarray(model.get_layer(unet.HALF_SCALE_NAME)(images))
+    assert halved.shape == (2, 64, 64, 3)
+    np.testing.assert_allclose(halved[:, :48, :48], images.reshape(2, 48, 2, 48, 2, 3).mean(axis=(2, 4)), atol=1e-3)
+    for shape in ((32, 32), (50, 70)):
+        assert Segmenter(model).predict(rgb(1, *shape)[0].astype(np.uint8)).shape == shape
+
+
+def test_a_two_scale_model_saves_and_loads_unchanged(tmp_path):
+    model = model_for(TWO_SCALE)
+    model.save(tmp_path / "two_scale.keras")
+    loaded = keras.saving.load_model(tmp_path / "two_scale.keras")
+    images = rgb(1, 64, 64)
+    assert bits_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+    assert unet.has_half_scale(loaded) and not unet.has_half_scale(model_for(DecoderConfig()))

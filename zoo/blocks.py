@@ -159,3 +159,63 @@ def conv_separable(x, filters, name, relu_out=True):
 
 
 CONV_BLOCKS = {"double": conv_double, "separable": conv_separable}
+
+
+# ---- two scales (DecoderConfig.scale_fusion = "attention") ----
+# The half-size pass runs the same frozen encoder on the image halved, padded so the encoder's
+# strides divide it; its maps are brought back onto the full-size pass's grid before mixing.
+
+HALF_SCALE_MULTIPLE = 32  # the encoder's largest stride
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class HalfScale(layers.Layer):
+    """The (preprocessed) image at half size: 2x2 means, then mirrored at the bottom and right
+    up to a multiple of 32 (symmetric: a 32 px image halves to 16 and pads 16, which a
+    reflection, one pixel short, could not)."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
+        pad = (-tf.shape(x)[1:3]) % HALF_SCALE_MULTIPLE
+        return tf.pad(x, [[0, 0], [0, pad[0]], [0, pad[1]], [0, 0]], mode="SYMMETRIC")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class FromHalfScale(layers.Layer):
+    """[x, reference] -> x, a map of the half-size pass, on the grid of `reference`, the
+    full-size pass's map at the same stride: the half image's padding cropped off, then
+    resized bilinearly to the reference's size."""
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        x, reference = inputs
+        size = tf.shape(reference)[1:3]
+        valid = (size + 1) // 2
+        x = x[:, :valid[0], :valid[1]]
+        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+    def compute_output_shape(self, input_shapes):
+        x, reference = input_shapes
+        return (*reference[:3], x[3])
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class MixScales(layers.Layer):
+    """[weight, full, half] -> weight * full + (1 - weight) * half, the weight (in [0, 1], at
+    any stride) resized bilinearly to the logits' size first."""
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        weight, full, half = inputs
+        weight = tf.cast(tf.image.resize(weight, tf.shape(full)[1:3], method="bilinear"), full.dtype)
+        return weight * full + (1.0 - weight) * half
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[1]

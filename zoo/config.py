@@ -27,6 +27,12 @@ TAPS = ("narrow", "wide")
 # for outlines that the stride-2 taps already place. (At inference it costs little: about 1 ms
 # of a 256 px LiteRT forward pass.)
 OUTPUT_STRIDES = (1, 2)
+# Scales the decoder sees each image at: "none", the image as given; "attention", also at half
+# size through the same frozen encoder and the same decoder weights, the two logit maps mixed
+# per pixel by a learned weight (attention to scale, Chen et al. 2016). Which scale serves a
+# pixel best depends on the size of its buildings in pixels (results/EXPERIMENTS.md steps
+# 26-27): fixed averaging of the scales is what this lets the decoder learn instead.
+SCALE_FUSIONS = ("none", "attention")
 
 # Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
 BASE_FILTERS = (256, 128, 64, 32, 16)
@@ -44,6 +50,7 @@ class DecoderConfig:
     preprocess: str = "scale"
     taps: str = "narrow"
     output_stride: int = 1
+    scale_fusion: str = "none"
 
     def __post_init__(self):
         _check_choice("upsampler", self.upsampler, UPSAMPLERS)
@@ -52,6 +59,7 @@ class DecoderConfig:
         _check_choice("head", self.head, HEADS)
         _check_choice("preprocess", self.preprocess, PREPROCESSING)
         _check_choice("taps", self.taps, TAPS)
+        _check_choice("scale_fusion", self.scale_fusion, SCALE_FUSIONS)
         if type(self.output_stride) is not int:  # 2.0 would pass the choice and break `filters`
             raise ValueError(f"DecoderConfig.output_stride must be an int, got {self.output_stride!r}")
         _check_choice("output_stride", self.output_stride, OUTPUT_STRIDES)
@@ -71,6 +79,7 @@ class DecoderConfig:
         suffix += "" if self.preprocess == "scale" else f"-{self.preprocess}"
         suffix += "" if self.taps == "narrow" else f"-{self.taps}taps"
         suffix += "" if self.output_stride == 1 else f"-os{self.output_stride}"
+        suffix += "" if self.scale_fusion == "none" else "-scaleatt"
         return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:

@@ -47,6 +47,11 @@ def tap_name(stride: int) -> str:
     return f"tap_s{stride}"
 
 
+def half_tap_name(stride: int) -> str:
+    """The decoder input fed by the tap at `stride` of the image at half size (a two-scale decoder)."""
+    return f"half_tap_s{stride}"
+
+
 class WeightsUnavailable(RuntimeError):
     """The ImageNet weights could be neither found locally nor downloaded."""
 

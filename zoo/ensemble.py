@@ -42,6 +42,7 @@ def build_ensemble(configs: list[DecoderConfig], encoder: keras.Model | None = N
                    weights="imagenet") -> keras.Model:
     """Untrained members, one per config, on one encoder (shared, as in unet.build)."""
     preprocess = _shared_preprocess([config.preprocess for config in configs])
+    _one_scale_only([config.name for config in configs if config.scale_fusion != "none"])
     encoder = encoder or build_encoder(weights, TAPS)
     channels = [t.shape[-1] for t in encoder.outputs]
     decoders = [unet.build_decoder(config, channels, _member_name(i)) for i, config in enumerate(configs)]
@@ -52,6 +53,7 @@ def ensemble_from(models: list[keras.Model], encoder: keras.Model | None = None)
     """One model from trained single U-Nets that share the encoder and preprocessing; each
     member is a copy of a model's decoder (later changes to `models` do not reach it)."""
     preprocess = _shared_preprocess([_preprocess_of(model) for model in models])
+    _one_scale_only([model.name for model in models if unet.has_half_scale(model)])
     encoder = encoder or unet.encoder_of(models[0])
     for model in models:
         _check_same_encoder(unet.encoder_of(model), encoder, model.name)
@@ -83,6 +85,13 @@ def _ensemble_name(members) -> str:
 
 def _member_name(index: int) -> str:
     return f"{unet.DECODER_NAME}_{index}"
+
+
+def _one_scale_only(two_scale: list[str]) -> None:
+    # The members share one encoder pass of the image as given; a two-scale decoder also
+    # needs the image's half-size taps, which this assembly does not compute.
+    if two_scale:
+        raise ValueError(f"an ensemble's members must be one-scale decoders; two-scale: {', '.join(two_scale)}")
 
 
 def _shared_preprocess(kinds: list[str]) -> str:

@@ -7,6 +7,7 @@ so both give the same gradients to the same decoder weights).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import keras
@@ -15,11 +16,12 @@ from keras import layers
 from zoo import blocks
 from zoo.config import TUTORIAL_FILTERS, DecoderConfig
 from zoo.preprocessing import preprocessing_layer
-from zoo.encoder import TAP_SETS, TAPS, TUTORIAL_TAPS, build_encoder, tap_name, taps_of
+from zoo.encoder import TAP_SETS, TAPS, TUTORIAL_TAPS, build_encoder, half_tap_name, tap_name, taps_of
 
 STRIDES = sorted(TAPS)  # 2, 4, 8, 16, 32
 DECODER_NAME = "decoder"
 ENCODER_NAME = "encoder"
+HALF_SCALE_NAME = "half_scale"  # the layer that halves the image for a two-scale decoder
 
 
 def build(config: DecoderConfig, weights="imagenet", encoder: keras.Model | None = None) -> keras.Model:
@@ -31,21 +33,59 @@ def build(config: DecoderConfig, weights="imagenet", encoder: keras.Model | None
                          f"asks for ({config.taps}): build one with zoo.encoder.build_encoder(weights, "
                          f"TAP_SETS['{config.taps}'])")
     decoder = build_decoder(config, [t.shape[-1] for t in encoder.outputs])
-    return assemble(encoder, decoder, name=f"unet_{config.name}", preprocess=config.preprocess)
+    return assemble(encoder, decoder, name=f"unet_{config.name}", preprocess=config.preprocess,
+                    half_scale=config.scale_fusion != "none")
 
 
-def assemble(encoder: keras.Model, decoder: keras.Model, name: str, preprocess: str = "scale") -> keras.Model:
+def assemble(encoder: keras.Model, decoder: keras.Model, name: str, preprocess: str = "scale",
+             half_scale: bool = False) -> keras.Model:
+    """`half_scale`: the decoder also takes the taps of the image at half size, after the
+    full-size taps (a two-scale decoder, DecoderConfig.scale_fusion)."""
     image = keras.Input((None, None, 3), name="image")
     # The model owns its preprocessing: callers pass RGB 0..255, MobileNetV2 wants [-1, 1].
     scaled = preprocessing_layer(preprocess)(image)
     taps = encoder(scaled, training=False)
+    if half_scale:
+        taps = [*taps, *encoder(blocks.HalfScale(name=HALF_SCALE_NAME)(scaled), training=False)]
     return keras.Model(image, decoder(taps), name=name)
 
 
 def build_decoder(config: DecoderConfig, channels: list[int], model_name: str = DECODER_NAME) -> keras.Model:
-    """Decoder over taps at strides 2..32 (coarse to fine filters from the config).
+    """Decoder over taps at strides 2..32 (coarse to fine filters from the config), or, for
+    a two-scale config, over those taps and the same taps of the image at half size.
     `model_name` is other than "decoder" only for an ensemble's members (zoo.ensemble): a
     model's layers need unique names."""
+    if config.scale_fusion == "attention":
+        return _scale_attention_decoder(config, channels, model_name)
+    return _one_scale_decoder(config, channels, model_name)
+
+
+def _scale_attention_decoder(config: DecoderConfig, channels: list[int], model_name: str) -> keras.Model:
+    """One decoder (shared weights) run on the full-size and the half-size taps; a small head
+    on both passes' last features gives each pixel a weight in [0, 1] for the full-size
+    logit, the rest going to the half-size one (attention to scale, Chen et al. 2016). It
+    starts at 0.5 everywhere: an untrained mix is the plain average of the two scales' logits."""
+    branch = _one_scale_decoder(dataclasses.replace(config, scale_fusion="none"), channels,
+                                f"{model_name}_branch", with_features=True)
+    full = [keras.Input((None, None, c), name=tap_name(s)) for s, c in zip(STRIDES, channels)]
+    half = [keras.Input((None, None, c), name=half_tap_name(s)) for s, c in zip(STRIDES, channels)]
+    full_logits, full_features = branch(full)
+    half_logits, half_features = branch(half)
+    half_logits = blocks.FromHalfScale(dtype="float32", name="half_logits")([half_logits, full_logits])
+    half_features = blocks.FromHalfScale(name="half_features")([half_features, full_features])
+    x = layers.Concatenate(name="scale_attention_concat")([full_features, half_features])
+    x = blocks.conv_bn_relu(x, 2 * config.filters[-1], "scale_attention")
+    # Zero kernel and bias: training starts from the fixed average it is meant to improve on
+    # (the gradient still reaches the kernel through the features).
+    weight = layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer="zeros", dtype="float32",
+                           name="scale_weight")(x)
+    logits = blocks.MixScales(dtype="float32", name="logits_mixed")([weight, full_logits, half_logits])
+    return keras.Model([*full, *half], logits, name=model_name)
+
+
+def _one_scale_decoder(config: DecoderConfig, channels: list[int], model_name: str,
+                       with_features: bool = False) -> keras.Model:
+    """`with_features`: the last level's features too, after the logits (a two-scale head's input)."""
     taps = [keras.Input((None, None, c), name=tap_name(s)) for s, c in zip(STRIDES, channels)]
     by_stride = dict(zip(STRIDES, taps))
     upsample = blocks.UPSAMPLERS[config.upsampler]
@@ -65,7 +105,7 @@ def build_decoder(config: DecoderConfig, channels: list[int], model_name: str = 
     logits = layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
     if config.output_stride > 1:  # logits are smooth: resizing them is cheap and exact enough
         logits = blocks.BilinearUpsample(dtype="float32", name="logits_resized")(logits)
-    return keras.Model(taps, logits, name=model_name)
+    return keras.Model(taps, [logits, x] if with_features else logits, name=model_name)
 
 
 def build_tutorial(weights="imagenet") -> keras.Model:
@@ -88,9 +128,17 @@ def build_tutorial(weights="imagenet") -> keras.Model:
 
 
 def encoder_features(model: keras.Model, images) -> list:
-    """The encoder's taps for RGB 0..255 images, through the model's own preprocessing."""
+    """The encoder's taps for RGB 0..255 images, through the model's own preprocessing; for a
+    two-scale model, then the taps of the images at half size (its decoder's inputs, in order)."""
     scaled = model.get_layer("preprocess")(images)
-    return encoder_of(model)(scaled, training=False)
+    taps = list(encoder_of(model)(scaled, training=False))
+    if has_half_scale(model):
+        taps += encoder_of(model)(model.get_layer(HALF_SCALE_NAME)(scaled), training=False)
+    return taps
+
+
+def has_half_scale(model: keras.Model) -> bool:
+    return any(layer.name == HALF_SCALE_NAME for layer in model.layers)
 
 
 def decoder_of(model: keras.Model) -> keras.Model:

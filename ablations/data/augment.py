@@ -20,8 +20,10 @@ AUGMENTATIONS = ("none", "flips", "geometric", "strong", "sensor", "zoom")
 # held-out city's look into training (ablations.evaluate.transfer, per fold).
 STYLE_AUGMENTATIONS = ("sensor_style",)
 # Studied under cross-validation by city only (ablations.evaluate.transfer), so the grid of
-# the `augmentation` study stays the one it ran.
-FARTHER_AUGMENTATIONS = ("sensor_shrink",)
+# the `augmentation` study stays the one it ran. "sensor_rescale": farther or closer views, so
+# that a two-scale decoder (zoo.config.SCALE_FUSIONS) sees tiles whose roofs are too large
+# for the full-size pass, where the half-size pass is the one to trust.
+FARTHER_AUGMENTATIONS = ("sensor_shrink", "sensor_rescale")
 STYLE_KEY = "style_reference"  # the albumentations data key a style reference travels under
 
 
@@ -39,10 +41,12 @@ def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose"
         transforms += _small_affine(A)
     if name == "strong":
         transforms += _photometric(A)
-    if name in ("sensor", "sensor_style", "sensor_shrink"):
+    if name in ("sensor", "sensor_style", *FARTHER_AUGMENTATIONS):
         transforms += _other_sensor(A)
     if name == "sensor_shrink":
         transforms += _farther_view(A)
+    if name == "sensor_rescale":  # 1 tile in 4 farther, 1 in 4 closer
+        transforms += [A.OneOf([*_farther_view(A, p=1.0), *_closer_view(A)], p=0.5)]
     if name == "sensor_style":
         transforms += _borrowed_style(A)
     if name == "zoom":

@@ -64,9 +64,11 @@ class Variant:
         return run_epochs * self.epoch_factor
 
     @property
-    def encoding(self) -> tuple[str, str, int | None]:
-        """What its pool is encoded with: preprocessing, augmentation, copies (None: the budget's)."""
-        return self.config.preprocess, self.recipe.augmentation, self.recipe.augmented_copies
+    def encoding(self) -> tuple[str, str, int | None, bool]:
+        """What its pool is encoded with: preprocessing, augmentation, copies (None: the
+        budget's), and whether at half size too (a two-scale decoder)."""
+        return (self.config.preprocess, self.recipe.augmentation, self.recipe.augmented_copies,
+                self.config.scale_fusion != "none")
 
 
 def _variants() -> dict[str, Variant]:
@@ -93,6 +95,13 @@ def _variants() -> dict[str, Variant]:
         variant("shrink_copies4", "farther views seen more often: 4 encoded copies of each tile (3 "
                 "augmented, so an epoch draws an augmented one 3 times in 4, against 1 in 2)",
                 augmentation="sensor_shrink", augmented_copies=4),
+        variant("shrink_scaleatt", "farther views, and a two-scale decoder: the same decoder on the image at "
+                "full and at half size, a learned per-pixel weight mixing the two (attention to scale)",
+                config=dataclasses.replace(base, scale_fusion="attention"), augmentation="sensor_shrink"),
+        variant("rescale_scaleatt", "the two-scale decoder trained on farther and closer views (1 tile in 4 "
+                "each): closer views make roofs too large for the full-size pass, where the mix should "
+                "learn to trust the half-size one", config=dataclasses.replace(base, scale_fusion="attention"),
+                augmentation="sensor_rescale"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
         variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
@@ -250,57 +259,63 @@ class Encodings:
         self.cache: dict = {}  # (preprocess, augmentation, copies) -> the pool's features
         self.views: dict = {}  # (preprocess, view, scale) -> memory-mapped features of viewed tiles
 
-    def pool(self, preprocess: str, augmentation: str, copies: int | None = None):
+    def pool(self, preprocess: str, augmentation: str, copies: int | None = None, half: bool = False):
+        """`half`: each copy also encoded at half size, for a two-scale decoder."""
         copies = studies.Recipe(augmentation=augmentation, augmented_copies=copies).copies(self.budget)
-        key = (preprocess, augmentation, copies)
+        key = (preprocess, augmentation, copies, half)
         if key not in self.cache:
-            self._keep_only(preprocess)
-            self.cache[key] = self.encode(preprocess, self.images, self.masks, copies, augmentation)
+            self._keep_only(preprocess, half)
+            self.cache[key] = self.encode(preprocess, self.images, self.masks, copies, augmentation, half)
         return self.cache[key]
 
-    def originals(self, preprocess: str):
+    def originals(self, preprocess: str, half: bool = False):
         """Copy 0 of any cached pool is the unaugmented tiles (ablations.features.encode)."""
-        for (kind, *_), features in self.cache.items():
-            if kind == preprocess:
+        for (kind, _, _, with_half), features in self.cache.items():
+            if (kind, with_half) == (preprocess, half):
                 return features
-        return self.pool(preprocess, "none")
+        return self.pool(preprocess, "none", half=half)
 
-    def viewed(self, preprocess: str, view: int, scale: float = 1.0):
+    def viewed(self, preprocess: str, view: int, scale: float = 1.0, half: bool = False):
         """Every tile seen through zoo.predict.DIHEDRAL_VIEWS[view], resized by `scale` and
-        padded as zoo.predict's Segmenter does (`scaled_tiles`)."""
-        from ablations.features import TAP_INPUTS, FeatureSet
+        padded as zoo.predict's Segmenter does (`scaled_tiles`); `half`: at half size too."""
+        from ablations.features import TAP_INPUTS, TWO_SCALE_INPUTS, FeatureSet
 
-        key = (preprocess, view, scale)
+        key = (preprocess, view, scale, half)
         if key not in self.views:
             forward, _ = DIHEDRAL_VIEWS[view]
             images = self.images if scale == 1.0 else scaled_tiles(self.images, scale)
             masks = self.masks if scale == 1.0 else np.zeros(images.shape[:3], np.uint8)  # never scored
-            folder = self.disk / (f"{self.data_key}-{preprocess}-view{view}" + ("" if scale == 1.0 else f"-scale{scale:g}"))
+            folder = self.disk / (f"{self.data_key}-{preprocess}-view{view}" + ("" if scale == 1.0 else f"-scale{scale:g}")
+                                  + ("-half" if half else ""))
             if not (folder / "done").is_file():
-                encoded = self.encode(preprocess, forward(images), forward(masks), 1, "none")
+                encoded = self.encode(preprocess, forward(images), forward(masks), 1, "none", half)
                 folder.mkdir(parents=True, exist_ok=True)
                 for number, tap in enumerate(encoded.taps):
                     np.save(folder / f"tap{number}.npy", tap)
                 (folder / "done").write_text("complete\n")  # written last: a killed write is redone
                 del encoded
-            taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(len(TAP_INPUTS))]
+            count = len(TWO_SCALE_INPUTS if half else TAP_INPUTS)
+            taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(count)]
             self.views[key] = FeatureSet(taps, forward(masks)[None], self.images)
         return self.views[key]
 
-    def encode(self, preprocess, images, masks, copies, augmentation):
+    def encode(self, preprocess, images, masks, copies, augmentation, half: bool = False):
         from ablations import features
         from ablations.final import SELECTED_DECODER
         from zoo import unet
 
-        model = unet.build(dataclasses.replace(SELECTED_DECODER, preprocess=preprocess), encoder=self.encoder)
+        config = dataclasses.replace(SELECTED_DECODER, preprocess=preprocess,
+                                     scale_fusion="attention" if half else "none")
+        model = unet.build(config, encoder=self.encoder)
         print(f"  encoding {len(images)} tiles: {copies} copies, {preprocess} input, '{augmentation}' "
-              "augmentation", flush=True)
+              "augmentation" + (", at full and half size" if half else ""), flush=True)
         kind = augmentation if copies > 1 else "none"  # one copy: the images as given
         return features.encode(model, images, masks, copies, kind, seed=SEED)
 
-    def _keep_only(self, preprocess: str) -> None:
+    def _keep_only(self, preprocess: str, half: bool) -> None:
+        # Both stores' keys start with the preprocessing and end with `half`.
         for store in (self.cache, self.views):
-            for key in [k for k in store if k[0] != preprocess]:
+            for key in [k for k in store if (k[0], k[-1]) != (preprocess, half)]:
                 del store[key]
         gc.collect()
 
@@ -488,9 +503,11 @@ def training_pool(encodings: Encodings, variant: Variant, fold):
     style augmentation: every tile's original, plus for the fold's training tiles a copy
     restyled after the fold's *other* training cities, never the held-out one. Held-out
     tiles keep their original in both copies; validation reads copy 0 only."""
-    preprocess, augmentation, copies = variant.encoding
+    preprocess, augmentation, copies, half = variant.encoding
     if augmentation not in STYLE_AUGMENTATIONS:
-        return encodings.pool(preprocess, augmentation, copies)
+        return encodings.pool(preprocess, augmentation, copies, half)
+    if half:
+        raise UserFacingError(f"variant {variant.name}: a style augmentation is not encoded at half size")
     from ablations.data import augment
 
     originals = encodings.originals(preprocess)
@@ -556,9 +573,9 @@ def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
     from ablations.heldout import option_of
     from ablations.train import decoder_probabilities
     from zoo.predict import resize, scaled_size
-    from zoo.unet import decoder_of
+    from zoo.unet import decoder_of, has_half_scale
 
-    decoder = decoder_of(model)
+    decoder, half = decoder_of(model), has_half_scale(model)
     options = {name: option_of(name) for name in names}
     height, width = encodings.images.shape[1:3]
     totals = {name: 0.0 for name in names}
@@ -568,8 +585,8 @@ def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
         by_views = {tta: 0.0 for tta, _ in at_scale.values()}
         for view in sorted(set().union(*(TTA_VIEW_INDICES[tta] for tta in by_views))):
             # view 0 at full size is the originals, encoded with the training pool
-            features = (encodings.originals(preprocess) if (view, scale) == (0, 1.0)
-                        else encodings.viewed(preprocess, view, scale))
+            features = (encodings.originals(preprocess, half) if (view, scale) == (0, 1.0)
+                        else encodings.viewed(preprocess, view, scale, half))
             _, inverse = DIHEDRAL_VIEWS[view]
             probs = inverse(decoder_probabilities(decoder, FeatureView(features, index)).astype(np.float32))
             probs = probs[:, :small[0], :small[1]]
