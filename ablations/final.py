@@ -75,6 +75,9 @@ def run_fit(request: FitRequest) -> dict:
     encoder = _encoder(request.weights)
     pool = encode_pool(encoder, pool_samples, budget, recipe, config)
     curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
+    # A curve run here (--curve) does not name its config; the passes of a serving option
+    # depend on it (heldout.model_passes).
+    curve = {"config": config.to_dict(), **curve}
     provenance.write_binding(request.out, binding)
     _, served = heldout.best_option(curve, request.max_passes)
     threshold, tta, scales = served["threshold"], served["tta"], served["scales"]
@@ -156,8 +159,10 @@ def encode_pool(encoder, pool_samples, budget, recipe, config=SELECTED_DECODER) 
     from ablations.data import augment
 
     images, masks = folders.load_arrays(pool_samples, budget.size)
-    # Any decoder carries the preprocessing; the config's decides what the encoder sees.
-    model = unet.build(dataclasses.replace(studies.DEFAULT_DECODER, preprocess=config.preprocess), encoder=encoder)
+    # Any decoder carries the preprocessing and the half-size pass; the config's decide what
+    # the encoder sees.
+    model = unet.build(dataclasses.replace(studies.DEFAULT_DECODER, preprocess=config.preprocess,
+                                           scale_fusion=config.scale_fusion), encoder=encoder)
     print(f"encoding {len(images)} pool tiles once for every fold and the fit: "
           f"{recipe.copies(budget)} copies with '{recipe.augmentation}' augmentation ...")
     if recipe.augmentation not in augment.STYLE_AUGMENTATIONS:

@@ -118,16 +118,17 @@ def serving_options(curve: dict) -> dict[str, dict]:
       or at several scales ("none@1+0.5", with `--scales`)."""
     last_epoch = curve["curve_epochs"]
     last = {city: np.asarray(fold["counts"])[-1] for city, fold in curve["folds"].items()}
+    per_pass = {"model_passes": model_passes(curve)}
     options = {
         "plain": {"per_city": curve["per_city"], "epochs": curve["chosen"]["epochs"],
-                  "threshold": curve["chosen"]["threshold"], "tta": "none", "scales": [1.0]},
+                  "threshold": curve["chosen"]["threshold"], "tta": "none", "scales": [1.0], **per_pass},
         f"plain, {FIXED}": {"per_city": at_threshold(last), "epochs": last_epoch, "threshold": FIXED,
-                            "tta": "none", "scales": [1.0]},
+                            "tta": "none", "scales": [1.0], **per_pass},
     }
     for name, counts_by_city in recorded_views(curve).items():
         counts = {city: np.asarray(c) for city, c in counts_by_city.items()}
         tta, scales = option_of(name)
-        served = {"epochs": last_epoch, "tta": tta, "scales": list(scales)}
+        served = {"epochs": last_epoch, "tta": tta, "scales": list(scales), **per_pass}
         options[name] = {"per_city": leave_one_out(counts), "threshold": best_threshold(counts), **served}
         options[f"{name}, {FIXED}"] = {"per_city": at_threshold(counts), "threshold": FIXED, **served}
     return options
@@ -193,8 +194,17 @@ SERVED_MAX_PASSES = 2.0
 
 def passes_of(option: dict) -> float:
     """How much of the network a serving option runs per image, in full-size passes: one per
-    test-time view at each scale, a pass at scale s counting s² (its pixels)."""
-    return len(TTA_VIEW_INDICES[option["tta"]]) * sum(s * s for s in option.get("scales", (1.0,)))
+    test-time view at each scale, a pass at scale s counting s² (its pixels), times what the
+    model itself runs on each image it is given (`model_passes`)."""
+    views = len(TTA_VIEW_INDICES[option["tta"]]) * sum(s * s for s in option.get("scales", (1.0,)))
+    return views * option.get("model_passes", 1.0)
+
+
+def model_passes(curve: dict) -> float:
+    """Full-size passes the curve's model runs on each image it is given: 1, or 1.25 for a
+    two-scale decoder (zoo.config.SCALE_FUSIONS), which also runs the image at half size."""
+    two_scale = (curve.get("config") or {}).get("scale_fusion", "none") != "none"
+    return 1.0 + 0.5 ** 2 if two_scale else 1.0
 
 
 def best_option(curve: dict, max_passes: float | None = None) -> tuple[str, dict]:

@@ -110,6 +110,12 @@ def test_a_latency_budget_serves_the_best_view_set_that_fits_it_and_reports_what
     assert (option["tta"], option["scales"]) == ("transpose", [1.0, 0.5])
     _, option = heldout.best_option(curve, 2)
     assert (option["tta"], option["scales"]) == ("none", [1.0, 0.5, 0.25])
+    # A two-scale decoder runs the image at half size itself: each of its passes costs 1.25.
+    two_scale = {**curve, "config": {"width": 0.25, "scale_fusion": "attention"}}
+    assert heldout.model_passes(two_scale) == 1.25 and heldout.model_passes(curve) == 1.0
+    assert heldout.passes_of(heldout.serving_options(two_scale)["rot180"]) == pytest.approx(2.5)
+    assert heldout.best_option(curve, 3)[0].startswith("transpose@1+0.5")  # 2.5 passes
+    assert heldout.best_option(two_scale, 3)[0].startswith("none@1+0.5+0.25")  # transpose@1+0.5: 3.125
 
 
 def test_what_a_seed_set_aside_is_its_own_and_does_not_stop_the_pooling():

@@ -412,6 +412,36 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     assert chosen[0][1].augmentation == "sensor_style"
 
 
+@pytest.mark.slow
+def test_a_two_scale_variant_runs_cross_validated_and_the_fit_serves_it_within_its_passes(tmp_path, cache_home):
+    """The two-scale decoder end to end: its pool and the held-out views encoded at half size
+    too, its curve, and a fit from that curve whose model halves the image itself. Its views
+    cost 1.25 passes each, so two of them (2.5) no longer fit the default budget of 2."""
+    from zoo import saving, unet
+    from zoo.predict import Segmenter
+
+    out = tmp_path / "transfer"
+    ran = run_transfer("--variants", "os2_rescale_scaleatt", "--epochs", "1", "--views", "transpose",
+                       "--out", str(out), env_extra=cache_home)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "'sensor_rescale' augmentation, at full and half size" in ran.stdout
+    curve = json.loads((out / "os2_rescale_scaleatt" / "curve.json").read_text())
+    assert curve["config"]["scale_fusion"] == "attention" and sorted(curve["views"]) == ["transpose"]
+    assert sorted(p.name for p in (out / "cache" / "flipped").iterdir())[0].endswith("-view4-half")
+    final = tmp_path / "final"
+    fitted = run_fit("--budget", "smoke", "--curve-from", str(out / "os2_rescale_scaleatt" / "curve.json"),
+                     "--out", str(final), "--no-serve", *weights_flag(), env_extra=cache_home)
+    assert fitted.returncode == 0, fitted.stdout[-3000:] + fitted.stderr[-3000:]
+    metadata = json.loads((final / "model.json").read_text())
+    assert metadata["config"]["scale_fusion"] == "attention"
+    assert metadata["inference"]["tta"] == "none"  # transpose: 2 x 1.25 passes
+    assert heldout.best_option(curve, None)[1]["tta"] in ("none", "transpose")
+    model, _ = saving.load(final / "model.keras")
+    assert unet.has_half_scale(model)
+    image = np.random.default_rng(0).integers(0, 256, (80, 48, 3), dtype=np.uint8)
+    assert Segmenter(model).predict(image).shape == (80, 48)
+
+
 def test_confident_learning_sets_aside_only_what_the_judge_confidently_disputes():
     from ablations.evaluate.label_noise import confident_disagreement
 
