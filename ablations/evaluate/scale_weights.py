@@ -118,7 +118,7 @@ def draw(images, masks, weights, probs, path: Path, title: str, count: int) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from zoo.files import atomic_path
+    from ablations.plots import save_figure_atomic
 
     most = np.argsort(masks.reshape(len(masks), -1).mean(axis=1))[::-1][:count]
     figure, axes = plt.subplots(len(most), 4, figsize=(10, 2.5 * len(most)), squeeze=False)
@@ -130,10 +130,7 @@ def draw(images, masks, weights, probs, path: Path, title: str, count: int) -> N
             axis.set_title(name, fontsize=8)
             axis.axis("off")
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
+    save_figure_atomic(figure, path)
 
 
 if __name__ == "__main__":
