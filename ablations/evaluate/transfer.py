@@ -95,6 +95,8 @@ def _variants() -> dict[str, Variant]:
         variant("shrink_copies4", "farther views seen more often: 4 encoded copies of each tile (3 "
                 "augmented, so an epoch draws an augmented one 3 times in 4, against 1 in 2)",
                 augmentation="sensor_shrink", augmented_copies=4),
+        variant("rescale", "sensor augmentation plus farther or closer views (1 tile in 4 each), one scale: "
+                "what the closer views alone do, beside rescale_scaleatt", augmentation="sensor_rescale"),
         variant("shrink_scaleatt", "farther views, and a two-scale decoder: the same decoder on the image at "
                 "full and at half size, a learned per-pixel weight mixing the two (attention to scale)",
                 config=dataclasses.replace(base, scale_fusion="attention"), augmentation="sensor_shrink"),
