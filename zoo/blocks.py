@@ -172,14 +172,21 @@ HALF_SCALE_MULTIPLE = 32  # the encoder's largest stride
 class HalfScale(layers.Layer):
     """The (preprocessed) image at half size: 2x2 means, then mirrored at the bottom and right
     up to a multiple of 32 (symmetric: a 32 px image halves to 16 and pads 16, which a
-    reflection, one pixel short, could not)."""
+    reflection, one pixel short, could not). For images whose sides are multiples of 32, as
+    zoo.predict pads them."""
 
     def call(self, x):
         import tensorflow as tf
 
         x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
-        pad = (-tf.shape(x)[1:3]) % HALF_SCALE_MULTIPLE
-        return tf.pad(x, [[0, 0], [0, pad[0]], [0, pad[1]], [0, 0]], mode="SYMMETRIC")
+        size = tf.shape(x)[1:3]
+        wanted = (size + HALF_SCALE_MULTIPLE - 1) // HALF_SCALE_MULTIPLE * HALF_SCALE_MULTIPLE
+        # A fixed pad, then a crop to the size wanted: a pad of computed amounts would lose the
+        # static channel count (LiteRT has no builtin Conv2D for unknown channels) and does
+        # not convert to ONNX (zoo.export). The images served are padded to a multiple of 32,
+        # so a half is a multiple of 16 and at most 16 short.
+        x = tf.pad(x, [[0, 0], [0, HALF_SCALE_MULTIPLE // 2], [0, HALF_SCALE_MULTIPLE // 2], [0, 0]], mode="SYMMETRIC")
+        return x[:, :wanted[0], :wanted[1], :]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], None, None, input_shape[3])
