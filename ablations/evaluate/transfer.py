@@ -247,9 +247,10 @@ def _finished(out: Path, variant: Variant, fingerprint: dict, views: list[str]) 
 
 
 class Encodings:
-    """Encoder features of the whole pool by (preprocessing, augmentation), and flipped or
-    rotated copies of every tile for test-time views. One preprocessing is kept in memory at
-    a time (about 5 GiB for two copies of 1,638 tiles). The viewed copies (2.5 GiB a view)
+    """Encoder features of the whole pool by (preprocessing, augmentation, copies, half), and
+    flipped or rotated copies of every tile for test-time views; `half`: each also at half
+    size, for a two-scale decoder (a quarter more). One preprocessing, with or without half
+    size, is kept in memory at a time (about 5 GiB for two copies of 1,638 tiles). The viewed copies (2.5 GiB a view)
     live on disk under `disk` and are read memory-mapped; their file names carry the data's
     fingerprint, so a later run on the same data reuses them and another data set never does."""
 
