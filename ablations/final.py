@@ -87,7 +87,7 @@ def run_fit(request: FitRequest) -> dict:
           f"'{tta}' at scales {scales}, {pool.count} tiles")
     model = _build(config, encoder)
     history, seconds = _train(model, recipe, pool, epochs, curve["curve_epochs"], budget)
-    test = score_test(model, threshold, test_samples, budget)
+    test = score_test(model, (threshold, tta, scales), test_samples, budget)
     metadata = final_metadata(request, config, recipe, epochs, (threshold, tta, scales), curve, history, seconds,
                               test, source, pool_samples, test_samples)
     path = saving.save(model, Path(request.out) / "model.keras", metadata)
@@ -311,12 +311,14 @@ def inference_choice(curve: dict, max_passes: float | None = None) -> tuple[int,
     return option["epochs"], option["threshold"], option["tta"]
 
 
-def score_test(model, threshold: float, test_samples, budget) -> dict | None:
+def score_test(model, inference: tuple, test_samples, budget) -> dict | None:
+    """The test area scored as the model is served: (threshold, test-time views, scales)."""
     if not test_samples:
         return None
     from ablations.verify import full_model_scores
 
-    return full_model_scores(model, threshold, *folders.load_arrays(test_samples, budget.size))
+    threshold, tta, scales = inference
+    return full_model_scores(model, threshold, *folders.load_arrays(test_samples, budget.size), tta=tta, scales=scales)
 
 
 def final_metadata(request, config, recipe, epochs, inference, curve, history, seconds, test,
@@ -411,7 +413,9 @@ def report(request, metadata: dict, curve: dict) -> str:
                   "chosen, and each row scored, on every seed's held-out pixels at once. The model "
                   f"itself trains with seed {metadata['seed']}.", ""]
     if test:
-        lines += [f"**Test area {data['test_area']}** ({data['test_tiles']} tiles, end to end): precision "
+        served = metadata["inference"]
+        lines += [f"**Test area {data['test_area']}** ({data['test_tiles']} tiles, end to end as served: "
+                  f"`{served['tta']}` test-time views at scales {', '.join(f'{s:g}' for s in served['scales'])}): precision "
                   f"{test['precision']:.3f}, recall {test['recall']:.3f}, building IoU {test['building_iou']:.3f}, "
                   f"mean IoU {test['mean_iou']:.3f}.", ""]
     else:

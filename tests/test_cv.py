@@ -168,6 +168,27 @@ def test_each_city_is_scored_with_a_schedule_chosen_on_the_others(fit_run):
     assert "chosen on the *other* folds" in readme and (out / "curve.png").is_file()
 
 
+def test_the_test_area_is_scored_as_the_model_is_served(fit_run, cache_home, monkeypatch):
+    """`--test-area` scores the fitted model end to end with the views and scales it serves;
+    it had scored every model at scale 1 without views, whatever it served."""
+    from ablations import final, studies
+    from ablations.pipeline import scan_samples
+    from zoo.metrics import summarise
+    from zoo.predict import Segmenter
+
+    for name, value in cache_home.items():
+        monkeypatch.setenv(name, value)
+    _, out = fit_run
+    model = Segmenter.from_file(out / "model.keras").model
+    budget = studies.BUDGETS["smoke"]
+    samples = [s for s in scan_samples(budget)[0] if s.area == "synth_a"]
+    images, masks = final.folders.load_arrays(samples, budget.size)
+    served = final.score_test(model, (0.4, "flips", (1.0, 0.5)), samples, budget)
+    segmenter = Segmenter(model, threshold=0.4, tta="flips", scales=(1.0, 0.5))
+    assert served == summarise((m, segmenter.predict(i)) for i, m in zip(images, masks))
+    assert served != final.score_test(model, (0.4, "none", (1.0,)), samples, budget)
+
+
 def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, in_process):
     from ablations.fit import main
 
