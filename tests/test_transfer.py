@@ -628,6 +628,9 @@ def test_a_two_scale_variant_encodes_its_pool_at_half_size_too_and_keeps_one_poo
     assert [t.shape[2] for t in two.taps] == [32, 16, 8, 4, 2, 16, 8, 4, 2, 1]
     assert list(encodings.cache) == [("scale", "sensor_rescale", 2, True)]  # the one-scale pool went
     assert encodings.originals("scale", half=True) is two
+    encodings.pool(*variants["os2_rescale"].encoding)
+    encodings.pool(*variants["os2_shrink"].encoding)  # same preprocessing and size: still one pool kept
+    assert list(encodings.cache) == [("scale", "sensor_shrink", 2, False)]
 
 
 def test_closer_or_farther_views_make_roofs_both_larger_and_smaller():

@@ -250,7 +250,7 @@ class Encodings:
     """Encoder features of the whole pool by (preprocessing, augmentation, copies, half), and
     flipped or rotated copies of every tile for test-time views; `half`: each also at half
     size, for a two-scale decoder (a quarter more). One preprocessing, with or without half
-    size, is kept in memory at a time (about 5 GiB for two copies of 1,638 tiles). The viewed copies (2.5 GiB a view)
+    size, is kept in memory at a time, and one pool (about 5 GiB for two copies of 1,638 tiles). The viewed copies (2.5 GiB a view)
     live on disk under `disk` and are read memory-mapped; their file names carry the data's
     fingerprint, so a later run on the same data reuses them and another data set never does."""
 
@@ -259,15 +259,15 @@ class Encodings:
         # Each tile's zoom level (ground resolution), so options can be scored per zoom; -1: unknown.
         self.zooms = np.full(len(images), -1) if zooms is None else np.asarray(zooms)
         self.disk, self.data_key = Path(disk), data_key
-        self.cache: dict = {}  # (preprocess, augmentation, copies) -> the pool's features
-        self.views: dict = {}  # (preprocess, view, scale) -> memory-mapped features of viewed tiles
+        self.cache: dict = {}  # (preprocess, augmentation, copies, half) -> the pool's features
+        self.views: dict = {}  # (preprocess, view, scale, half) -> memory-mapped features of viewed tiles
 
     def pool(self, preprocess: str, augmentation: str, copies: int | None = None, half: bool = False):
         """`half`: each copy also encoded at half size, for a two-scale decoder."""
         copies = studies.Recipe(augmentation=augmentation, augmented_copies=copies).copies(self.budget)
         key = (preprocess, augmentation, copies, half)
         if key not in self.cache:
-            self._keep_only(preprocess, half)
+            self._make_room(preprocess, half)
             self.cache[key] = self.encode(preprocess, self.images, self.masks, copies, augmentation, half)
         return self.cache[key]
 
@@ -315,11 +315,13 @@ class Encodings:
         kind = augmentation if copies > 1 else "none"  # one copy: the images as given
         return features.encode(model, images, masks, copies, kind, seed=SEED)
 
-    def _keep_only(self, preprocess: str, half: bool) -> None:
-        # Both stores' keys start with the preprocessing and end with `half`.
-        for store in (self.cache, self.views):
-            for key in [k for k in store if (k[0], k[-1]) != (preprocess, half)]:
-                del store[key]
+    def _make_room(self, preprocess: str, half: bool) -> None:
+        """Before a new pool is encoded: every pool goes (GiBs each; two of them and a fold's
+        training beside them once ran a 24 GiB machine out of memory), and the viewed copies
+        of another preprocessing or size (their keys start and end with those)."""
+        self.cache.clear()
+        for key in [k for k in self.views if (k[0], k[-1]) != (preprocess, half)]:
+            del self.views[key]
         gc.collect()
 
 
