@@ -75,9 +75,6 @@ def run_fit(request: FitRequest) -> dict:
     encoder = _encoder(request.weights)
     pool = encode_pool(encoder, pool_samples, budget, recipe, config)
     curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
-    # A curve run here (--curve) does not name its config; the passes of a serving option
-    # depend on it (heldout.model_passes).
-    curve = {"config": config.to_dict(), **curve}
     provenance.write_binding(request.out, binding)
     _, served = heldout.best_option(curve, request.max_passes)
     threshold, tta, scales = served["threshold"], served["tta"], served["scales"]
@@ -91,7 +88,7 @@ def run_fit(request: FitRequest) -> dict:
     metadata = final_metadata(request, config, recipe, epochs, (threshold, tta, scales), curve, history, seconds,
                               test, source, pool_samples, test_samples)
     path = saving.save(model, Path(request.out) / "model.keras", metadata)
-    plots_final.samples(model, threshold, pool, test_samples, budget.size, Path(request.out) / "samples.png")
+    plots_final.samples(model, (threshold, tta, scales), pool, test_samples, budget.size, Path(request.out) / "samples.png")
     metadata["cost"] = {"wall_minutes": round((time.time() - started) / 60, 1),
                         "peak_rss_gib": round(process_memory_gib()[1], 2)}
     write_text_atomic(Path(request.out) / "README.md", report(request, metadata, curve))
@@ -204,6 +201,9 @@ def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
                                    request.curve_epochs, SEED, schedule_epochs=request.curve_epochs,
                                    eager=budget.eager, callbacks=[EpochProgress()])
     curve = curve_record(results, request.curve_epochs, time.time() - started)
+    # Named like a variant's curve: a later plain fit in this folder refits this recipe
+    # (_kept_curve), and a serving option's passes depend on the config (heldout.model_passes).
+    curve.update(config=config.to_dict(), recipe=recipe.to_dict())
     write_json_atomic(path, curve)
     plots_final.learning_curve(curve, Path(request.out) / "curve.png")
     return curve

@@ -31,9 +31,10 @@ def learning_curve(curve: dict, path: Path) -> None:
     save_figure_atomic(figure, path)
 
 
-def samples(model, threshold: float, pool, test_samples, size: int, path: Path, tiles: int = 4) -> None:
-    """RGB, truth and prediction for a few tiles with buildings: test tiles when there is a
-    test area, else pool tiles (which the model trained on, and the title says so)."""
+def samples(model, inference: tuple, pool, test_samples, size: int, path: Path, tiles: int = 4) -> None:
+    """RGB, truth and prediction (as served: `inference` is the threshold, test-time views and
+    scales) for a few tiles with buildings: test tiles when there is a test area, else pool
+    tiles (which the model trained on, and the title says so)."""
     from ablations.data import folders
     from zoo.predict import Segmenter
 
@@ -44,7 +45,8 @@ def samples(model, threshold: float, pool, test_samples, size: int, path: Path, 
         images, masks = pool.images, pool.masks[0]
         where = "training tiles (no test area)"
     chosen = [i for i in range(len(images)) if masks[i].mean() > 0.05][:tiles] or list(range(min(tiles, len(images))))
-    segmenter = Segmenter(model, threshold=threshold)
+    threshold, tta, scales = inference
+    segmenter = Segmenter(model, threshold=threshold, tta=tta, scales=tuple(scales))
     figure, axes = plt.subplots(len(chosen), 3, figsize=(5.4, 1.8 * len(chosen)), squeeze=False)
     for row, index in enumerate(chosen):
         panels = [("RGB", images[index]), ("truth", masks[index]),

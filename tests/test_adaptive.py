@@ -98,3 +98,8 @@ def test_the_report_reads_curves_and_refuses_one_without_tile_counts(tmp_path, t
     old.parent.mkdir()
     old.write_text(json.dumps({"views": {}}))
     assert adaptive.main(["--curve-from", str(old)]) == 2 and str(old) in capsys.readouterr().err
+    two_scale = tmp_path / "two_scale" / "curve.json"  # its passes are not the rule's to count
+    two_scale.parent.mkdir()
+    two_scale.write_text(json.dumps({**json.loads(paths[0].read_text()), "config": {"scale_fusion": "attention"}}))
+    assert adaptive.main(["--curve-from", str(two_scale), "--out", str(out)]) == 2
+    assert "two-scale decoder" in capsys.readouterr().err

@@ -152,6 +152,8 @@ def test_the_final_fit_makes_the_served_model(fit_run):
     assert metadata["inference"]["threshold"] == pytest.approx(threshold)
     assert threshold in (curve["chosen"]["threshold"], 0.5)  # the curve's choice or the fixed 0.5
     assert metadata["data"]["test_area"] == "none" and len(metadata["data"]["trained_on"]) == 3
+    # The curve run here names its recipe, as a variant's does: a later plain fit refits it.
+    assert (curve["config"], curve["recipe"]) == (metadata["config"], metadata["recipe"])
     segmenter = Segmenter.from_file(out / "model.keras")
     assert segmenter.predict(np.zeros((64, 64, 3), "uint8")).shape == (64, 64)
 

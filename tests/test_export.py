@@ -114,7 +114,7 @@ def test_sidecar_carries_threshold_scales_and_checksums(exported):
 
 @pytest.mark.slow
 def test_a_two_scale_model_exports_to_every_runtime(tmp_path):
-    """A two-scale model halves the image inside the graph (pad and crop of computed sizes):
+    """A two-scale model halves the image inside the graph (a fixed pad, a crop of computed size):
     every runtime must take it at any size a multiple of 32, within the logit tolerance that
     `export` checks on its probe shapes (256 x 256, 64 x 96, 32 x 32) before writing."""
     import keras

@@ -59,6 +59,10 @@ def main(argv=None) -> int:
 
     def made() -> str:
         curves = [read_curve(path, "tile_counts", (FULL, HALF), "--scales 0.5,... ") for path in args.curve_from]
+        two_scale = [str(path) for path, curve in zip(args.curve_from, curves) if heldout.model_passes(curve) != 1.0]
+        if two_scale:  # passes_of_rule counts one-scale passes, and its signal compares two of them
+            raise UserFacingError(f"{', '.join(two_scale)}: a two-scale decoder's curve; the per-tile rule "
+                                  "is defined for one-scale models")
         return report(pooled_tiles(curves), args.curve_from, args.max_passes, args.reference)
 
     return write_report(args.out, made)

@@ -1,6 +1,6 @@
 """Where a two-scale decoder trusts its full-size pass: its learned per-pixel weight on one city.
 
-    python -m ablations.evaluate.scale_weights --model results/scaleatt/fit_nairobi/model.keras \
+    python -m ablations.evaluate.scale_weights --model results/scaleatt/fit_without_nairobi/model.keras \
         --data ../shared/data/oam_buildings --area nairobi_KE
 
 A two-scale decoder (zoo.config.SCALE_FUSIONS) mixes the logits of the image at full and at
@@ -70,8 +70,7 @@ def run(args) -> None:
 
 def weights_and_probabilities(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The full-size pass's weight (N, H, W) in [0, 1] at the images' size, and the model's
-    building probabilities, for images whose sides the encoder's strides divide twice over
-    (the served tiles: 256 px)."""
+    building probabilities, for images whose sides are multiples of 32 (the tiles: 256 px)."""
     import keras
 
     from zoo.predict import resize, sigmoid

@@ -316,9 +316,10 @@ class Encodings:
         return features.encode(model, images, masks, copies, kind, seed=SEED)
 
     def _make_room(self, preprocess: str, half: bool) -> None:
-        """Before a new pool is encoded: every pool goes (GiBs each; two of them and a fold's
-        training beside them once ran a 24 GiB machine out of memory), and the viewed copies
-        of another preprocessing or size (their keys start and end with those)."""
+        """Before a new pool is encoded: every pool goes (GiBs each: a run that kept two, beside
+        a fit, once ran a 24 GiB machine out of memory), and the viewed copies of another
+        preprocessing or size (their keys start and end with those). Variants listed with
+        their augmentation together encode each pool once."""
         self.cache.clear()
         for key in [k for k in self.views if (k[0], k[-1]) != (preprocess, half)]:
             del self.views[key]
