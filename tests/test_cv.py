@@ -191,6 +191,19 @@ def test_the_test_area_is_scored_as_the_model_is_served(fit_run, cache_home, mon
     assert served != final.score_test(model, (0.4, "none", (1.0,)), samples, budget)
 
 
+def test_the_committed_final_folder_accepts_the_readme_fit_command():
+    """The README's main command refits results/final from its kept curve. What that run binds
+    (config and recipe as the fit reads them today) must equal what the committed folder
+    recorded, or a fresh clone's first command stops with "holds results of a different run"
+    (a config field added with a default had done exactly that)."""
+    from ablations import final, provenance
+
+    folder = REPO / "results" / "final"
+    config, recipe = final.selected_recipe(None, final._kept_curve(final.FitRequest(out=folder)))
+    recorded = provenance.recorded_binding(folder)
+    assert (recorded["config"], recorded["recipe"]) == (config.to_dict(), recipe.to_dict())
+
+
 def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, in_process):
     from ablations.fit import main
 

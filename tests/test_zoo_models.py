@@ -184,6 +184,12 @@ def test_config_round_trips_through_dict_and_json(cfg):
     assert DecoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_a_one_scale_config_reads_as_before_the_two_scale_field_existed():
+    two_scale = DecoderConfig(scale_fusion="attention")
+    assert DecoderConfig.from_dict(two_scale.to_dict()) == two_scale and "scale_fusion" in two_scale.to_dict()
+    assert "scale_fusion" not in DecoderConfig().to_dict()  # configs recorded before it compare equal
+
+
 def test_config_is_frozen_and_names_are_unique():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DecoderConfig().upsampler = "nearest"

@@ -83,7 +83,12 @@ class DecoderConfig:
         return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        # A one-scale config reads as it did before the field existed, so the configs recorded
+        # then (curves, a fit folder's binding, model metadata) compare equal to today's.
+        if fields["scale_fusion"] == "none":
+            del fields["scale_fusion"]
+        return fields
 
     @classmethod
     def from_dict(cls, fields: dict) -> "DecoderConfig":
