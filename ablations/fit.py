@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ablations import studies  # noqa: E402  (cheap: no TensorFlow)
 from ablations.heldout import SERVED_MAX_PASSES  # noqa: E402  (NumPy only)
-from ablations.errors import UserFacingError  # noqa: E402
+from ablations.errors import UserFacingError, exit_status  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -76,14 +76,14 @@ def to_request(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        from ablations.final import run_fit  # TensorFlow loads only past this point
+    return exit_status(lambda: fit(args))
 
-        run_fit(to_request(args))
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+def fit(args) -> None:
+    request = to_request(args)
+    from ablations.final import run_fit  # TensorFlow loads only past this point
+
+    run_fit(request)
 
 
 if __name__ == "__main__":

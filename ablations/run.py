@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ablations import distributed, studies  # noqa: E402  (cheap: no TensorFlow)
-from ablations.errors import UserFacingError  # noqa: E402
+from ablations.errors import UserFacingError, exit_status  # noqa: E402
 from ablations.request import StudyRequest  # noqa: E402
 
 
@@ -70,15 +70,14 @@ def main(argv=None) -> int:
     if args.list:
         print(studies.describe())
         return 0
-    try:
-        request = make_request(args)
-        from ablations.pipeline import run_study  # TensorFlow loads only past this point
+    return exit_status(lambda: study(args))
 
-        run_study(request)
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+def study(args) -> None:
+    request = make_request(args)
+    from ablations.pipeline import run_study  # TensorFlow loads only past this point
+
+    run_study(request)
 
 
 def make_request(args: argparse.Namespace) -> StudyRequest:

@@ -3,11 +3,10 @@ for the reports built on it (zooms, adaptive), and writing such a report."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Callable
 
-from ablations.errors import UserFacingError
+from ablations.errors import UserFacingError, exit_status
 from zoo.files import write_text_atomic
 
 
@@ -27,11 +26,8 @@ def read_curve(path: Path, kind: str, needs: tuple[str, ...] = (), rerun_with: s
 
 def write_report(out: Path, make: Callable[[], str]) -> int:
     """Write what `make` returns to `out` atomically; a UserFacingError is said, exit status 2."""
-    try:
-        text = make()
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    write_text_atomic(out, text)
-    print(f"wrote {out}")
-    return 0
+    def write() -> None:
+        write_text_atomic(out, make())
+        print(f"wrote {out}")
+
+    return exit_status(write)

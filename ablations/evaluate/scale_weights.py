@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablations.errors import UserFacingError
+from ablations.errors import UserFacingError, exit_status
 
 BATCH = 16
 
@@ -36,12 +36,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(args))
 
 
 def run(args) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from ablations import studies
 from ablations.data.augment import STYLE_AUGMENTATIONS
-from ablations.errors import UserFacingError
+from ablations.errors import UserFacingError, exit_status
 from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
 from ablations.heldout import option_names, scales_of
@@ -74,6 +74,8 @@ class Variant:
 def _variants() -> dict[str, Variant]:
     from ablations.final import SELECTED_DECODER as base, SELECTED_RECIPE as recipe
 
+    two_scale = dataclasses.replace(base, scale_fusion="attention")
+
     def variant(name, why, config=base, relabel="none", **recipe_changes):
         return Variant(name, why, config, dataclasses.replace(recipe, **recipe_changes), relabel)
 
@@ -99,11 +101,10 @@ def _variants() -> dict[str, Variant]:
                 "what the closer views alone do, beside rescale_scaleatt", augmentation="sensor_rescale"),
         variant("shrink_scaleatt", "farther views, and a two-scale decoder: the same decoder on the image at "
                 "full and at half size, a learned per-pixel weight mixing the two (attention to scale)",
-                config=dataclasses.replace(base, scale_fusion="attention"), augmentation="sensor_shrink"),
+                config=two_scale, augmentation="sensor_shrink"),
         variant("rescale_scaleatt", "the two-scale decoder trained on farther and closer views (1 tile in 4 "
                 "each): closer views make roofs too large for the full-size pass, where the mix should "
-                "learn to trust the half-size one", config=dataclasses.replace(base, scale_fusion="attention"),
-                augmentation="sensor_rescale"),
+                "learn to trust the half-size one", config=two_scale, augmentation="sensor_rescale"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
         variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
@@ -173,15 +174,14 @@ def _names(text: str) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if not args.report_only:
-            run_variants(args)
-            score_ensembles(args)
-        write_report(args)
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(args))
+
+
+def run(args) -> None:
+    if not args.report_only:
+        run_variants(args)
+        score_ensembles(args)
+    write_report(args)
 
 
 def run_variants(args) -> None:
