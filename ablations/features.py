@@ -58,13 +58,16 @@ def input_names(count: int) -> list[str]:
 
 
 def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentation: str,
-           seed: int, batch_size: int = 16, progress=print) -> FeatureSet:
+           seed: int, batch_size: int = 16, progress=print, allocate=None) -> FeatureSet:
     """Encode `copies` versions of every image: the original, then augmented ones. A
     two-scale model's features hold each copy at full and at half size (zoo.unet).
 
     Features are written batch by batch into arrays allocated once, so the peak is the
     cache itself, not the cache plus a list of chunks plus their concatenation.
+    `allocate(tap_number, shape, dtype)` makes each tap's array (default: in memory; e.g. a
+    memory-mapped file for a pool larger than the machine's memory).
     """
+    allocate = allocate or (lambda _, shape, dtype: np.empty(shape, dtype))
     started = time.time()
     pipeline = augment.augmentation(augmentation, seed=seed) if copies > 1 else None
     taps, all_masks = None, np.empty((copies,) + masks.shape, np.uint8)
@@ -74,7 +77,8 @@ def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentati
             batch = copy_images[start:start + batch_size].astype(np.float32)
             outputs = [np.asarray(o, np.float16) for o in encoder_features(model, batch)]
             if taps is None:
-                taps = [np.empty((copies, len(images)) + o.shape[1:], np.float16) for o in outputs]
+                taps = [allocate(number, (copies, len(images)) + o.shape[1:], np.float16)
+                        for number, o in enumerate(outputs)]
             for tap, output in zip(taps, outputs):
                 tap[copy, start:start + len(output)] = output
         progress(f"  encoded copy {copy + 1}/{copies} of {len(images)} images "

@@ -72,7 +72,7 @@ def run_fit(request: FitRequest) -> dict:
                "config": config.to_dict(), "recipe": recipe.to_dict()}
     provenance.check_binding(request.out, binding,
                              fresh=request.fresh or request.curve or bool(request.curve_from))
-    encoder = _encoder(request.weights)
+    encoder = _encoder(request.weights, config.taps)
     pool = encode_pool(encoder, pool_samples, budget, recipe, config)
     curve = learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
     provenance.write_binding(request.out, binding)
@@ -139,10 +139,10 @@ def load_samples(request: FitRequest, budget):
     return pool, test, source
 
 
-def _encoder(weights: str):
+def _encoder(weights: str, taps: str = "narrow"):
     from ablations.pipeline import load_encoder
 
-    return load_encoder(weights)
+    return load_encoder(weights, taps)
 
 
 def _build(config: DecoderConfig, encoder):
@@ -158,7 +158,7 @@ def encode_pool(encoder, pool_samples, budget, recipe, config=SELECTED_DECODER) 
     images, masks = folders.load_arrays(pool_samples, budget.size)
     # Any decoder carries the preprocessing and the half-size pass; the config's decide what
     # the encoder sees.
-    model = unet.build(dataclasses.replace(studies.DEFAULT_DECODER, preprocess=config.preprocess,
+    model = unet.build(dataclasses.replace(studies.DEFAULT_DECODER, preprocess=config.preprocess, taps=config.taps,
                                            scale_fusion=config.scale_fusion), encoder=encoder)
     print(f"encoding {len(images)} pool tiles once for every fold and the fit: "
           f"{recipe.copies(budget)} copies with '{recipe.augmentation}' augmentation ...")

@@ -118,10 +118,11 @@ def _chief_trains_nothing(augmentation: str):
     raise RuntimeError("the chief serves the oracle and runs no trials")
 
 
-def load_encoder(weights: str):
+def load_encoder(weights: str, taps: str = "narrow"):
+    """The frozen encoder cut at zoo.encoder.TAP_SETS[taps], its weights from `weights`."""
     choice = None if weights == "none" else weights
     try:
-        return zoo_encoder.build_encoder(choice)
+        return zoo_encoder.build_encoder(choice, zoo_encoder.TAP_SETS[taps])
     except zoo_encoder.WeightsUnavailable as error:
         raise UserFacingError(str(error)) from error
 

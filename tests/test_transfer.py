@@ -554,7 +554,7 @@ def test_a_reseeded_or_longer_variant_trains_from_its_own_seed_and_schedule(monk
 
         monkeypatch.setattr(folds, "cross_validate", cross_validate)
         monkeypatch.setattr(transfer, "training_pool", lambda *_: None)
-        encodings = SimpleNamespace(encoder=build_encoder(None, TAP_SETS["narrow"]))
+        encodings = SimpleNamespace(encoder={"narrow": build_encoder(None, TAP_SETS["narrow"])}.__getitem__)
         fold = SimpleNamespace(val_area="a")
         with pytest.raises(Stop):
             transfer.cross_validate_variant(variant, encodings, [fold], 3, SimpleNamespace(eager=True),
@@ -580,7 +580,7 @@ def test_a_variant_with_more_copies_encodes_them_and_old_recipes_read_back_uncha
     recipe recorded before the field existed must read back and compare as it was written,
     or pooling and the fit would refuse or re-fit committed curves."""
     from ablations import studies
-    from ablations.evaluate.transfer import Encodings, _variants
+    from ablations.evaluate.transfer import Encodings, Form, _variants
     from zoo.encoder import TAP_SETS, build_encoder
 
     variants = _variants()
@@ -597,10 +597,10 @@ def test_a_variant_with_more_copies_encodes_them_and_old_recipes_read_back_uncha
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
-    encodings = Encodings(build_encoder(None, TAP_SETS["narrow"]), images, masks, np.array(["a", "a", "b"], dtype=object),
-                          studies.BUDGETS["smoke"], tmp_path / "views", "data")
+    encodings = Encodings(lambda taps: build_encoder(None, TAP_SETS[taps]), images, masks,
+                          np.array(["a", "a", "b"], dtype=object), studies.BUDGETS["smoke"], tmp_path / "views", "data")
     four, two = encodings.pool(*more.encoding), encodings.pool(*served.encoding)
-    assert (four.copies, two.copies, encodings.pool("scale", "none").copies) == (4, 2, 1)
+    assert (four.copies, two.copies, encodings.pool(Form(), "none").copies) == (4, 2, 1)
     assert np.array_equal(four.masks[0], masks) and not np.array_equal(four.masks[3], masks)  # copy 0 as given
 
 
@@ -608,29 +608,65 @@ def test_a_two_scale_variant_encodes_its_pool_at_half_size_too_and_keeps_one_poo
     """The two-scale variants train on each copy's full- and half-size taps (10 decoder
     inputs); the pool without them is dropped when the other is encoded (GiBs each)."""
     from ablations import studies
-    from ablations.evaluate.transfer import Encodings, _variants
+    from ablations.evaluate.transfer import Encodings, Form, _variants
     from ablations.features import TWO_SCALE_INPUTS
     from zoo.encoder import TAP_SETS, build_encoder
 
     variants = _variants()
     for name in ("os2_shrink_scaleatt", "os2_rescale_scaleatt_seed2"):
-        assert variants[name].config.scale_fusion == "attention" and variants[name].encoding[-1] is True
+        assert variants[name].config.scale_fusion == "attention" and variants[name].encoding[0].half is True
     assert dataclasses_differ(variants["os2_shrink_scaleatt"].config, variants["os2_shrink"].config) == {"scale_fusion"}
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
-    encodings = Encodings(build_encoder(None, TAP_SETS["narrow"]), images, masks, np.array(["a", "a", "b"], dtype=object),
-                          studies.BUDGETS["smoke"], tmp_path / "views", "data")
+    encodings = Encodings(lambda taps: build_encoder(None, TAP_SETS[taps]), images, masks,
+                          np.array(["a", "a", "b"], dtype=object), studies.BUDGETS["smoke"], tmp_path / "views", "data")
     one = encodings.pool(*variants["os2_shrink"].encoding)
     two = encodings.pool(*variants["os2_rescale_scaleatt"].encoding)
     assert len(one.taps) == 5 and len(two.taps) == 10 and two.copies == 2
     assert list(two.batch(np.array([1]), np.array([0]))[0]) == TWO_SCALE_INPUTS
     assert [t.shape[2] for t in two.taps] == [32, 16, 8, 4, 2, 16, 8, 4, 2, 1]
-    assert list(encodings.cache) == [("scale", "sensor_rescale", 2, True)]  # the one-scale pool went
-    assert encodings.originals("scale", half=True) is two
+    assert list(encodings.cache) == [(Form(half=True), "sensor_rescale", 2)]  # the one-scale pool went
+    assert encodings.originals(Form(half=True)) is two
     encodings.pool(*variants["os2_rescale"].encoding)
     encodings.pool(*variants["os2_shrink"].encoding)  # same preprocessing and size: still one pool kept
-    assert list(encodings.cache) == [("scale", "sensor_shrink", 2, False)]
+    assert list(encodings.cache) == [(Form(), "sensor_shrink", 2)]
+
+
+def test_a_pool_too_large_for_memory_is_encoded_into_files_and_reused_by_the_next_run(tmp_path, monkeypatch):
+    """The wide taps' pool (17 GiB for the shared data) cannot stay in a 24 GiB machine's
+    memory beside training: over POOL_IN_MEMORY_LIMIT it is written to memory-mapped files,
+    with the same features as in memory, and a resumed run reads them instead of encoding again."""
+    from ablations import features, studies
+    from ablations.evaluate import transfer
+    from ablations.evaluate.transfer import Encodings, _variants
+    from zoo.encoder import TAP_SETS, build_encoder
+
+    wide = _variants()["os2_shrink_widetaps_seed1"]
+    assert dataclasses_differ(wide.config, _variants()["os2_shrink"].config) == {"taps"} and wide.seed == 1
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
+
+    encoder = build_encoder(None, TAP_SETS["wide"])  # random weights: one encoder for every run
+
+    def encodings():
+        return Encodings({"wide": encoder}.__getitem__, images, masks,
+                         np.array(["a", "a", "b"], dtype=object), studies.BUDGETS["smoke"], tmp_path / "views", "data")
+
+    in_memory = encodings().pool(*wide.encoding)
+    assert [t.shape[-1] for t in in_memory.taps] == [96, 144, 192, 576, 1280]  # the expansions at strides 2, 4
+    assert encodings().pool_bytes(wide.encoding[0], 2) == sum(t.nbytes for t in in_memory.taps)
+    monkeypatch.setattr(transfer, "POOL_IN_MEMORY_LIMIT", 1000)
+    on_disk = encodings().pool(*wide.encoding)
+    assert all(isinstance(t, np.memmap) for t in on_disk.taps) and not (tmp_path / "views").exists()
+    for ours, theirs in zip(on_disk.taps, in_memory.taps):
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(on_disk.masks, in_memory.masks)  # the augmented copy's masks too
+    monkeypatch.setattr(features, "encode", lambda *a, **k: pytest.fail("encoded again"))
+    again = encodings().pool(*wide.encoding)
+    np.testing.assert_array_equal(again.taps[1], in_memory.taps[1])
+    assert [p.name for p in (tmp_path / "pools").iterdir()] == ["data-scale-sensor_shrink-copies2-widetaps"]
 
 
 def test_closer_or_farther_views_make_roofs_both_larger_and_smaller():
@@ -662,18 +698,19 @@ def dataclasses_differ(a, b) -> set[str]:
     return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
 
 
-@pytest.mark.parametrize("scale_fusion", ["none", "attention"])
-def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path, scale_fusion):
+@pytest.mark.parametrize("scale_fusion, taps", [("none", "narrow"), ("attention", "narrow"), ("none", "wide")])
+def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path, scale_fusion, taps):
     """Cross-validation scores a view set from encoded copies of the tiles seen through each
     view; the server runs each view through the whole model (zoo.predict). Both must give the
     same probabilities, or the views chosen would be scored on something never served. A
-    two-scale model's copies are encoded at half size too, as the model halves each view."""
+    two-scale model's copies are encoded at half size too, as the model halves each view; a
+    wide-tap model's at its own taps."""
     import dataclasses
 
     import keras
 
     from ablations import studies
-    from ablations.evaluate.transfer import Encodings, view_averaged_probabilities
+    from ablations.evaluate.transfer import Encodings, Form, view_averaged_probabilities
     from ablations.final import SELECTED_DECODER
     from ablations.heldout import option_of
     from zoo import unet
@@ -683,9 +720,9 @@ def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path, scal
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     masks = rng.integers(0, 2, (3, 64, 64)).astype(np.uint8)
-    encoder = build_encoder(None, TAP_SETS["narrow"])
+    encoder = build_encoder(None, TAP_SETS[taps])
     keras.utils.set_random_seed(0)
-    config = dataclasses.replace(SELECTED_DECODER, scale_fusion=scale_fusion)
+    config = dataclasses.replace(SELECTED_DECODER, scale_fusion=scale_fusion, taps=taps)
     model = unet.build(config, encoder=encoder)
     decoder = unet.decoder_of(model)
     # A random decoder says ~0.5 everywhere: spread its logits (the 1x1 head's kernel).
@@ -695,21 +732,21 @@ def test_the_harness_scores_each_view_set_as_the_server_serves_it(tmp_path, scal
     if scale_fusion == "attention":  # and let the mix of the two scales vary from pixel to pixel
         kernel, bias = decoder.get_layer("scale_weight").get_weights()
         decoder.get_layer("scale_weight").set_weights([rng.normal(0, 3, kernel.shape).astype("float32"), bias])
-    encodings = Encodings(encoder, images, masks, np.array(["a", "a", "b"], dtype=object),
+    encodings = Encodings({taps: encoder}.__getitem__, images, masks, np.array(["a", "a", "b"], dtype=object),
                           studies.BUDGETS["smoke"], tmp_path / "views", "data")
     index = np.array([0, 2])
     # At 0.25 the 64 px tiles shrink to 16 px, which the server pads to 32 and crops back.
     names = ["rot180", "transpose", "flips", "dihedral", "none@1+0.5", "transpose@1+0.5+0.25"]
-    scored = view_averaged_probabilities(model, encodings, config.preprocess, index, names)
+    scored = view_averaged_probabilities(model, encodings, Form.of(config), index, names)
     plain = Segmenter(model).probabilities(images[0])
     for name in names:
         tta, scales = option_of(name)
         served = np.stack([Segmenter(model, tta=tta, scales=scales).probabilities(images[i]) for i in index])
         np.testing.assert_allclose(scored[name], served, atol=1e-3)  # features are kept in float16
         assert np.abs(served[0] - plain).max() > 0.05  # the options change the prediction: a real check
-    half = "-half" if scale_fusion == "attention" else ""
+    suffix = ("-half" if scale_fusion == "attention" else "") + ("-widetaps" if taps == "wide" else "")
     assert sorted(p.name for p in (tmp_path / "views").iterdir()) == sorted(
-        f"{name}{half}" for name in [f"data-scale-view{v}" for v in range(1, 8)]
+        f"{name}{suffix}" for name in [f"data-scale-view{v}" for v in range(1, 8)]
         + ["data-scale-view0-scale0.5", "data-scale-view0-scale0.25", "data-scale-view4-scale0.5",
            "data-scale-view4-scale0.25"])
 

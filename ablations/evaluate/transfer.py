@@ -7,7 +7,9 @@ trained on the other cities with the same seed and cosine schedule, scored on it
 city after every epoch at every threshold. A variant differs from `selected` (the recipe the
 final fit serves) in one thing: its loss, its preprocessing, its augmentation or its width.
 
-- Features are encoded once per (preprocessing, augmentation) and shared by the folds; a
+- Features are encoded once per (form, augmentation) and shared by the folds (a form: the
+  preprocessing, the encoder's taps, one or two scales; a pool too large for memory, as the
+  wide taps', is memory-mapped from OUT/cache/pools/ and reused by a later run); a
   style augmentation borrows other cities' looks, so its augmented copies are encoded per
   fold from that fold's training cities only (the held-out city's look never trains).
 - Test-time views are scored on the last epoch from encoded flipped and rotated copies of
@@ -47,6 +49,30 @@ RECORDABLE_VIEWS = [name for name in TTA_VIEW_INDICES if name != "none"]
 DEFAULT_VIEWS = "flips"
 
 SEED = 0
+# A pool whose features would take more than this lives in a memory-mapped file under the
+# run's cache, not in memory (the wide taps' two copies of 1,638 tiles: 17 GiB).
+POOL_IN_MEMORY_LIMIT = 8 * 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """What features are encoded as: the model's input preprocessing, the encoder's taps
+    (zoo.encoder.TAP_SETS) and whether each image is encoded at half size too (a two-scale
+    decoder's inputs)."""
+
+    preprocess: str = "scale"
+    taps: str = "narrow"
+    half: bool = False
+
+    @classmethod
+    def of(cls, config: DecoderConfig) -> "Form":
+        return cls(config.preprocess, config.taps, config.scale_fusion != "none")
+
+    def folder(self, data_key: str, what: str) -> str:
+        """A folder name for `what` in this form; the narrow taps' names are those written
+        before taps were a choice, so encodings kept on disk are reused."""
+        return (f"{data_key}-{self.preprocess}-{what}" + ("-half" if self.half else "")
+                + ("" if self.taps == "narrow" else f"-{self.taps}taps"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +90,9 @@ class Variant:
         return run_epochs * self.epoch_factor
 
     @property
-    def encoding(self) -> tuple[str, str, int | None, bool]:
-        """What its pool is encoded with: preprocessing, augmentation, copies (None: the
-        budget's), and whether at half size too (a two-scale decoder)."""
-        return (self.config.preprocess, self.recipe.augmentation, self.recipe.augmented_copies,
-                self.config.scale_fusion != "none")
+    def encoding(self) -> tuple[Form, str, int | None]:
+        """What its pool is encoded with: the form, augmentation and copies (None: the budget's)."""
+        return Form.of(self.config), self.recipe.augmentation, self.recipe.augmented_copies
 
 
 def _variants() -> dict[str, Variant]:
@@ -105,6 +129,10 @@ def _variants() -> dict[str, Variant]:
         variant("rescale_scaleatt", "the two-scale decoder trained on farther and closer views (1 tile in 4 "
                 "each): closer views make roofs too large for the full-size pass, where the mix should "
                 "learn to trust the half-size one", config=two_scale, augmentation="sensor_rescale"),
+        variant("shrink_widetaps", "farther views, and the wide taps: the encoder's 96- and 144-channel "
+                "expansions at strides 2 and 4 (the tutorial's) instead of its 16- and 24-channel bottlenecks: "
+                "more of what the frozen encoder saw at high resolution", config=dataclasses.replace(base, taps="wide"),
+                augmentation="sensor_shrink"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
         variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
@@ -197,13 +225,12 @@ def run_variants(args) -> None:
     if not todo:
         print("every variant asked for has finished; rewriting the report")
         return
-    encoder = load_encoder(args.weights)
     images, masks = folders.load_arrays(samples, budget.size)
     areas = np.asarray([s.area for s in samples], dtype=object)
     area_folds = folds.area_folds(list(areas))
     data_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     zooms = np.asarray([-1 if s.zoom is None else s.zoom for s in samples])  # -1: not a web-map tile
-    encodings = Encodings(encoder, images, masks, areas, budget, args.out / "cache" / "flipped", data_key, zooms)
+    encodings = Encodings(lambda taps: load_encoder(args.weights, taps), images, masks, areas, budget, args.out / "cache" / "flipped", data_key, zooms)
     for variant in todo:
         started = time.time()
         print(f"variant {variant.name}: {variant.why}", flush=True)
@@ -247,81 +274,108 @@ def _finished(out: Path, variant: Variant, fingerprint: dict, views: list[str]) 
 
 
 class Encodings:
-    """Encoder features of the whole pool by (preprocessing, augmentation, copies, half), and
-    flipped or rotated copies of every tile for test-time views; `half`: each also at half
-    size, for a two-scale decoder (a quarter more). One preprocessing, with or without half
-    size, is kept in memory at a time, and one pool (about 5 GiB for two copies of 1,638 tiles). The viewed copies (2.5 GiB a view)
-    live on disk under `disk` and are read memory-mapped; their file names carry the data's
-    fingerprint, so a later run on the same data reuses them and another data set never does."""
+    """Encoder features of the whole pool by (form, augmentation, copies), and flipped or
+    rotated copies of every tile for test-time views. One form is kept in memory at a time,
+    and one pool (about 5 GiB for two copies of 1,638 tiles at the narrow taps; a pool over
+    POOL_IN_MEMORY_LIMIT is memory-mapped from `disk`'s parent/pools). The viewed copies (2.5
+    GiB a view) live on disk under `disk` and are read memory-mapped. File names carry the
+    data's fingerprint, so a later run on the same data reuses them and another data set never
+    does. `encoder_for(taps)`: the frozen encoder cut at zoo.encoder.TAP_SETS[taps]."""
 
-    def __init__(self, encoder, images, masks, areas, budget, disk: Path, data_key: str, zooms=None):
-        self.encoder, self.images, self.masks, self.areas, self.budget = encoder, images, masks, areas, budget
+    def __init__(self, encoder_for, images, masks, areas, budget, disk: Path, data_key: str, zooms=None):
+        self.encoder_for, self.images, self.masks, self.areas, self.budget = encoder_for, images, masks, areas, budget
         # Each tile's zoom level (ground resolution), so options can be scored per zoom; -1: unknown.
         self.zooms = np.full(len(images), -1) if zooms is None else np.asarray(zooms)
         self.disk, self.data_key = Path(disk), data_key
-        self.cache: dict = {}  # (preprocess, augmentation, copies, half) -> the pool's features
-        self.views: dict = {}  # (preprocess, view, scale, half) -> memory-mapped features of viewed tiles
+        self.cache: dict = {}  # (form, augmentation, copies) -> the pool's features
+        self.views: dict = {}  # (form, view, scale) -> memory-mapped features of viewed tiles
+        self.encoders: dict = {}
 
-    def pool(self, preprocess: str, augmentation: str, copies: int | None = None, half: bool = False):
-        """`half`: each copy also encoded at half size, for a two-scale decoder."""
+    def encoder(self, taps: str = "narrow"):
+        if taps not in self.encoders:
+            self.encoders[taps] = self.encoder_for(taps)
+        return self.encoders[taps]
+
+    def pool(self, form: Form, augmentation: str, copies: int | None = None):
         copies = studies.Recipe(augmentation=augmentation, augmented_copies=copies).copies(self.budget)
-        key = (preprocess, augmentation, copies, half)
+        key = (form, augmentation, copies)
         if key not in self.cache:
-            self._make_room(preprocess, half)
-            self.cache[key] = self.encode(preprocess, self.images, self.masks, copies, augmentation, half)
+            self._make_room(form)
+            if self.pool_bytes(form, copies) <= POOL_IN_MEMORY_LIMIT:
+                self.cache[key] = self.encode(form, self.images, self.masks, copies, augmentation)
+            else:
+                folder = self.disk.parent / "pools" / form.folder(self.data_key, f"{augmentation}-copies{copies}")
+                self.cache[key] = self._on_disk(folder, lambda allocate: self.encode(
+                    form, self.images, self.masks, copies, augmentation, allocate=allocate))
         return self.cache[key]
 
-    def originals(self, preprocess: str, half: bool = False):
+    def pool_bytes(self, form: Form, copies: int) -> int:
+        """What a pool's float16 features take: every tap of every copy (a quarter more at half size)."""
+        from zoo.unet import STRIDES
+
+        height, width = self.images.shape[1:3]
+        channels = [int(t.shape[-1]) for t in self.encoder(form.taps).outputs]
+        per_tile = sum((height // s) * (width // s) * c for s, c in zip(STRIDES, channels))
+        return int(2 * copies * len(self.images) * per_tile * (1.25 if form.half else 1))
+
+    def originals(self, form: Form):
         """Copy 0 of any cached pool is the unaugmented tiles (ablations.features.encode)."""
-        for (kind, _, _, with_half), features in self.cache.items():
-            if (kind, with_half) == (preprocess, half):
+        for (kept, _, _), features in self.cache.items():
+            if kept == form:
                 return features
-        return self.pool(preprocess, "none", half=half)
+        return self.pool(form, "none")
 
-    def viewed(self, preprocess: str, view: int, scale: float = 1.0, half: bool = False):
+    def viewed(self, form: Form, view: int, scale: float = 1.0):
         """Every tile seen through zoo.predict.DIHEDRAL_VIEWS[view], resized by `scale` and
-        padded as zoo.predict's Segmenter does (`scaled_tiles`); `half`: at half size too."""
-        from ablations.features import TAP_INPUTS, TWO_SCALE_INPUTS, FeatureSet
-
-        key = (preprocess, view, scale, half)
+        padded as zoo.predict's Segmenter does (`scaled_tiles`)."""
+        key = (form, view, scale)
         if key not in self.views:
             forward, _ = DIHEDRAL_VIEWS[view]
             images = self.images if scale == 1.0 else scaled_tiles(self.images, scale)
             masks = self.masks if scale == 1.0 else np.zeros(images.shape[:3], np.uint8)  # never scored
-            folder = self.disk / (f"{self.data_key}-{preprocess}-view{view}" + ("" if scale == 1.0 else f"-scale{scale:g}")
-                                  + ("-half" if half else ""))
-            if not (folder / "done").is_file():
-                encoded = self.encode(preprocess, forward(images), forward(masks), 1, "none", half)
-                folder.mkdir(parents=True, exist_ok=True)
-                for number, tap in enumerate(encoded.taps):
-                    np.save(folder / f"tap{number}.npy", tap)
-                (folder / "done").write_text("complete\n")  # written last: a killed write is redone
-                del encoded
-            count = len(TWO_SCALE_INPUTS if half else TAP_INPUTS)
-            taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(count)]
-            self.views[key] = FeatureSet(taps, forward(masks)[None], self.images)
+            folder = self.disk / form.folder(self.data_key, f"view{view}" + ("" if scale == 1.0 else f"-scale{scale:g}"))
+            self.views[key] = self._on_disk(folder, lambda allocate: self.encode(
+                form, forward(images), forward(masks), 1, "none", allocate=allocate), forward(masks)[None])
         return self.views[key]
 
-    def encode(self, preprocess, images, masks, copies, augmentation, half: bool = False):
+    def _on_disk(self, folder: Path, encode, masks=None):
+        """Features encoded straight into memory-mapped files under `folder`, or those files
+        as a run before this one wrote them; `done` is written last, so a killed write is
+        redone. `masks`: the copies' masks if known (else those the encoding saved)."""
+        from ablations.features import FeatureSet
+
+        if not (folder / "done").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            encoded = encode(lambda number, shape, dtype: np.lib.format.open_memmap(
+                folder / f"tap{number}.npy", "w+", dtype, shape))
+            for tap in encoded.taps:
+                tap.flush()
+            np.save(folder / "masks.npy", encoded.masks)
+            (folder / "done").write_text("complete\n")
+            del encoded
+        count = len(list(folder.glob("tap*.npy")))
+        taps = [np.load(folder / f"tap{n}.npy", mmap_mode="r") for n in range(count)]
+        return FeatureSet(taps, np.load(folder / "masks.npy") if masks is None else masks, self.images)
+
+    def encode(self, form: Form, images, masks, copies, augmentation, allocate=None):
         from ablations import features
         from ablations.final import SELECTED_DECODER
         from zoo import unet
 
-        config = dataclasses.replace(SELECTED_DECODER, preprocess=preprocess,
-                                     scale_fusion="attention" if half else "none")
-        model = unet.build(config, encoder=self.encoder)
-        print(f"  encoding {len(images)} tiles: {copies} copies, {preprocess} input, '{augmentation}' "
-              "augmentation" + (", at full and half size" if half else ""), flush=True)
+        config = dataclasses.replace(SELECTED_DECODER, preprocess=form.preprocess, taps=form.taps,
+                                     scale_fusion="attention" if form.half else "none")
+        model = unet.build(config, encoder=self.encoder(form.taps))
+        print(f"  encoding {len(images)} tiles: {copies} copies, {form.preprocess} input, {form.taps} taps, "
+              f"'{augmentation}' augmentation" + (", at full and half size" if form.half else ""), flush=True)
         kind = augmentation if copies > 1 else "none"  # one copy: the images as given
-        return features.encode(model, images, masks, copies, kind, seed=SEED)
+        return features.encode(model, images, masks, copies, kind, seed=SEED, allocate=allocate)
 
-    def _make_room(self, preprocess: str, half: bool) -> None:
+    def _make_room(self, form: Form) -> None:
         """Before a new pool is encoded: every pool goes (GiBs each: a run that kept two, beside
-        a fit, once ran a 24 GiB machine out of memory), and the viewed copies of another
-        preprocessing or size (their keys start and end with those). Variants listed with
-        their augmentation together encode each pool once."""
+        a fit, once ran a 24 GiB machine out of memory), and the viewed copies of another form.
+        Variants listed with their augmentation together encode each pool once."""
         self.cache.clear()
-        for key in [k for k in self.views if (k[0], k[-1]) != (preprocess, half)]:
+        for key in [k for k in self.views if k[0] != form]:
             del self.views[key]
         gc.collect()
 
@@ -339,7 +393,7 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         import keras
 
         keras.utils.set_random_seed(variant.seed)
-        return unet.build(variant.config, encoder=encodings.encoder)
+        return unet.build(variant.config, encoder=encodings.encoder(variant.config.taps))
 
     epochs = variant.epochs_of(epochs)
     # What each fold records, by kind: kind -> option -> held-out city -> counts.
@@ -362,7 +416,7 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
             pool, set_aside[fold.val_area] = relabelled(pool, encodings, fold, judged, cache.parent / variant.name)
         result = folds.cross_validate(build, variant.recipe, pool, [fold], epochs, variant.seed,
                                       schedule_epochs=epochs, eager=budget.eager)[0]
-        scored = score_fold(result.model, encodings, variant.config.preprocess, fold, views, cache / variant.name)
+        scored = score_fold(result.model, encodings, Form.of(variant.config), fold, views, cache / variant.name)
         for kind in FOLD_RECORDS:
             for name, counts in scored[kind].items():
                 recorded[kind][name][fold.val_area] = counts
@@ -383,14 +437,14 @@ FOLD_RECORDS = ("views", "views_by_zoom", "tile_counts")
 PER_TILE_ONLY = ("none",)
 
 
-def score_fold(model, encodings: Encodings, preprocess: str, fold, views, folder: Path) -> dict:
+def score_fold(model, encodings: Encodings, form: Form, fold, views, folder: Path) -> dict:
     """The held-out tiles of a fold under every option of `views` (and PER_TILE_ONLY), as
     FOLD_RECORDS: kind -> option -> counts. One-scale probabilities are kept under `folder`
     for ensembles of variants (every option would be GiBs)."""
     from ablations.folds import threshold_counts
 
     names = [*views, *(name for name in PER_TILE_ONLY if name not in views)]
-    by_option = view_averaged_probabilities(model, encodings, preprocess, fold.val_index, names)
+    by_option = view_averaged_probabilities(model, encodings, form, fold.val_index, names)
     masks, zooms = encodings.masks[fold.val_index], encodings.zooms[fold.val_index]
     scored = {kind: {} for kind in FOLD_RECORDS}
     for name in names:
@@ -509,17 +563,17 @@ def training_pool(encodings: Encodings, variant: Variant, fold):
     style augmentation: every tile's original, plus for the fold's training tiles a copy
     restyled after the fold's *other* training cities, never the held-out one. Held-out
     tiles keep their original in both copies; validation reads copy 0 only."""
-    preprocess, augmentation, copies, half = variant.encoding
+    form, augmentation, copies = variant.encoding
     if augmentation not in STYLE_AUGMENTATIONS:
-        return encodings.pool(preprocess, augmentation, copies, half)
-    if half:
+        return encodings.pool(form, augmentation, copies)
+    if form.half:
         raise UserFacingError(f"variant {variant.name}: a style augmentation is not encoded at half size")
     from ablations.data import augment
 
-    originals = encodings.originals(preprocess)
+    originals = encodings.originals(form)
     index = fold.train_index
     images, masks = augment.restyle(augmentation, encodings.images, encodings.masks, encodings.areas, index, SEED)
-    restyled = encodings.encode(preprocess, images, masks, 1, f"{augmentation}, styles from "
+    restyled = encodings.encode(form, images, masks, 1, f"{augmentation}, styles from "
                                 f"{', '.join(sorted(set(encodings.areas[index])))}")
     return RestyledCopies(originals, restyled, index)
 
@@ -570,7 +624,7 @@ def scaled_tiles(images: np.ndarray, scale: float) -> np.ndarray:
     return np.stack([reflect_pad(resize(image, *small), *padded) for image in images])
 
 
-def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, index, names) -> dict:
+def view_averaged_probabilities(model, encodings: Encodings, form: Form, index, names) -> dict:
     """Held-out probabilities under each serving option of `names` (ablations.heldout.option_of:
     a test-time view set, at one scale or several), as zoo.predict serves it: each view mapped
     back; at a smaller scale, cropped and resized to the tile's size; the views averaged, then
@@ -581,7 +635,10 @@ def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
     from zoo.predict import resize, scaled_size
     from zoo.unet import decoder_of, has_half_scale
 
-    decoder, half = decoder_of(model), has_half_scale(model)
+    if has_half_scale(model) != form.half:
+        raise ValueError(f"features encoded {'with' if form.half else 'without'} half size for a model "
+                         f"{'with' if has_half_scale(model) else 'without'} a half-size pass")
+    decoder = decoder_of(model)
     options = {name: option_of(name) for name in names}
     height, width = encodings.images.shape[1:3]
     totals = {name: 0.0 for name in names}
@@ -591,8 +648,8 @@ def view_averaged_probabilities(model, encodings: Encodings, preprocess: str, in
         by_views = {tta: 0.0 for tta, _ in at_scale.values()}
         for view in sorted(set().union(*(TTA_VIEW_INDICES[tta] for tta in by_views))):
             # view 0 at full size is the originals, encoded with the training pool
-            features = (encodings.originals(preprocess, half) if (view, scale) == (0, 1.0)
-                        else encodings.viewed(preprocess, view, scale, half))
+            features = (encodings.originals(form) if (view, scale) == (0, 1.0)
+                        else encodings.viewed(form, view, scale))
             _, inverse = DIHEDRAL_VIEWS[view]
             probs = inverse(decoder_probabilities(decoder, FeatureView(features, index)).astype(np.float32))
             probs = probs[:, :small[0], :small[1]]
