@@ -94,20 +94,21 @@ def render(rows: list[dict], command: str, machine: str, date: str, name: str, o
 
 
 def main(argv=None) -> int:
+    from ablations.errors import exit_status
+
+    args = parse_args(argv)
+    return exit_status(lambda: run(args, argv))
+
+
+def run(args, argv=None) -> None:
     import datetime
 
-    from ablations.errors import UserFacingError
     from ablations.machine import OtherWork, describe
     from zoo.files import write_json_atomic, write_text_atomic
 
-    args = parse_args(argv)
     heads = [int(v) for v in args.heads.split(",")]
     sides = [int(v) for v in args.sides.split(",")]
-    try:
-        config = head_config(args.config_from)
-    except UserFacingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = head_config(args.config_from)
     other_work = OtherWork()
     rows = measure(config, heads, sides, args.repeats, args.weights, [v for v in args.tta.split(",") if v])
     other_note = other_work.note()
@@ -117,7 +118,6 @@ def main(argv=None) -> int:
                                                    "date": date, "head": config.name, "other_work": other_note})
     write_text_atomic(args.out / "ensemble.md", render(rows, command, describe(), date, config.name, other_note))
     print(f"wrote {args.out / 'ensemble.md'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -67,14 +67,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def served_metadata(final: Path) -> dict:
+    """What the fit in `final` serves (its model.json), or {} before a fit wrote one."""
+    metadata_file = Path(final) / "model.json"
+    return json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+
+
 def served_rows(curve: dict, final: Path) -> dict:
     """The curve with the per-city rows of what the fit serves (OUT/model.json): each row as
     the serving option its cross-validation chose (views and scales, fixed 0.5 or not) scores it."""
-    metadata_file = Path(final) / "model.json"
-    if not metadata_file.is_file():
-        return curve
-    metadata = json.loads(metadata_file.read_text())
-    served = metadata.get("metrics", {}).get("cross_validated", {}).get("per_city")
+    served = served_metadata(final).get("metrics", {}).get("cross_validated", {}).get("per_city")
     return {**curve, "per_city": served or curve["per_city"]}
 
 
@@ -83,9 +85,7 @@ def option_left_out_rows(curve: dict, final: Path) -> dict:
     budget (ablations.heldout.option_left_out)."""
     from ablations import heldout
 
-    metadata_file = Path(final) / "model.json"
-    metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
-    validated = metadata.get("metrics", {}).get("cross_validated", {})
+    validated = served_metadata(final).get("metrics", {}).get("cross_validated", {})
     if validated.get("per_city_option_left_out"):  # what the fit recorded beside what it serves
         return validated["per_city_option_left_out"]
     budget = validated.get("passes_budget") or {}
@@ -186,8 +186,7 @@ def _label(metric: str) -> str:
 def render(curve: dict, tutorial: dict, final: Path, left_out: dict | None = None) -> str:
     from tabulate import tabulate
 
-    metadata_file = Path(final) / "model.json"
-    name = json.loads(metadata_file.read_text())["name"] if metadata_file.is_file() else "the selected recipe"
+    name = served_metadata(final).get("name", "the selected recipe")
     ran = [t for t in tutorial.values() if t]
     tutorial_line = (f"{ran[0]['epochs']} epochs, batch {ran[0]['batch_size']}, end to end, threshold "
                      "chosen on 15 % of the training cities' ground" if ran else "not run yet")
