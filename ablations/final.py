@@ -83,7 +83,8 @@ def run_fit(request: FitRequest) -> dict:
           f"{curve['curve_epochs']} cosine epochs, threshold {threshold:.2f}, test-time views "
           f"'{tta}' at scales {scales}, {pool.count} tiles")
     model = _build(config, encoder)
-    history, seconds = _train(model, recipe, pool, epochs, curve["curve_epochs"], budget)
+    history, seconds = _train(model, recipe, pool, epochs, curve["curve_epochs"], budget,
+                              [s.area for s in pool_samples])
     test = score_test(model, (threshold, tta, scales), test_samples, budget)
     metadata = final_metadata(request, config, recipe, epochs, (threshold, tta, scales), curve, history, seconds,
                               test, source, pool_samples, test_samples)
@@ -173,12 +174,12 @@ def encode_pool(encoder, pool_samples, budget, recipe, config=SELECTED_DECODER) 
                                  features.encode(model, *restyled, 1, "none", seed=SEED))
 
 
-def _train(model, recipe, pool, epochs: int, schedule_epochs: int, budget):
+def _train(model, recipe, pool, epochs: int, schedule_epochs: int, budget, areas):
     from ablations.search import EpochProgress
     from ablations.train import train_decoder
 
     return train_decoder(model, recipe, pool, epochs, SEED, callbacks=[EpochProgress()],
-                         eager=budget.eager, schedule_epochs=schedule_epochs)
+                         eager=budget.eager, schedule_epochs=schedule_epochs, areas=areas)
 
 
 def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget) -> dict:
@@ -199,7 +200,8 @@ def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
     started = time.time()
     results = folds.cross_validate(lambda: _build(config, encoder), recipe, pool, area_folds,
                                    request.curve_epochs, SEED, schedule_epochs=request.curve_epochs,
-                                   eager=budget.eager, callbacks=[EpochProgress()])
+                                   eager=budget.eager, callbacks=[EpochProgress()],
+                                   areas=[s.area for s in pool_samples])
     curve = curve_record(results, request.curve_epochs, time.time() - started)
     # Named like a variant's curve: a later plain fit in this folder refits this recipe
     # (_kept_curve), and a serving option's passes depend on the config (heldout.model_passes).

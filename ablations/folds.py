@@ -113,11 +113,13 @@ def cross_validate(build_model: Callable[[], keras.Model], recipe, pool, folds: 
                    epochs: int, seed: int, schedule_epochs: int | None = None, eager: bool = False,
                    first_model: keras.Model | None = None, callbacks=(), progress=print,
                    last_epoch_only: bool = False, initial_epoch: int = 0,
-                   resume: Sequence[tuple[Path, dict]] | None = None) -> list[FoldResult]:
+                   resume: Sequence[tuple[Path, dict]] | None = None,
+                   areas: Sequence[str] | None = None) -> list[FoldResult]:
     """Train one decoder per fold (each from the same seeded initial weights) and record its
     validation curve (`last_epoch_only`: its last epoch). `first_model` (already built) is
     trained on the first fold. With `resume` (each fold's decoder weights file and optimizer
-    state, saved after `initial_epoch` epochs) every fold continues where it stopped."""
+    state, saved after `initial_epoch` epochs) every fold continues where it stopped.
+    `areas`: each pool tile's area, for a recipe that samples by area."""
     results = []
     for number, fold in enumerate(folds):
         model = first_model if (number == 0 and first_model is not None) else build_model()
@@ -133,7 +135,8 @@ def cross_validate(build_model: Callable[[], keras.Model], recipe, pool, folds: 
         history, seconds = train.train_decoder(
             model, recipe, FeatureView(pool, fold.train_index), epochs, seed,
             callbacks=[curve, *callbacks], eager=eager, schedule_epochs=schedule_epochs,
-            initial_epoch=initial_epoch, optimizer_state=optimizer_state)
+            initial_epoch=initial_epoch, optimizer_state=optimizer_state,
+            areas=None if areas is None else np.asarray(areas, dtype=object)[fold.train_index])
         results.append(FoldResult(fold.val_area, val.count, np.stack(curve.counts), history, seconds, model))
     return results
 

@@ -14,6 +14,9 @@ from typing import Callable
 from ablations.data.augment import AUGMENTATIONS, STYLE_AUGMENTATIONS
 from zoo.config import CONV_BLOCKS, SKIP_MERGES, UPSAMPLERS, DecoderConfig
 
+# How an epoch draws its tiles: "tiles", each tile once; "areas", each area (city) equally
+# often, so the largest city of the pool does not decide what the decoder learns.
+SAMPLINGS = ("tiles", "areas")
 OBJECTIVE = "val_building_iou"  # validation building IoU (the strict IoU), maximised
 
 
@@ -34,8 +37,11 @@ class Recipe:
     # final fit and the transfer harness honour it; the studies of ablations.run encode the
     # budget's copies and set none.
     augmented_copies: int | None = None
+    sampling: str = "tiles"  # SAMPLINGS
 
     def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"Recipe.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         if self.augmented_copies is None:
             return
         if self.augmented_copies < 2:
@@ -52,8 +58,11 @@ class Recipe:
 
     def to_dict(self) -> dict:
         fields = dataclasses.asdict(self)
-        if fields["augmented_copies"] is None:  # recipes recorded before the field compare equal
+        # Recipes recorded before these fields existed compare equal.
+        if fields["augmented_copies"] is None:
             del fields["augmented_copies"]
+        if fields["sampling"] == "tiles":
+            del fields["sampling"]
         return fields
 
 

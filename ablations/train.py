@@ -20,11 +20,14 @@ from zoo.unet import decoder_of
 
 
 class FeatureBatches(keras.utils.PyDataset):
-    """Shuffled batches of cached features; each epoch draws one encoded copy per image."""
+    """Shuffled batches of cached features; each epoch draws one encoded copy per image.
+    With `areas` (each image's area), an epoch of the same length draws each area equally
+    often instead of each image once (`area_balanced_order`)."""
 
-    def __init__(self, features: FeatureSet, batch_size: int, seed: int, first_epoch: int = 0):
+    def __init__(self, features: FeatureSet, batch_size: int, seed: int, first_epoch: int = 0,
+                 areas: np.ndarray | None = None):
         super().__init__()
-        self.features, self.batch_size = features, batch_size
+        self.features, self.batch_size, self.areas = features, batch_size, areas
         self.rng = np.random.default_rng(seed)
         # A run continued at `first_epoch` draws the orders the epochs before it drew, so it
         # sees the batches an uninterrupted run would have seen.
@@ -39,7 +42,8 @@ class FeatureBatches(keras.utils.PyDataset):
         return self.features.batch(self.copy_of[chosen], chosen)
 
     def on_epoch_end(self):
-        self.order = self.rng.permutation(self.features.count)
+        self.order = (self.rng.permutation(self.features.count) if self.areas is None
+                      else area_balanced_order(self.rng, self.areas))
         self.copy_of = self.rng.integers(0, self.features.copies, self.features.count)
 
     def release(self) -> None:
@@ -47,6 +51,21 @@ class FeatureBatches(keras.utils.PyDataset):
         global py_func registry keeps alive after training, so without this every trial's
         training features (GiBs) would stay in memory until the process ends."""
         self.features = None
+
+
+def area_balanced_order(rng: np.random.Generator, areas: np.ndarray) -> np.ndarray:
+    """An epoch's order of image indices, as long as `areas`, that holds each area's images
+    equally often: a small area's images repeat (each once before any twice), a large one's
+    are a random part of them."""
+    areas = np.asarray(areas, dtype=object)
+    names = sorted(set(areas), key=str)
+    quotas = np.diff(np.linspace(0, len(areas), len(names) + 1).round().astype(int))
+    drawn = []
+    for name, quota in zip(names, quotas):
+        own = np.flatnonzero(areas == name)
+        rounds = -(-quota // len(own))
+        drawn.append(np.concatenate([rng.permutation(own) for _ in range(rounds)])[:quota])
+    return rng.permutation(np.concatenate(drawn))
 
 
 class KeepFreedMemory(keras.callbacks.Callback):
@@ -71,14 +90,18 @@ class TrialResult:
 
 def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: int,
                   callbacks=(), eager: bool = False, schedule_epochs: int | None = None,
-                  initial_epoch: int = 0, optimizer_state: dict | None = None) -> tuple[dict, float]:
+                  initial_epoch: int = 0, optimizer_state: dict | None = None,
+                  areas: np.ndarray | None = None) -> tuple[dict, float]:
     """Train the decoder up to epoch `epochs`. The learning rate follows a cosine over
     `schedule_epochs` (default `epochs`): the final fit stops such a schedule at the epoch
     cross-validation chose, so it trains exactly as the folds it was chosen on did.
 
     A run stopped after `initial_epoch` epochs continues with `initial_epoch` and the
     optimizer state it saved (`optimizer_variables`; the model already holds its weights):
-    the same schedule, moments and batch order as if it had never stopped."""
+    the same schedule, moments and batch order as if it had never stopped. `areas`: each
+    training image's area, which a recipe sampling by area needs."""
+    if recipe.sampling == "areas" and areas is None:
+        raise ValueError("Recipe.sampling='areas' needs each training image's area (train_decoder's areas)")
     keras.utils.set_random_seed(seed)
     decoder = decoder_of(model)
     steps = (schedule_epochs or epochs) * math.ceil(train.count / recipe.batch_size)
@@ -98,7 +121,8 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
                              f"decoder's optimizer {len(decoder.optimizer.variables)}: another architecture?")
         decoder.optimizer.load_own_variables(optimizer_state)
     started = time.time()
-    batches = FeatureBatches(train, recipe.batch_size, seed, first_epoch=initial_epoch)
+    batches = FeatureBatches(train, recipe.batch_size, seed, first_epoch=initial_epoch,
+                             areas=np.asarray(areas, dtype=object) if recipe.sampling == "areas" else None)
     try:
         # shuffle=False: FeatureBatches already draws a seeded order per epoch, which a continued
         # run replays; Keras' own shuffle of a PyDataset's batches would draw from Python's

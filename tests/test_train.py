@@ -99,3 +99,63 @@ def test_a_run_continued_from_its_saved_state_trains_as_if_never_stopped():
         variable.assign(value)
     train.train_decoder(restarted, recipe, cache, epochs=3, seed=0, schedule_epochs=3, initial_epoch=1, eager=True)
     assert distance(restarted) > 1e-3
+
+
+def test_sampling_by_area_draws_each_city_equally_often_in_an_epoch_of_the_same_length():
+    """Recipe.sampling="areas": the pool's largest city (Dar es Salaam, 966 of 1,638 tiles)
+    must not decide what the decoder learns, so each area fills an equal part of the epoch;
+    a small area's tiles each repeat as evenly as possible, a large one's are a random part."""
+    areas = np.array(["dar"] * 60 + ["kath"] * 10 + ["nbo"] * 20, dtype=object)
+    rng = np.random.default_rng(0)
+    order = train.area_balanced_order(rng, areas)
+    assert len(order) == len(areas)
+    assert {name: int((areas[order] == name).sum()) for name in ("dar", "kath", "nbo")} == {"dar": 30, "kath": 30, "nbo": 30}
+    assert sorted(set(np.bincount(order, minlength=90)[60:70])) == [3]  # each Kathmandu tile thrice
+    assert sorted(set(np.bincount(order, minlength=90)[70:90])) == [1, 2]  # Nairobi's: once or twice
+    assert len(set(order[areas[order] == "dar"])) == 30  # 30 different Dar tiles of 60
+    assert not np.array_equal(order, train.area_balanced_order(rng, areas))  # each epoch draws anew
+
+    class Pool:
+        count, copies = 90, 2
+
+    # Without areas an epoch is the seeded permutation every recorded curve was trained with.
+    plain = train.FeatureBatches(Pool(), 16, seed=3)
+    expected = np.random.default_rng(3)
+    assert np.array_equal(plain.order, expected.permutation(90))
+    balanced = train.FeatureBatches(Pool(), 16, seed=3, areas=areas)
+    assert len(balanced) == len(plain) and (areas[balanced.order] == "kath").sum() == 30
+
+
+def test_a_recipe_sampling_by_area_needs_areas_and_reads_back_as_older_recipes_did():
+    import pytest
+
+    assert "sampling" not in studies.Recipe().to_dict()  # curves recorded before the field compare equal
+    assert studies.Recipe(**studies.Recipe(sampling="areas").to_dict()).sampling == "areas"
+    with pytest.raises(ValueError, match="sampling"):
+        studies.Recipe(sampling="cities")
+    with pytest.raises(ValueError, match="area"):
+        train.train_decoder(None, studies.Recipe(sampling="areas"), None, epochs=1, seed=0)
+
+
+def test_cross_validation_gives_each_fold_the_areas_of_its_own_training_tiles(monkeypatch):
+    """A fold trains on every area but its held-out one; sampling by area must balance those
+    (a held-out city's tiles must never be drawn into its fold's training)."""
+    from types import SimpleNamespace
+
+    from ablations import folds
+
+    areas = np.array(["a", "b", "a", "c", "b", "c", "c"], dtype=object)
+    seen = []
+
+    def train_decoder(model, recipe, training, *args, areas=None, **kwargs):
+        seen.append((training.index.tolist(), list(areas)))
+        return {}, 0.0
+
+    monkeypatch.setattr(train, "train_decoder", train_decoder)
+    monkeypatch.setattr(folds, "ValidationCurve", lambda *a, **k: SimpleNamespace(counts=[np.zeros((2, 4))]))
+    pool = SimpleNamespace(count=len(areas), copies=1)
+    folds.cross_validate(lambda: None, studies.Recipe(sampling="areas"), pool, folds.area_folds(list(areas)),
+                         epochs=1, seed=0, first_model=SimpleNamespace(), progress=lambda _: None, areas=areas,
+                         )
+    assert seen[0] == ([1, 3, 4, 5, 6], ["b", "c", "b", "c", "c"])  # without area a
+    assert [sorted(set(a)) for _, a in seen] == [["b", "c"], ["a", "c"], ["a", "b"]]

@@ -775,3 +775,12 @@ def test_a_farther_view_shrinks_buildings_and_keeps_the_mask_on_them():
     assert "sensor_shrink" not in augment.AUGMENTATIONS  # the augmentation study's grid is unchanged
     described = repr(augment.augmentation("sensor_shrink", seed=0))
     assert "(0.25, 0.5)" in described and repr(augment.augmentation("sensor", seed=0)) != described
+
+
+def test_the_balanced_variant_changes_only_how_an_epoch_draws_its_tiles():
+    from ablations.evaluate.transfer import _variants
+
+    variants = _variants()
+    for name in ("os2_shrink_balanced", "os2_shrink_balanced_seed2"):
+        assert dataclasses_differ(variants[name].recipe, variants["os2_shrink"].recipe) == {"sampling"}
+        assert variants[name].config == variants["os2_shrink"].config

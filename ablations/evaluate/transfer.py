@@ -133,6 +133,9 @@ def _variants() -> dict[str, Variant]:
                 "expansions at strides 2 and 4 (the tutorial's) instead of its 16- and 24-channel bottlenecks: "
                 "more of what the frozen encoder saw at high resolution", config=dataclasses.replace(base, taps="wide"),
                 augmentation="sensor_shrink"),
+        variant("shrink_balanced", "farther views, each training city drawn equally often (an epoch of the same "
+                "length): the largest city, Dar es Salaam with 966 of 1,638 tiles, no longer decides what the "
+                "decoder learns", augmentation="sensor_shrink", sampling="areas"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
         variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
@@ -415,7 +418,7 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
         if judged is not None:
             pool, set_aside[fold.val_area] = relabelled(pool, encodings, fold, judged, cache.parent / variant.name)
         result = folds.cross_validate(build, variant.recipe, pool, [fold], epochs, variant.seed,
-                                      schedule_epochs=epochs, eager=budget.eager)[0]
+                                      schedule_epochs=epochs, eager=budget.eager, areas=encodings.areas)[0]
         scored = score_fold(result.model, encodings, Form.of(variant.config), fold, views, cache / variant.name)
         for kind in FOLD_RECORDS:
             for name, counts in scored[kind].items():
@@ -532,8 +535,9 @@ def judges(encodings: Encodings, variant: Variant, build, epochs: int, budget, c
         if not path.is_file():  # a resumed run reuses a judge trained before the kill
             print(f"  judge: a decoder trained on {area} alone", flush=True)
             model = build()
-            train_decoder(model, variant.recipe, FeatureView(pool, np.flatnonzero(encodings.areas == area)),
-                          epochs, variant.seed, eager=budget.eager, schedule_epochs=epochs)
+            own = np.flatnonzero(encodings.areas == area)
+            train_decoder(model, variant.recipe, FeatureView(pool, own), epochs, variant.seed,
+                          eager=budget.eager, schedule_epochs=epochs, areas=encodings.areas[own])
             probs = [decoder_probabilities(decoder_of(model), CopyView(pool, c)) for c in range(pool.copies)]
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, np.stack(probs).astype(np.float16))
