@@ -547,14 +547,15 @@ def test_a_reseeded_or_longer_variant_trains_from_its_own_seed_and_schedule(monk
     def caught(variant):
         trained = {}
 
-        def cross_validate(build, recipe, pool, fold_list, epochs, seed, schedule_epochs, **_):
-            trained.update(seed=seed, epochs=(epochs, schedule_epochs), weights=[w.copy() for w in build().get_weights()[-4:]],
+        def cross_validate(build, recipe, pool, fold_list, epochs, seed, schedule_epochs, areas=None, **_):
+            trained.update(seed=seed, areas=areas, epochs=(epochs, schedule_epochs), weights=[w.copy() for w in build().get_weights()[-4:]],
                            again=[w.copy() for w in build().get_weights()[-4:]])
             raise Stop
 
         monkeypatch.setattr(folds, "cross_validate", cross_validate)
         monkeypatch.setattr(transfer, "training_pool", lambda *_: None)
-        encodings = SimpleNamespace(encoder={"narrow": build_encoder(None, TAP_SETS["narrow"])}.__getitem__)
+        encodings = SimpleNamespace(encoder={"narrow": build_encoder(None, TAP_SETS["narrow"])}.__getitem__,
+                                    areas=np.array(["a", "b"], dtype=object))
         fold = SimpleNamespace(val_area="a")
         with pytest.raises(Stop):
             transfer.cross_validate_variant(variant, encodings, [fold], 3, SimpleNamespace(eager=True),
@@ -563,6 +564,7 @@ def test_a_reseeded_or_longer_variant_trains_from_its_own_seed_and_schedule(monk
 
     seed0, seed1 = caught(served), caught(reseeded)
     assert (seed0["seed"], seed1["seed"]) == (0, 1)
+    assert list(seed0["areas"]) == ["a", "b"]  # every tile's area, for a recipe sampling by area
     assert seed0["epochs"] == seed1["epochs"] == (3, 3)
     assert variants["os2_standardize_seed1"].seed == 1 and variants["os2_standardize_seed1"].base == "os2_standardize"
     assert dataclasses_differ(variants["os2_standardize_seed1"], variants["os2_standardize"]) == {"name", "why", "seed", "base"}
