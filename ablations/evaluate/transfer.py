@@ -233,7 +233,8 @@ def run_variants(args) -> None:
     area_folds = folds.area_folds(list(areas))
     data_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     zooms = np.asarray([-1 if s.zoom is None else s.zoom for s in samples])  # -1: not a web-map tile
-    encodings = Encodings(lambda taps: load_encoder(args.weights, taps), images, masks, areas, budget, args.out / "cache" / "flipped", data_key, zooms)
+    encodings = Encodings(lambda taps: load_encoder(args.weights, taps), images, masks, areas, budget,
+                          args.out / "cache" / "flipped", data_key, zooms)
     for variant in todo:
         started = time.time()
         print(f"variant {variant.name}: {variant.why}", flush=True)
