@@ -340,8 +340,10 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     kept[-1].unlink()
     untouched = {path: path.stat().st_mtime_ns for path in kept[:-1]}
     resumed = run_transfer("--variants", "selected,style", "--epochs", "1", "--out", str(out), *views,
-                           "--ensembles", "selected+style", env_extra=cache_home)
+                           "--ensembles", "selected+style", "--drop-encodings", env_extra=cache_home)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # --drop-encodings deleted the encoded views (GiBs on real data), not the folds or ensembles.
+    assert (out / "cache").is_dir() and not (out / "cache" / "flipped").exists()
     assert "variant selected: finished earlier" in resumed.stdout  # its curve is kept, not re-run
     assert resumed.stdout.count("not re-run") == 2 and kept[-1].is_file()
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in untouched.items())

@@ -183,6 +183,9 @@ def parse_args(argv=None):
                              "with no views and with every --views set, e.g. 1+0.5,1+0.5+0.25 (zoo.predict's "
                              "scales: the image also predicted shrunk, the probabilities averaged)")
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md from finished variants")
+    parser.add_argument("--drop-encodings", action="store_true",
+                        help="at the end, delete the encoded views and pools under OUT/cache (GiBs each; a later "
+                             "run encodes them again); finished folds and their probabilities are kept")
     args = parser.parse_args(argv)
     unknown_views = [v for v in _names(args.views) if v not in RECORDABLE_VIEWS]
     if unknown_views or not _names(args.views):
@@ -213,6 +216,19 @@ def run(args) -> None:
         run_variants(args)
         score_ensembles(args)
     write_report(args)
+    if args.drop_encodings:
+        drop_encodings(args.out)
+
+
+def drop_encodings(out: Path) -> None:
+    """Delete what Encodings keeps on disk under OUT/cache (the viewed copies, the pools too
+    large for memory): regenerable, and 2.5-17 GiB each."""
+    import shutil
+
+    for folder in (out / "cache" / "flipped", out / "cache" / "pools"):
+        if folder.is_dir() or folder.is_symlink():
+            print(f"deleting the encodings in {folder}")
+            folder.unlink() if folder.is_symlink() else shutil.rmtree(folder)
 
 
 def run_variants(args) -> None:
