@@ -157,10 +157,9 @@ def encode_pool(encoder, pool_samples, budget, recipe, config=SELECTED_DECODER) 
     from ablations.data import augment
 
     images, masks = folders.load_arrays(pool_samples, budget.size)
-    # Any decoder carries the preprocessing and the half-size pass; the config's decide what
-    # the encoder sees.
-    model = unet.build(dataclasses.replace(studies.DEFAULT_DECODER, preprocess=config.preprocess, taps=config.taps,
-                                           scale_fusion=config.scale_fusion), encoder=encoder)
+    # The config's own model: its preprocessing, taps and half-size pass decide what the
+    # encoder sees (encoder_features reads no decoder weight).
+    model = unet.build(config, encoder=encoder)
     print(f"encoding {len(images)} pool tiles once for every fold and the fit: "
           f"{recipe.copies(budget)} copies with '{recipe.augmentation}' augmentation ...")
     if recipe.augmentation not in augment.STYLE_AUGMENTATIONS:
@@ -196,12 +195,11 @@ def learning_curve(request, config, recipe, encoder, pool, pool_samples, budget)
         return json.loads(path.read_text())
     from ablations.search import EpochProgress
 
-    area_folds = folds.area_folds([s.area for s in pool_samples])
+    areas = [s.area for s in pool_samples]
     started = time.time()
-    results = folds.cross_validate(lambda: _build(config, encoder), recipe, pool, area_folds,
+    results = folds.cross_validate(lambda: _build(config, encoder), recipe, pool, folds.area_folds(areas),
                                    request.curve_epochs, SEED, schedule_epochs=request.curve_epochs,
-                                   eager=budget.eager, callbacks=[EpochProgress()],
-                                   areas=[s.area for s in pool_samples])
+                                   eager=budget.eager, callbacks=[EpochProgress()], areas=areas)
     curve = curve_record(results, request.curve_epochs, time.time() - started)
     # Named like a variant's curve: a later plain fit in this folder refits this recipe
     # (_kept_curve), and a serving option's passes depend on the config (heldout.model_passes).
