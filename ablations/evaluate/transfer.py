@@ -690,17 +690,10 @@ def score_ensembles(args) -> None:
     """Average the members' cached held-out probabilities (last epoch) under each view set of
     `--views` and record the counts at every threshold per city: OUT/ensembles/A+B.json, its
     "views" by set ("counts": the flips', as the report has always shown them)."""
-    from ablations import folds
-    from ablations.data import folders
-    from ablations.pipeline import scan_samples
-
     names = _names(args.ensembles)
     if not names:
         return
-    budget = studies.BUDGETS[args.budget]
-    samples, _, _ = scan_samples(budget, args.data)
-    _, masks = folders.load_arrays(samples, budget.size)
-    areas = np.asarray([s.area for s in samples], dtype=object)
+    masks, areas = held_out_masks(args.data, args.budget)
     for name in names:
         members = name.split("+")
         path = args.out / "ensembles" / f"{name}.json"
@@ -713,6 +706,17 @@ def score_ensembles(args) -> None:
             record["counts"] = views["flips"]
         write_json_atomic(path, record)
         print(f"ensemble {name}: scored with {', '.join(args.views)} (recorded: {', '.join(views)})")
+
+
+def held_out_masks(data, budget_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every tile's mask and area, in the order a run's kept probabilities are (its samples')."""
+    from ablations.data import folders
+    from ablations.pipeline import scan_samples
+
+    budget = studies.BUDGETS[budget_name]
+    samples, _, _ = scan_samples(budget, data)
+    _, masks = folders.load_arrays(samples, budget.size)
+    return masks, np.asarray([s.area for s in samples], dtype=object)
 
 
 def _ensemble_counts(cache: Path, members: list[str], view: str, areas, masks) -> dict:
