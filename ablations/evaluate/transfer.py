@@ -211,9 +211,11 @@ def main(argv=None) -> int:
     return exit_status(lambda: run(args))
 
 
-def run(args) -> None:
+def run(args, encoder_for=None) -> None:
+    """`encoder_for(taps)`: the frozen encoder the features come from (default: ImageNet's, as
+    served); a probe of another encoder passes its own (ablations.evaluate.image_statistics)."""
     if not args.report_only:
-        run_variants(args)
+        run_variants(args, encoder_for)
         score_ensembles(args)
     write_report(args)
     if args.drop_encodings:
@@ -231,7 +233,7 @@ def drop_encodings(out: Path) -> None:
             folder.unlink() if folder.is_symlink() else shutil.rmtree(folder)
 
 
-def run_variants(args) -> None:
+def run_variants(args, encoder_for=None) -> None:
     from ablations import final, folds
     from ablations.data import folders
     from ablations.pipeline import load_encoder, scan_samples
@@ -249,8 +251,8 @@ def run_variants(args) -> None:
     area_folds = folds.area_folds(list(areas))
     data_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     zooms = np.asarray([-1 if s.zoom is None else s.zoom for s in samples])  # -1: not a web-map tile
-    encodings = Encodings(lambda taps: load_encoder(args.weights, taps), images, masks, areas, budget,
-                          args.out / "cache" / "flipped", data_key, zooms)
+    encoder_for = encoder_for or (lambda taps: load_encoder(args.weights, taps))
+    encodings = Encodings(encoder_for, images, masks, areas, budget, args.out / "cache" / "flipped", data_key, zooms)
     for variant in todo:
         started = time.time()
         print(f"variant {variant.name}: {variant.why}", flush=True)
