@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ablations.evaluate import image_statistics
+from ablations.evaluate import image_statistics, transfer
 from test_ablations import cache_home, weights_flag  # noqa: F401  (cache_home: a fixture)
 from zoo.encoder import build_encoder
 
@@ -74,5 +74,9 @@ def test_the_probe_runs_the_harness_on_its_encoder_and_says_so(tmp_path, in_proc
     assert built == ["shallow"]  # one encoder, built once, fed every fold and view
     assert json.loads((out / "selected" / "curve.json").read_text())["variant"] == "selected"
     assert "`shallow`" in (out / "PROBE.md").read_text()
+    # The served encoder's run into the same folder is refused, not mixed with the probe's curve.
+    status, _, stderr = in_process(transfer.main, "--variants", "selected", "--epochs", "1", "--budget", "smoke",
+                                   *weights_flag(), "--out", str(out))
+    assert status == 2 and "encoder" in stderr
     with pytest.raises(SystemExit):  # argparse refuses it, naming the choices
         image_statistics.parse_args(["--depth", "middle", "--", "--out", str(out)])

@@ -366,7 +366,7 @@ def test_the_transfer_harness_compares_variants_resumes_and_scores_ensembles(tmp
     status, again, _ = in_process(main, "--variants", "selected,style", "--epochs", "1", *smoke)
     assert status == 0 and "every variant asked for has finished" in again and "encoding" not in again
     status, _, stderr = in_process(main, "--variants", "selected", "--epochs", "2", *smoke)
-    assert status == 2 and "other data, epochs or budget" in stderr
+    assert status == 2 and "other data, epochs, budget or encoder" in stderr
     # An ensemble scored again under fewer views keeps what it recorded before.
     status, again, _ = in_process(main, "--variants", "selected,style", "--epochs", "1", "--views", "flips",
                                   "--ensembles", "selected+style", *smoke)

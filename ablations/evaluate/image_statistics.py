@@ -9,9 +9,9 @@ through the frozen encoder. Here the chosen layers use each image's own per-chan
 variance over its pixels (instance normalisation, with ImageNet's learned scale and offset), so a
 city's look is taken out where it enters, as style-normalising networks (IBN-Net) do. `--depth
 shallow`: the stem and blocks 0-2, everything that feeds the stride-2 and stride-4 taps; `all`:
-every layer. Everything after `--` is ablations.evaluate.transfer's arguments; `--out` should be a
-folder of its own, since the harness's caches and curves do not record the encoder's statistics
-(OUT/PROBE.md says which were used).
+every layer. Everything after `--` is ablations.evaluate.transfer's arguments. The encoder's name
+goes into the run's fingerprint, so the harness refuses to mix its curves with the served
+encoder's in one `--out`, and its encodings are cached apart; OUT/PROBE.md says which were used.
 """
 from __future__ import annotations
 
@@ -97,7 +97,9 @@ def main(argv=None) -> int:
             "Every curve in this folder was trained and scored on features from "
             "`ablations.evaluate.image_statistics.per_image_statistics(encoder, "
             f"{args.depth!r})`, not the served encoder; the variant names are the harness's.\n"))
-        transfer.run(harness, encoder_for=lambda taps: per_image_statistics(load_encoder(harness.weights, taps), args.depth))
+        transfer.run(harness, transfer.EncoderProbe(
+            f"image-statistics-{args.depth}",
+            lambda taps: per_image_statistics(load_encoder(harness.weights, taps), args.depth)))
 
     return exit_status(run)
 

@@ -33,6 +33,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -211,11 +212,18 @@ def main(argv=None) -> int:
     return exit_status(lambda: run(args))
 
 
-def run(args, encoder_for=None) -> None:
-    """`encoder_for(taps)`: the frozen encoder the features come from (default: ImageNet's, as
-    served); a probe of another encoder passes its own (ablations.evaluate.image_statistics)."""
+@dataclasses.dataclass(frozen=True)
+class EncoderProbe:
+    """Another frozen encoder than the served one, for a probe (ablations.evaluate.image_statistics).
+    Its name goes into the run's fingerprint, so its curves, kept folds and encodings are never
+    taken for the served encoder's, nor theirs for its. `encoder_for(taps)` builds it."""
+    name: str
+    encoder_for: Callable
+
+
+def run(args, probe: EncoderProbe | None = None) -> None:
     if not args.report_only:
-        run_variants(args, encoder_for)
+        run_variants(args, probe)
         score_ensembles(args)
     write_report(args)
     if args.drop_encodings:
@@ -233,7 +241,7 @@ def drop_encodings(out: Path) -> None:
             folder.unlink() if folder.is_symlink() else shutil.rmtree(folder)
 
 
-def run_variants(args, encoder_for=None) -> None:
+def run_variants(args, probe: EncoderProbe | None = None) -> None:
     from ablations import final, folds
     from ablations.data import folders
     from ablations.pipeline import load_encoder, scan_samples
@@ -241,6 +249,8 @@ def run_variants(args, encoder_for=None) -> None:
     budget = studies.BUDGETS[args.budget]
     samples, _, source = scan_samples(budget, args.data)
     fingerprint = _fingerprint(samples, args.epochs, budget.name)
+    if probe is not None:
+        fingerprint["encoder"] = probe.name  # absent for the served encoder: its curves stay valid
     todo = [v for v in (_variants()[n] for n in _names(args.variants))
             if not _finished(args.out, v, fingerprint, args.options)]
     if not todo:
@@ -251,7 +261,7 @@ def run_variants(args, encoder_for=None) -> None:
     area_folds = folds.area_folds(list(areas))
     data_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     zooms = np.asarray([-1 if s.zoom is None else s.zoom for s in samples])  # -1: not a web-map tile
-    encoder_for = encoder_for or (lambda taps: load_encoder(args.weights, taps))
+    encoder_for = probe.encoder_for if probe else (lambda taps: load_encoder(args.weights, taps))
     encodings = Encodings(encoder_for, images, masks, areas, budget, args.out / "cache" / "flipped", data_key, zooms)
     for variant in todo:
         started = time.time()
@@ -285,7 +295,7 @@ def _finished(out: Path, variant: Variant, fingerprint: dict, views: list[str]) 
         return False
     curve = json.loads(path.read_text())
     if curve.get("fingerprint") != fingerprint:
-        raise UserFacingError(f"{path} was made with other data, epochs or budget; choose another --out "
+        raise UserFacingError(f"{path} was made with other data, epochs, budget or encoder; choose another --out "
                               "or delete that variant's folder to rerun it")
     missing = [name for name in views if name not in recorded_views(curve)]
     if missing:  # a rerun would retrain and overwrite a finished curve: never silently
