@@ -71,7 +71,7 @@ def cleaned(predicted: np.ndarray, min_blob: int, min_hole: int) -> np.ndarray:
 
 
 def _small_components(binary: np.ndarray, below: int, connectivity: int) -> np.ndarray:
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=connectivity)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=connectivity)
     small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < below)
     return np.isin(labels, small[small > 0])  # label 0 is the other value, never a component
 
