@@ -26,7 +26,7 @@ from ablations.errors import UserFacingError
 from ablations.machine import describe as describe_machine, process_memory_gib
 from ablations.studies import OBJECTIVE, Study, configuration_of
 from zoo import unet
-from zoo.files import atomic_path, write_json_atomic
+from zoo.files import atomic_path, write_json_atomic, write_text_atomic
 
 
 @dataclasses.dataclass
@@ -202,6 +202,12 @@ class RecordingTuner(keras_tuner.Tuner):
             return super()._get_tuner_fname()
         return os.path.join(str(self.project_dir), "tuner0.json")
 
+    def save(self):
+        # KerasTuner's own save writes in place: a kill mid-write left an empty tuner file.
+        if not self._is_worker():
+            self.oracle.save()
+        write_text_atomic(self._get_tuner_fname(), json.dumps(self.get_state()))
+
     # KerasTuner would otherwise pickle a model per trial; records hold what we need.
     def save_model(self, trial_id, model, step=0):
         pass
@@ -227,12 +233,32 @@ class EpochProgress(keras.callbacks.Callback):
                       f"({self.seconds[-1]:.0f}s)")
 
 
+class AtomicSaves:
+    """An oracle that writes its state and its trials' files whole or not at all.
+
+    KerasTuner opens the file and writes in place, so a kill -9 during a save leaves an empty
+    or cut `oracle.json` (or `trial.json`), and the next run cannot reload the search (seen as
+    a JSONDecodeError on resume). Written atomically, a kill leaves the previous state, which
+    the reload and requeue_orphaned_trials already know how to resume from."""
+
+    def save(self):
+        write_text_atomic(self._get_oracle_fname(), json.dumps(self.get_state()))
+
+    def _save_trial(self, trial):
+        path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
+        write_text_atomic(path, json.dumps(trial.get_state()))
+
+
+class BayesianOracle(AtomicSaves, keras_tuner.oracles.BayesianOptimizationOracle):
+    """KerasTuner's Bayesian optimisation, saved atomically."""
+
+
 def make_oracle(study: Study, hp, planned: int, seed: int, halving_keep: int | None = None):
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
     common = dict(objective=objective, hyperparameters=hp, seed=seed, tune_new_entries=False, max_consecutive_failed_trials=1,
                   allow_new_entries=False)
     if study.search == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=planned, **common)
+        return BayesianOracle(max_trials=planned, **common)
     if halving_keep:
         return HalvingOracle(halving_keep, max_trials=planned, **common)
     return GridOracle(max_trials=planned, **common)
@@ -267,7 +293,7 @@ def requeue_orphaned_trials(oracle) -> list[str]:
     return [trial.trial_id for trial in orphans]
 
 
-class GridOracle(keras_tuner.Oracle):
+class GridOracle(AtomicSaves, keras_tuner.Oracle):
     """KerasTuner's grid in GridSearch's order, each untried combination to whoever asks.
 
     GridSearchOracle derives a combination from the trial before it once that one has ended,

@@ -78,5 +78,12 @@ def test_the_probe_runs_the_harness_on_its_encoder_and_says_so(tmp_path, in_proc
     status, _, stderr = in_process(transfer.main, "--variants", "selected", "--epochs", "1", "--budget", "smoke",
                                    *weights_flag(), "--out", str(out))
     assert status == 2 and "encoder" in stderr
+
+
+def test_the_probe_writes_to_its_own_folder_unless_told(tmp_path):
+    assert image_statistics.parse_args(["--depth", "all"])[1].out == image_statistics.DEFAULT_OUT
+    assert image_statistics.parse_args(["--", f"--out={tmp_path}"])[1].out == tmp_path
+    args, harness = image_statistics.parse_args(["--", "--out", str(tmp_path), "--variants", "os2_shrink"])
+    assert (args.depth, harness.out, harness.variants) == ("shallow", tmp_path, "os2_shrink")
     with pytest.raises(SystemExit):  # argparse refuses it, naming the choices
-        image_statistics.parse_args(["--depth", "middle", "--", "--out", str(out)])
+        image_statistics.parse_args(["--depth", "middle"])

@@ -86,3 +86,42 @@ def test_fresh_starts_over_but_only_once_the_data_is_good(tmp_path, cache_home):
     assert result.returncode == 0, result.stderr[-2000:]
     assert not stale.exists()
     assert pd.read_csv(stale.parent.parent / "trials.csv")["recipe_loss"].tolist() == ["bce"]
+
+
+def test_a_save_cut_short_leaves_the_oracles_last_whole_state_to_resume_from(tmp_path, monkeypatch):
+    # KerasTuner writes oracle.json and trial.json in place: a kill mid-write left an empty
+    # oracle.json that no rerun could reload. Ours write a whole file or none.
+    import keras_tuner
+
+    from ablations import search, studies
+
+    def oracle(kind=search.GridOracle):
+        hp = keras_tuner.HyperParameters()
+        studies.STUDIES["loss"].space(hp, studies.DEFAULT_DECODER, 1)
+        made = kind(objective=keras_tuner.Objective("score", "max"), max_trials=4, hyperparameters=hp, seed=0)
+        made._set_project_dir(str(tmp_path), "tuner")
+        return made
+
+    first = oracle()
+    finished = first.create_trial("tuner0")
+    first.update_trial(finished.trial_id, {"score": 0.5})
+    finished.status = "COMPLETED"
+    first.end_trial(finished)
+    project = tmp_path / "tuner"
+    saved = {path: path.read_text() for path in project.rglob("*.json")}
+
+    def killed(_fd):  # the bytes are written, the rename has not happened
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        first.create_trial("tuner0")  # writes the new trial's file, then the oracle's state
+    monkeypatch.undo()
+    assert {path: path.read_text() for path in project.rglob("*.json")} == saved
+    assert not [p.name for p in project.rglob("*") if p.is_file() and p.name.startswith(".")]  # no temp files left
+    reloaded = oracle()
+    reloaded.reload()
+    assert reloaded.trials[finished.trial_id].status == "COMPLETED"
+    assert reloaded.create_trial("tuner0").status == "RUNNING"  # the search goes on
+    assert isinstance(search.make_oracle(studies.STUDIES["hparams"], keras_tuner.HyperParameters(), 2, 0),
+                      search.AtomicSaves)

@@ -9,7 +9,8 @@ through the frozen encoder. Here the chosen layers use each image's own per-chan
 variance over its pixels (instance normalisation, with ImageNet's learned scale and offset), so a
 city's look is taken out where it enters, as style-normalising networks (IBN-Net) do. `--depth
 shallow`: the stem and blocks 0-2, everything that feeds the stride-2 and stride-4 taps; `all`:
-every layer. Everything after `--` is ablations.evaluate.transfer's arguments. The encoder's name
+every layer. Everything after `--` is ablations.evaluate.transfer's arguments (`--out` defaults
+to results/image_statistics, not the harness's results/transfer). The encoder's name
 goes into the run's fingerprint, so the harness refuses to mix its curves with the served
 encoder's in one `--out`, and its encodings are cached apart; OUT/PROBE.md says which were used.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import keras
 from keras import ops
@@ -26,6 +28,7 @@ from zoo.files import write_text_atomic
 # Layer-name prefixes of MobileNetV2's stem and first three blocks (up to the stride-4 tap).
 SHALLOW_PREFIXES = ("bn_Conv1", "expanded_conv_", "block_1_", "block_2_")
 DEPTHS = ("shallow", "all")
+DEFAULT_OUT = Path("results/image_statistics")
 
 
 class PerImageNormalization(keras.layers.Layer):
@@ -80,7 +83,10 @@ def parse_args(argv=None):
     args = parser.parse_args(ours)
     from ablations.evaluate import transfer
 
-    return args, transfer.parse_args(harness)
+    harness_args = transfer.parse_args(harness)
+    if not any(arg == "--out" or arg.startswith("--out=") for arg in harness):
+        harness_args.out = DEFAULT_OUT  # never the served encoder's default folder
+    return args, harness_args
 
 
 def main(argv=None) -> int:
