@@ -180,21 +180,27 @@ def test_unusable_weights_file_is_one_sentence(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its_own_id(tmp_path):
-    """The kill window the subprocess test above only sometimes hits, reproduced exactly."""
-    import json as json_module
-
+def loss_study_oracle(directory: Path):
+    """The `loss` study's grid oracle (four losses, one seed), its project under `directory`/tuner."""
     import keras_tuner
 
     from ablations import search, studies
 
+    hp = keras_tuner.HyperParameters()
+    studies.STUDIES["loss"].space(hp, studies.DEFAULT_DECODER, 1)
+    made = search.GridOracle(objective=keras_tuner.Objective("score", "max"), max_trials=4, hyperparameters=hp, seed=0)
+    made._set_project_dir(str(directory), "tuner")
+    return made
+
+
+def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its_own_id(tmp_path):
+    """The kill window the subprocess test above only sometimes hits, reproduced exactly."""
+    import json as json_module
+
+    from ablations import search
+
     def oracle():
-        hp = keras_tuner.HyperParameters()
-        studies.STUDIES["loss"].space(hp, studies.DEFAULT_DECODER, 1)
-        made = search.GridOracle(objective=keras_tuner.Objective("score", "max"), max_trials=4,
-                                 hyperparameters=hp, seed=0)
-        made._set_project_dir(str(tmp_path), "tuner")
-        return made
+        return loss_study_oracle(tmp_path)
 
     first = oracle()
     finished = first.create_trial("tuner0")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_ablations import REPO, _defective_folder, cache_home, run_cli, weights_flag  # noqa: F401  (cache_home: a fixture)
+from test_ablations import REPO, _defective_folder, cache_home, loss_study_oracle, run_cli, weights_flag  # noqa: F401  (cache_home: a fixture)
 
 
 def _records(study: Path) -> dict[str, float]:
@@ -95,14 +95,7 @@ def test_a_save_cut_short_leaves_the_oracles_last_whole_state_to_resume_from(tmp
 
     from ablations import search, studies
 
-    def oracle(kind=search.GridOracle):
-        hp = keras_tuner.HyperParameters()
-        studies.STUDIES["loss"].space(hp, studies.DEFAULT_DECODER, 1)
-        made = kind(objective=keras_tuner.Objective("score", "max"), max_trials=4, hyperparameters=hp, seed=0)
-        made._set_project_dir(str(tmp_path), "tuner")
-        return made
-
-    first = oracle()
+    first = loss_study_oracle(tmp_path)
     finished = first.create_trial("tuner0")
     first.update_trial(finished.trial_id, {"score": 0.5})
     finished.status = "COMPLETED"
@@ -119,7 +112,7 @@ def test_a_save_cut_short_leaves_the_oracles_last_whole_state_to_resume_from(tmp
     monkeypatch.undo()
     assert {path: path.read_text() for path in project.rglob("*.json")} == saved
     assert not [p.name for p in project.rglob("*") if p.is_file() and p.name.startswith(".")]  # no temp files left
-    reloaded = oracle()
+    reloaded = loss_study_oracle(tmp_path)
     reloaded.reload()
     assert reloaded.trials[finished.trial_id].status == "COMPLETED"
     assert reloaded.create_trial("tuner0").status == "RUNNING"  # the search goes on
