@@ -284,6 +284,32 @@ def _selected_paragraph(best: dict, metadata: dict) -> str:
             f"counts 1.0).\n")
 
 
+def _selected(study_dir: Path, context: dict) -> tuple[str, dict]:
+    """The study's selected configuration and its test scores: from best/model.json where the
+    study ran here, else from its committed trial records by the same rule (a clone has the
+    records, not the model), with the trial's own test scores."""
+    meta_file = study_dir / "best" / "model.json"
+    if meta_file.is_file():
+        best = json.loads(meta_file.read_text())
+        return best.get("name", "-"), best.get("metrics", {}).get("test", {})
+    records, _ = full_schedule_records(load_records(study_dir))
+    if not records:
+        return "-", {}
+    best = _best_record(records, select_best(summarise(trials_frame(records))))
+    return f"{context['study']}/{best['variant']}", best["metrics"]
+
+
+def _served_line(out: Path) -> list[str]:
+    """Where OUT/MODEL points (the model the server loads), linked to its folder's report."""
+    pointer = out / "MODEL"
+    if not pointer.is_file():
+        return []
+    served = pointer.read_text().strip()
+    folder = Path(served).parent
+    page = f" ([report]({folder.as_posix()}/README.md))" if (out / folder / "README.md").is_file() else ""
+    return ["", f"Served model (`MODEL`): `{served}`{page}."]
+
+
 def write_index(out: Path) -> None:
     """OUT/README.md: one line per study run so far, from each study's context and table."""
     out = Path(out)
@@ -295,18 +321,17 @@ def write_index(out: Path) -> None:
         context = json.loads(context_file.read_text())
         if "study" not in context:  # not a study's folder
             continue
-        meta_file = context_file.parent / "best" / "model.json"
-        best = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        test = best.get("metrics", {}).get("test", {})
+        name, test = _selected(context_file.parent, context)
         rows.append({
             "study": f"[{context_file.parent.name}]({context_file.parent.name}/table.md)",
             "budget": context["budget"], "date": context["date"],
             "trials": len(list((context_file.parent / "trials").glob("*.json"))),
-            "selected": best.get("name", "-"),
+            "selected": name,
             "test building IoU": f"{test['building_iou']:.3f}" if test else "-",
             "test precision / recall": f"{test['precision']:.3f} / {test['recall']:.3f}" if test else "-",
         })
     lines.append(tabulate(rows, headers="keys", tablefmt="github") if rows else "(no studies yet)")
+    lines += _served_line(out)
     pages = [p.parent.name for p in sorted(out.glob("*/README.md")) if not (p.parent / "context.json").is_file()]
     if pages:  # evaluation pages beside the studies (inference scales, error analysis, ...)
         lines += ["", "Other pages: " + ", ".join(f"[{name}]({name}/README.md)" for name in pages) + "."]

@@ -47,3 +47,28 @@ def test_index_links_the_narrative_above_it_and_lists_pages_that_are_not_studies
     assert "[EXPERIMENTS.md](../EXPERIMENTS.md)" in index
     assert "[decoder_variants](decoder_variants/table.md)" in index
     assert "Other pages: [inference](inference/README.md)." in index
+    assert "Served model" not in index  # nothing served from this folder yet
+    (out / "final").mkdir()
+    (out / "final" / "README.md").write_text("per-city quality")
+    (out / "MODEL").write_text("final/model.keras\n")
+    report.write_index(out)
+    index = (out / "README.md").read_text()
+    assert "Served model (`MODEL`): `final/model.keras` ([report](final/README.md))." in index
+    assert "[final](final/README.md)" in index  # and among the other pages
+
+
+def test_a_clone_indexes_a_study_from_its_committed_records_without_the_model(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parent.parent / "results" / "decoder_variants"
+    study = tmp_path / "decoder_variants"
+    (study / "trials").mkdir(parents=True)
+    shutil.copy(committed / "context.json", study)
+    for record in (committed / "trials").glob("*.json"):  # the records git keeps; best/ is not kept
+        shutil.copy(record, study / "trials")
+    report.write_index(tmp_path)
+    row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if "[decoder_variants]" in line)
+    selected = (committed / "table.md").read_text().split("**Selected:** `")[1].split("`")[0]
+    assert f"decoder_variants/{selected}" in row  # the table's own selection, by the same rule
+    assert "| -" not in row
