@@ -226,3 +226,39 @@ class MixScales(layers.Layer):
 
     def compute_output_shape(self, input_shapes):
         return input_shapes[1]
+
+
+# ---- style mixing while training (DecoderConfig.feature_mixing = "mixstyle") ----
+
+MIXSTYLE_STRIDES = (2, 4, 8)  # the shallow taps, where a city's look lives (the paper's early layers)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class MixStyle(layers.Layer):
+    """While training, each image's per-channel mean and standard deviation (over its pixels)
+    replaced, with probability `probability`, by a mix of its own and a random other batch
+    image's, weighted by lambda ~ Beta(alpha, alpha): the features of a roof in one city
+    wearing another city's statistics (MixStyle, Zhou et al. 2021). The statistics are held
+    constant for the gradient, as in the paper. At inference the layer passes its input through."""
+
+    def __init__(self, probability: float = 0.5, alpha: float = 0.1, epsilon: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.probability, self.alpha, self.epsilon = probability, alpha, epsilon
+        self.seed_generator = keras.random.SeedGenerator()
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        batch = ops.shape(x)[0]
+        mean = ops.stop_gradient(ops.mean(x, axis=(1, 2), keepdims=True))
+        std = ops.stop_gradient(ops.sqrt(ops.var(x, axis=(1, 2), keepdims=True) + self.epsilon))
+        weight = ops.cast(keras.random.beta((batch, 1, 1, 1), self.alpha, self.alpha, seed=self.seed_generator), x.dtype)
+        other = keras.random.shuffle(ops.arange(batch), seed=self.seed_generator)
+        mixed_mean = weight * mean + (1 - weight) * ops.take(mean, other, axis=0)
+        mixed_std = weight * std + (1 - weight) * ops.take(std, other, axis=0)
+        restyled = (x - mean) / std * mixed_std + mixed_mean
+        chosen = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator) < self.probability
+        return ops.where(chosen, restyled, x)
+
+    def get_config(self):
+        return {**super().get_config(), "probability": self.probability, "alpha": self.alpha, "epsilon": self.epsilon}

@@ -33,6 +33,10 @@ OUTPUT_STRIDES = (1, 2)
 # pixel best depends on the size of its buildings in pixels (results/EXPERIMENTS.md steps
 # 26-27): fixed averaging of the scales is what this lets the decoder learn instead.
 SCALE_FUSIONS = ("none", "attention")
+# What the decoder does to the encoder's shallow taps while it trains (identity at inference):
+# "mixstyle" mixes each image's per-channel feature statistics with another training image's
+# (MixStyle, Zhou et al. 2021), so that the decoder cannot rely on one city's look.
+FEATURE_MIXING = ("none", "mixstyle")
 
 # Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
 BASE_FILTERS = (256, 128, 64, 32, 16)
@@ -51,6 +55,7 @@ class DecoderConfig:
     taps: str = "narrow"
     output_stride: int = 1
     scale_fusion: str = "none"
+    feature_mixing: str = "none"
 
     def __post_init__(self):
         _check_choice("upsampler", self.upsampler, UPSAMPLERS)
@@ -60,6 +65,7 @@ class DecoderConfig:
         _check_choice("preprocess", self.preprocess, PREPROCESSING)
         _check_choice("taps", self.taps, TAPS)
         _check_choice("scale_fusion", self.scale_fusion, SCALE_FUSIONS)
+        _check_choice("feature_mixing", self.feature_mixing, FEATURE_MIXING)
         if type(self.output_stride) is not int:  # 2.0 would pass the choice and break `filters`
             raise ValueError(f"DecoderConfig.output_stride must be an int, got {self.output_stride!r}")
         _check_choice("output_stride", self.output_stride, OUTPUT_STRIDES)
@@ -80,14 +86,16 @@ class DecoderConfig:
         suffix += "" if self.taps == "narrow" else f"-{self.taps}taps"
         suffix += "" if self.output_stride == 1 else f"-os{self.output_stride}"
         suffix += "" if self.scale_fusion == "none" else "-scaleatt"
+        suffix += "" if self.feature_mixing == "none" else f"-{self.feature_mixing}"
         return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:
         fields = dataclasses.asdict(self)
         # A one-scale config reads as it did before the field existed, so the configs recorded
         # then (curves, a fit folder's binding, model metadata) compare equal to today's.
-        if fields["scale_fusion"] == "none":
-            del fields["scale_fusion"]
+        for field in ("scale_fusion", "feature_mixing"):
+            if fields[field] == "none":
+                del fields[field]
         return fields
 
     @classmethod

@@ -88,6 +88,9 @@ def _one_scale_decoder(config: DecoderConfig, channels: list[int], model_name: s
     """`with_features`: the last level's features too, after the logits (a two-scale head's input)."""
     taps = [keras.Input((None, None, c), name=tap_name(s)) for s, c in zip(STRIDES, channels)]
     by_stride = dict(zip(STRIDES, taps))
+    if config.feature_mixing == "mixstyle":  # training only; the served model passes the taps through
+        for stride in blocks.MIXSTYLE_STRIDES:
+            by_stride[stride] = blocks.MixStyle(name=f"mixstyle_s{stride}")(by_stride[stride])
     upsample = blocks.UPSAMPLERS[config.upsampler]
     merge = blocks.SKIP_MERGES[config.skip]
     conv_block = blocks.CONV_BLOCKS[config.conv]

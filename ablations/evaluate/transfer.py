@@ -137,6 +137,10 @@ def _variants() -> dict[str, Variant]:
         variant("shrink_balanced", "farther views, each training city drawn equally often (an epoch of the same "
                 "length): the largest city, Dar es Salaam with 966 of 1,638 tiles, no longer decides what the "
                 "decoder learns", augmentation="sensor_shrink", sampling="areas"),
+        variant("shrink_mixstyle", "farther views, and MixStyle: while training, each image's per-channel "
+                "statistics at the stride-2, 4 and 8 taps mixed with another batch image's (Zhou et al. 2021), "
+                "so a roof is seen in other cities' looks; identity when served",
+                config=dataclasses.replace(base, feature_mixing="mixstyle"), augmentation="sensor_shrink"),
         variant("label_smoothing", "label noise: BCE targets smoothed by 0.1", label_smoothing=0.1),
         variant("width0.5", "capacity: twice the decoder channels", config=dataclasses.replace(base, width=0.5)),
         variant("os2", "speed: the decoder stops at stride 2 and resizes its logits bilinearly (no "
