@@ -31,7 +31,8 @@ from zoo.losses import SegmentationLoss  # noqa: E402
 VARIANTS = [DecoderConfig(upsampler=u, skip=s)
             for u, s in itertools.product(config.UPSAMPLERS, config.SKIP_MERGES)]
 EXTRA = [DecoderConfig(conv="separable"), DecoderConfig(width=0.25), DecoderConfig(width=1.0),
-         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)]
+         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2),
+         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2, feature_mixing="mixstyle")]
 _MODELS: dict[DecoderConfig, keras.Model] = {}
 _ENCODERS: dict[str, keras.Model] = {}
 
@@ -162,7 +163,7 @@ def test_block_registries_match_config_choices(registry, choices):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("upsampler", "pixelshuffle"), ("skip", "residual"), ("conv", "triple"),
+    ("upsampler", "pixelshuffle"), ("skip", "residual"), ("conv", "triple"), ("feature_mixing", "mixup"),
     ("width", 0.0), ("width", 10.0), ("output_stride", 4), ("output_stride", 2.0),
 ])
 def test_config_rejects_unknown_values_naming_the_field(field, value):
@@ -426,3 +427,57 @@ def test_a_two_scale_model_saves_and_loads_unchanged(tmp_path):
     images = rgb(1, 64, 64)
     assert bits_equal(np.asarray(loaded(images)), np.asarray(model(images)))
     assert unet.has_half_scale(loaded) and not unet.has_half_scale(model_for(DecoderConfig()))
+
+
+# ---------------------------------------------------------------- MixStyle (feature_mixing)
+
+MIXING = DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2, feature_mixing="mixstyle")
+
+
+def _styled_features(seed=3):
+    """Four images' features, each with its own per-channel offset and scale (its "look")."""
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(4, 8, 8, 3)).astype("float32")
+    return content * rng.uniform(0.5, 3, (4, 1, 1, 3)).astype("float32") + rng.uniform(-4, 4, (4, 1, 1, 3)).astype("float32")
+
+
+def test_mixstyle_gives_each_image_a_mix_of_two_looks_and_keeps_its_content():
+    features = _styled_features()
+    mixed = np.asarray(blocks.MixStyle(probability=1.0)(features, training=True))
+    means, new_means = features.mean(axis=(1, 2)), mixed.mean(axis=(1, 2))
+    assert not np.allclose(new_means, means, atol=1e-3)  # looks were exchanged ...
+    low, high = means.min(axis=0) - 1e-4, means.max(axis=0) + 1e-4
+    assert ((new_means >= low) & (new_means <= high)).all()  # ... for mixes of the batch's own looks
+    for image in range(4):  # the content is untouched: each channel changes by a scale and an offset
+        for channel in range(3):
+            r = np.corrcoef(features[image, ..., channel].ravel(), mixed[image, ..., channel].ravel())[0, 1]
+            assert r > 0.9999
+    assert bits_equal(np.asarray(blocks.MixStyle(probability=0.0)(features, training=True)), features)
+
+
+def test_mixstyle_passes_features_through_when_served_and_saves_like_any_layer(tmp_path):
+    model = model_for(MIXING)
+    assert sorted(layer.name for layer in unet.decoder_of(model).layers if isinstance(layer, blocks.MixStyle)) == [
+        "mixstyle_s2", "mixstyle_s4", "mixstyle_s8"]
+    plain = unet.build(dataclasses.replace(MIXING, feature_mixing="none"), encoder=unet.encoder_of(model))
+    plain.set_weights(model.get_weights())  # MixStyle has no weights: the same decoder without it
+    images = rgb(2, 64, 64)
+    assert bits_equal(np.asarray(model(images)), np.asarray(plain(images)))
+    model.save(tmp_path / "mixstyle.keras")
+    loaded = keras.saving.load_model(tmp_path / "mixstyle.keras")
+    assert bits_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+    assert loaded.get_layer("decoder").get_layer("mixstyle_s2").get_config()["probability"] == 0.5
+
+
+def test_mixstyle_trains_with_a_finite_gradient_and_older_configs_read_back_without_it():
+    features = tf.constant(_styled_features())
+    layer = blocks.MixStyle(probability=1.0)
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        out = layer(features, training=True)
+        loss = tf.reduce_sum(out * tf.random.stateless_normal(out.shape, (1, 2)))
+    gradient = tape.gradient(loss, features)
+    assert gradient is not None and np.isfinite(gradient.numpy()).all()
+    assert "feature_mixing" not in DecoderConfig().to_dict()  # configs recorded before it compare equal
+    assert DecoderConfig.from_dict(MIXING.to_dict()) == MIXING
+    assert MIXING.name.endswith("-mixstyle")
