@@ -31,8 +31,8 @@ from zoo.losses import SegmentationLoss  # noqa: E402
 VARIANTS = [DecoderConfig(upsampler=u, skip=s)
             for u, s in itertools.product(config.UPSAMPLERS, config.SKIP_MERGES)]
 EXTRA = [DecoderConfig(conv="separable"), DecoderConfig(width=0.25), DecoderConfig(width=1.0),
-         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2),
-         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2, feature_mixing="mixstyle")]
+         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2, feature_mixing="mixstyle"),
+         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)]  # the last: stride 2 alone
 _MODELS: dict[DecoderConfig, keras.Model] = {}
 _ENCODERS: dict[str, keras.Model] = {}
 
@@ -443,9 +443,11 @@ def _styled_features(seed=3):
 
 def test_mixstyle_gives_each_image_a_mix_of_two_looks_and_keeps_its_content():
     features = _styled_features()
+    keras.utils.set_random_seed(0)  # the layer's seed generator: which partner, which mix
     mixed = np.asarray(blocks.MixStyle(probability=1.0)(features, training=True))
     means, new_means = features.mean(axis=(1, 2)), mixed.mean(axis=(1, 2))
-    assert not np.allclose(new_means, means, atol=1e-3)  # looks were exchanged ...
+    # Looks were exchanged (an image may draw itself as partner, or a mix weight near 1) ...
+    assert np.abs(new_means - means).max() > 0.5
     low, high = means.min(axis=0) - 1e-4, means.max(axis=0) + 1e-4
     assert ((new_means >= low) & (new_means <= high)).all()  # ... for mixes of the batch's own looks
     for image in range(4):  # the content is untouched: each channel changes by a scale and an offset
