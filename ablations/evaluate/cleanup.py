@@ -23,6 +23,7 @@ import numpy as np
 from ablations import heldout, studies
 from ablations.errors import UserFacingError
 from ablations.evaluate.recorded import write_report
+from zoo.metrics import confusion_counts
 
 DEFAULT_SETTINGS = "0:0,16:0,32:0,64:0,128:0,0:16,0:64,32:32,64:64"
 
@@ -78,13 +79,12 @@ def _small_components(binary: np.ndarray, below: int, connectivity: int) -> np.n
 
 def counts_by_setting(probabilities: np.ndarray, masks: np.ndarray, settings) -> dict:
     """(min_blob, min_hole) -> the (tp, fp, fn, tn) of the tiles thresholded at 0.5 and cleaned."""
-    truth = masks.astype(bool)
     thresholded = probabilities >= heldout.FIXED
     counts = {}
     for setting in settings:
         predicted = np.stack([cleaned(tile, *setting) for tile in thresholded])
-        tp, fp, fn = (predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()
-        counts[setting] = np.array([tp, fp, fn, truth.size - tp - fp - fn], dtype=np.int64)
+        confusion = confusion_counts(masks, predicted)
+        counts[setting] = np.array([confusion[k] for k in ("tp", "fp", "fn", "tn")], dtype=np.int64)
     return counts
 
 
