@@ -206,7 +206,7 @@ class RecordingTuner(keras_tuner.Tuner):
         # KerasTuner's own save writes in place: a kill mid-write left an empty tuner file.
         if not self._is_worker():
             self.oracle.save()
-        write_text_atomic(self._get_tuner_fname(), json.dumps(self.get_state()))
+        save_state_atomically(self, self._get_tuner_fname())
 
     # KerasTuner would otherwise pickle a model per trial; records hold what we need.
     def save_model(self, trial_id, model, step=0):
@@ -242,11 +242,15 @@ class AtomicSaves:
     the reload and requeue_orphaned_trials already know how to resume from."""
 
     def save(self):
-        write_text_atomic(self._get_oracle_fname(), json.dumps(self.get_state()))
+        save_state_atomically(self, self._get_oracle_fname())
 
     def _save_trial(self, trial):
-        path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
-        write_text_atomic(path, json.dumps(trial.get_state()))
+        save_state_atomically(trial, os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"))
+
+
+def save_state_atomically(stateful, path: str) -> None:
+    """KerasTuner's Stateful.save (the state as JSON), written whole or not at all."""
+    write_text_atomic(path, json.dumps(stateful.get_state()))
 
 
 class BayesianOracle(AtomicSaves, keras_tuner.oracles.BayesianOptimizationOracle):
