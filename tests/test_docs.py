@@ -19,7 +19,7 @@ def runnable(name: str) -> str | None:
 def test_every_module_the_readme_runs_exists_and_runs_as_a_script():
     modules = set(re.findall(r"python -m ([A-Za-z_][\w.]*)", README.read_text())) - {"pytest", "venv", "pip"}
     assert {"app", "ablations.run", "ablations.fit", "ablations.evaluate.cleanup"} <= modules
-    broken = {name: runnable(name) for name in sorted(modules) if runnable(name)}
+    broken = {name: why for name in sorted(modules) if (why := runnable(name))}
     assert not broken, f"the README runs modules that cannot run: {broken}"
     assert runnable("ablations.evaluate.no_such_study") == "no such module"
     assert runnable("ablations.heldout") == "a module without a __main__ entry"

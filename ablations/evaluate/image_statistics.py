@@ -76,7 +76,8 @@ def per_image_statistics(encoder: keras.Model, depth: str = "shallow") -> keras.
 
 def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, harness = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    split = argv.index("--") if "--" in argv else len(argv)
+    ours, harness = argv[:split], argv[split + 1:]
     parser = argparse.ArgumentParser(prog="python -m ablations.evaluate.image_statistics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", default="shallow", choices=DEPTHS)
