@@ -72,7 +72,7 @@ def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentati
     pipeline = augment.augmentation(augmentation, seed=seed) if copies > 1 else None
     taps, all_masks = None, np.empty((copies,) + masks.shape, np.uint8)
     for copy in range(copies):
-        copy_images, all_masks[copy] = _augmented_copy(pipeline, images, masks, copy)
+        copy_images, all_masks[copy] = augmented_copy(pipeline, images, masks, copy)
         for start in range(0, len(copy_images), batch_size):
             batch = copy_images[start:start + batch_size].astype(np.float32)
             outputs = [np.asarray(o, np.float16) for o in encoder_features(model, batch)]
@@ -92,7 +92,9 @@ def stack_copies(*sets: FeatureSet) -> FeatureSet:
     return FeatureSet(taps, np.concatenate([s.masks for s in sets]), sets[0].images)
 
 
-def _augmented_copy(pipeline, images, masks, copy: int):
+def augmented_copy(pipeline, images, masks, copy: int):
+    """Copy `copy` of the images and masks: the originals for copy 0, else each pair through
+    `pipeline` (augment.augmentation; its seed makes the copies repeatable)."""
     if copy == 0 or pipeline is None:
         return images, masks
     pairs = [augment.augment_pair(pipeline, image, mask) for image, mask in zip(images, masks)]

@@ -105,12 +105,9 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
     keras.utils.set_random_seed(seed)
     decoder = decoder_of(model)
     steps = (schedule_epochs or epochs) * math.ceil(train.count / recipe.batch_size)
-    # Cosine decay: large steps early while the decoder is random, small ones to settle.
-    schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, max(1, steps))
     decoder.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay),
-        loss=SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight,
-                              label_smoothing=recipe.label_smoothing, edge_band=recipe.edge_band),
+        optimizer=cosine_adamw(recipe.learning_rate, recipe.weight_decay, steps),
+        loss=loss_of(recipe),
         metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")],
         run_eagerly=eager,
     )
@@ -132,6 +129,18 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
     finally:
         batches.release()
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started
+
+
+def cosine_adamw(learning_rate: float, weight_decay: float, steps: int) -> keras.optimizers.AdamW:
+    """AdamW on a cosine decay over `steps`: large steps early while the decoder is random,
+    small ones to settle."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps))
+    return keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+
+
+def loss_of(recipe: Recipe) -> SegmentationLoss:
+    return SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight,
+                            label_smoothing=recipe.label_smoothing, edge_band=recipe.edge_band)
 
 
 def optimizer_variables(model) -> dict:
