@@ -423,13 +423,9 @@ def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, e
     pixels set aside. Each finished fold is kept under `cache` with the data's fingerprint, so
     a variant killed mid-way resumes at its first unfinished fold."""
     from ablations import folds
-    from zoo import unet
 
     def build():
-        import keras
-
-        keras.utils.set_random_seed(variant.seed)
-        return unet.build(variant.config, encoder=encodings.encoder(variant.config.taps))
+        return seeded_model(variant, encodings.encoder(variant.config.taps))
 
     epochs = variant.epochs_of(epochs)
     # What each fold records, by kind: kind -> option -> held-out city -> counts.

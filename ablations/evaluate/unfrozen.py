@@ -235,17 +235,15 @@ def _kept(path: Path) -> Path:
 
 def run_fold(variant, encoder_lr: float, pool: ImagePool, images, masks, fold, args) -> dict:
     """Train one fold's U-Net end to end and score its held-out city at every threshold."""
-    import keras
-
+    from ablations.evaluate.transfer import seeded_model
     from ablations.folds import FeatureView, threshold_counts
     from ablations.pipeline import load_encoder
-    from zoo import unet
 
     print(f"{run_name(variant.name, encoder_lr)}: hold out {fold.val_area} ({len(fold.val_index)} tiles), "
           f"train on {len(fold.train_index)}", flush=True)
-    keras.utils.set_random_seed(variant.seed)
-    # A fresh encoder each fold: training it end to end changes it in place.
-    model = unet.build(variant.config, encoder=load_encoder(args.weights, variant.config.taps))
+    # A fresh encoder each fold (training it end to end changes it in place), and the decoder
+    # the harness's fold starts from.
+    model = seeded_model(variant, load_encoder(args.weights, variant.config.taps))
     trained = train_end_to_end(model, variant.recipe, FeatureView(pool, fold.train_index), args.epochs,
                                variant.seed, encoder_lr)
     probabilities = held_out_probabilities(model, images[fold.val_index], args.scales)
