@@ -416,6 +416,17 @@ class Encodings:
         gc.collect()
 
 
+def seeded_model(variant: Variant, encoder):
+    """The variant's U-Net on `encoder`, its decoder's initial weights drawn from the variant's
+    seed (after the encoder is built: building one draws from the same generator)."""
+    import keras
+
+    from zoo import unet
+
+    keras.utils.set_random_seed(variant.seed)
+    return unet.build(variant.config, encoder=encoder)
+
+
 def cross_validate_variant(variant: Variant, encodings: Encodings, area_folds, epochs: int, budget,
                            cache: Path, fingerprint: dict, views=(DEFAULT_VIEWS,)):
     """The variant's fold results (ablations.folds.FoldResult), and what else its folds record:
