@@ -65,10 +65,20 @@ def test_a_thawed_encoder_moves_its_convolutions_but_not_its_batch_norm():
     assert any("Conv1" in path for path in changed) and any("depthwise" in path for path in changed)
 
 
+def test_lp_ft_trains_the_control_first_then_everything_at_one_small_rate(monkeypatch):
+    stages = []
+    monkeypatch.setattr(unfrozen, "train_end_to_end", lambda model, recipe, pool, epochs, seed, **how: stages.append(
+        (epochs, how)) or {"loss": [1.0] * epochs, "train_seconds": 2.0, "encoder_change": 0.01 * len(stages)})
+    trained = unfrozen.probe_then_fine_tune(None, RECIPE, None, epochs=3, fine_tune_epochs=2, seed=0, fine_tune_lr=0.1)
+    assert stages == [(3, {"encoder_lr": 0.0}), (2, {"encoder_lr": 0.1, "decoder_lr": 0.1, "first_epoch": 3})]
+    assert trained == {"loss": [1.0] * 5, "train_seconds": 4.0, "encoder_change": 0.02}
+    assert unfrozen.run_name("os2", 0.1, 2) == "os2-lpft2-lr0.1" and unfrozen.run_name("os2", 0.1) == "os2-encoder-lr0.1"
+
+
 def test_arguments_are_checked():
     args = unfrozen.parse_args(["--encoder-lr", "0, 0.1", "--scales", "1+0.5"])
     assert args.encoder_lr == [0.0, 0.1] and args.scales == (1.0, 0.5) and args.out == unfrozen.DEFAULT_OUT
-    for bad in (["--encoder-lr", "-1"], ["--encoder-lr", "fast"], ["--scales", "2"]):
+    for bad in (["--encoder-lr", "-1"], ["--encoder-lr", "fast"], ["--scales", "2"], ["--fine-tune-epochs", "-1"]):
         with pytest.raises(SystemExit):
             unfrozen.parse_args(bad)
     assert unfrozen.main(["--variants", "os2_style", "--budget", "smoke"]) == 2  # restyled per fold: refused
@@ -90,5 +100,11 @@ def test_the_probe_scores_each_held_out_city_resumes_and_refuses_other_runs(tmp_
     assert "| selected-encoder-lr0 " in table and "| selected-encoder-lr0.1 " in table
     status, stdout, _ = in_process(unfrozen.main, *common, "--encoder-lr", "0.1")
     assert status == 0 and "finished earlier" in stdout and "hold out" not in stdout
+    # LP-FT: its own runs; the control (lr 0) is the same run either way, so it is not redone.
+    status, stdout, stderr = in_process(unfrozen.main, *common, "--encoder-lr", "0,0.1", "--fine-tune-epochs", "1")
+    assert status == 0, stderr[-3000:]
+    assert "selected-encoder-lr0: hold out" not in stdout and "selected-lpft1-lr0.1: hold out" in stdout
+    assert len(json.loads(next((out / "selected-lpft1-lr0.1").glob("*.json")).read_text())["loss"]) == 2
+    assert "| selected-lpft1-lr0.1 " in (out / "README.md").read_text()
     status, _, stderr = in_process(unfrozen.main, *common, "--scales", "1", "--encoder-lr", "0.1")
     assert status == 2 and "other data, epochs, scales" in stderr

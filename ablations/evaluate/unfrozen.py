@@ -1,6 +1,6 @@
 """A probe, not a served option: what keeping the encoder frozen costs on an unseen city.
 
-    python -m ablations.evaluate.unfrozen --data ../shared/data/oam_buildings --variants os2_shrink,os2_shrink_seed1,os2_shrink_seed2 --encoder-lr 0,0.1 [--epochs 3] [--scales 1+0.5] [--out results/unfrozen]
+    python -m ablations.evaluate.unfrozen --data ../shared/data/oam_buildings --variants os2_shrink,os2_shrink_seed1,os2_shrink_seed2 --encoder-lr 0,0.1 [--fine-tune-epochs 3] [--epochs 3] [--scales 1+0.5] [--out results/unfrozen]
 
 The design freezes the ImageNet MobileNetV2 and trains only the decoder. Every lever inside that
 design measured so far has left the unseen city short of the bar (results/EXPERIMENTS.md), so
@@ -9,7 +9,10 @@ trains the whole U-Net end to end, the encoder's convolutions at `--encoder-lr` 
 decoder's learning rate. 0 keeps the encoder frozen: the control, which must reproduce the
 transfer harness's number for the same variant. BatchNormalization stays frozen (statistics,
 scale and offset): batches of 16 tiles from two cities would replace ImageNet's statistics with
-noisier ones, and step 33 showed the encoder cannot do without them.
+noisier ones, and step 33 showed the encoder cannot do without them. With `--fine-tune-epochs N`,
+each `--encoder-lr` F > 0 runs LP-FT instead (Kumar et al. 2022): the control first, then N
+epochs of the whole U-Net at F times the recipe's learning rate, so a random decoder's gradients
+never reach the encoder.
 
 Everything else is the transfer harness's variant (ablations.evaluate.transfer): its decoder,
 seed, loss, AdamW and cosine schedule over `--epochs`, its augmented copies (made with the
@@ -76,10 +79,11 @@ def thaw(encoder) -> list:
 
 
 def train_end_to_end(model, recipe: studies.Recipe, pool, epochs: int, seed: int,
-                     encoder_lr: float) -> dict:
+                     encoder_lr: float, decoder_lr: float = 1.0, first_epoch: int = 0) -> dict:
     """Train `model` (a zoo.unet U-Net) on `pool` as ablations.train.train_decoder trains its
     decoder (loss, AdamW, cosine schedule, seeded batch order), and with `encoder_lr` > 0 its
-    encoder's convolutions too, at that fraction of the decoder's learning rate. Returns the
+    encoder's convolutions too; each learning rate is that fraction of the recipe's. A second
+    stage continues the batch order at `first_epoch`, with schedules of its own. Returns the
     mean loss by epoch, the seconds it took and how far the encoder's weights moved."""
     import keras
     import tensorflow as tf
@@ -91,7 +95,8 @@ def train_end_to_end(model, recipe: studies.Recipe, pool, epochs: int, seed: int
     encoder = encoder_of(model)
     start_weights = [np.asarray(w) for w in encoder.weights]
     steps = epochs * math.ceil(pool.count / recipe.batch_size)
-    groups = [(decoder_of(model).trainable_variables, cosine_adamw(recipe.learning_rate, recipe.weight_decay, steps))]
+    groups = [(decoder_of(model).trainable_variables,
+               cosine_adamw(recipe.learning_rate * decoder_lr, recipe.weight_decay, steps))]
     if encoder_lr > 0:
         groups.append((thaw(encoder), cosine_adamw(recipe.learning_rate * encoder_lr, recipe.weight_decay, steps)))
     variables = [v for group, _ in groups for v in group]
@@ -113,7 +118,7 @@ def train_end_to_end(model, recipe: studies.Recipe, pool, epochs: int, seed: int
     # first_epoch=1: Keras' PyDataset adapter, which train_decoder's fit reads batches through,
     # peeks at a batch and then draws a new order before the first epoch, so the harness's
     # epoch k trains on the order after k; this draws the same orders.
-    batches = FeatureBatches(pool, recipe.batch_size, seed, first_epoch=1)
+    batches = FeatureBatches(pool, recipe.batch_size, seed, first_epoch=first_epoch + 1)
     started, losses = time.time(), []
     for _ in range(epochs):
         losses.append(float(np.mean([step(*batches[index]) for index in range(len(batches))])))
@@ -121,6 +126,21 @@ def train_end_to_end(model, recipe: studies.Recipe, pool, epochs: int, seed: int
     batches.release()
     return {"loss": losses, "train_seconds": time.time() - started,
             "encoder_change": relative_change(start_weights, encoder.weights)}
+
+
+def probe_then_fine_tune(model, recipe: studies.Recipe, pool, epochs: int, fine_tune_epochs: int,
+                         seed: int, fine_tune_lr: float) -> dict:
+    """LP-FT (Kumar et al. 2022): the decoder trained on the frozen encoder first, exactly as the
+    control, then the whole U-Net fine-tuned for `fine_tune_epochs` with every learning rate at
+    `fine_tune_lr` times the recipe's. The encoder is never moved by a random decoder's
+    gradients, which is what distorts pretrained features and costs unseen data."""
+    probed = train_end_to_end(model, recipe, pool, epochs, seed, encoder_lr=0.0)
+    if not fine_tune_epochs:
+        return probed
+    tuned = train_end_to_end(model, recipe, pool, fine_tune_epochs, seed, encoder_lr=fine_tune_lr,
+                             decoder_lr=fine_tune_lr, first_epoch=epochs)
+    return {"loss": probed["loss"] + tuned["loss"], "train_seconds": probed["train_seconds"] + tuned["train_seconds"],
+            "encoder_change": tuned["encoder_change"]}
 
 
 def relative_change(before: list[np.ndarray], after) -> float:
@@ -137,7 +157,9 @@ def held_out_probabilities(model, images: np.ndarray, scales) -> np.ndarray:
     return np.stack([segmenter.probabilities(image) for image in images])
 
 
-def run_name(variant: str, encoder_lr: float) -> str:
+def run_name(variant: str, encoder_lr: float, fine_tune_epochs: int = 0) -> str:
+    if fine_tune_epochs:
+        return f"{variant}-lpft{fine_tune_epochs}-lr{encoder_lr:g}"
     return f"{variant}-encoder-lr{encoder_lr:g}"
 
 
@@ -149,6 +171,10 @@ def parse_args(argv=None):
     parser.add_argument("--encoder-lr", default="0,0.1",
                         help="comma-separated fractions of the decoder's learning rate for the encoder (0: frozen)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each fold's cosine schedule")
+    parser.add_argument("--fine-tune-epochs", type=int, default=0,
+                        help="LP-FT: train the decoder on the frozen encoder first (the control), then fine-tune "
+                             "everything for this many epochs, every learning rate at each --encoder-lr > 0 times "
+                             "the recipe's (default 0: one stage, the encoder thawed from the start)")
     parser.add_argument("--scales", default="1+0.5", help="inference scales, as served (default 1+0.5)")
     parser.add_argument("--budget", default="standard", choices=sorted(studies.BUDGETS))
     parser.add_argument("--weights", default="imagenet")
@@ -161,6 +187,8 @@ def parse_args(argv=None):
         parser.error(str(error))
     if not args.encoder_lr or any(lr < 0 for lr in args.encoder_lr):
         parser.error("--encoder-lr: fractions >= 0, comma-separated")
+    if args.fine_tune_epochs < 0:
+        parser.error("--fine-tune-epochs: 0 or more")
     args.variants = _names(args.variants)
     return args
 
@@ -192,18 +220,20 @@ def run(args) -> None:
     for variant in variants:
         key = (variant.recipe.augmentation, variant.recipe.copies(budget))
         for encoder_lr in args.encoder_lr:
-            name = run_name(variant.name, encoder_lr)
+            fine_tune_epochs = args.fine_tune_epochs if encoder_lr > 0 else 0  # lr 0: the control either way
+            name = run_name(variant.name, encoder_lr, fine_tune_epochs)
+            ours = {**fingerprint, "variant": variant.name, "encoder_lr": encoder_lr,
+                    **({"fine_tune_epochs": fine_tune_epochs} if fine_tune_epochs else {})}
             for fold in area_folds:
                 path = args.out / name / f"{fold.val_area}.json"
-                if _finished(path, {**fingerprint, "variant": variant.name, "encoder_lr": encoder_lr}):
+                if _finished(path, ours):
                     continue
                 if key not in pools:
                     print(f"augmenting {len(images)} tiles: {key[1]} copies, '{key[0]}'", flush=True)
                     pools = {key: augmented_pool(images, masks, *key)}
-                record = run_fold(variant, encoder_lr, pools[key], images, masks, fold, args)
+                record = run_fold(variant, encoder_lr, fine_tune_epochs, pools[key], images, masks, fold, args)
                 np.save(_kept(args.out / "cache" / name / f"{fold.val_area}.npy"), record.pop("probabilities"))
-                write_json_atomic(path, {**record, "fingerprint": {**fingerprint, "variant": variant.name,
-                                                                   "encoder_lr": encoder_lr}})
+                write_json_atomic(path, {**record, "fingerprint": ours})
     write_text_atomic(args.out / "README.md", report(args.out))
     print(f"wrote {args.out / 'README.md'}")
 
@@ -233,19 +263,22 @@ def _kept(path: Path) -> Path:
     return path
 
 
-def run_fold(variant, encoder_lr: float, pool: ImagePool, images, masks, fold, args) -> dict:
-    """Train one fold's U-Net end to end and score its held-out city at every threshold."""
+def run_fold(variant, encoder_lr: float, fine_tune_epochs: int, pool: ImagePool, images, masks, fold, args) -> dict:
+    """Train one fold's U-Net end to end (in two stages with `fine_tune_epochs`) and score its
+    held-out city at every threshold."""
     from ablations.evaluate.transfer import seeded_model
     from ablations.folds import FeatureView, threshold_counts
     from ablations.pipeline import load_encoder
 
-    print(f"{run_name(variant.name, encoder_lr)}: hold out {fold.val_area} ({len(fold.val_index)} tiles), "
+    print(f"{run_name(variant.name, encoder_lr, fine_tune_epochs)}: hold out {fold.val_area} ({len(fold.val_index)} tiles), "
           f"train on {len(fold.train_index)}", flush=True)
     # A fresh encoder each fold (training it end to end changes it in place), and the decoder
     # the harness's fold starts from.
     model = seeded_model(variant, load_encoder(args.weights, variant.config.taps))
-    trained = train_end_to_end(model, variant.recipe, FeatureView(pool, fold.train_index), args.epochs,
-                               variant.seed, encoder_lr)
+    train = FeatureView(pool, fold.train_index)
+    trained = (probe_then_fine_tune(model, variant.recipe, train, args.epochs, fine_tune_epochs, variant.seed, encoder_lr)
+               if fine_tune_epochs else
+               train_end_to_end(model, variant.recipe, train, args.epochs, variant.seed, encoder_lr))
     probabilities = held_out_probabilities(model, images[fold.val_index], args.scales)
     counts = threshold_counts(probabilities, masks[fold.val_index])
     at_half = heldout.scores(counts[heldout.threshold_index()])
@@ -263,7 +296,7 @@ def report(out: Path) -> str:
     runs: dict[str, dict[str, dict]] = {}  # recipe -> seed's run -> city -> record
     for path in sorted(out.glob("*/*.json")):
         record = json.loads(path.read_text())
-        recipe = re.sub(r"_seed\d+(?=-encoder-lr)", "", path.parent.name)
+        recipe = re.sub(r"_seed\d+(?=-(encoder-lr|lpft))", "", path.parent.name)
         runs.setdefault(recipe, {}).setdefault(path.parent.name, {})[record["city"]] = record
     rows = [_row(recipe, seeds) for recipe, seeds in sorted(runs.items())]
     return "\n".join([
@@ -272,7 +305,8 @@ def report(out: Path) -> str:
         "scored on its held-out city as served (zoo.predict.Segmenter at the run's scales), threshold 0.5; "
         "counts summed over a recipe's seeds, then building IoU per city and the mean over cities. "
         "`encoder-lr0` is the frozen encoder (the control); `encoder-lrF` trains the encoder's convolutions at "
-        "F times the decoder's learning rate. A probe: nothing here is served.", "",
+        "F times the decoder's learning rate from the start; `lpftN-lrF` trains the decoder on the frozen encoder "
+        "first (the control), then fine-tunes everything for N epochs at F times the recipe's learning rate (LP-FT). A probe: nothing here is served.", "",
         pd.DataFrame(rows).to_markdown(index=False) if rows else "(no finished folds yet)", ""])
 
 
