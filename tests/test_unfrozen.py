@@ -73,6 +73,10 @@ def test_lp_ft_trains_the_control_first_then_everything_at_one_small_rate(monkey
     assert stages == [(3, {"encoder_lr": 0.0}), (2, {"encoder_lr": 0.1, "decoder_lr": 0.1, "first_epoch": 3})]
     assert trained == {"loss": [1.0] * 5, "train_seconds": 4.0, "encoder_change": 0.02}
     assert unfrozen.run_name("os2", 0.1, 2) == "os2-lpft2-lr0.1" and unfrozen.run_name("os2", 0.1) == "os2-encoder-lr0.1"
+    stages.clear()  # its control: the second stage trains the decoder alone
+    unfrozen.probe_then_fine_tune(None, RECIPE, None, epochs=3, fine_tune_epochs=2, seed=0, fine_tune_lr=0.1, thaw=False)
+    assert stages[1] == (2, {"encoder_lr": 0.0, "decoder_lr": 0.1, "first_epoch": 3})
+    assert unfrozen.run_name("os2", 0.1, 2, frozen=True) == "os2-lplp2-lr0.1"
 
 
 def test_arguments_are_checked():
@@ -106,5 +110,9 @@ def test_the_probe_scores_each_held_out_city_resumes_and_refuses_other_runs(tmp_
     assert "selected-encoder-lr0: hold out" not in stdout and "selected-lpft1-lr0.1: hold out" in stdout
     assert len(json.loads(next((out / "selected-lpft1-lr0.1").glob("*.json")).read_text())["loss"]) == 2
     assert "| selected-lpft1-lr0.1 " in (out / "README.md").read_text()
+    status, _, stderr = in_process(unfrozen.main, *common, "--encoder-lr", "0.1", "--fine-tune-epochs", "1",
+                                   "--fine-tune-frozen")
+    assert status == 0, stderr[-3000:]
+    assert all(json.loads(path.read_text())["encoder_change"] == 0 for path in (out / "selected-lplp1-lr0.1").glob("*.json"))
     status, _, stderr = in_process(unfrozen.main, *common, "--scales", "1", "--encoder-lr", "0.1")
     assert status == 2 and "other data, epochs, scales" in stderr

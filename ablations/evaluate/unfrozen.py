@@ -129,15 +129,16 @@ def train_end_to_end(model, recipe: studies.Recipe, pool, epochs: int, seed: int
 
 
 def probe_then_fine_tune(model, recipe: studies.Recipe, pool, epochs: int, fine_tune_epochs: int,
-                         seed: int, fine_tune_lr: float) -> dict:
+                         seed: int, fine_tune_lr: float, thaw: bool = True) -> dict:
     """LP-FT (Kumar et al. 2022): the decoder trained on the frozen encoder first, exactly as the
     control, then the whole U-Net fine-tuned for `fine_tune_epochs` with every learning rate at
     `fine_tune_lr` times the recipe's. The encoder is never moved by a random decoder's
-    gradients, which is what distorts pretrained features and costs unseen data."""
+    gradients, which is what distorts pretrained features and costs unseen data. `thaw=False`
+    is LP-FT's own control: the second stage trains the decoder alone, at the same rate."""
     probed = train_end_to_end(model, recipe, pool, epochs, seed, encoder_lr=0.0)
     if not fine_tune_epochs:
         return probed
-    tuned = train_end_to_end(model, recipe, pool, fine_tune_epochs, seed, encoder_lr=fine_tune_lr,
+    tuned = train_end_to_end(model, recipe, pool, fine_tune_epochs, seed, encoder_lr=fine_tune_lr if thaw else 0.0,
                              decoder_lr=fine_tune_lr, first_epoch=epochs)
     return {"loss": probed["loss"] + tuned["loss"], "train_seconds": probed["train_seconds"] + tuned["train_seconds"],
             "encoder_change": tuned["encoder_change"]}
@@ -157,9 +158,9 @@ def held_out_probabilities(model, images: np.ndarray, scales) -> np.ndarray:
     return np.stack([segmenter.probabilities(image) for image in images])
 
 
-def run_name(variant: str, encoder_lr: float, fine_tune_epochs: int = 0) -> str:
+def run_name(variant: str, encoder_lr: float, fine_tune_epochs: int = 0, frozen: bool = False) -> str:
     if fine_tune_epochs:
-        return f"{variant}-lpft{fine_tune_epochs}-lr{encoder_lr:g}"
+        return f"{variant}-{'lplp' if frozen else 'lpft'}{fine_tune_epochs}-lr{encoder_lr:g}"
     return f"{variant}-encoder-lr{encoder_lr:g}"
 
 
@@ -175,6 +176,9 @@ def parse_args(argv=None):
                         help="LP-FT: train the decoder on the frozen encoder first (the control), then fine-tune "
                              "everything for this many epochs, every learning rate at each --encoder-lr > 0 times "
                              "the recipe's (default 0: one stage, the encoder thawed from the start)")
+    parser.add_argument("--fine-tune-frozen", action="store_true",
+                        help="LP-FT's control: the second stage trains only the decoder, at the same rate, telling "
+                             "what the encoder adds from what more decoder epochs add (runs named lplpN-lrF)")
     parser.add_argument("--scales", default="1+0.5", help="inference scales, as served (default 1+0.5)")
     parser.add_argument("--budget", default="standard", choices=sorted(studies.BUDGETS))
     parser.add_argument("--weights", default="imagenet")
@@ -221,9 +225,11 @@ def run(args) -> None:
         key = (variant.recipe.augmentation, variant.recipe.copies(budget))
         for encoder_lr in args.encoder_lr:
             fine_tune_epochs = args.fine_tune_epochs if encoder_lr > 0 else 0  # lr 0: the control either way
-            name = run_name(variant.name, encoder_lr, fine_tune_epochs)
+            frozen = bool(fine_tune_epochs) and args.fine_tune_frozen
+            name = run_name(variant.name, encoder_lr, fine_tune_epochs, frozen)
             ours = {**fingerprint, "variant": variant.name, "encoder_lr": encoder_lr,
-                    **({"fine_tune_epochs": fine_tune_epochs} if fine_tune_epochs else {})}
+                    **({"fine_tune_epochs": fine_tune_epochs} if fine_tune_epochs else {}),
+                    **({"fine_tune_frozen": True} if frozen else {})}
             for fold in area_folds:
                 path = args.out / name / f"{fold.val_area}.json"
                 if _finished(path, ours):
@@ -231,7 +237,7 @@ def run(args) -> None:
                 if key not in pools:
                     print(f"augmenting {len(images)} tiles: {key[1]} copies, '{key[0]}'", flush=True)
                     pools = {key: augmented_pool(images, masks, *key)}
-                record = run_fold(variant, encoder_lr, fine_tune_epochs, pools[key], images, masks, fold, args)
+                record = run_fold(variant, encoder_lr, fine_tune_epochs, frozen, pools[key], images, masks, fold, args)
                 np.save(_kept(args.out / "cache" / name / f"{fold.val_area}.npy"), record.pop("probabilities"))
                 write_json_atomic(path, {**record, "fingerprint": ours})
     write_text_atomic(args.out / "README.md", report(args.out))
@@ -263,20 +269,22 @@ def _kept(path: Path) -> Path:
     return path
 
 
-def run_fold(variant, encoder_lr: float, fine_tune_epochs: int, pool: ImagePool, images, masks, fold, args) -> dict:
+def run_fold(variant, encoder_lr: float, fine_tune_epochs: int, frozen: bool, pool: ImagePool, images, masks,
+             fold, args) -> dict:
     """Train one fold's U-Net end to end (in two stages with `fine_tune_epochs`) and score its
     held-out city at every threshold."""
     from ablations.evaluate.transfer import seeded_model
     from ablations.folds import FeatureView, threshold_counts
     from ablations.pipeline import load_encoder
 
-    print(f"{run_name(variant.name, encoder_lr, fine_tune_epochs)}: hold out {fold.val_area} ({len(fold.val_index)} tiles), "
+    print(f"{run_name(variant.name, encoder_lr, fine_tune_epochs, frozen)}: hold out {fold.val_area} ({len(fold.val_index)} tiles), "
           f"train on {len(fold.train_index)}", flush=True)
     # A fresh encoder each fold (training it end to end changes it in place), and the decoder
     # the harness's fold starts from.
     model = seeded_model(variant, load_encoder(args.weights, variant.config.taps))
     train = FeatureView(pool, fold.train_index)
-    trained = (probe_then_fine_tune(model, variant.recipe, train, args.epochs, fine_tune_epochs, variant.seed, encoder_lr)
+    trained = (probe_then_fine_tune(model, variant.recipe, train, args.epochs, fine_tune_epochs, variant.seed,
+                                    encoder_lr, thaw=not frozen)
                if fine_tune_epochs else
                train_end_to_end(model, variant.recipe, train, args.epochs, variant.seed, encoder_lr))
     probabilities = held_out_probabilities(model, images[fold.val_index], args.scales)
@@ -296,7 +304,7 @@ def report(out: Path) -> str:
     runs: dict[str, dict[str, dict]] = {}  # recipe -> seed's run -> city -> record
     for path in sorted(out.glob("*/*.json")):
         record = json.loads(path.read_text())
-        recipe = re.sub(r"_seed\d+(?=-(encoder-lr|lpft))", "", path.parent.name)
+        recipe = re.sub(r"_seed\d+(?=-(encoder-lr|lpft|lplp))", "", path.parent.name)
         runs.setdefault(recipe, {}).setdefault(path.parent.name, {})[record["city"]] = record
     rows = [_row(recipe, seeds) for recipe, seeds in sorted(runs.items())]
     return "\n".join([
@@ -306,7 +314,8 @@ def report(out: Path) -> str:
         "counts summed over a recipe's seeds, then building IoU per city and the mean over cities. "
         "`encoder-lr0` is the frozen encoder (the control); `encoder-lrF` trains the encoder's convolutions at "
         "F times the decoder's learning rate from the start; `lpftN-lrF` trains the decoder on the frozen encoder "
-        "first (the control), then fine-tunes everything for N epochs at F times the recipe's learning rate (LP-FT). A probe: nothing here is served.", "",
+        "first (the control), then fine-tunes everything for N epochs at F times the recipe's learning rate (LP-FT); "
+        "`lplpN-lrF` is its control, the second stage training the decoder alone. A probe: nothing here is served.", "",
         pd.DataFrame(rows).to_markdown(index=False) if rows else "(no finished folds yet)", ""])
 
 
