@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from ablations import heldout, studies
-from ablations.features import FeatureSet
 from ablations.errors import UserFacingError, exit_status
+from ablations.features import FeatureSet
 from zoo.files import write_json_atomic, write_text_atomic
 
 DEFAULT_OUT = Path("results/unfrozen")
