@@ -69,10 +69,9 @@ def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentati
     """
     allocate = allocate or (lambda _, shape, dtype: np.empty(shape, dtype))
     started = time.time()
-    pipeline = augment.augmentation(augmentation, seed=seed) if copies > 1 else None
     taps, all_masks = None, np.empty((copies,) + masks.shape, np.uint8)
-    for copy in range(copies):
-        copy_images, all_masks[copy] = augmented_copy(pipeline, images, masks, copy)
+    for copy, (copy_images, copy_masks) in enumerate(augmented_copies(images, masks, copies, augmentation, seed)):
+        all_masks[copy] = copy_masks
         for start in range(0, len(copy_images), batch_size):
             batch = copy_images[start:start + batch_size].astype(np.float32)
             outputs = [np.asarray(o, np.float16) for o in encoder_features(model, batch)]
@@ -92,9 +91,15 @@ def stack_copies(*sets: FeatureSet) -> FeatureSet:
     return FeatureSet(taps, np.concatenate([s.masks for s in sets]), sets[0].images)
 
 
-def augmented_copy(pipeline, images, masks, copy: int):
-    """Copy `copy` of the images and masks: the originals for copy 0, else each pair through
-    `pipeline` (augment.augmentation; its seed makes the copies repeatable)."""
+def augmented_copies(images: np.ndarray, masks: np.ndarray, copies: int, augmentation: str, seed: int):
+    """The (images, masks) of each copy `encode` encodes, in order: the originals, then
+    `copies - 1` versions through one `augmentation` pipeline seeded with `seed`."""
+    pipeline = augment.augmentation(augmentation, seed=seed) if copies > 1 else None
+    for copy in range(copies):
+        yield _augmented_copy(pipeline, images, masks, copy)
+
+
+def _augmented_copy(pipeline, images, masks, copy: int):
     if copy == 0 or pipeline is None:
         return images, masks
     pairs = [augment.augment_pair(pipeline, image, mask) for image, mask in zip(images, masks)]

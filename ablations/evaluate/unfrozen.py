@@ -38,7 +38,7 @@ import numpy as np
 
 from ablations import heldout, studies
 from ablations.errors import UserFacingError, exit_status
-from ablations.features import FeatureSet
+from ablations.features import FeatureSet, augmented_copies
 from zoo.files import write_json_atomic, write_text_atomic
 
 DEFAULT_OUT = Path("results/unfrozen")
@@ -56,13 +56,9 @@ class ImagePool(FeatureSet):
 
 def augmented_pool(images: np.ndarray, masks: np.ndarray, augmentation: str, copies: int,
                    seed: int = SEED) -> ImagePool:
-    """The tiles and `copies - 1` augmented versions, as ablations.features.encode makes them
-    before encoding (same pipeline, same seed, same order)."""
-    from ablations.data import augment
-    from ablations.features import augmented_copy
-
-    pipeline = augment.augmentation(augmentation, seed=seed) if copies > 1 else None
-    made = [augmented_copy(pipeline, images, masks, copy) for copy in range(copies)]
+    """The tiles and `copies - 1` augmented versions, the very copies ablations.features.encode
+    encodes (features.augmented_copies)."""
+    made = list(augmented_copies(images, masks, copies, augmentation, seed))
     return ImagePool([np.stack([m[0] for m in made])], np.stack([m[1] for m in made]), images)
 
 
