@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ablations import features, studies
-from ablations.evaluate import unfrozen
+from ablations.evaluate import transfer, unfrozen
 from ablations.train import train_decoder
 from test_ablations import cache_home, weights_flag  # noqa: F401  (cache_home: a fixture)
 from zoo import unet
@@ -37,7 +37,7 @@ def test_the_frozen_control_trains_the_decoder_as_the_harness_does():
     images, masks = _tiles()
     pool = unfrozen.augmented_pool(images, masks, "sensor", copies=2)
     harness = _model()
-    encoded = features.encode(harness, images, masks, 2, "sensor", seed=unfrozen.SEED, progress=lambda _: None)
+    encoded = features.encode(harness, images, masks, 2, "sensor", seed=transfer.SEED, progress=lambda _: None)
     # The probe augments with the harness's seed and order: its copies are the ones encoded.
     assert np.array_equal(pool.masks, encoded.masks) and np.array_equal(pool.taps[0][0], images)
     train_decoder(harness, RECIPE, encoded, epochs=2, seed=0)

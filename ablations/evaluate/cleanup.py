@@ -23,6 +23,7 @@ import numpy as np
 from ablations import heldout, studies
 from ablations.errors import UserFacingError
 from ablations.evaluate.recorded import write_report
+from ablations.evaluate.transfer import comma_separated
 from zoo.metrics import confusion_counts
 
 DEFAULT_SETTINGS = "0:0,16:0,32:0,64:0,128:0,0:16,0:64,32:32,64:64"
@@ -42,7 +43,7 @@ def parse_args(argv=None):
         args.settings = [_setting(text) for text in args.settings.split(",") if text.strip()]
     except ValueError as error:
         parser.error(f"--settings: {error}")
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.variants = comma_separated(args.variants)
     return args
 
 

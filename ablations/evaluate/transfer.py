@@ -192,22 +192,23 @@ def parse_args(argv=None):
                         help="at the end, delete the encoded views and pools under OUT/cache (GiBs each; a later "
                              "run encodes them again); finished folds and their probabilities are kept")
     args = parser.parse_args(argv)
-    unknown_views = [v for v in _names(args.views) if v not in RECORDABLE_VIEWS]
-    if unknown_views or not _names(args.views):
+    unknown_views = [v for v in comma_separated(args.views) if v not in RECORDABLE_VIEWS]
+    if unknown_views or not comma_separated(args.views):
         parser.error(f"--views: unknown or empty {', '.join(unknown_views)}; choices: {', '.join(RECORDABLE_VIEWS)}")
-    args.views = _names(args.views)
+    args.views = comma_separated(args.views)
     try:
-        scale_sets = [scales_of(text) for text in _names(args.scales)]
+        scale_sets = [scales_of(text) for text in comma_separated(args.scales)]
     except ValueError as error:
         parser.error(f"--scales: {error}")
     args.options = option_names(args.views, scale_sets)  # what each fold scores, by name
-    unknown = [v for v in _names(args.variants) if v not in variants]
+    unknown = [v for v in comma_separated(args.variants) if v not in variants]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choices: {', '.join(variants)}")
     return args
 
 
-def _names(text: str) -> list[str]:
+def comma_separated(text: str) -> list[str]:
+    """"a, b,,c" -> ["a", "b", "c"]."""
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
@@ -255,7 +256,7 @@ def run_variants(args, probe: EncoderProbe | None = None) -> None:
     fingerprint = _fingerprint(samples, args.epochs, budget.name)
     if probe is not None:
         fingerprint["encoder"] = probe.name  # absent for the served encoder: its curves stay valid
-    todo = [v for v in (_variants()[n] for n in _names(args.variants))
+    todo = [v for v in (_variants()[n] for n in comma_separated(args.variants))
             if not _finished(args.out, v, fingerprint, args.options)]
     if not todo:
         print("every variant asked for has finished; rewriting the report")
@@ -713,7 +714,7 @@ def score_ensembles(args) -> None:
     """Average the members' cached held-out probabilities (last epoch) under each view set of
     `--views` and record the counts at every threshold per city: OUT/ensembles/A+B.json, its
     "views" by set ("counts": the flips', as the report has always shown them)."""
-    names = _names(args.ensembles)
+    names = comma_separated(args.ensembles)
     if not names:
         return
     masks, areas = held_out_masks(args.data, args.budget)
@@ -760,7 +761,7 @@ def _ensemble_counts(cache: Path, members: list[str], view: str, areas, masks) -
 def write_report(args) -> None:
     from ablations.evaluate import transfer_report
 
-    text = transfer_report.render(args.out, _variants(), _names(args.ensembles))
+    text = transfer_report.render(args.out, _variants(), comma_separated(args.ensembles))
     write_text_atomic(args.out / "README.md", text)
     print(f"wrote {args.out / 'README.md'}")
 

@@ -38,11 +38,11 @@ import numpy as np
 
 from ablations import heldout, studies
 from ablations.errors import UserFacingError, exit_status
+from ablations.evaluate import transfer
 from ablations.features import FeatureSet, augmented_copies
 from zoo.files import write_json_atomic, write_text_atomic
 
 DEFAULT_OUT = Path("results/unfrozen")
-SEED = 0  # the harness's augmentation seed (ablations.evaluate.transfer.SEED)
 
 
 class ImagePool(FeatureSet):
@@ -55,7 +55,7 @@ class ImagePool(FeatureSet):
 
 
 def augmented_pool(images: np.ndarray, masks: np.ndarray, augmentation: str, copies: int,
-                   seed: int = SEED) -> ImagePool:
+                   seed: int = transfer.SEED) -> ImagePool:
     """The tiles and `copies - 1` augmented versions, the very copies ablations.features.encode
     encodes (features.augmented_copies)."""
     made = list(augmented_copies(images, masks, copies, augmentation, seed))
@@ -181,7 +181,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     try:
-        args.encoder_lr = [float(text) for text in _names(args.encoder_lr)]
+        args.encoder_lr = [float(text) for text in transfer.comma_separated(args.encoder_lr)]
         args.scales = heldout.scales_of(args.scales)
     except ValueError as error:
         parser.error(str(error))
@@ -189,12 +189,8 @@ def parse_args(argv=None):
         parser.error("--encoder-lr: fractions >= 0, comma-separated")
     if args.fine_tune_epochs < 0:
         parser.error("--fine-tune-epochs: 0 or more")
-    args.variants = _names(args.variants)
+    args.variants = transfer.comma_separated(args.variants)
     return args
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def main(argv=None) -> int:
@@ -205,10 +201,9 @@ def main(argv=None) -> int:
 def run(args) -> None:
     from ablations import folds, provenance
     from ablations.data import folders
-    from ablations.evaluate.transfer import _variants
     from ablations.pipeline import scan_samples
 
-    known = _variants()
+    known = transfer._variants()
     variants = [_supported(known, name) for name in args.variants]
     budget = studies.BUDGETS[args.budget]
     samples, _, _ = scan_samples(budget, args.data)
@@ -269,7 +264,6 @@ def run_fold(variant, encoder_lr: float, fine_tune_epochs: int, frozen: bool, po
              fold, args) -> dict:
     """Train one fold's U-Net end to end (in two stages with `fine_tune_epochs`) and score its
     held-out city at every threshold."""
-    from ablations.evaluate.transfer import seeded_model
     from ablations.folds import FeatureView, threshold_counts
     from ablations.pipeline import load_encoder
 
@@ -277,7 +271,7 @@ def run_fold(variant, encoder_lr: float, fine_tune_epochs: int, frozen: bool, po
           f"train on {len(fold.train_index)}", flush=True)
     # A fresh encoder each fold (training it end to end changes it in place), and the decoder
     # the harness's fold starts from.
-    model = seeded_model(variant, load_encoder(args.weights, variant.config.taps))
+    model = transfer.seeded_model(variant, load_encoder(args.weights, variant.config.taps))
     train = FeatureView(pool, fold.train_index)
     trained = (probe_then_fine_tune(model, variant.recipe, train, args.epochs, fine_tune_epochs, variant.seed,
                                     encoder_lr, thaw=not frozen)
