@@ -311,12 +311,13 @@ def report(out: Path) -> str:
 
 def _row(recipe: str, seeds: dict[str, dict]) -> dict:
     cities = sorted(set.intersection(*(set(by_city) for by_city in seeds.values())))
-    index = heldout.threshold_index()
-    pooled = {city: heldout.scores(np.sum([np.asarray(by_city[city]["counts"])[index] for by_city in seeds.values()],
-                                          axis=0)) for city in cities}
+
+    def counts_of(by_city: dict) -> dict:  # city -> (thresholds, 4), the cities every seed finished
+        return {city: by_city[city]["counts"] for city in cities}
+
+    pooled = heldout.at_threshold(heldout.summed_counts(list(seeds.values()), counts_of))
     mean = heldout.mean_of(pooled)
-    each = [heldout.mean_of({c: heldout.scores(np.asarray(by_city[c]["counts"])[index]) for c in cities})["building_iou"]
-            for by_city in seeds.values()]
+    each = [heldout.mean_of(heldout.at_threshold(counts_of(by_city)))["building_iou"] for by_city in seeds.values()]
     moved = [r["encoder_change"] for by_city in seeds.values() for r in by_city.values()]
     return {"recipe": recipe, "seeds": len(seeds), **{c: round(pooled[c]["building_iou"], 3) for c in cities},
             "mean": round(mean["building_iou"], 3), "P / R": f"{mean['precision']:.3f} / {mean['recall']:.3f}",
