@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import socket
 
-from ablations.errors import UserFacingError
+from training.errors import UserFacingError
 
 TUNER_ID, ORACLE_IP, ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
 CHIEF = "chief"  # KerasTuner takes any tuner id that contains this word for the chief

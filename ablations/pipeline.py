@@ -16,15 +16,16 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from ablations import distributed, features, folds, provenance, report, search, studies
-from ablations.data import folders, splits, synthetic
-from ablations.machine import describe as describe_machine, process_memory_gib
-from ablations.errors import UserFacingError
+from training import features, folds, provenance
+from ablations import distributed, report, search, studies
+from data import folders, splits, synthetic
+from training.machine import describe as describe_machine, process_memory_gib
+from training.errors import UserFacingError
 from ablations.request import StudyRequest
+from training.sources import SEED, load_encoder, scan_samples
 from zoo import encoder as zoo_encoder
 from zoo import unet
 
-SEED = 0
 
 
 def run_study(request: StudyRequest) -> None:
@@ -118,40 +119,12 @@ def _chief_trains_nothing(augmentation: str):
     raise RuntimeError("the chief serves the oracle and runs no trials")
 
 
-def load_encoder(weights: str, taps: str = "narrow"):
-    """The frozen encoder cut at zoo.encoder.TAP_SETS[taps], its weights from `weights`."""
-    choice = None if weights == "none" else weights
-    try:
-        return zoo_encoder.build_encoder(choice, zoo_encoder.TAP_SETS[taps])
-    except zoo_encoder.WeightsUnavailable as error:
-        raise UserFacingError(str(error)) from error
-
-
 def study_binding(request: StudyRequest, budget, split, source: str) -> dict:
     """What a study folder is bound to: a run with anything different refuses to write there."""
     return {"data_kind": provenance.data_kind(source),
             "data_fingerprint": provenance.data_fingerprint(split.train + split.val + split.test),
             "budget": budget.name, "split": split.description, "cv": request.cv,
             "halving": request.halving, "output_stride": request.output_stride, "weights": request.weights}
-
-
-def scan_samples(budget, data: Path | None = None):
-    """The checked samples of `data` (None: synthetic scenes, said loudly), cut to the
-    budget's image count, with the folder and a one-phrase source for tables."""
-    if data is None:
-        root = synthetic.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
-        print("=" * 72 + f"\nNo --data given: using SYNTHETIC aerial-like scenes in {root}.\n"
-              "These numbers say nothing about real imagery.\n" + "=" * 72)
-        source = f"SYNTHETIC scenes ({root})"
-    else:
-        root, source = data, str(data)
-    try:
-        samples = folders.scan_folder(root, check=True)
-        if budget.max_images:
-            samples = splits.limit(samples, budget.max_images, SEED)
-    except folders.DataError as error:
-        raise UserFacingError(str(error)) from error
-    return samples, root, source
 
 
 def load_data(budget, data: Path | None = None, test_area: str | None = None,

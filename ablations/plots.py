@@ -3,13 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from zoo.files import atomic_path  # noqa: E402
+from training.plots import plt, save_figure_atomic
 
 FIGURES = {
     "tradeoffs.png": "test building IoU against latency and against trainable parameters, Pareto front marked",
@@ -122,11 +118,3 @@ def samples(records, summary, test_arrays, path: Path, tiles: int = 4) -> None:
             if row == 0:
                 ax.set_title(title, fontsize=6, rotation=20)
     save_figure_atomic(figure, path)
-
-
-def save_figure_atomic(figure, path: Path) -> None:
-    try:
-        with atomic_path(path, suffix=Path(path).suffix) as tmp:
-            figure.savefig(tmp, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)

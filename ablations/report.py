@@ -250,7 +250,7 @@ def _best_record(records, best_row) -> dict:
 
 def save_best(study_dir: Path, best: dict, context: dict, encoder, test_arrays) -> dict:
     """Rebuild the selected trial's model, check it end to end on the test split, save it."""
-    from ablations.verify import full_model_scores
+    from training.verify import full_model_scores
     from zoo import saving, unet
 
     config = DecoderConfig.from_dict(best["config"])

@@ -20,7 +20,7 @@ class StudyRequest:
     fresh: bool = False
     test_area: str | None = None
     val_area: str | None = None
-    cv: str = "none"  # "areas": each non-test area held out in turn (ablations.folds)
+    cv: str = "none"  # "areas": each non-test area held out in turn (training.folds)
     halving: int | None = None  # successive halving: configurations kept after the first rung
     output_stride: int | None = None  # the base decoder's finest level; None: the study's own
     weights: str = "imagenet"

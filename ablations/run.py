@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ablations import distributed, studies  # noqa: E402  (cheap: no TensorFlow)
-from ablations.errors import UserFacingError, exit_status  # noqa: E402
+from training.errors import UserFacingError, exit_status  # noqa: E402
 from ablations.request import StudyRequest  # noqa: E402
 
 

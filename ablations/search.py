@@ -21,9 +21,11 @@ import keras
 import keras_tuner
 import numpy as np
 
-from ablations import folds, train
-from ablations.errors import UserFacingError
-from ablations.machine import describe as describe_machine, process_memory_gib
+from training import folds, train
+from training.train import EpochProgress
+from training.errors import UserFacingError
+from training.machine import describe as describe_machine, process_memory_gib
+from ablations import trials
 from ablations.studies import OBJECTIVE, Study, configuration_of
 from zoo import unet
 from zoo.files import atomic_path, write_json_atomic, write_text_atomic
@@ -38,7 +40,7 @@ class TrialData:
     val: object
     test: object
     budget: object  # studies.Budget: epochs, size, eager, latency_repeats
-    folds: list | None = None  # ablations.folds.Fold list under --cv areas; train_features is then the pool
+    folds: list | None = None  # training.folds.Fold list under --cv areas; train_features is then the pool
 
 
 class RestrictedChoices:
@@ -101,7 +103,7 @@ class StudyHyperModel(keras_tuner.HyperModel):
             # The whole schedule, unless successive halving stops it after its first rung
             # (rung 0) or continues it from there (rung 1).
             epochs, rung = self.shared.budget.epochs, rung_of(hp.values)
-            return folds.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
+            return trials.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
                                       self.shared.test, FIRST_RUNG_EPOCHS if rung == 0 else epochs, seed,
                                       eager=self.shared.budget.eager, callbacks=callbacks,
                                       schedule_epochs=epochs, initial_epoch=FIRST_RUNG_EPOCHS if rung == 1 else 0,
@@ -214,23 +216,6 @@ class RecordingTuner(keras_tuner.Tuner):
 
     def load_model(self, trial):
         raise NotImplementedError("trial models are rebuilt from trials/<id>.weights.h5")
-
-
-class EpochProgress(keras.callbacks.Callback):
-    """Reports each epoch's logs and keeps its wall seconds (`seconds`, for ablations.bench.scaling)."""
-
-    def __init__(self, progress=print):
-        super().__init__()
-        self.progress, self.seconds = progress, []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.started)
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in (logs or {}).items())
-        self.progress(f"    epoch {epoch + 1}/{self.params.get('epochs')}: {shown} "
-                      f"({self.seconds[-1]:.0f}s)")
 
 
 class AtomicSaves:

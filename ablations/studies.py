@@ -11,85 +11,11 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ablations.data.augment import AUGMENTATIONS, STYLE_AUGMENTATIONS
+from data.augment import AUGMENTATIONS, STYLE_AUGMENTATIONS
+from training.recipe import BUDGETS, Budget, Recipe  # noqa: F401  (studies name them)
 from zoo.config import CONV_BLOCKS, SKIP_MERGES, UPSAMPLERS, DecoderConfig
 
-# How an epoch draws its tiles: "tiles", each tile once; "areas", each area (city) equally
-# often, so the largest city of the pool does not decide what the decoder learns.
-SAMPLINGS = ("tiles", "areas")
 OBJECTIVE = "val_building_iou"  # validation building IoU (the strict IoU), maximised
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """How a decoder is trained: everything except the architecture."""
-
-    loss: str = "bce_dice"
-    dice_weight: float = 1.0
-    augmentation: str = "flips"
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.0  # label-noise remedies (zoo.losses.SegmentationLoss)
-    edge_band: int = 0
-    # Encoded copies per training tile (copy 0 the original, the rest augmented; each epoch
-    # draws one copy per tile): how often a tile is seen augmented. None: the budget's. The
-    # final fit and the transfer harness honour it; the studies of ablations.run encode the
-    # budget's copies and set none.
-    augmented_copies: int | None = None
-    sampling: str = "tiles"  # SAMPLINGS
-
-    def __post_init__(self):
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(f"Recipe.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
-        if self.augmented_copies is None:
-            return
-        if self.augmented_copies < 2:
-            raise ValueError(f"Recipe.augmented_copies must be at least 2 (the original and one augmented), "
-                             f"got {self.augmented_copies}")
-        if self.augmentation in STYLE_AUGMENTATIONS:  # one restyled copy per tile, made per fold
-            raise ValueError(f"Recipe.augmented_copies does not apply to {self.augmentation!r}")
-
-    def copies(self, budget: "Budget") -> int:
-        """Copies to encode: one when the augmentation is "none", else the recipe's or the budget's."""
-        if self.augmentation == "none":
-            return 1
-        return self.augmented_copies or budget.augmented_copies
-
-    def to_dict(self) -> dict:
-        fields = dataclasses.asdict(self)
-        # Recipes recorded before these fields existed compare equal.
-        if fields["augmented_copies"] is None:
-            del fields["augmented_copies"]
-        if fields["sampling"] == "tiles":
-            del fields["sampling"]
-        return fields
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    name: str
-    size: int            # tile side the model trains and is scored at
-    max_images: int | None  # all images when None
-    epochs: int
-    augmented_copies: int  # encoded copies per training image (copy 0 is the original)
-    search_trials: int   # trials of the Bayesian 'hparams' study
-    synthetic_images: int  # when no --data is given
-    default_seeds: int = 1
-    # Eager training skips tracing each trial's train step: faster when a trial is a few
-    # tiny steps (the smoke budget), slower for real ones.
-    eager: bool = False
-    latency_repeats: int = 10
-
-
-BUDGETS = {
-    "smoke": Budget("smoke", size=64, max_images=48, epochs=2, augmented_copies=2,
-                    search_trials=3, synthetic_images=48, eager=True, latency_repeats=3),
-    "standard": Budget("standard", size=256, max_images=None, epochs=4, augmented_copies=2,
-                       search_trials=10, synthetic_images=400),
-    "full": Budget("full", size=256, max_images=None, epochs=30, augmented_copies=8,
-                   search_trials=40, synthetic_images=2000, default_seeds=3),
-}
 
 
 @dataclasses.dataclass(frozen=True)

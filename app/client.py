@@ -3,7 +3,7 @@
     python -m app.client --url http://127.0.0.1:8000 --data DIR \
         [--out DIR] [--limit N] [--samples K]
 
-DIR is a data folder as the harness reads it (`ablations.data.folders`, the same reader, the
+DIR is a data folder as the harness reads it (`data.folders`, the same reader, the
 same checks): `images/NAME.ext` (RGB) and `masks/NAME.ext` (one channel, 0/255 or 0/1, same
 name and size), PNG, JPEG or TIFF. A missing partner, an unreadable file, a size mismatch or a
 non-binary mask stops the run before any request, with the file's path (exit status 1).
@@ -29,8 +29,8 @@ import numpy as np
 import orjson
 import requests
 
-from ablations.data import folders
-from ablations.data.folders import DataError, read_image, read_mask
+from data import folders
+from data.folders import DataError, read_image, read_mask
 from zoo.metrics import Confusion, iou_distribution, per_image_iou
 
 METRIC_LABELS = {

@@ -17,7 +17,7 @@ is read and predicted part by part: each part of (window - 2 margin) px a side w
 (window / 16) px of its neighbours around it for context, which are then thrown away; buildings
 a part's edge cuts are joined at the end (`zoo.polygons.SceneOutlines`). Peak memory is then
 that of one window plus the outlines, whatever the scene's size (and 1 byte a pixel more with
---mask). `results/polygons.md` measures both (`python -m ablations.bench.polygons`).
+--mask). `results/polygons.md` measures both (`python -m bench.polygons`).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not add the cwd
     sys.path.insert(0, str(REPO))
 
-from ablations.bench import server  # noqa: E402
+from bench import server  # noqa: E402
 
 # Fixtures that start a server, or run a whole study or final fit, as subprocesses: a test that
 # uses one is `slow` (pytest.ini), so `pytest -m "not slow"` is the fast path. Tests that start
@@ -48,7 +48,7 @@ def child_env(**extra) -> dict:
 
 @contextlib.contextmanager
 def running_server(command: list[str], log_path: Path, **env):
-    """Yield the URL of `command` once /health answers, then stop it (ablations.bench.server)."""
+    """Yield the URL of `command` once /health answers, then stop it (bench.server)."""
     with server.running_server(command=command, log_path=log_path, env=child_env(**env), cwd=REPO) as running:
         yield running.url
 

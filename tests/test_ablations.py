@@ -226,8 +226,8 @@ def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its
 
 
 def _synthetic_root(cache_home: dict) -> Path:
-    """The synthetic folder the smoke run wrote (ablations.data.synthetic.default_synthetic_root)."""
-    from ablations.data.synthetic import SYNTHETIC_VERSION
+    """The synthetic folder the smoke run wrote (data.synthetic.default_synthetic_root)."""
+    from data.synthetic import SYNTHETIC_VERSION
     from ablations.studies import BUDGETS
 
     budget = BUDGETS["smoke"]
@@ -240,7 +240,7 @@ def test_tutorial_baseline_sits_beside_the_selected_model(smoke_run, cache_home,
     out = tmp_path  # the baseline reads the study under its own name, as in results/
     shutil.copytree(study, out / "decoder_variants", ignore=shutil.ignore_patterns("tuner"))
     env = {**os.environ, **cache_home}
-    result = subprocess.run([sys.executable, "-m", "ablations.evaluate.baseline", "--budget", "smoke",
+    result = subprocess.run([sys.executable, "-m", "ablations.baseline", "--budget", "smoke",
                              "--out", str(out), *weights_flag()], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -298,7 +298,7 @@ def test_only_cuts_a_grid_to_the_named_values():
     ({"colour": ["red"]}, "study 'augmentation' has no such choice (its choices: augmentation, seed)"),
 ])
 def test_only_refuses_what_the_study_does_not_have(only, words):
-    from ablations.errors import UserFacingError
+    from training.errors import UserFacingError
 
     with pytest.raises(UserFacingError, match=re.escape(words)):
         _declared_space("augmentation", only)

@@ -78,7 +78,7 @@ def test_training_applies_the_settings_again_at_every_batch():
     """After importing `ablations` (which applies the settings), TensorFlow's settings fault
     every round in again until the training callback applies ours once more."""
     faulted, kept = _faults_in_a_fresh_process("""
-        from ablations.train import KeepFreedMemory
+        from training.train import KeepFreedMemory
         import test_allocator
         test_allocator._as_tensorflow_leaves_it()
         print(test_allocator._faults_once_warm())

@@ -1,4 +1,4 @@
-"""ablations.bench.speed's levers: each runs or reports why TensorFlow cannot run it, a bug in
+"""bench.speed's levers: each runs or reports why TensorFlow cannot run it, a bug in
 the bench is never reported as a result, and the global policy is left alone."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from ablations import studies
-from ablations.bench import speed
+from bench import speed
 from zoo import encoder as zoo_encoder
 from zoo import unet
 

@@ -1,4 +1,4 @@
-"""ablations.bench.runtimes' report says how much work a request is: every scale in every
+"""bench.runtimes' report says how much work a request is: every scale in every
 test-time view goes through the network, so a 4-view model is 4 images a request."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations.bench import runtimes
+from bench import runtimes
 
 RECORDED = Path(__file__).resolve().parents[1] / "results" / "bench_runtimes.json"
 
@@ -48,7 +48,7 @@ def test_an_override_of_the_views_has_its_own_section_beside_the_models():
 
 
 def test_a_request_profile_is_named_by_its_views_and_scales():
-    from ablations.bench import request
+    from bench import request
 
     assert request.option_label({"tta": "flips", "scales": [1.0]}) == "flips"
     assert request.option_label({"tta": "none", "scales": [1.0, 0.5]}) == "none@1+0.5"
@@ -59,7 +59,7 @@ def test_a_request_profile_is_named_by_its_views_and_scales():
 def test_the_request_profile_times_each_part_of_a_served_request(small_model_file, tmp_path, run_module):
     # A real run on the small model through Keras: every part timed, the app's answer checked
     # against the segmenter's mask (the command fails otherwise), one file per runtime and views.
-    result = run_module("ablations.bench.request", "--model", small_model_file, "--runtime", "keras",
+    result = run_module("bench.request", "--model", small_model_file, "--runtime", "keras",
                         "--tta", "flips", "--size", "64", "--rounds", "9", "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "request_profile-keras-tta-flips.json").read_text())

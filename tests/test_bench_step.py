@@ -1,4 +1,4 @@
-"""ablations.bench.step: every decoder layer of the served decoder is timed on the shapes it
+"""bench.step: every decoder layer of the served decoder is timed on the shapes it
 meets in a step, and the report's shares add up to its own total."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ablations.bench import step
+from bench import step
 
 
 pytestmark = pytest.mark.slow  # builds and trains a decoder: ~30 s
@@ -21,7 +21,7 @@ def profiled(tmp_path_factory):
 
 
 def test_every_decoder_layer_is_timed_on_its_step_shape(profiled):
-    from ablations.final import SELECTED_DECODER
+    from training.fit import SELECTED_DECODER
     from zoo import unet
 
     run, _ = profiled

@@ -145,7 +145,7 @@ def test_the_final_fit_makes_the_served_model(fit_run):
     assert served_model_path(results) == out / "model.keras"
     metadata = json.loads((out / "model.json").read_text())
     curve = json.loads((out / "curve.json").read_text())
-    from ablations.final import inference_choice
+    from training.fit import inference_choice
 
     epochs, threshold, tta = inference_choice(curve)  # how to serve, chosen by cross-validation
     assert (metadata["epochs"], metadata["inference"]["tta"]) == (epochs, tta) and 1 <= epochs <= 2
@@ -173,7 +173,8 @@ def test_each_city_is_scored_with_a_schedule_chosen_on_the_others(fit_run):
 def test_the_test_area_is_scored_as_the_model_is_served(fit_run, cache_home, monkeypatch):
     """`--test-area` scores the fitted model end to end with the views and scales it serves;
     it had scored every model at scale 1 without views, whatever it served."""
-    from ablations import final, studies
+    from training import fit as final
+    from ablations import studies
     from ablations.pipeline import scan_samples
     from zoo.metrics import summarise
     from zoo.predict import Segmenter
@@ -196,7 +197,7 @@ def test_the_committed_final_folder_accepts_the_readme_fit_command():
     (config and recipe as the fit reads them today) must equal what the committed folder
     recorded, or a fresh clone's first command stops with "holds results of a different run"
     (a config field added with a default had done exactly that)."""
-    from ablations import final, provenance
+    from training import fit as final, provenance
 
     folder = REPO / "results" / "final"
     config, recipe = final.selected_recipe(None, final._kept_curve(final.FitRequest(out=folder)))
@@ -215,7 +216,7 @@ def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, in_process):
 
 
 def test_a_fit_without_a_curve_names_the_flag_before_any_work(tmp_path, in_process, monkeypatch):
-    from ablations import final
+    from training import fit as final
     from ablations.fit import main
 
     def no_loading(*_):
@@ -230,7 +231,7 @@ def test_a_fit_without_a_curve_names_the_flag_before_any_work(tmp_path, in_proce
 def test_a_folder_keeps_its_recipe_when_refitted_or_recurved(tmp_path, monkeypatch, flags, expected_stride):
     # A folder served from a variant's curve (here: output stride 2) refits, and runs its curve
     # again, for that variant; only --recipe-from names another recipe.
-    from ablations import final
+    from training import fit as final
     from zoo.config import DecoderConfig
 
     out = tmp_path / "final"
@@ -262,7 +263,7 @@ def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path
     tutorial.parent.mkdir(parents=True)
     scores = {"precision": 0.512, "recall": 0.634, "building_iou": 0.398, "mean_iou": 0.611}
     tutorial.write_text(json.dumps({"scores": scores, "epochs": 5, "batch_size": 16}))
-    result = subprocess.run([sys.executable, "-m", "ablations.evaluate.cities", "--final", str(out),
+    result = subprocess.run([sys.executable, "-m", "ablations.cities", "--final", str(out),
                              "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     page = (tmp_path / "README.md").read_text()
@@ -271,7 +272,7 @@ def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path
     mean = sum(r["building_iou"] for r in curve["per_city"].values()) / 3
     assert f"**{mean:.3f}**" in page and "(1 of 3 run)" in page
     # The second table: each row's serving option chosen on the other cities, never its own.
-    from ablations.heldout import option_left_out
+    from training.heldout import option_left_out
 
     strict = option_left_out(curve, json.loads((out / "model.json").read_text())["metrics"]["cross_validated"]
                              ["passes_budget"]["max_passes"])
@@ -291,7 +292,7 @@ def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, ca
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     metadata = json.loads((clone / "model.json").read_text())
     curve = json.loads((clone / "curve.json").read_text())
-    from ablations.final import inference_choice
+    from training.fit import inference_choice
 
     assert metadata["epochs"] == inference_choice(curve)[0] and metadata["schedule_epochs"] == 2
     assert (tmp_path / "results" / "MODEL").read_text().strip() == "final/model.keras"
@@ -306,7 +307,7 @@ def test_a_fresh_clone_fits_from_the_committed_curve_alone(fit_run, tmp_path, ca
     ("none@1+0.5, 0.5", ("a threshold of 0.5, fixed", "no test-time views, at scales 1, 0.5 averaged")),
 ])
 def test_the_per_city_page_says_how_the_rows_were_served(rule, says):
-    from ablations.evaluate.cities import _served_as
+    from ablations.cities import _served_as
 
     text = _served_as({"per_city": {"a": {"rule": rule}, "b": {"rule": rule}}})
     assert f"`{rule}`" in text and all(part in text for part in says)

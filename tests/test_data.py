@@ -1,4 +1,4 @@
-"""ablations.data: folder checks name the bad file, splits never share ground, augmentation keeps
+"""data: folder checks name the bad file, splits never share ground, augmentation keeps
 image and mask aligned, synthetic data is deterministic. Fast and offline; the real OAM data is
 used when present (env OAM_DATA, or ../shared/data/oam_buildings beside the repository)."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ablations.data import augment, folders, splits, synthetic
-from ablations.data.folders import DataError
+from data import augment, folders, splits, synthetic
+from data.folders import DataError
 from ablations.evaluate import baseline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

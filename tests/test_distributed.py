@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablations.bench.server import free_port
+from bench.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "loss"
@@ -89,7 +89,7 @@ def search(tmp_path_factory):
     started, deadline = time.monotonic(), time.monotonic() + DEADLINE_S
     try:
         chief = processes.start("chief", [*common, "--chief"])
-        # The chief writes the synthetic data first: ablations.data's cache folder is not yet
+        # The chief writes the synthetic data first: data's cache folder is not yet
         # safe for three processes writing it at once (rmdir race in write_synthetic_folder).
         processes.wait_for(lambda: "data: SYNTHETIC" in processes.log("chief"), "the chief's data", deadline)
         processes.start("w1", [*common, "--worker", "w1"])

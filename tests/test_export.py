@@ -191,7 +191,7 @@ def test_explicit_runtime_without_export_stops_the_server(small_model_file, tmp_
 
 
 def test_bench_section_is_replaced_in_place():
-    from ablations.bench.runtimes import SECTION, replace_section, section_of
+    from bench.runtimes import SECTION, replace_section, section_of
 
     report = "# Benchmark\n\n## Forward cost\n\nrows\n"
     once = replace_section(report, f"{SECTION}\n\nfirst\n")

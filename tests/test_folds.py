@@ -12,10 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from ablations import folds  # noqa: E402
-from ablations.data.folders import DataError  # noqa: E402
-from ablations.features import FeatureSet  # noqa: E402
-from ablations.train import THRESHOLDS  # noqa: E402
+from training import folds  # noqa: E402
+from data.folders import DataError  # noqa: E402
+from training.features import FeatureSet  # noqa: E402
+from training.train import THRESHOLDS  # noqa: E402
 from zoo.metrics import Confusion  # noqa: E402
 
 

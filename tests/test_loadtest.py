@@ -1,4 +1,4 @@
-"""`python -m ablations.bench.load` against the session's server, with small numbers."""
+"""`python -m bench.load` against the session's server, with small numbers."""
 from __future__ import annotations
 
 import re
@@ -6,12 +6,12 @@ import re
 import psutil
 import pytest
 
-from ablations.bench import load
+from bench import load
 
 
 def test_load_test_passes_and_reports(app_server, run_module, tmp_path):
     out = tmp_path / "reports" / "load.md"
-    done = run_module("ablations.bench.load", "--url", app_server, "--clients", 2, "--requests", 10,
+    done = run_module("bench.load", "--url", app_server, "--clients", 2, "--requests", 10,
                       "--memory-requests", 50, "--sample-every", 10, "--growth-from", 10,
                       "--max-growth-mb", 256, "--fuzz", 30, "--settle", 0.2, "--out", out,
                       timeout=600)
@@ -40,7 +40,7 @@ def test_load_test_passes_and_reports(app_server, run_module, tmp_path):
 
 def test_memory_bound_failure_exits_1_and_says_so(app_server, run_module, tmp_path):
     out = tmp_path / "load.md"
-    done = run_module("ablations.bench.load", "--url", app_server, "--clients", 1, "--requests", 2,
+    done = run_module("bench.load", "--url", app_server, "--clients", 1, "--requests", 2,
                       "--memory-requests", 4, "--sample-every", 2, "--growth-from", 2,
                       "--max-growth-mb", -1e9, "--fuzz", 0, "--settle", 0, "--size", 32,
                       "--out", out, timeout=300)
@@ -53,15 +53,15 @@ def test_memory_bound_failure_exits_1_and_says_so(app_server, run_module, tmp_pa
 @pytest.mark.parametrize("url", ["http://10.1.2.3:8000", "https://127.0.0.1:8000",
                                  "http://example.com"])
 def test_only_loopback_urls_are_loaded(url, run_module, tmp_path):
-    done = run_module("ablations.bench.load", "--url", url, "--out", tmp_path / "load.md", timeout=60)
+    done = run_module("bench.load", "--url", url, "--out", tmp_path / "load.md", timeout=60)
     assert done.returncode == 2 and "loopback" in done.stderr
     assert not (tmp_path / "load.md").exists()
 
 
 def test_no_server_exits_2(run_module, tmp_path):
-    from ablations.bench.server import free_port
+    from bench.server import free_port
 
-    done = run_module("ablations.bench.load", "--url", f"http://127.0.0.1:{free_port()}",
+    done = run_module("bench.load", "--url", f"http://127.0.0.1:{free_port()}",
                       "--out", tmp_path / "load.md", timeout=60)
     assert done.returncode == 2 and "no server answering" in done.stderr
 

@@ -1,4 +1,4 @@
-"""ablations.machine.OtherWork tells a benchmark's own CPU time from other work's, which the
+"""training.machine.OtherWork tells a benchmark's own CPU time from other work's, which the
 load average cannot: the benches' notes about a shared machine rest on it."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from ablations.machine import OtherWork
+from training.machine import OtherWork
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 

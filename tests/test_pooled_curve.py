@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from ablations import heldout
-from ablations.errors import UserFacingError
-from ablations.final import curve_from_files, curve_record, fit_argv, inference_choice, pooled_curve
-from ablations.folds import FoldResult
+from training import heldout
+from training.errors import UserFacingError
+from training.fit import curve_from_files, curve_record, fit_argv, inference_choice, pooled_curve
+from training.folds import FoldResult
 
 CITIES = ("dar", "kathmandu", "nairobi")
 RECIPE = {"augmentation": "sensor", "loss": "bce_dice"}
@@ -77,7 +77,7 @@ def test_curves_named_views_pool_with_curves_that_kept_the_flips_alone():
 
 
 def test_a_latency_budget_serves_the_best_view_set_that_fits_it_and_reports_what_it_costs(tmp_path):
-    from ablations.final import _budget_lines, passes_budget
+    from training.fit import _budget_lines, passes_budget
     from ablations.fit import parse_args, to_request
 
     curve = _curve(peak=6, slope=0.05, seed=0)
@@ -144,7 +144,7 @@ def test_the_fit_takes_several_curves_and_records_them_in_its_command(tmp_path):
 
 
 def test_the_per_city_page_says_its_rows_are_pooled_over_seeds():
-    from ablations.evaluate.cities import _pooled
+    from ablations.cities import _pooled
 
     single = _curve(3, 0.01, 0)
     assert _pooled(single) == ""

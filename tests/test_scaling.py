@@ -1,4 +1,4 @@
-"""`python -m ablations.bench.scaling`: each point measured in its own process, composed, resumable."""
+"""`python -m bench.scaling`: each point measured in its own process, composed, resumable."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ablations.bench import scaling
+from bench import scaling
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_scaling(*args, env_extra=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ablations.bench.scaling", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "bench.scaling", *args], cwd=REPO,
                           env={**os.environ, **(env_extra or {})}, capture_output=True, text=True,
                           timeout=600)
 

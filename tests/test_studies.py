@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras_tuner
 
 from ablations import studies
-from ablations.data.augment import AUGMENTATIONS
+from data.augment import AUGMENTATIONS
 from zoo import blocks, config, losses
 
 

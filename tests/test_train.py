@@ -1,4 +1,4 @@
-"""ablations.train: a trial's training features are freed once the trial is over."""
+"""training.train: a trial's training features are freed once the trial is over."""
 from __future__ import annotations
 
 import gc
@@ -6,7 +6,8 @@ import weakref
 
 import numpy as np
 
-from ablations import features, studies, train
+from training import features, train
+from ablations import studies
 from zoo import encoder as zoo_encoder
 from zoo import unet
 
@@ -142,7 +143,7 @@ def test_cross_validation_gives_each_fold_the_areas_of_its_own_training_tiles(mo
     (a held-out city's tiles must never be drawn into its fold's training)."""
     from types import SimpleNamespace
 
-    from ablations import folds
+    from training import folds
 
     areas = np.array(["a", "b", "a", "c", "b", "c", "c"], dtype=object)
     seen = []

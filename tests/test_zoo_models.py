@@ -402,7 +402,7 @@ def test_a_two_scale_model_halves_the_image_as_its_cached_features_do():
     """The served model halves the image itself (any size, padded so the encoder's strides
     divide it); the cached features the decoder trains on must be the same taps, or it would
     train on inputs it is never served."""
-    from ablations.features import TWO_SCALE_INPUTS, encode
+    from training.features import TWO_SCALE_INPUTS, encode
     from zoo.predict import Segmenter
 
     model = model_for(TWO_SCALE)

@@ -16,27 +16,16 @@ CONV_BLOCKS = ("double", "separable")
 # leaving only the logit's bias (a constant probability floor that no threshold below it can
 # cross). "linear": the last conv + BN without ReLU, so the logit always depends on the pixels.
 HEADS = ("linear", "relu")
-# How RGB reaches the encoder (zoo.preprocessing): a fixed scaling, or each image standardised.
-PREPROCESSING = ("scale", "standardize")
-# Encoder activations the decoder reads at strides 2 and 4 (zoo.encoder.TAP_SETS): the narrow
-# 16/24-channel bottleneck outputs, or the tutorial's 96/144-channel expansions.
-TAPS = ("narrow", "wide")
 # Where the decoder stops: 1 = a last level at full resolution (the U-Net as drawn); 2 = the
 # logits at stride 2, resized bilinearly to full size. The full-resolution level holds a few
 # channels over 4x the pixels of any other: 37% of a training step (results/step_profile.md),
 # for outlines that the stride-2 taps already place. (At inference it costs little: about 1 ms
 # of a 256 px LiteRT forward pass.)
 OUTPUT_STRIDES = (1, 2)
-# Scales the decoder sees each image at: "none", the image as given; "attention", also at half
-# size through the same frozen encoder and the same decoder weights, the two logit maps mixed
-# per pixel by a learned weight (attention to scale, Chen et al. 2016). Which scale serves a
-# pixel best depends on the size of its buildings in pixels (results/EXPERIMENTS.md steps
-# 26-27): fixed averaging of the scales is what this lets the decoder learn instead.
-SCALE_FUSIONS = ("none", "attention")
-# What the decoder does to the encoder's shallow taps while it trains (identity at inference):
-# "mixstyle" mixes each image's per-channel feature statistics with another training image's
-# (MixStyle, Zhou et al. 2021), so that the decoder cannot rely on one city's look.
-FEATURE_MIXING = ("none", "mixstyle")
+# Fields that named research options (per-image standardisation, the wide taps, two-scale
+# fusion, MixStyle; results/EXPERIMENTS.md steps 19-35) with the value every served model had:
+# a config recorded with that value still reads, any other is refused by name.
+RETIRED_FIELDS = {"preprocess": "scale", "taps": "narrow", "scale_fusion": "none", "feature_mixing": "none"}
 
 # Filters per decoder level, coarse to fine, at width 1.0 (the segmentation_models U-Net).
 BASE_FILTERS = (256, 128, 64, 32, 16)
@@ -51,21 +40,13 @@ class DecoderConfig:
     conv: str = "double"
     width: float = 0.5
     head: str = "linear"
-    preprocess: str = "scale"
-    taps: str = "narrow"
     output_stride: int = 1
-    scale_fusion: str = "none"
-    feature_mixing: str = "none"
 
     def __post_init__(self):
         _check_choice("upsampler", self.upsampler, UPSAMPLERS)
         _check_choice("skip", self.skip, SKIP_MERGES)
         _check_choice("conv", self.conv, CONV_BLOCKS)
         _check_choice("head", self.head, HEADS)
-        _check_choice("preprocess", self.preprocess, PREPROCESSING)
-        _check_choice("taps", self.taps, TAPS)
-        _check_choice("scale_fusion", self.scale_fusion, SCALE_FUSIONS)
-        _check_choice("feature_mixing", self.feature_mixing, FEATURE_MIXING)
         if type(self.output_stride) is not int:  # 2.0 would pass the choice and break `filters`
             raise ValueError(f"DecoderConfig.output_stride must be an int, got {self.output_stride!r}")
         _check_choice("output_stride", self.output_stride, OUTPUT_STRIDES)
@@ -82,26 +63,23 @@ class DecoderConfig:
     @property
     def name(self) -> str:
         suffix = "" if self.head == "linear" else f"-{self.head}"
-        suffix += "" if self.preprocess == "scale" else f"-{self.preprocess}"
-        suffix += "" if self.taps == "narrow" else f"-{self.taps}taps"
         suffix += "" if self.output_stride == 1 else f"-os{self.output_stride}"
-        suffix += "" if self.scale_fusion == "none" else "-scaleatt"
-        suffix += "" if self.feature_mixing == "none" else f"-{self.feature_mixing}"
         return f"{self.upsampler}-{self.skip}-{self.conv}-w{self.width:g}{suffix}"
 
     def to_dict(self) -> dict:
-        fields = dataclasses.asdict(self)
-        # A one-scale config reads as it did before the field existed, so the configs recorded
-        # then (curves, a fit folder's binding, model metadata) compare equal to today's.
-        for field in ("scale_fusion", "feature_mixing"):
-            if fields[field] == "none":
-                del fields[field]
-        return fields
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, fields: dict) -> "DecoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(fields) - known
+    def from_dict(cls, fields: dict) -> DecoderConfig:
+        fields = dict(fields)
+        for field, only_value in RETIRED_FIELDS.items():
+            value = fields.pop(field, only_value)
+            if value != only_value:
+                raise ValueError(
+                    f"DecoderConfig.{field}={value!r} was a research option, retired "
+                    "(git tag research-2026-12 has it)"
+                )
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown DecoderConfig fields: {sorted(unknown)}")
         # Configs recorded before `head` existed were all built with a ReLU head.

@@ -21,11 +21,6 @@ TAPS = {
     16: "block_13_expand_relu",
     32: "out_relu",
 }
-# The "wide" choice of DecoderConfig.taps: the tutorial's expanded activations at strides 2
-# and 4 (96 and 144 channels: more of what the encoder saw at high resolution, six times the
-# cached memory), the narrow taps elsewhere.
-WIDE_TAPS = {**TAPS, 2: "block_1_expand_relu", 4: "block_3_expand_relu"}
-TAP_SETS = {"narrow": TAPS, "wide": WIDE_TAPS}
 # The taps of the TensorFlow segmentation tutorial (pix2pix decoder), strides 2..32.
 TUTORIAL_TAPS = {
     2: "block_1_expand_relu",
@@ -36,20 +31,9 @@ TUTORIAL_TAPS = {
 }
 
 
-def taps_of(encoder: keras.Model) -> str | None:
-    """Which TAP_SETS entry an encoder was cut at (None for another set, e.g. the tutorial's)."""
-    cut_at = [t._keras_history.operation.name for t in encoder.outputs]
-    return next((choice for choice, taps in TAP_SETS.items() if cut_at == [taps[s] for s in sorted(taps)]), None)
-
-
 def tap_name(stride: int) -> str:
-    """The name of the decoder input fed by the encoder tap at `stride` (zoo.unet, ablations.features)."""
+    """The name of the decoder input fed by the encoder tap at `stride` (zoo.unet, training.features)."""
     return f"tap_s{stride}"
-
-
-def half_tap_name(stride: int) -> str:
-    """The decoder input fed by the tap at `stride` of the image at half size (a two-scale decoder)."""
-    return f"half_tap_s{stride}"
 
 
 class WeightsUnavailable(RuntimeError):

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 # Importing these registers the custom objects a saved model may reference.
-from zoo import blocks, ensemble, keras_metrics, losses, preprocessing  # noqa: F401
+from zoo import blocks, keras_metrics, losses  # noqa: F401
 from zoo.files import atomic_path, write_json_atomic
 
 

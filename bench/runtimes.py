@@ -1,0 +1,335 @@
+"""`python -m bench.runtimes [--model PATH | --stand-in METADATA_JSON] [--runtimes ...] [--tta V]`
+
+The served model through each runtime (`python -m app --runtime R`), end to end over loopback
+HTTP with JSON bodies: single requests of 256 x 256 and 1024 x 1024 pixels (one client, p50,
+p95 and the interquartile range, and the server's CPU time per request), and throughput with
+`--clients` clients at 256 px. One server per runtime runs for the whole benchmark and the
+runtimes take turns request by request (burst by burst for the clients), so on a machine
+shared with other work every runtime meets the same load and the comparison stays fair. Every
+answer must equal that server's own serial answer byte for byte, and each runtime's masks are
+compared with the Keras runtime's, pixel by pixel. The section "Serving runtimes" of
+OUT/bench.md is replaced (the rest of the file is left as `bench.speed` wrote it),
+and OUT/bench_runtimes.json holds every number. With `--tta V` the servers apply the test-time
+views V instead of the model's (`python -m app --tta V`), and the run has its own section,
+"Serving runtimes, --tta V", and its own OUT/bench_runtimes_tta-V.json (V@1+0.5 where the model
+serves scales 1 and 0.5).
+
+`--stand-in` benchmarks a stand-in instead of a trained model: the architecture and inference
+settings given as model metadata (JSON: "config", "inference"), on the real ImageNet encoder,
+with a seeded random decoder. Its latency is the trained model's (no operation depends on the
+weights' values); its masks are not.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+
+from bench import load, server
+from training.machine import OtherWork, describe
+from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL, TTA_VIEWS, options_from
+from zoo.runtimes import RUNTIMES
+from zoo.served import resolve_model_path
+
+SECTION = "## Serving runtimes"
+# Masks "match" when at most this fraction of pixels differ from the Keras runtime's: on random
+# images a few pixels sit within 1e-4 of the threshold (tests/test_export.py bounds them exactly).
+MATCH_FRACTION = 1e-4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.runtimes",
+                                     description=__doc__.split("\n\n")[1])
+    parser.add_argument("--model", type=Path, help="a .keras file exported by `python -m zoo.export` "
+                        "(default: the served model, as `python -m app` resolves it)")
+    parser.add_argument("--stand-in", help="model metadata as JSON, e.g. '{\"config\": {\"upsampler\": "
+                        "\"nearest\", \"skip\": \"attention\"}, \"inference\": {\"threshold\": 0.6, "
+                        "\"scales\": [1, 0.5, 0.25]}}': build, export and benchmark a stand-in instead")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES))
+    parser.add_argument("--requests", type=int, default=40, help="single requests at 256 px")
+    parser.add_argument("--requests-1024", type=int, default=8, help="single requests at 1024 px")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--per-client", type=int, default=3, help="requests per client and round at 256 px")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the clients' phase")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default=TTA_FROM_MODEL,
+                        help="test-time views the servers apply (default: the model's)")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    args.runtimes = [name.strip() for name in args.runtimes.split(",") if name.strip()]
+    unknown = sorted(set(args.runtimes) - set(RUNTIMES))
+    if unknown or not args.runtimes:
+        parser.error(f"--runtimes: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}")
+    return args
+
+
+def build_stand_in(metadata: dict, folder: Path) -> Path:
+    """The architecture of `metadata["config"]` on the ImageNet encoder, saved and exported."""
+    import keras
+
+    from zoo import export, runtimes, saving, unet
+    from zoo.config import DecoderConfig
+
+    keras.utils.set_random_seed(0)
+    config = DecoderConfig.from_dict(metadata["config"])
+    path = saving.save(unet.build(config), folder / "model.keras",
+                       {**metadata, "config": config.to_dict(), "data": {"name": "stand-in: random decoder"}})
+    export.export(export.ExportRequest(path, runtimes.export_dir(path)))
+    return path
+
+
+def spread_ms(seconds) -> dict:
+    ms = np.asarray(seconds) * 1000
+    p25, p50, p75, p95 = np.percentile(ms, [25, 50, 75, 95])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "iqr_ms": [float(p25), float(p75)],
+            "min_ms": float(ms.min()), "n": int(ms.size)}
+
+
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def interleaved_singles(servers: dict, body: bytes, count: int) -> tuple[dict, dict]:
+    """`count` single requests to each server, taking turns (the order rotates every round),
+    after two warm-ups each: every runtime sees the same moments of whatever else the machine
+    is doing. Per runtime: latency spread and the server's CPU time per request (user + system,
+    all its threads: what other work inflates least); and the last mask."""
+    sessions = {runtime: requests.Session() for runtime in servers}
+
+    def post(runtime):
+        answer = sessions[runtime].post(f"{servers[runtime].url}/inference", data=body,
+                                        headers=load.JSON_HEADERS, timeout=600)
+        answer.raise_for_status()
+        return answer
+
+    for runtime in servers:
+        for _ in range(2):
+            post(runtime)
+    order, times = list(servers), {runtime: [] for runtime in servers}
+    cpu = {runtime: cpu_seconds(running.process.pid) for runtime, running in servers.items()}
+    answers = {}
+    for turn in range(count):
+        for runtime in order[turn % len(order):] + order[:turn % len(order)]:
+            began = time.perf_counter()
+            answers[runtime] = post(runtime)
+            times[runtime].append(time.perf_counter() - began)
+    stats = {runtime: {**spread_ms(times[runtime]), "server_cpu_ms": 1000 * (
+        cpu_seconds(servers[runtime].process.pid) - cpu[runtime]) / count} for runtime in servers}
+    for session in sessions.values():
+        session.close()
+    masks = {runtime: np.asarray(orjson.loads(answer.content)["prediction"], np.uint8)
+             for runtime, answer in answers.items()}
+    return stats, masks
+
+
+def interleaved_clients(servers: dict, bodies: list[bytes], per_client: int, rounds: int) -> dict:
+    """`len(bodies)` clients at once against each server in turn, `rounds` times (order
+    rotating), each client sending `per_client` requests a round; answers checked byte for byte
+    against each server's serial answers."""
+    order = list(servers)
+    answers = {runtime: load.reference_answers(running.url, bodies, 256, 600)
+               for runtime, running in servers.items()}
+    latencies, walls, errors = ({runtime: [] for runtime in servers}, dict.fromkeys(servers, 0.0),
+                                dict.fromkeys(servers, 0))
+    for turn in range(rounds):
+        for runtime in order[turn % len(order):] + order[:turn % len(order)]:
+            tally, wall = load.run_clients(servers[runtime].url, bodies, answers[runtime],
+                                           [per_client] * len(bodies), 600)
+            latencies[runtime] += tally.latencies
+            walls[runtime] += wall
+            errors[runtime] += tally.error_count
+    return {runtime: {**spread_ms(latencies[runtime]), "errors": errors[runtime],
+                      "requests_per_s": len(latencies[runtime]) / walls[runtime],
+                      "clients": len(bodies)} for runtime in servers}
+
+
+def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[dict, dict, str]:
+    """Every runtime's server started at once, then each phase interleaved across them."""
+    results, masks = {name: {} for name in names}, {}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name in names:
+            began = time.perf_counter()
+            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / f"{name}.log"
+            servers[name] = stack.enter_context(server.running_server(
+                ["--model", str(model), "--runtime", name, "--tta", args.tta], log_path=log_path,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300))
+            results[name]["start_s"] = time.perf_counter() - began
+            served = requests.get(f"{servers[name].url}/model", timeout=30).json().get("serving", {})
+            if served.get("runtime") != name:
+                raise RuntimeError(f"asked for {name}, the server runs {served.get('runtime')}")
+            if args.tta != TTA_FROM_MODEL and served.get("tta") != args.tta:
+                raise RuntimeError(f"asked for test-time views {args.tta}, the server applies {served.get('tta')}")
+        load_start, other_work = os.getloadavg()[0], OtherWork()
+        for size, count in ((256, args.requests), (1024, args.requests_1024)):
+            print(f"single {size} px requests ...", flush=True)
+            stats, masks[size] = interleaved_singles(servers, bodies[size], count)
+            for name in names:
+                results[name][str(size)] = stats[name]
+        print(f"{args.clients} clients ...", flush=True)
+        clients = interleaved_clients(servers, bodies["clients"], args.per_client, args.rounds)
+        for name in names:
+            results[name].update(clients=clients[name], load_start=load_start,
+                                 load_end=os.getloadavg()[0],
+                                 server_peak_rss_mb=_peak_rss_mb(servers[name].process.pid))
+        other_note = other_work.note()  # before the servers stop: their time is the run's own
+    by_runtime = {name: {size: masks[size][name] for size in masks} for name in names}
+    return results, by_runtime, other_note
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM"))
+
+
+def compare_masks(masks: dict, reference: dict) -> dict:
+    return {str(size): int((masks[size] != reference[size]).sum()) for size in reference}
+
+
+def section_title(run: dict) -> str:
+    """"## Serving runtimes" for the model's own settings; with --tta V, its own section, named
+    by the views and, where the model's scales are not 1 alone, the scales ("transpose@1+0.5"):
+    a model served at other scales never overwrites another's measurement."""
+    override = run.get("tta_override")
+    return SECTION if not override else f"{SECTION}, --tta {override_label(run)}"
+
+
+def override_label(run: dict) -> str:
+    from training.heldout import option_name
+
+    return option_name(run["tta_override"], run.get("scales", (1.0,)))
+
+
+def section(run: dict) -> str:
+    rows = []
+    for runtime, r in run["runtimes"].items():
+        c = r["clients"]
+        rows.append(f"| {runtime} | {_cell(r['256'])} | {_cell(r['1024'])} | {c['requests_per_s']:.1f} "
+                    f"| {c['p50_ms']:.0f} / {c['p95_ms']:.0f} | {r['differ_from_keras'].get('256', '-')} / "
+                    f"{r['differ_from_keras'].get('1024', '-')} | {r['server_peak_rss_mb']:.0f} "
+                    f"| {r['start_s']:.1f} |")
+    default, images = run["default"], _images_a_request(run)
+    return "\n".join([
+        section_title(run), "",
+        f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
+        f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}, "
+        f"test-time views `{run.get('tta', 'none')}`: {images} "
+        f"image{'' if images == 1 else 's'} through the "
+        "network a request). Each runtime is its own `python -m app "
+        "--runtime R` process on a free loopback port, all running at once and taking turns, "
+        "request by request (burst by burst for the clients), so they meet the same load; JSON "
+        "bodies (`bench.load`); latency is at the client, from sending to the whole "
+        "answer read.", "",
+        f"Single requests: {run['requests']} at 256 x 256 and {run['requests_1024']} at 1024 x 1024, "
+        f"one after another after two warm-ups; p50 [p25-p75] / p95 ms, and in brackets the server's "
+        "CPU time per request (user + system over all its threads: other work on the machine "
+        "inflates it far less than the wall time; on an idle machine a request takes roughly between half "
+        f"of it, both cores busy, and all of it). Throughput: {run['rounds']} bursts of {run['clients']} "
+        f"clients x {run['per_client']} requests of 256 x 256 at once, answers checked byte for byte "
+        "against each server's serial answer. Masks: pixels of the 256 and 1024 answers that differ "
+        "from the Keras runtime's (the parity test, tests/test_export.py, checks real tiles).", "",
+        "| runtime | 256 px: p50 [IQR] / p95 ms (CPU ms) | 1024 px: p50 [IQR] / p95 ms (CPU ms) | 8 clients: requests/s "
+        "| 8 clients: p50 / p95 ms | mask pixels differing from keras (256 / 1024) | server peak RSS MiB "
+        "| start s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        *rows, "",
+        f"Default (`python -m app`, `--runtime auto`): **{default}**, the fastest at 256 px whose masks "
+        f"match. Target p50 <= 25 ms for a single 256 px request: "
+        f"{'met' if run['runtimes'][default]['256']['p50_ms'] <= 25 else 'not met'} "
+        f"({run['runtimes'][default]['256']['p50_ms']:.1f} ms)."
+        + ("" if default == RUNTIMES[0] else f" **zoo.runtimes.RUNTIMES lists {RUNTIMES[0]} first, "
+           f"not {default}: its order is what `auto` serves.**")
+        + f" {run['load_note']}", ""])
+
+
+def _images_a_request(run: dict) -> int:
+    return len(run["scales"]) * len(TTA_VIEWS[run.get("tta", "none")])
+
+
+def _cell(r: dict) -> str:
+    return (f"{r['p50_ms']:.0f} [{r['iqr_ms'][0]:.0f}-{r['iqr_ms'][1]:.0f}] / {r['p95_ms']:.0f} "
+            f"({r['server_cpu_ms']:.0f})")
+
+
+def replace_section(text: str, new: str) -> str:
+    """`text` with the section titled as `new`'s first line (up to the next `## ` heading)
+    replaced by `new`, or `new` appended."""
+    pattern = re.compile(rf"^{re.escape(new.splitlines()[0])}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda _: new.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
+    return text.rstrip("\n") + "\n\n" + new
+
+
+def section_of(text: str) -> str:
+    """The "Serving runtimes" sections of a bench.md (each `--tta` override's too), or "" (for
+    `bench.speed` to keep)."""
+    found = re.findall(rf"^{re.escape(SECTION)}(?:, --tta \S+)?\n.*?(?=^## |\Z)", text, re.S | re.M)
+    return "".join(found)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.stand_in:
+            model = build_stand_in(json.loads(args.stand_in), Path(scratch))
+            described = (f"stand-in `{model.stem}` of the served architecture "
+                         f"({json.dumps(json.loads(args.stand_in)['config'])}, ImageNet encoder, "
+                         "seeded random decoder)")
+        else:
+            model = resolve_model_path(args.model)
+            described = f"`{model}`"
+        if not model.is_file():
+            print(f"error: no model at {model}; pass --model or --stand-in", file=sys.stderr)
+            return 2
+        metadata = json.loads(model.with_suffix(".json").read_text())
+        rng = np.random.default_rng(0)
+        image = lambda side: rng.integers(0, 256, (side, side, 3), dtype=np.uint8)  # noqa: E731
+        as_body = lambda pixels: orjson.dumps({"image": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)  # noqa: E731
+        bodies = {256: as_body(image(256)), 1024: as_body(image(1024)),
+                  "clients": load.client_bodies(args.clients, 256, seed=1)}
+        results, masks, other_note = bench_runtimes(model, args.runtimes, bodies, args)
+    for runtime in results:
+        results[runtime]["differ_from_keras"] = (compare_masks(masks[runtime], masks["keras"])
+                                                 if "keras" in masks else {})
+    matching = [r for r in results if all(count <= MATCH_FRACTION * int(size) ** 2
+                                          for size, count in results[r]["differ_from_keras"].items())]
+    default = min(matching, key=lambda r: results[r]["256"]["p50_ms"])
+    loads = [v for r in results.values() for v in (r["load_start"], r["load_end"])]
+    served = options_from(metadata)  # what the server applies: threshold, scales, views
+    if args.tta != TTA_FROM_MODEL:
+        served["tta"] = args.tta
+    run = {"command": "python -m bench.runtimes " + " ".join(argv), "machine": describe(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "model": described, "threshold": served["threshold"], "scales": list(served["scales"]),
+           "tta": served["tta"], "tta_override": None if args.tta == TTA_FROM_MODEL else args.tta,
+           "requests": args.requests, "requests_1024": args.requests_1024, "clients": args.clients,
+           "per_client": args.per_client, "rounds": args.rounds, "runtimes": results, "default": default,
+           "load_note": f"{other_note} Load average (1 min), the benchmark's own work included: "
+                        f"{min(loads):.1f} to {max(loads):.1f}."}
+    from zoo.files import write_json_atomic, write_text_atomic
+
+    bench_md = args.out / "bench.md"
+    existing = bench_md.read_text() if bench_md.is_file() else "# Benchmark\n"
+    write_text_atomic(bench_md, replace_section(existing, section(run)))
+    suffix = "" if args.tta == TTA_FROM_MODEL else f"_tta-{override_label(run)}"
+    write_json_atomic(args.out / f"bench_runtimes{suffix}.json", run)
+    print(section(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
