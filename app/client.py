@@ -1,7 +1,7 @@
 """Score a running server on a folder of images and masks, from the shell or a notebook.
 
     python -m app.client --url http://127.0.0.1:8000 --data DIR \
-        [--out DIR] [--limit N] [--samples K]
+        [--out DIR] [--limit N] [--samples K] [--min-pixels P]
 
 DIR is a data folder as the harness reads it (`data.folders`, the same reader, the
 same checks): `images/NAME.ext` (RGB) and `masks/NAME.ext` (one channel, 0/255 or 0/1, same
@@ -10,9 +10,12 @@ non-binary mask stops the run before any request, with the file's path (exit sta
 Every image goes to URL/inference as JSON; the answers are
 scored with zoo.metrics, the same definitions training and the reports use (pixel counts
 summed over the whole set; building IoU = TP/(TP+FP+FN), mean IoU = mean of building and
-background IoU), plus the distribution of per-image building IoU. A markdown table goes to
-stdout; with --out, OUT/metrics.json and K side-by-side PNGs (RGB | truth | prediction |
-errors) chosen across the per-image IoU ranking, worst to best.
+background IoU), plus the distribution of per-image building IoU; and building by building
+(zoo.metrics.BuildingCounts: 8-connected outlines matched one to one at IoU >= 0.5, the SpaceNet
+rule; buildings under --min-pixels ignored): building precision, recall, F1 and the mean IoU of
+the matched buildings. Markdown tables go to stdout; with --out, OUT/metrics.json and K side-by-side PNGs (RGB | truth | prediction |
+errors) chosen across the per-image IoU ranking, worst to best. When no server answers at
+URL, or it answers with an error, one line says so (exit status 1).
 
 Notebook use: `evaluate(url, data_dir)` -> dict, `markdown_table(result)`,
 `draw_side_by_side(image, truth, prediction)` -> matplotlib Figure.
@@ -21,6 +24,7 @@ The data reader imports only numpy and Pillow, so the client needs no TensorFlow
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,7 +35,7 @@ import requests
 
 from data import folders
 from data.folders import DataError, read_image, read_mask
-from zoo.metrics import Confusion, iou_distribution, per_image_iou
+from zoo.metrics import BUILDING_MATCH_IOU, BuildingCounts, Confusion, iou_distribution, per_image_iou
 
 METRIC_LABELS = {
     "accuracy": "accuracy",
@@ -41,8 +45,21 @@ METRIC_LABELS = {
     "mean_iou": "mean IoU (building and background IoU averaged)",
     "f1": "F1",
 }
+BUILDING_LABELS = {
+    "building_precision": "building precision",
+    "building_recall": "building recall",
+    "building_f1": "building F1",
+    "matched_iou": "matched IoU",
+}
+BUILDING_RULE = (f"buildings: 8-connected outlines, matched one to one at IoU >= {BUILDING_MATCH_IOU}; "
+                 "building precision = TP/(TP+FP), building recall = TP/(TP+FN), "
+                 "building F1 = 2TP/(2TP+FP+FN), matched IoU = mean IoU of the matched buildings")
 # Error overlay colours: TP white, FP red (predicted, not there), FN blue (missed), TN black.
 ERROR_COLOURS = {"tp": (255, 255, 255), "fp": (230, 40, 40), "fn": (40, 90, 255), "tn": (0, 0, 0)}
+
+
+class ServerError(RuntimeError):
+    """The server answered, but with an error or a mask of the wrong shape."""
 
 
 def scan(data_dir, limit: int | None = None) -> list[tuple[str, Path, Path]]:
@@ -61,17 +78,18 @@ def predict(url: str, image: np.ndarray, session=None, timeout: float = 300) -> 
         f"{url.rstrip('/')}/inference", data=body, timeout=timeout,
         headers={"Content-Type": "application/json", "Accept": "application/json"})
     if not response.ok:
-        raise RuntimeError(f"{url} answered {response.status_code}: {_error_text(response)}")
+        raise ServerError(f"{url} answered {response.status_code}: {_error_text(response)}")
     mask = np.asarray(orjson.loads(response.content)["prediction"], dtype=np.uint8)
     if mask.shape != image.shape[:2]:
-        raise RuntimeError(f"{url} returned a {mask.shape} mask for a {image.shape[:2]} image")
+        raise ServerError(f"{url} returned a {mask.shape} mask for a {image.shape[:2]} image")
     return mask
 
 
-def evaluate(url: str, data_dir, limit: int | None = None) -> dict:
-    """Metrics of the server at `url` on `data_dir` (first `limit` images), JSON-serialisable."""
+def evaluate(url: str, data_dir, limit: int | None = None, min_pixels: int = 0) -> dict:
+    """Pixel and building metrics of the server at `url` on `data_dir` (first `limit` images;
+    buildings under `min_pixels` pixels ignored), JSON-serialisable."""
     pairs = scan(data_dir, limit)
-    confusion, per_image = Confusion(), []
+    confusion, buildings, per_image = Confusion(), BuildingCounts(), []
     with requests.Session() as session:
         for name, image_path, mask_path in pairs:
             image, truth = read_image(image_path), read_mask(mask_path).astype(bool)
@@ -79,17 +97,24 @@ def evaluate(url: str, data_dir, limit: int | None = None) -> dict:
             prediction = predict(url, image, session)
             seconds = time.perf_counter() - start
             confusion.update(truth, prediction)
+            image_buildings = BuildingCounts.of(truth, prediction, min_pixels)
+            buildings += image_buildings
             per_image.append({"name": name, "building_iou": per_image_iou(truth, prediction),
+                              "buildings": {"tp": image_buildings.tp, "fp": image_buildings.fp,
+                                            "fn": image_buildings.fn},
                               "latency_s": seconds})
     return {
         "url": url, "data": str(data_dir), "images": len(per_image),
         "metrics": confusion.scores(),
         "counts": {"tp": confusion.tp, "fp": confusion.fp, "fn": confusion.fn, "tn": confusion.tn},
+        "building_metrics": buildings.scores(),
+        "building_counts": {**dataclasses.asdict(buildings), "min_pixels": min_pixels},
         "per_image_building_iou": iou_distribution(r["building_iou"] for r in per_image),
         "latency_s": {"median": float(np.median([r["latency_s"] for r in per_image])),
                       "total": float(sum(r["latency_s"] for r in per_image))},
         "per_image": per_image,
-        "definitions": "pixel counts summed over all images; " + "; ".join(METRIC_LABELS.values()),
+        "definitions": "pixel counts summed over all images; " + "; ".join(METRIC_LABELS.values())
+                       + "; " + BUILDING_RULE,
     }
 
 
@@ -106,7 +131,22 @@ def markdown_table(result: dict) -> str:
                             disable_numparse=True,
                             headers=[f"per-image building IoU: {k}" if k == keys[0] else k
                                      for k in keys])
-    return f"{summary}\n\n{distribution}"
+    return f"{summary}\n\n{distribution}\n\n{building_table(result)}"
+
+
+def building_table(result: dict) -> str:
+    """One row: how many buildings, and the building metrics as columns."""
+    from tabulate import tabulate
+
+    counts, scores = result["building_counts"], result["building_metrics"]
+    headers = ["true buildings", "predicted", "matched (TP)", *BUILDING_LABELS.values()]
+    row = [counts["tp"] + counts["fn"], counts["tp"] + counts["fp"], counts["tp"],
+           *(f"{scores[key]:.4f}" for key in BUILDING_LABELS)]
+    table = tabulate([row], headers=headers, tablefmt="github", disable_numparse=True)
+    ignored = f", under {counts['min_pixels']} pixels ignored" if counts["min_pixels"] else ""
+    return (f"Buildings over {result['images']} images: 8-connected outlines{ignored}, matched "
+            f"one to one at IoU >= {BUILDING_MATCH_IOU}; matched IoU = mean IoU of the matched "
+            f"buildings.\n\n{table}")
 
 
 def pick_samples(result: dict, count: int) -> list[str]:
@@ -164,15 +204,26 @@ def save_samples(url: str, data_dir, names, out_dir) -> list[Path]:
 def main(argv=None) -> dict:
     args = _parse_args(argv)
     try:
-        result = evaluate(args.url, args.data, args.limit)
-    except DataError as error:
+        return report(args.url, args.data, args.out, args.limit, args.samples, args.min_pixels)
+    except (DataError, ServerError) as error:
         raise SystemExit(f"error: {error}") from None
+    except requests.ConnectionError:
+        raise SystemExit(f"error: no server answers at {args.url} "
+                         "(start one with `python -m app`)") from None
+    except requests.Timeout:
+        raise SystemExit(f"error: {args.url} accepted the request but did not answer in time") from None
+
+
+def report(url: str, data_dir, out=None, limit: int | None = None, samples: int = 4,
+           min_pixels: int = 0) -> dict:
+    """The tables on stdout and, with `out`, metrics.json and `samples` figures there."""
+    result = evaluate(url, data_dir, limit, min_pixels)
     print(markdown_table(result))
-    if args.out:
-        out = Path(args.out)
+    if out:
+        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        for path in save_samples(args.url, args.data, pick_samples(result, args.samples), out):
+        for path in save_samples(url, data_dir, pick_samples(result, samples), out):
             print(f"wrote {path}")
         print(f"wrote {out / 'metrics.json'}")
     return result
@@ -187,7 +238,12 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="write metrics.json and sample figures here")
     parser.add_argument("--limit", type=int, help="score only the first N images (by name)")
     parser.add_argument("--samples", type=int, default=4, help="side-by-side figures (with --out)")
-    return parser.parse_args(argv)
+    parser.add_argument("--min-pixels", type=int, default=0,
+                        help="ignore buildings smaller than this, true and predicted (default 0)")
+    args = parser.parse_args(argv)
+    if not args.url.startswith(("http://", "https://")):
+        parser.error(f"--url must start with http:// or https://, got {args.url!r}")
+    return args
 
 
 def _error_text(response) -> str:
