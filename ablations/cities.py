@@ -6,7 +6,7 @@ for the selected recipe and for the TensorFlow tutorial's five-epoch recipe, sid
 with the mean over cities.
 
 The selected recipe's rows are the folds of the final fit's cross-validated learning curve
-(`python -m ablations.fit --test-area none --curve`): each fold trained on the other cities
+(`python -m training.fit --curve`): each fold trained on the other cities
 and was scored on its own at the epoch and threshold chosen on the *other* folds. The
 tutorial's rows are `ablations.baseline --test-area CITY --epochs 5` runs, trained on
 the other cities (less 15 % of their ground, held out to choose its threshold), written to
@@ -20,7 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from training.heldout import option_of
+from ablations import baseline
+from training import heldout, report
+from training.heldout import mean_of, option_of
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,8 +47,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     curve_file = args.final / "curve.json"
     if not curve_file.is_file():
-        print(f"error: {curve_file} does not exist: run `python -m ablations.fit --data DIR "
-              "--test-area none --curve` first", file=sys.stderr)
+        print(f"error: {curve_file} does not exist: run `python -m training.fit --data DIR "
+              "--curve` first", file=sys.stderr)
         return 2
     recorded = json.loads(curve_file.read_text())
     curve = served_rows(recorded, args.final)
@@ -83,8 +85,6 @@ def served_rows(curve: dict, final: Path) -> dict:
 def option_left_out_rows(curve: dict, final: Path) -> dict:
     """Each city under the serving option the other cities chose, within the fit's latency
     budget (training.heldout.option_left_out)."""
-    from training import heldout
-
     validated = served_metadata(final).get("metrics", {}).get("cross_validated", {})
     if validated.get("per_city_option_left_out"):  # what the fit recorded beside what it serves
         return validated["per_city_option_left_out"]
@@ -113,12 +113,10 @@ def _served_as(curve: dict) -> str:
 
 
 def _left_out_section(left_out: dict | None, tutorial: dict) -> list[str]:
-    from training.fit import left_out_lines
-    from training.heldout import mean_of
-
     if not left_out:
         return []
-    lines = left_out_lines(left_out)
+    lines = ["Each row's serving option chosen on the other cities only: nothing in a row is chosen "
+             "on its own city.", "", report.per_city_table(left_out, with_rule=True), ""]
     done = [t["scores"] for t in tutorial.values() if t]
     if len(done) == len(left_out):
         ours, theirs = mean_of(left_out)["building_iou"], float(sum(t["building_iou"] for t in done) / len(done))
@@ -147,7 +145,6 @@ def read_tutorial(out: Path, city: str) -> dict | None:
 def train_tutorial_for(city: str, data: Path, out: Path, weights: str) -> None:
     if tutorial_file(out, city).is_file():
         return
-    from ablations.evaluate import baseline
 
     print(f"tutorial recipe, {city} held out ...")
     baseline.main(["--data", str(data), "--test-area", city, "--epochs", str(TUTORIAL_EPOCHS),

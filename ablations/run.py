@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ablations import distributed, studies  # noqa: E402  (cheap: no TensorFlow)
+from training import allocator  # noqa: E402
 from training.errors import UserFacingError, exit_status  # noqa: E402
 from ablations.request import StudyRequest  # noqa: E402
 
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
     if args.list:
         print(studies.describe())
         return 0
+    allocator.for_training()
     return exit_status(lambda: study(args))
 
 

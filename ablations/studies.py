@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from data.augment import AUGMENTATIONS, STYLE_AUGMENTATIONS
+from data.augment import AUGMENTATIONS
 from training.recipe import BUDGETS, Budget, Recipe  # noqa: F401  (studies name them)
 from zoo.config import CONV_BLOCKS, SKIP_MERGES, UPSAMPLERS, DecoderConfig
 

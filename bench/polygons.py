@@ -30,14 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from training.recipe import SERVED
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TILE = 256
 WEB_MERCATOR_HALF = 20037508.342789244  # metres from the centre to the edge of the XYZ grid
-# The served architecture and scales (results/MODEL), for a machine without the model file.
-SERVED_CONFIG = {"upsampler": "nearest", "skip": "attention", "conv": "double", "width": 0.25}
-SERVED_SCALES = (1.0, 0.5, 0.25)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,17 +130,11 @@ def model_file(explicit: Path | None, folder: Path, data: Path) -> tuple[Path, s
     path = folder / "untrained.keras"
     measured([sys.executable, "-m", "bench.polygons", "--save-untrained", str(path),
               "--data", str(data)])
-    return path, (f"**untrained decoder** `{_served_config().name}` (seed 0, last layer "
+    return path, (f"**untrained decoder** `{SERVED.decoder.name}` (seed 0, last layer "
                   "rescaled so about half the pixels come out building, in speckle: the worst "
-                  f"case for outlines) with the served scales {list(SERVED_SCALES)} ({chosen} "
+                  f"case for outlines) with the served scales {list(SERVED.scales)} ({chosen} "
                   "is not on this machine): memory and time are the served architecture's; "
                   "the outlines are not buildings")
-
-
-def _served_config():
-    from zoo.config import DecoderConfig
-
-    return DecoderConfig(**SERVED_CONFIG)
 
 
 def save_untrained(path: Path, data: Path) -> None:
@@ -154,7 +147,7 @@ def save_untrained(path: Path, data: Path) -> None:
     from zoo import saving, unet
 
     keras.utils.set_random_seed(0)
-    config = _served_config()
+    config = SERVED.decoder
     model = unet.build(config)
     logits = unet.decoder_of(model).get_layer("logits")
     tiles = sorted((data / "images").glob("*.png"))[:4]
@@ -164,7 +157,7 @@ def save_untrained(path: Path, data: Path) -> None:
     logits.kernel.assign(logits.kernel * scale)
     logits.bias.assign((logits.bias - float(np.median(raw))) * scale)
     saving.save(model, path, {"config": config.to_dict(), "threshold": 0.5,
-                              "inference": {"scales": list(SERVED_SCALES), "threshold": 0.5}})
+                              "inference": SERVED.serving()})
 
 
 # -- measuring ------------------------------------------------------------------------------------

@@ -87,11 +87,11 @@ def fit_step_ms(decoder, taps: list, size: int, batch: int) -> float:
 def profile(size: int, batch: int, repeats: int, output_stride: int = 1) -> dict:
     import dataclasses
 
-    from training.fit import SELECTED_DECODER
+    from training.recipe import SERVED
     from zoo import unet
     from zoo.encoder import build_encoder
 
-    config = dataclasses.replace(SELECTED_DECODER, output_stride=output_stride)
+    config = dataclasses.replace(SERVED.decoder, output_stride=output_stride)
     decoder = unet.decoder_of(unet.build(config, encoder=build_encoder(None)))
     rng = np.random.default_rng(0)
     taps = [rng.standard_normal((batch, size // s, size // s, t.shape[-1])).astype("float32")

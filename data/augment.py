@@ -15,22 +15,13 @@ if TYPE_CHECKING:
 __all__ = ["AUGMENTATIONS", "augment_pair", "augmentation"]
 
 AUGMENTATIONS = ("none", "flips", "geometric", "strong", "sensor", "zoom")
-# Augmentations that restyle a tile after reference images (other cities'): they need the
-# reference pool, which only a caller that knows the split can give without leaking a
-# held-out city's look into training (ablations.evaluate.transfer, per fold).
-STYLE_AUGMENTATIONS = ("sensor_style",)
-# Studied under cross-validation by city only (ablations.evaluate.transfer), so the grid of
-# the `augmentation` study stays the one it ran. "sensor_rescale": farther or closer views, so
-# that a two-scale decoder (zoo.config.SCALE_FUSIONS) sees tiles whose roofs are too large
-# for the full-size pass, where the half-size pass is the one to trust.
-FARTHER_AUGMENTATIONS = ("sensor_shrink", "sensor_rescale")
-STYLE_KEY = "style_reference"  # the albumentations data key a style reference travels under
+# The served recipe's: `sensor` plus 3 tiles in 10 seen 2-4x farther away (training.recipe).
+FARTHER_AUGMENTATIONS = ("sensor_shrink",)
 
 
 def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose":
-    """A named albumentations pipeline; the same seed gives the same stream of random choices.
-    A STYLE_AUGMENTATIONS pipeline takes its reference per call (augment_pair's `style`)."""
-    known = AUGMENTATIONS + STYLE_AUGMENTATIONS + FARTHER_AUGMENTATIONS
+    """A named albumentations pipeline; the same seed gives the same stream of random choices."""
+    known = AUGMENTATIONS + FARTHER_AUGMENTATIONS
     if name not in known:
         raise ValueError(f"unknown augmentation {name!r}; choices: {', '.join(known)}")
     A = _albumentations()
@@ -41,14 +32,10 @@ def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose"
         transforms += _small_affine(A)
     if name == "strong":
         transforms += _photometric(A)
-    if name in ("sensor", "sensor_style", *FARTHER_AUGMENTATIONS):
+    if name in ("sensor", *FARTHER_AUGMENTATIONS):
         transforms += _other_sensor(A)
     if name == "sensor_shrink":
         transforms += _farther_view(A)
-    if name == "sensor_rescale":  # 1 tile in 4 farther, 1 in 4 closer
-        transforms += [A.OneOf([*_farther_view(A, p=1.0), *_closer_view(A)], p=0.5)]
-    if name == "sensor_style":
-        transforms += _borrowed_style(A)
     if name == "zoom":
         transforms += _closer_view(A)
     return A.Compose(transforms, seed=seed)
@@ -116,18 +103,6 @@ def _other_sensor(A) -> list:
     ]
 
 
-def _borrowed_style(A) -> list:
-    """Style randomisation: the tile takes the colour distribution (histogram matching, or
-    PCA pixel-distribution matching) or the low-frequency spectrum (FDA) of a tile from
-    another city, so the decoder learns buildings under many cities' looks instead of its
-    training cities' own. Shapes and edges, what a building is, stay the tile's."""
-    return [A.OneOf([
-        A.HistogramMatching(blend_ratio=(0.5, 1.0), metadata_key=STYLE_KEY),
-        A.PixelDistributionAdaptation(blend_ratio=(0.5, 1.0), transform_type="pca", metadata_key=STYLE_KEY),
-        A.FDA(beta_limit=(0.01, 0.05), metadata_key=STYLE_KEY),
-    ], p=0.8)]
-
-
 def _farther_view(A, p: float = 0.3) -> list:
     """A farther view: the tile shrunk 2-4x, the border reflected (mask alike) so the tile
     stays full. Served, the model also sees each image at half size (inference scales 1 and
@@ -158,35 +133,9 @@ def _closer_view(A) -> list:
     ]
 
 
-def restyle(name: str, images: np.ndarray, masks: np.ndarray, areas: np.ndarray, index: np.ndarray,
-            seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented copy of images[index] by a STYLE_AUGMENTATIONS pipeline, each tile
-    styled after a random tile of another area among `index` (its own area's when `index`
-    holds one area only). Pass only training tiles as `index`: a held-out area's look then
-    never trains."""
-    pipeline, style_of = augmentation(name, seed=seed), style_source(areas, index, seed)
-    pairs = [augment_pair(pipeline, images[i], masks[i], images[style_of(n)]) for n, i in enumerate(index)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-
-
-def style_source(areas: np.ndarray, index: np.ndarray, seed: int):
-    """style_of(n): the pool position of a style reference for the n-th tile of `index`."""
-    rng = np.random.default_rng(seed)
-    index_areas = np.asarray(areas, dtype=object)[index]
-
-    def style_of(n: int) -> int:
-        others = index[index_areas != index_areas[n]]
-        return int(rng.choice(others if len(others) else index))
-
-    return style_of
-
-
-def augment_pair(pipeline, image: np.ndarray, mask: np.ndarray,
-                 style: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Augment one uint8 HxWx3 image and its uint8 HxW {0,1} mask together; `style` is the
-    reference image (another city's tile) a STYLE_AUGMENTATIONS pipeline borrows its look from."""
-    extra = {} if style is None else {STYLE_KEY: [style]}
-    out = pipeline(image=image, mask=mask, **extra)
+def augment_pair(pipeline, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Augment one uint8 HxWx3 image and its uint8 HxW {0,1} mask together."""
+    out = pipeline(image=image, mask=mask)
     new_image, new_mask = out["image"], out["mask"]
     if new_image.shape != image.shape or new_mask.shape != mask.shape:
         # Quarter turns of a non-square tile change its shape; batches need fixed shapes.

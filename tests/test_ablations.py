@@ -251,20 +251,6 @@ def test_tutorial_baseline_sits_beside_the_selected_model(smoke_run, cache_home,
     assert 0 <= metrics["scores"]["val_building_iou"] <= 1
 
 
-def test_error_analysis_page_for_the_selected_model(smoke_run, cache_home, tmp_path):
-    study, _, _ = smoke_run
-    result = subprocess.run([sys.executable, "-m", "ablations.evaluate.analysis", "--data",
-                             str(_synthetic_root(cache_home)), "--model",
-                             str(study / "best" / "model.keras"), "--out", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    page = (tmp_path / "README.md").read_text()
-    assert "Scores by zoom level" in page and "within 3 px" in page
-    for name in ("missed.png", "invented.png", "boundary.png"):
-        with Image.open(tmp_path / name) as image:
-            assert image.format == "PNG"
-
-
 def _declared_space(study_name: str, only: dict, seeds: int = 1):
     import keras_tuner
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo import allocator
+from training import allocator
 
 pytestmark = pytest.mark.skipif(allocator._glibc() is None, reason="glibc's mallopt only")
 
@@ -62,7 +62,7 @@ def _faults_in_a_fresh_process(steps: str) -> list[int]:
 
 def test_kept_memory_is_reused_where_tensorflows_setting_faults_it_in_every_time():
     faulted, settings_applied, kept = _faults_in_a_fresh_process("""
-        from zoo import allocator
+        from training import allocator
         import test_allocator
         test_allocator._as_tensorflow_leaves_it()
         print(test_allocator._page_faults())
@@ -89,18 +89,20 @@ def test_training_applies_the_settings_again_at_every_batch():
     assert kept < 200, kept
 
 
-@pytest.mark.parametrize("imports_ablations", [False, True])
-def test_importing_ablations_applies_the_settings(imports_ablations):
+@pytest.mark.parametrize("for_training", [False, True])
+def test_the_training_commands_settings_keep_freed_memory(for_training):
     """In a fresh process, after only the trim threshold is set as TensorFlow sets it: glibc's
-    own settings fault every round in, those importing `ablations` applies do not."""
+    own settings fault every round in, those `allocator.for_training` applies do not. Importing
+    a package applies nothing (a library user's process keeps its own malloc)."""
     (faults,) = _faults_in_a_fresh_process(f"""
-        {"import ablations" if imports_ablations else ""}
-        from zoo import allocator
+        import ablations, training  # noqa: F401
+        {"from training import allocator; allocator.for_training()" if for_training else ""}
+        from training import allocator
         import test_allocator
         allocator._glibc().mallopt(allocator.M_TRIM_THRESHOLD, 128 * 1024)
         print(test_allocator._faults_once_warm())
     """)
-    if imports_ablations:
+    if for_training:
         assert faults < 200, faults
     else:
         assert faults > ROUNDS * PAGES / 2, faults

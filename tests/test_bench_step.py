@@ -21,11 +21,11 @@ def profiled(tmp_path_factory):
 
 
 def test_every_decoder_layer_is_timed_on_its_step_shape(profiled):
-    from training.fit import SELECTED_DECODER
+    from training.recipe import SERVED
     from zoo import unet
 
     run, _ = profiled
-    decoder = unet.decoder_of(unet.build(SELECTED_DECODER, weights=None))
+    decoder = unet.decoder_of(unet.build(SERVED.decoder, weights=None))
     timed = {r["layer"]: r for r in run["layers"]}
     convs = [layer.name for layer in decoder.layers if type(layer).__name__ == "Conv2D"]
     assert convs and set(convs) <= set(timed)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from data import augment, folders, splits, synthetic
 from data.folders import DataError
-from ablations.evaluate import baseline
+from ablations import baseline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_DATA = pathlib.Path(os.environ.get("OAM_DATA") or REPO.parent / "shared" / "data" / "oam_buildings")

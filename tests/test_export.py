@@ -112,25 +112,6 @@ def test_sidecar_carries_threshold_scales_and_checksums(exported):
     assert json.loads(props["zoo_metadata"])["sha256"] == metadata["sha256"]
 
 
-@pytest.mark.slow
-def test_a_two_scale_model_exports_to_every_runtime(tmp_path):
-    """A two-scale model halves the image inside the graph (a fixed pad, a crop of computed size):
-    every runtime must take it at any size a multiple of 32, within the logit tolerance that
-    `export` checks on its probe shapes (256 x 256, 64 x 96, 32 x 32) before writing."""
-    import keras
-
-    from zoo import saving, unet
-    from zoo.encoder import TAP_SETS, build_encoder
-
-    config = DecoderConfig(upsampler="transpose", width=0.25, output_stride=2, scale_fusion="attention")
-    keras.utils.set_random_seed(0)
-    model = unet.build(config, encoder=build_encoder(None, TAP_SETS["narrow"]))
-    path = saving.save(model, tmp_path / "two_scale.keras", {"config": config.to_dict(), "threshold": 0.5})
-    sidecar = export.export(export.ExportRequest(path, runtimes.export_dir(path)), log=lambda *_: None)
-    assert set(sidecar["artifacts"]) == set(export.FORMATS)
-    assert all(entry["max_abs_logit_diff"] <= export.LOGIT_TOLERANCE for entry in sidecar["artifacts"].values())
-
-
 def test_stale_or_corrupted_export_is_refused(exported, tmp_path, capsys):
     model = copy_model(exported, tmp_path)
     shutil.copytree(runtimes.export_dir(exported), runtimes.export_dir(model))

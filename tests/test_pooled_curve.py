@@ -9,7 +9,7 @@ import pytest
 
 from training import heldout
 from training.errors import UserFacingError
-from training.fit import curve_from_files, curve_record, fit_argv, inference_choice, pooled_curve
+from training.crossval import curve_record, pooled_curve
 from training.folds import FoldResult
 
 CITIES = ("dar", "kathmandu", "nairobi")
@@ -22,6 +22,12 @@ def _counts(peak: int, slope: float, bonus: float = 0.0) -> np.ndarray:
     steps = np.abs(np.arange(len(heldout.THRESHOLDS)) - peak)
     iou = np.clip(0.6 + bonus - slope * steps, 0.05, 1.0)
     return np.stack([iou * 1000, (1 - iou) * 500, (1 - iou) * 500, np.full_like(iou, 5000)], axis=-1).round()
+
+
+def inference_choice(curve: dict, max_passes: float | None = None) -> tuple[int, float, str]:
+    """(epochs, threshold, test-time views) of the serving option the curve chooses."""
+    _, option = heldout.best_option(curve, max_passes)
+    return option["epochs"], option["threshold"], option["tta"]
 
 
 def _curve(peak: int, slope: float, seed: int, recipe=RECIPE) -> dict:
@@ -53,10 +59,10 @@ def test_only_one_recipes_curves_under_different_seeds_pool():
     with pytest.raises(UserFacingError, match="different seeds"):
         pooled_curve([_curve(3, 0.01, 0), _curve(6, 0.05, 0)], ["a.json", "b.json"])
     without_flips = {**_curve(6, 0.05, 1), "flips": None}
-    with pytest.raises(UserFacingError, match="b.json recorded other test-time views than a.json \\(flips\\)"):
+    with pytest.raises(UserFacingError, match="b.json recorded other serving options than a.json"):
         pooled_curve([_curve(3, 0.01, 0), without_flips], ["a.json", "b.json"])
     more_views = {**_curve(6, 0.05, 1), "views": {"flips": [], "dihedral": []}}
-    with pytest.raises(UserFacingError, match="b.json recorded other test-time views"):
+    with pytest.raises(UserFacingError, match="b.json recorded other serving options"):
         pooled_curve([_curve(3, 0.01, 0), more_views], ["a.json", "b.json"])
 
 
@@ -76,10 +82,7 @@ def test_curves_named_views_pool_with_curves_that_kept_the_flips_alone():
     assert inference_choice(chosen) == (3, 0.5, "dihedral")
 
 
-def test_a_latency_budget_serves_the_best_view_set_that_fits_it_and_reports_what_it_costs(tmp_path):
-    from training.fit import _budget_lines, passes_budget
-    from ablations.fit import parse_args, to_request
-
+def test_a_latency_budget_serves_the_best_view_set_that_fits_it():
     curve = _curve(peak=6, slope=0.05, seed=0)
     curve["views"] = {"flips": curve.pop("flips"),  # 0.62 at 0.5
                       "rot180": {city: _counts(6, 0.05, 0.01).tolist() for city in CITIES},  # 0.61
@@ -88,21 +91,6 @@ def test_a_latency_budget_serves_the_best_view_set_that_fits_it_and_reports_what
     assert inference_choice(curve, max_passes=4) == (3, 0.5, "flips")
     assert inference_choice(curve, max_passes=2) == (3, 0.5, "rot180")
     assert inference_choice(curve, max_passes=1) == (3, 0.5, "none")
-    budget = passes_budget(curve, 2)
-    # Each city's threshold chosen on the others is 0.5 too: the option of that rule comes first on the tie.
-    assert (budget["served"], budget["best_of_all"]) == ("rot180", "dihedral")
-    assert budget["mean_building_iou"]["dihedral"] - budget["mean_building_iou"]["rot180"] == pytest.approx(0.04)
-    assert "costs 0.040 mean building IoU" in _budget_lines(budget)[0]
-    assert "costs nothing" in _budget_lines(passes_budget(curve, 8))[0] and _budget_lines(passes_budget(curve, None)) == []
-    assert "`--max-passes 2`" in _budget_lines(budget)[0]
-    path = tmp_path / "curve.json"
-    path.write_text(json.dumps(curve))
-    assert to_request(parse_args(["--curve-from", str(path)])).max_passes == 2  # the served latency budget
-    request = to_request(parse_args(["--curve-from", str(path), "--max-passes", "8"]))
-    assert request.max_passes == 8 and fit_argv(request)[-2:] == ["--max-passes", "8"]
-    assert "--max-passes" not in fit_argv(to_request(parse_args(["--curve-from", str(path)])))
-    with pytest.raises(UserFacingError, match="--max-passes must be at least 1"):
-        to_request(parse_args(["--curve-from", str(path), "--max-passes", "0.5"]))
     # Scales count by their pixels: the transpose views at scales 1 and 0.5 cost 2 x 1.25 passes.
     curve["views"]["transpose@1+0.5"] = {city: _counts(6, 0.05, 0.04).tolist() for city in CITIES}
     curve["views"]["none@1+0.5+0.25"] = {city: _counts(6, 0.05, 0.03).tolist() for city in CITIES}
@@ -110,37 +98,6 @@ def test_a_latency_budget_serves_the_best_view_set_that_fits_it_and_reports_what
     assert (option["tta"], option["scales"]) == ("transpose", [1.0, 0.5])
     _, option = heldout.best_option(curve, 2)
     assert (option["tta"], option["scales"]) == ("none", [1.0, 0.5, 0.25])
-    # A two-scale decoder runs the image at half size itself: each of its passes costs 1.25.
-    two_scale = {**curve, "config": {"width": 0.25, "scale_fusion": "attention"}}
-    assert heldout.model_passes(two_scale) == 1.25 and heldout.model_passes(curve) == 1.0
-    assert heldout.passes_of(heldout.serving_options(two_scale)["rot180"]) == pytest.approx(2.5)
-    assert heldout.best_option(curve, 3)[0].startswith("transpose@1+0.5")  # 2.5 passes
-    assert heldout.best_option(two_scale, 3)[0].startswith("none@1+0.5+0.25")  # transpose@1+0.5: 3.125
-
-
-def test_what_a_seed_set_aside_is_its_own_and_does_not_stop_the_pooling():
-    # Confident learning's set-aside shares are measured per seed: they always differ.
-    first = {**_curve(3, 0.01, 0), "set_aside": {"dar": {"kathmandu": 0.12}}}
-    second = {**_curve(6, 0.05, 1), "set_aside": {"dar": {"kathmandu": 0.14}}}
-    pooled = pooled_curve([first, second], ["a.json", "b.json"])
-    assert pooled["set_aside_by_seed"] == {"0": first["set_aside"], "1": second["set_aside"]}
-    assert "set_aside" not in pooled
-
-
-def test_the_fit_takes_several_curves_and_records_them_in_its_command(tmp_path):
-    from ablations.fit import parse_args, to_request
-
-    paths = []
-    for seed, peak in ((0, 3), (1, 6)):
-        paths.append(tmp_path / f"seed{seed}.json")
-        paths[-1].write_text(json.dumps(_curve(peak, 0.01 + 0.04 * seed, seed)))
-    request = to_request(parse_args(["--curve-from", str(paths[0]), "--curve-from", str(paths[1])]))
-    assert request.curve_from == tuple(paths)
-    assert fit_argv(request)[-4:] == ["--curve-from", str(paths[0]), "--curve-from", str(paths[1])]
-    assert inference_choice(curve_from_files(request.curve_from))[1:] == (0.5, "flips")
-    assert curve_from_files(request.curve_from[:1])["seed"] == 0  # one file: its curve as it is
-    with pytest.raises(UserFacingError, match="missing.json is not a file"):
-        to_request(parse_args(["--curve-from", str(paths[0]), "--curve-from", str(tmp_path / "missing.json")]))
 
 
 def test_the_per_city_page_says_its_rows_are_pooled_over_seeds():

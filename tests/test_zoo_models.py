@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from zoo import blocks, config, unet  # noqa: E402
 from zoo.config import DecoderConfig  # noqa: E402
-from zoo.encoder import TAP_SETS, TAPS, build_encoder  # noqa: E402
+from zoo.encoder import TAPS, build_encoder  # noqa: E402
 from zoo.losses import SegmentationLoss  # noqa: E402
 
 # ---------------------------------------------------------------- helpers
@@ -31,21 +31,20 @@ from zoo.losses import SegmentationLoss  # noqa: E402
 VARIANTS = [DecoderConfig(upsampler=u, skip=s)
             for u, s in itertools.product(config.UPSAMPLERS, config.SKIP_MERGES)]
 EXTRA = [DecoderConfig(conv="separable"), DecoderConfig(width=0.25), DecoderConfig(width=1.0),
-         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2, feature_mixing="mixstyle"),
          DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)]  # the last: stride 2 alone
 _MODELS: dict[DecoderConfig, keras.Model] = {}
-_ENCODERS: dict[str, keras.Model] = {}
+_ENCODER: list[keras.Model] = []
 
 
 def model_for(cfg: DecoderConfig) -> keras.Model:
     """One random-weight model per config for the whole module (building is the slow part),
-    all on one frozen random encoder per tap set, as the studies share theirs."""
+    all on one frozen random encoder, as the studies share theirs."""
     if cfg not in _MODELS:
-        if cfg.taps not in _ENCODERS:
+        if not _ENCODER:
             keras.utils.set_random_seed(0)
-            _ENCODERS[cfg.taps] = build_encoder(None, TAP_SETS[cfg.taps])
+            _ENCODER.append(build_encoder(None))
         keras.utils.set_random_seed(0)
-        _MODELS[cfg] = unet.build(cfg, encoder=_ENCODERS[cfg.taps])
+        _MODELS[cfg] = unet.build(cfg, encoder=_ENCODER[0])
     return _MODELS[cfg]
 
 
@@ -163,7 +162,7 @@ def test_block_registries_match_config_choices(registry, choices):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("upsampler", "pixelshuffle"), ("skip", "residual"), ("conv", "triple"), ("feature_mixing", "mixup"),
+    ("upsampler", "pixelshuffle"), ("skip", "residual"), ("conv", "triple"),
     ("width", 0.0), ("width", 10.0), ("output_stride", 4), ("output_stride", 2.0),
 ])
 def test_config_rejects_unknown_values_naming_the_field(field, value):
@@ -185,10 +184,11 @@ def test_config_round_trips_through_dict_and_json(cfg):
     assert DecoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-def test_a_one_scale_config_reads_as_before_the_two_scale_field_existed():
-    two_scale = DecoderConfig(scale_fusion="attention")
-    assert DecoderConfig.from_dict(two_scale.to_dict()) == two_scale and "scale_fusion" in two_scale.to_dict()
-    assert "scale_fusion" not in DecoderConfig().to_dict()  # configs recorded before it compare equal
+def test_configs_recorded_with_a_retired_field_read_at_its_served_value_and_refuse_another():
+    recorded = {**DecoderConfig().to_dict(), "preprocess": "scale", "taps": "narrow", "scale_fusion": "none"}
+    assert DecoderConfig.from_dict(recorded) == DecoderConfig()
+    with pytest.raises(ValueError, match=r"scale_fusion='attention'.*research-2026-12"):
+        DecoderConfig.from_dict({**DecoderConfig().to_dict(), "scale_fusion": "attention"})
 
 
 def test_config_is_frozen_and_names_are_unique():
@@ -361,125 +361,3 @@ def test_configs_recorded_before_the_head_field_load_as_relu_heads():
     assert DecoderConfig.from_dict(legacy).head == "relu"
     assert DecoderConfig.from_dict(legacy).name == "nearest-attention-double-w0.25-relu"
     assert DecoderConfig().head == "linear" and "relu" not in DecoderConfig().name
-
-
-# ---------------------------------------------------------------- two scales, mixed per pixel
-
-TWO_SCALE = DecoderConfig(upsampler="transpose", width=0.25, output_stride=2, scale_fusion="attention")
-
-
-def half_taps(decoder, n, size, seed=9):
-    rng = np.random.default_rng(seed)
-    return [rng.normal(size=(n, size // (2 * s), size // (2 * s), t.shape[-1])).astype("float32")
-            for s, t in zip(unet.STRIDES, decoder.inputs)]
-
-
-def test_a_two_scale_decoder_mixes_its_two_passes_by_a_learned_per_pixel_weight():
-    """Untrained, the mix is the plain average of the full- and half-size logits (the weight's
-    bias is 0); pushed to either end, it is one scale's logits alone. The two passes share
-    one decoder's weights."""
-    keras.utils.set_random_seed(0)
-    decoder = unet.build_decoder(TWO_SCALE, [16, 24, 192, 576, 1280])
-    assert [i.name for i in decoder.inputs][5:] == [f"half_tap_s{s}" for s in unet.STRIDES]
-    full, half = random_taps(decoder, 2, 64), half_taps(decoder, 2, 64)
-    branch = decoder.get_layer("decoder_branch")
-    full_logits = np.asarray(branch(full)[0])
-    half_logits = tf.image.resize(np.asarray(branch(half)[0]), (64, 64)).numpy()
-    assert np.abs(full_logits - half_logits).mean() > 0.05  # the two passes differ: a real check
-    np.testing.assert_allclose(np.asarray(decoder([*full, *half])), (full_logits + half_logits) / 2, atol=1e-4)
-    weight = decoder.get_layer("scale_weight")
-    kernel, _ = weight.get_weights()
-    for bias, expected in ((30.0, full_logits), (-30.0, half_logits)):
-        weight.set_weights([kernel * 0, np.array([bias], np.float32)])
-        np.testing.assert_allclose(np.asarray(decoder([*full, *half])), expected, atol=1e-4)
-    trainable_branch = {id(v) for v in branch.trainable_weights}
-    assert trainable_branch <= {id(v) for v in decoder.trainable_weights}
-    # + the weight head: its conv, BatchNorm (gamma, beta) and 1x1 sigmoid (kernel, bias)
-    assert len(decoder.trainable_weights) == len(branch.trainable_weights) + 5
-
-
-def test_a_two_scale_model_halves_the_image_as_its_cached_features_do():
-    """The served model halves the image itself (any size, padded so the encoder's strides
-    divide it); the cached features the decoder trains on must be the same taps, or it would
-    train on inputs it is never served."""
-    from training.features import TWO_SCALE_INPUTS, encode
-    from zoo.predict import Segmenter
-
-    model = model_for(TWO_SCALE)
-    images = rgb(2, 96, 96).round()  # halves to 48, padded to 64
-    features = encode(model, images.astype(np.uint8), np.zeros((2, 96, 96), np.uint8), 1, "none", seed=0)
-    assert [t.shape[2] for t in features.taps] == [48, 24, 12, 6, 3, 32, 16, 8, 4, 2]
-    inputs, _ = features.batch(np.zeros(2, int), np.arange(2))
-    assert list(inputs) == TWO_SCALE_INPUTS
-    decoded = np.asarray(unet.decoder_of(model).predict_on_batch(inputs))
-    np.testing.assert_allclose(decoded, np.asarray(model(images)), atol=2e-3)  # features are float16
-    halved = np.asarray(model.get_layer(unet.HALF_SCALE_NAME)(images))
-    assert halved.shape == (2, 64, 64, 3)
-    np.testing.assert_allclose(halved[:, :48, :48], images.reshape(2, 48, 2, 48, 2, 3).mean(axis=(2, 4)), atol=1e-3)
-    for shape in ((32, 32), (50, 70)):
-        assert Segmenter(model).predict(rgb(1, *shape)[0].astype(np.uint8)).shape == shape
-
-
-def test_a_two_scale_model_saves_and_loads_unchanged(tmp_path):
-    model = model_for(TWO_SCALE)
-    model.save(tmp_path / "two_scale.keras")
-    loaded = keras.saving.load_model(tmp_path / "two_scale.keras")
-    images = rgb(1, 64, 64)
-    assert bits_equal(np.asarray(loaded(images)), np.asarray(model(images)))
-    assert unet.has_half_scale(loaded) and not unet.has_half_scale(model_for(DecoderConfig()))
-
-
-# ---------------------------------------------------------------- MixStyle (feature_mixing)
-
-MIXING = DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2, feature_mixing="mixstyle")
-
-
-def _styled_features(seed=3):
-    """Four images' features, each with its own per-channel offset and scale (its "look")."""
-    rng = np.random.default_rng(seed)
-    content = rng.normal(size=(4, 8, 8, 3)).astype("float32")
-    return content * rng.uniform(0.5, 3, (4, 1, 1, 3)).astype("float32") + rng.uniform(-4, 4, (4, 1, 1, 3)).astype("float32")
-
-
-def test_mixstyle_gives_each_image_a_mix_of_two_looks_and_keeps_its_content():
-    features = _styled_features()
-    keras.utils.set_random_seed(0)  # the layer's seed generator: which partner, which mix
-    mixed = np.asarray(blocks.MixStyle(probability=1.0)(features, training=True))
-    means, new_means = features.mean(axis=(1, 2)), mixed.mean(axis=(1, 2))
-    # Looks were exchanged (an image may draw itself as partner, or a mix weight near 1) ...
-    assert np.abs(new_means - means).max() > 0.5
-    low, high = means.min(axis=0) - 1e-4, means.max(axis=0) + 1e-4
-    assert ((new_means >= low) & (new_means <= high)).all()  # ... for mixes of the batch's own looks
-    for image in range(4):  # the content is untouched: each channel changes by a scale and an offset
-        for channel in range(3):
-            r = np.corrcoef(features[image, ..., channel].ravel(), mixed[image, ..., channel].ravel())[0, 1]
-            assert r > 0.9999
-    assert bits_equal(np.asarray(blocks.MixStyle(probability=0.0)(features, training=True)), features)
-
-
-def test_mixstyle_passes_features_through_when_served_and_saves_like_any_layer(tmp_path):
-    model = model_for(MIXING)
-    assert sorted(layer.name for layer in unet.decoder_of(model).layers if isinstance(layer, blocks.MixStyle)) == [
-        "mixstyle_s2", "mixstyle_s4", "mixstyle_s8"]
-    plain = unet.build(dataclasses.replace(MIXING, feature_mixing="none"), encoder=unet.encoder_of(model))
-    plain.set_weights(model.get_weights())  # MixStyle has no weights: the same decoder without it
-    images = rgb(2, 64, 64)
-    assert bits_equal(np.asarray(model(images)), np.asarray(plain(images)))
-    model.save(tmp_path / "mixstyle.keras")
-    loaded = keras.saving.load_model(tmp_path / "mixstyle.keras")
-    assert bits_equal(np.asarray(loaded(images)), np.asarray(model(images)))
-    assert loaded.get_layer("decoder").get_layer("mixstyle_s2").get_config()["probability"] == 0.5
-
-
-def test_mixstyle_trains_with_a_finite_gradient_and_older_configs_read_back_without_it():
-    features = tf.constant(_styled_features())
-    layer = blocks.MixStyle(probability=1.0)
-    with tf.GradientTape() as tape:
-        tape.watch(features)
-        out = layer(features, training=True)
-        loss = tf.reduce_sum(out * tf.random.stateless_normal(out.shape, (1, 2)))
-    gradient = tape.gradient(loss, features)
-    assert gradient is not None and np.isfinite(gradient.numpy()).all()
-    assert "feature_mixing" not in DecoderConfig().to_dict()  # configs recorded before it compare equal
-    assert DecoderConfig.from_dict(MIXING.to_dict()) == MIXING
-    assert MIXING.name.endswith("-mixstyle")

@@ -32,8 +32,11 @@ from training.sources import load_encoder, scan_samples  # noqa: E402
 from training.train import EpochProgress, train_decoder  # noqa: E402
 from training.verify import full_model_scores  # noqa: E402
 from zoo import saving, unet  # noqa: E402
+from zoo.config import DecoderConfig  # noqa: E402
 from zoo.files import write_json_atomic, write_text_atomic  # noqa: E402
 from zoo.served import POINTER  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parents[1]  # where SERVED.curve is
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,22 +137,41 @@ def encode_pool(encoder, pool_samples, budget, served: ServedRecipe) -> features
 
 def the_curve(request: FitRequest, served: ServedRecipe, encoder, pool, areas, binding: dict) -> dict | None:
     """With --curve, a new cross-validated curve of `served` in OUT; else the one OUT holds, or
-    the one `served` was chosen on (copied into OUT, so the folder reads alone); None if neither."""
+    the one `served` was chosen on when it was made on this data (copied into OUT, so the folder
+    reads alone); None if neither."""
     path = Path(request.out) / "curve.json"
     if request.curve:
         fingerprint = {**binding, "curve_epochs": request.curve_epochs}
         curve = crossval.learning_curve(served, encoder, pool, areas, request.curve_epochs, request.seeds,
                                         Path(request.out) / "folds", fingerprint, eager=BUDGETS[request.budget].eager)
+    elif path.is_file():  # the binding check above vouches that it was made on this data
+        curve = json.loads(path.read_text())
     else:
-        source = path if path.is_file() else Path(served.curve)
-        if not source.is_file():
+        curve = _served_curve(served, binding["data_fingerprint"])
+        if curve is None:
             return None
-        curve = json.loads(source.read_text())
-        if curve.get("config") != served.decoder.to_dict() and source != path:
-            return None  # the curve of another recipe says nothing about this one
     write_json_atomic(path, curve)
     plots.learning_curve(curve, Path(request.out) / "curve.png")
     return curve
+
+
+def _served_curve(served: ServedRecipe, data_fingerprint: str) -> dict | None:
+    """The curve `served` was chosen on, if it measured this recipe on this data."""
+    source = REPOSITORY / served.curve
+    if not source.is_file():
+        return None
+    curve = json.loads(source.read_text())
+    recorded = curve.get("fingerprint") or {}
+    same_data = data_fingerprint in (recorded.get("data"), recorded.get("data_fingerprint"))
+    return curve if same_data and same_recipe(curve, served) else None
+
+
+def same_recipe(curve: dict, served: ServedRecipe) -> bool:
+    """Whether `curve` measured `served`'s decoder and training (configs recorded with retired
+    fields at their served values compare equal)."""
+    if "config" not in curve or "recipe" not in curve:
+        return False
+    return (DecoderConfig.from_dict(curve["config"]), curve["recipe"]) == (served.decoder, served.training.to_dict())
 
 
 def serving_choice(request: FitRequest, served: ServedRecipe, curve: dict | None) -> Serving:

@@ -71,13 +71,13 @@ def quality_lines(cross: dict | None, curve: dict | None) -> list[str]:
              f"seeds {seeds}, counts summed over seeds), scored on the held-out city as served "
              f"(`{cross['option']}`). Pixel counts summed over the city; building IoU = TP/(TP+FP+FN), "
              "mean IoU = mean of building and background IoU.", "",
-             _table(cross["per_city"]), "",
+             per_city_table(cross["per_city"]), "",
              "Each city's serving option chosen on the other cities only: nothing in a row is chosen "
-             "on its own city.", "", _table(cross["per_city_option_left_out"], with_rule=True), ""]
+             "on its own city.", "", per_city_table(cross["per_city_option_left_out"], with_rule=True), ""]
     return lines + [f"Curve: {curve['chosen']['rule']}; {curve['machine']}; {curve['date']}.", ""]
 
 
-def _table(rows: dict, with_rule: bool = False) -> str:
+def per_city_table(rows: dict, with_rule: bool = False) -> str:
     table = [{"held-out city": city, **({"option": f"`{row['rule']}`"} if with_rule else {}),
               **{label: f"{row[key]:.3f}" for key, label in SHOWN.items()}} for city, row in rows.items()]
     mean = heldout.mean_of(rows)

@@ -6,8 +6,8 @@ import keras
 from keras import ops
 
 LOSSES = ("bce", "dice", "bce_dice", "focal")
-# A label value that trains nothing: pixels a label-noise filter set aside
-# (ablations.evaluate.transfer's confident-learning variant) carry it in place of 0 or 1.
+# A label value that trains nothing (a pixel set aside carries it in place of 0 or 1); the
+# label-noise filter that set pixels aside is on the tag research-2026-12, the loss keeps the rule.
 IGNORE = 2
 
 

@@ -9,7 +9,7 @@ With several `scales`, the image is also predicted resized by each scale (0.5: h
 pixels a side, so twice the ground per pixel) and the probabilities, resized back, are
 averaged. A model trained on small houses then also sees a city's large roofs at the size
 it learned (results/cross_city/inference/README.md measures what that buys). A saved model's
-metadata may name its scales and threshold under "inference" (`ablations.evaluate.scales --apply`).
+metadata may name its scales and threshold under "inference" (training.fit writes them).
 
 Test-time augmentation (`tta`): each forward pass also runs on the batch flipped ("flips":
 identity, horizontal, vertical, both), on all eight rotations and flips ("dihedral"), or on
@@ -36,7 +36,7 @@ def _transposed(view):
 
 
 # The eight rotations and flips of a square, numbered: cross-validation encodes each view once
-# and names it by this number (ablations.evaluate.transfer), so the order never changes.
+# and names it by this number, so the order never changes.
 DIHEDRAL_VIEWS = (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV, _transposed(_IDENTITY),
                   _transposed(_FLIP_H), _transposed(_FLIP_V), _transposed(_FLIP_HV))
 # Which views each choice averages. The two-view sets cost two passes instead of the flips'

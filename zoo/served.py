@@ -2,7 +2,7 @@
 loading anything, so a missing model is reported at once.
 
 `results/MODEL`, when present, holds the served model's path relative to `results/`
-(`python -m ablations.fit` points it at `final/model.keras`, the model it fits; it may also be
+(`python -m training.fit` points it at `final/model.keras`, the model it fits; it may also be
 written by hand); without that file the served model is `results/final/model.keras`.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 POINTER = "MODEL"
-DEFAULT_MODEL = Path("final") / "model.keras"  # what python -m ablations.fit writes
+DEFAULT_MODEL = Path("final") / "model.keras"  # what python -m training.fit writes
 ENV = "ZOO_MODEL"  # overrides the pointer: the app, its WSGI entry and zoo.export read it
 
 
