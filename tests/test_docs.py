@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
+EXPERIMENTS = ROOT / "results" / "EXPERIMENTS.md"
+LINKED = [*PAGES, ROOT / "results" / "README.md", EXPERIMENTS]  # pages whose links are checked
+TAG = "research-2026-12"  # where the deleted probes live
 NOT_OURS = {"pytest", "venv", "pip"}  # `python -m` of tools, not of this repository
 PACKAGES = ("zoo", "data", "training", "ablations", "app", "bench")  # where runnable modules live
 MAIN = re.compile(r"^if __name__ == [\"']__main__[\"']:", re.MULTILINE)
@@ -148,7 +151,7 @@ def test_the_readme_is_a_front_door():
     assert not long, f"README prose lines over 110 characters: {long}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_leads_to_a_file(page):
     broken = []
     for target in LINK.findall("\n".join(outside_code(page.read_text()))):
@@ -163,6 +166,19 @@ def test_every_relative_link_leads_to_a_file(page):
             if fragment not in headings:
                 broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)} links to what does not exist: {broken}"
+
+
+def test_experiments_open_with_one_row_for_every_step_and_name_the_tag():
+    text = EXPERIMENTS.read_text()
+    lines = text.splitlines()
+    steps = [int(n) for n in re.findall(r"^## (\d+)\. ", text, re.MULTILINE)]
+    summary = lines.index(next(line for line in lines if line.startswith("## Summary")))
+    assert summary < lines.index(next(line for line in lines if re.match(r"## \d+\. ", line)))
+    rows = table_after(lines, summary)
+    assert rows[0][:4] == ["step", "question", "answer", "decision"]
+    assert [int(row[0]) for row in rows[1:]] == steps
+    assert TAG in "\n".join(lines[:summary + len(rows) + 20])
+    assert any(TAG in page.read_text() for page in DOCS)
 
 
 # ---- numbers and the served recipe -----------------------------------------------------------
