@@ -1,6 +1,7 @@
 """What the README and docs/ promise holds: the commands they name run, their links lead somewhere,
 the README's results table says what the file it cites says, and its statement of the served
 recipe is `training.recipe.SERVED`. Fast: files and module specs only, no TensorFlow."""
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -30,7 +31,12 @@ SETUP = [
     ".venv/bin/python -m pytest -q",
 ]
 # README results table: column header -> metric key of the cited file's per-city rows.
-COLUMNS = {"precision": "precision", "recall": "recall", "building IoU": "building_iou", "mean IoU": "mean_iou"}
+COLUMNS = {
+    "precision": "precision",
+    "recall": "recall",
+    "building IoU": "building_iou",
+    "mean IoU": "mean_iou",
+}
 
 
 def spec_of(name: str):
@@ -52,7 +58,8 @@ def runnable(name: str) -> str | None:
         return "no such module"
     if spec.submodule_search_locations is not None:  # a package runs its __main__.py
         folders = [Path(p) for p in spec.submodule_search_locations]
-        return None if any((f / "__main__.py").is_file() for f in folders) else "a package without __main__.py"
+        has_main = any((f / "__main__.py").is_file() for f in folders)
+        return None if has_main else "a package without __main__.py"
     return None if MAIN.search(Path(spec.origin).read_text()) else "a module without a __main__ entry"
 
 
@@ -127,7 +134,8 @@ def test_every_module_a_page_runs_exists_and_runs_as_a_script(page):
 
 
 def test_the_readme_names_the_product_commands():
-    assert {"training.fit", "app", "app.predict", "app.client", "zoo.export"} <= modules_named(README.read_text())
+    product = {"training.fit", "app", "app.predict", "app.client", "zoo.export"}
+    assert product <= modules_named(README.read_text())
 
 
 def test_every_runnable_module_is_documented():
@@ -146,7 +154,8 @@ def test_the_readme_sets_up_trains_and_tests_in_three_commands():
 
 def test_the_readme_is_a_front_door():
     text = README.read_text()
-    assert len(text.splitlines()) <= 150, f"README.md has {len(text.splitlines())} lines; move detail to docs/"
+    lines = len(text.splitlines())
+    assert lines <= 150, f"README.md has {lines} lines; move detail to docs/"
     long = [line for line in outside_code(text) if len(line) > 110 and not line.startswith("|")]
     assert not long, f"README prose lines over 110 characters: {long}"
 
@@ -177,7 +186,7 @@ def test_experiments_open_with_one_row_for_every_step_and_name_the_tag():
     rows = table_after(lines, summary)
     assert rows[0][:4] == ["step", "question", "answer", "decision"]
     assert [int(row[0]) for row in rows[1:]] == steps
-    assert TAG in "\n".join(lines[:summary + len(rows) + 20])
+    assert TAG in "\n".join(lines[: summary + len(rows) + 20])
     assert any(TAG in page.read_text() for page in DOCS)
 
 
@@ -214,23 +223,29 @@ def test_each_number_of_the_readme_results_table_is_the_cited_files():
         shown.add(name)
         for column, key in COLUMNS.items():
             cell = row[header.index(column)]
-            assert float(cell) == round(expected[key], 3), f"{name}, {column}: README {cell}, file {expected[key]:.4f}"
+            file = f"{expected[key]:.4f}"
+            assert float(cell) == round(expected[key], 3), f"{name}, {column}: README {cell}, file {file}"
     assert shown == {*per_city, "mean"}, f"the table shows {sorted(shown)}; the file holds {sorted(per_city)}"
 
 
 def test_the_readme_strict_estimate_is_the_cited_files():
     _, _, validated = cited_rows()
     rows = validated["per_city_option_left_out"]
-    stated = re.search(r"\(`per_city_option_left_out`\), the mean building IoU is (\d+\.\d+)",
-                       " ".join(README.read_text().split()))
+    stated = re.search(
+        r"\(`per_city_option_left_out`\), the mean building IoU is (\d+\.\d+)",
+        " ".join(README.read_text().split()),
+    )
     assert stated, "the README states no mean building IoU for `per_city_option_left_out`"
     assert float(stated.group(1)) == round(sum(r["building_iou"] for r in rows.values()) / len(rows), 3)
 
 
 def test_the_readme_tutorial_number_is_the_per_city_tables():
     text = " ".join(README.read_text().split())
-    stated = re.search(r"tutorial's recipe, trained the same way, scores a mean building IoU of ([\d.]+) "
-                       r"\(\[[^\]]*\]\(([^)]+)\)\)", text)
+    stated = re.search(
+        r"tutorial's recipe, trained the same way, scores a mean building IoU of ([\d.]+) "
+        r"\(\[[^\]]*\]\(([^)]+)\)\)",
+        text,
+    )
     assert stated, "the README states no tutorial-recipe number with its source"
     lines = (ROOT / stated.group(2)).read_text().splitlines()
     table = table_after(lines, 0)
