@@ -1,5 +1,6 @@
 """Building-level metrics (zoo.metrics): hand-made masks whose answer is known, and a brute-force
 reference (scipy labels, IoU from boolean masks) on random masks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,12 @@ def test_a_perfect_prediction_matches_every_building_with_iou_one():
     truth = boxes((0, 0, 5, 5), (10, 10, 15, 20), (2, 30, 4, 38))
     found = BuildingCounts.of(truth, truth)
     assert (found.tp, found.fp, found.fn) == (3, 0, 0)
-    assert found.scores() == {"building_precision": 1.0, "building_recall": 1.0,
-                              "building_f1": 1.0, "matched_iou": 1.0}
+    assert found.scores() == {
+        "building_precision": 1.0,
+        "building_recall": 1.0,
+        "building_f1": 1.0,
+        "matched_iou": 1.0,
+    }
     assert list(found.scores()) == list(BUILDING_METRIC_NAMES)
 
 
@@ -78,8 +83,12 @@ def test_a_missed_building_and_a_spurious_one():
     prediction = boxes((0, 0, 5, 5), (10, 30, 15, 35))
     found = BuildingCounts.of(truth, prediction)
     assert (found.tp, found.fp, found.fn) == (1, 1, 1)
-    assert found.scores() == {"building_precision": 0.5, "building_recall": 0.5,
-                              "building_f1": 0.5, "matched_iou": 1.0}
+    assert found.scores() == {
+        "building_precision": 0.5,
+        "building_recall": 0.5,
+        "building_f1": 0.5,
+        "matched_iou": 1.0,
+    }
 
 
 def test_empty_masks_on_both_sides_count_nothing_and_score_zero():
@@ -115,8 +124,9 @@ def test_counts_sum_over_images_and_accept_mask_layouts():
     total.update(truth[..., None] * 255, prediction[..., None].astype(bool))  # HxWx1, 0/255
     total.update(np.zeros((4, 4)), np.ones((4, 4)))
     assert (total.tp, total.fp, total.fn) == (2, 1, 2)
-    assert total == BuildingCounts.of(truth, prediction) + BuildingCounts.of(truth, prediction) \
-        + BuildingCounts.of(np.zeros((4, 4)), np.ones((4, 4)))
+    assert total == BuildingCounts.of(truth, prediction) + BuildingCounts.of(
+        truth, prediction
+    ) + BuildingCounts.of(np.zeros((4, 4)), np.ones((4, 4)))
     scores = total.scores()
     assert scores["building_precision"] == pytest.approx(2 / 3)
     assert scores["building_recall"] == pytest.approx(2 / 4)

@@ -1,5 +1,6 @@
 """app.client: building metrics beside the pixel metrics, through a real server (`app_server`),
 and one line, not a traceback, when no server answers or the server answers with an error."""
+
 from __future__ import annotations
 
 import http.server
@@ -28,17 +29,15 @@ def building_folder(root: Path, count: int = 3, size: int = 48) -> Path:
         mask = np.zeros((size, size), np.uint8)
         for top, left in ((2, 2), (2, 26), (26, 10)):
             height, width = rng.integers(6, 18, 2)
-            mask[top:top + height, left:left + width] = 255
+            mask[top : top + height, left : left + width] = 255
         Image.fromarray(image).save(root / "images" / f"tile{index}.png")
         Image.fromarray(mask, mode="L").save(root / "masks" / f"tile{index}.png")
     return root
 
 
-def test_cli_reports_building_metrics_equal_to_zoo_metrics(app_server, small_segmenter, run_module,
-                                                            tmp_path):
+def test_cli_reports_building_metrics_equal_to_zoo_metrics(app_server, small_segmenter, run_module, tmp_path):
     data, out = building_folder(tmp_path / "data"), tmp_path / "report"
-    done = run_module("app.client", "--url", app_server, "--data", data, "--out", out,
-                      "--samples", 0)
+    done = run_module("app.client", "--url", app_server, "--data", data, "--out", out, "--samples", 0)
     assert done.returncode == 0, done.stderr
     for column in BUILDING_COLUMNS:
         assert column in done.stdout
@@ -105,12 +104,26 @@ def test_a_server_error_is_one_line_naming_the_server_and_its_reason(tmp_path):
 
 def test_building_table_shows_counts_and_scores():
     counts = BuildingCounts(tp=3, fp=1, fn=2, matched_iou_sum=2.4)
-    result = {"images": 2, "building_metrics": counts.scores(),
-              "building_counts": {**vars(counts), "min_pixels": 20}}
+    result = {
+        "images": 2,
+        "building_metrics": counts.scores(),
+        "building_counts": {**vars(counts), "min_pixels": 20},
+    }
     table = client.building_table(result)
     assert "under 20 pixels ignored" in table and "IoU >= 0.5" in table
     header, _, row = table.splitlines()[-3:]
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
-        "true buildings", "predicted", "matched (TP)", *BUILDING_COLUMNS]
+        "true buildings",
+        "predicted",
+        "matched (TP)",
+        *BUILDING_COLUMNS,
+    ]
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
-        "5", "4", "3", "0.7500", "0.6000", "0.6667", "0.8000"]
+        "5",
+        "4",
+        "3",
+        "0.7500",
+        "0.6000",
+        "0.6667",
+        "0.8000",
+    ]

@@ -1,4 +1,5 @@
 """zoo metrics (numpy and Keras, one definition) and losses, on small hand-made arrays."""
+
 import os
 import sys
 from pathlib import Path
@@ -22,8 +23,14 @@ from zoo.metrics import METRIC_NAMES, Confusion, confusion_counts, per_image_iou
 # 3x4 image: TP at (0,0) (0,1) (2,0); FP at (1,0); FN at (0,2) (0,3); the other 6 are TN.
 TRUTH = np.array([[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0]], np.uint8)
 PRED = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], np.uint8)
-HAND = {"accuracy": 9 / 12, "precision": 3 / 4, "recall": 3 / 5, "building_iou": 3 / 6,
-        "mean_iou": (3 / 6 + 6 / 9) / 2, "f1": 6 / 9}
+HAND = {
+    "accuracy": 9 / 12,
+    "precision": 3 / 4,
+    "recall": 3 / 5,
+    "building_iou": 3 / 6,
+    "mean_iou": (3 / 6 + 6 / 9) / 2,
+    "f1": 6 / 9,
+}
 
 
 def random_batch(seed, n=3, size=16, building_fraction=0.3):
@@ -40,6 +47,7 @@ def sigmoid(x):
 
 
 # ---------------------------------------------------------------- 4. metrics
+
 
 def test_confusion_counts_by_hand():
     assert confusion_counts(TRUTH, PRED) == {"tp": 3, "fp": 1, "fn": 2, "tn": 6}
@@ -130,6 +138,7 @@ def test_keras_metrics_cover_every_metric_name():
 
 # ---------------------------------------------------------------- losses
 
+
 @pytest.mark.parametrize("kind", losses.LOSSES)
 def test_loss_is_minimal_for_perfect_confident_logits(kind):
     truth, _ = random_batch(seed=20, n=2)
@@ -162,5 +171,7 @@ def test_bce_dice_blends_its_terms_and_rejects_unknown_kinds():
     assert blended == pytest.approx(bce + 0.5 * dice, rel=1e-5)
     with pytest.raises(ValueError, match="lovasz"):
         losses.SegmentationLoss("lovasz")
-    restored = losses.SegmentationLoss.from_config(losses.SegmentationLoss("focal", focal_gamma=3.0).get_config())
+    restored = losses.SegmentationLoss.from_config(
+        losses.SegmentationLoss("focal", focal_gamma=3.0).get_config()
+    )
     assert (restored.kind, restored.focal_gamma) == ("focal", 3.0)

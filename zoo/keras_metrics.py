@@ -1,4 +1,5 @@
 """Keras-side accumulator of the same confusion counts, reading zoo.metrics.FORMULAS."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,10 @@ class PixelMetric(keras.metrics.Metric):
         self.metric = metric
         self.threshold = threshold
         self._logit_threshold = math.log(threshold / (1 - threshold))
-        self.counts = {k: self.add_variable((), initializer="zeros", name=k, dtype="float64")
-                       for k in ("tp", "fp", "fn", "tn")}
+        self.counts = {
+            k: self.add_variable((), initializer="zeros", name=k, dtype="float64")
+            for k in ("tp", "fp", "fn", "tn")
+        }
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         truth = ops.cast(y_true > 0.5, "float64")

@@ -19,6 +19,7 @@ matched IoUs over images like `Confusion`, then: building precision = TP/(TP+FP)
 recall = TP/(TP+FN), building F1 = 2TP/(2TP+FP+FN), matched IoU = mean IoU of the matched pairs
 (0.0 when a denominator is zero, as above).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,8 +83,15 @@ def iou_distribution(ious) -> dict[str, float]:
     if ious.size == 0:
         return {"n": 0}
     q10, q25, q50, q75, q90 = np.percentile(ious, [10, 25, 50, 75, 90])
-    return {"n": int(ious.size), "mean": float(ious.mean()), "p10": q10, "p25": q25,
-            "median": q50, "p75": q75, "p90": q90}
+    return {
+        "n": int(ious.size),
+        "mean": float(ious.mean()),
+        "p10": q10,
+        "p25": q25,
+        "median": q50,
+        "p75": q75,
+        "p90": q90,
+    }
 
 
 def summarise(pairs) -> dict:
@@ -119,12 +127,14 @@ class BuildingCounts:
         truth_labels = label_buildings(truth, min_pixels, "truth")
         predicted_labels = label_buildings(prediction, min_pixels, "prediction")
         if truth_labels.shape != predicted_labels.shape:
-            raise ValueError(f"truth shape {truth_labels.shape} != prediction shape "
-                             f"{predicted_labels.shape}")
+            raise ValueError(f"truth shape {truth_labels.shape} != prediction shape {predicted_labels.shape}")
         matches = match_buildings(truth_labels, predicted_labels)
-        return cls(tp=len(matches), fp=int(predicted_labels.max(initial=0)) - len(matches),
-                   fn=int(truth_labels.max(initial=0)) - len(matches),
-                   matched_iou_sum=float(sum(iou for _, _, iou in matches)))
+        return cls(
+            tp=len(matches),
+            fp=int(predicted_labels.max(initial=0)) - len(matches),
+            fn=int(truth_labels.max(initial=0)) - len(matches),
+            matched_iou_sum=float(sum(iou for _, _, iou in matches)),
+        )
 
     def update(self, truth, prediction, min_pixels: int = 0) -> BuildingCounts:
         image = BuildingCounts.of(truth, prediction, min_pixels)
@@ -133,14 +143,20 @@ class BuildingCounts:
         return self
 
     def __add__(self, other: BuildingCounts) -> BuildingCounts:
-        return BuildingCounts(**{field.name: getattr(self, field.name) + getattr(other, field.name)
-                                 for field in dataclasses.fields(self)})
+        return BuildingCounts(
+            **{
+                field.name: getattr(self, field.name) + getattr(other, field.name)
+                for field in dataclasses.fields(self)
+            }
+        )
 
     def scores(self) -> dict[str, float]:
-        return {"building_precision": _safe_ratio(self.tp, self.tp + self.fp),
-                "building_recall": _safe_ratio(self.tp, self.tp + self.fn),
-                "building_f1": _safe_ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn),
-                "matched_iou": _safe_ratio(self.matched_iou_sum, self.tp)}
+        return {
+            "building_precision": _safe_ratio(self.tp, self.tp + self.fp),
+            "building_recall": _safe_ratio(self.tp, self.tp + self.fn),
+            "building_f1": _safe_ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn),
+            "matched_iou": _safe_ratio(self.matched_iou_sum, self.tp),
+        }
 
 
 def label_buildings(mask, min_pixels: int = 0, what: str = "mask") -> np.ndarray:
@@ -170,16 +186,21 @@ def overlap_ious(truth_labels, predicted_labels) -> tuple[np.ndarray, np.ndarray
     predicted_labels = np.asarray(predicted_labels, np.int64)
     both = (truth_labels > 0) & (predicted_labels > 0)
     true_count = int(truth_labels.max(initial=0)) + 1
-    codes, intersections = np.unique(predicted_labels[both] * true_count + truth_labels[both],
-                                     return_counts=True)
+    codes, intersections = np.unique(
+        predicted_labels[both] * true_count + truth_labels[both], return_counts=True
+    )
     predicted, true = np.divmod(codes, true_count)
-    unions = (np.bincount(predicted_labels.ravel())[predicted]
-              + np.bincount(truth_labels.ravel())[true] - intersections)
+    unions = (
+        np.bincount(predicted_labels.ravel())[predicted]
+        + np.bincount(truth_labels.ravel())[true]
+        - intersections
+    )
     return predicted, true, intersections / unions
 
 
-def match_buildings(truth_labels, predicted_labels,
-                    iou_threshold: float = BUILDING_MATCH_IOU) -> list[tuple[int, int, float]]:
+def match_buildings(
+    truth_labels, predicted_labels, iou_threshold: float = BUILDING_MATCH_IOU
+) -> list[tuple[int, int, float]]:
     """One-to-one (predicted label, true label, IoU) matches with IoU >= `iou_threshold`.
 
     Greedy over the candidate pairs in descending IoU, ties by lower predicted label, then
