@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import pytest
 from PIL import Image
 
 from app import client
-from bench.server import free_port
 from zoo.metrics import BuildingCounts, Confusion
 
 BUILDING_COLUMNS = ("building precision", "building recall", "building F1", "matched IoU")
@@ -67,7 +67,9 @@ def test_min_pixels_reaches_the_building_counts(app_server, tmp_path):
 
 def test_no_server_is_one_line_and_a_failure(run_module, tmp_path):
     data = building_folder(tmp_path / "data", count=1)
-    url = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
+    with socket.socket() as probe:  # a port bound and released: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     done = run_module("app.client", "--url", url, "--data", data)
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: no server answers at {url} (start one with `python -m app`)"
