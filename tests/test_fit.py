@@ -57,6 +57,15 @@ def test_the_served_recipe_is_what_its_committed_curve_chose():
     assert chosen == (SERVED.epochs, SERVED.schedule_epochs, SERVED.threshold, SERVED.tta, SERVED.scales)
 
 
+def test_a_fit_without_a_new_curve_reports_the_rows_of_the_option_it_serves():
+    """The per-city rows of a plain fit are the served option's (threshold 0.5 fixed), not those
+    of the same views with each city's threshold chosen on the others."""
+    from training.fit import FitRequest, serving_choice
+
+    curve = json.loads((REPO / SERVED.curve).read_text())
+    assert serving_choice(FitRequest(), SERVED, curve).option == heldout.best_option(curve, 2.0)[0]
+
+
 def test_the_committed_model_metadata_serves_the_recipe():
     metadata = json.loads((COMMITTED / "model.json").read_text())
     assert metadata["inference"] == SERVED.serving()
@@ -104,6 +113,9 @@ def test_every_city_is_held_out_and_scored_as_served(fit_run):
         served = np.asarray(curve["views"]["none@1+0.5"][city])
         # every held-out pixel counted once at every threshold, as the curve's own counts do
         assert (served.sum(axis=1) == counts[-1].sum(axis=1)).all()
+        tp, fp, fn, iou_sum = curve["buildings"]["none@1+0.5"][city]["0"]
+        assert min(tp, fp, fn) >= 0 and tp * 0.5 <= iou_sum <= tp  # each match's IoU is >= 0.5
+        assert sum(curve["buildings"]["none@1+0.5"][city]["64"][:3]) <= tp + fp + fn  # fewer, never more
     readme = (out / "README.md").read_text()
     assert "Quality on a city the model never saw" in readme and (out / "curve.png").is_file()
 

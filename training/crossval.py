@@ -31,6 +31,7 @@ from training.recipe import SEED, ServedRecipe
 from training.train import EpochProgress
 from zoo import unet
 from zoo.files import write_json_atomic
+from zoo.metrics import BuildingCounts
 from zoo.predict import Segmenter
 
 # Serving options scored at the end of every fold besides the plain scale-1 prediction that
@@ -38,6 +39,9 @@ from zoo.predict import Segmenter
 # latency budget of two full-size passes a request, 1 + 0.5 (1.25 passes) was the best of the
 # options measured in results/EXPERIMENTS.md steps 26-31; the others are kept on the tag.
 RECORDED_OPTIONS = ("none@1+0.5",)
+# Buildings are counted one by one (zoo.metrics.BuildingCounts) at the fixed threshold, for every
+# building and for those of at least this many pixels on both sides (a 4 m² shed at 25 cm/px).
+BUILDING_MIN_PIXELS = (0, 64)
 # What must agree for curves to be pooled: the same recipe on the same data, scored alike.
 POOLED_ALIKE = ("config", "recipe", "curve_epochs", "thresholds")
 
@@ -63,6 +67,7 @@ def learning_curve(served: ServedRecipe, encoder, pool, areas, epochs: int, seed
 def _one_seed(served, encoder, pool, areas, epochs, seed, folder: Path, fingerprint, eager) -> dict:
     started = time.time()
     results, options = [], {name: {} for name in RECORDED_OPTIONS}
+    buildings = {name: {} for name in RECORDED_OPTIONS}
     for fold in folds.area_folds(areas):
         kept = _kept_fold(folder / f"{fold.val_area}.json", fingerprint)
         if kept is None:
@@ -75,9 +80,10 @@ def _one_seed(served, encoder, pool, areas, epochs, seed, folder: Path, fingerpr
                                         kept["history"], kept["train_seconds"], model=None))
         for name in RECORDED_OPTIONS:
             options[name][fold.val_area] = kept["options"][name]
+            buildings[name][fold.val_area] = kept["buildings"][name]
     curve = curve_record(results, epochs, time.time() - started)
     curve.update(config=served.decoder.to_dict(), recipe=served.training.to_dict(), views=options,
-                 seed=seed, fingerprint=fingerprint)
+                 buildings=buildings, seed=seed, fingerprint=fingerprint)
     return curve
 
 
@@ -86,17 +92,31 @@ def _run_fold(served, encoder, pool, areas, fold, epochs: int, seed: int, eager:
                                   epochs, seed, schedule_epochs=epochs, eager=eager,
                                   callbacks=[EpochProgress()], areas=areas)[0]
     images, masks = pool.images[fold.val_index], pool.masks[0, fold.val_index]
-    scored = {name: option_counts(result.model, images, masks, name).tolist() for name in RECORDED_OPTIONS}
+    pixels, buildings = {}, {}
+    for name in RECORDED_OPTIONS:
+        probs = served_probabilities(result.model, images, name)
+        pixels[name] = folds.threshold_counts(probs, masks).tolist()
+        buildings[name] = building_counts(probs >= heldout.FIXED, masks)
     return {"tiles": int(result.tiles), "counts": result.counts.tolist(), "history": result.history,
-            "train_seconds": round(result.train_seconds, 1), "options": scored}
+            "train_seconds": round(result.train_seconds, 1), "options": pixels, "buildings": buildings}
 
 
-def option_counts(model, images: np.ndarray, masks: np.ndarray, option: str) -> np.ndarray:
-    """Confusion counts at every threshold of the tiles predicted as `option` serves them."""
+def served_probabilities(model, images: np.ndarray, option: str) -> np.ndarray:
+    """The tiles' probabilities predicted as `option` serves them (zoo.predict.Segmenter)."""
     tta, scales = heldout.option_of(option)
     segmenter = Segmenter(model, tta=tta, scales=scales)
-    probs = np.stack([segmenter.probabilities(image) for image in images])
-    return folds.threshold_counts(probs, masks)
+    return np.stack([segmenter.probabilities(image) for image in images])
+
+
+def building_counts(predicted: np.ndarray, masks: np.ndarray) -> dict[str, list]:
+    """Minimum size -> (tp, fp, fn, matched IoU sum) of the buildings over every tile."""
+    counted = {}
+    for min_pixels in BUILDING_MIN_PIXELS:
+        total = BuildingCounts()
+        for truth, prediction in zip(masks, predicted):
+            total.update(truth, prediction, min_pixels=min_pixels)
+        counted[str(min_pixels)] = [total.tp, total.fp, total.fn, total.matched_iou_sum]
+    return counted
 
 
 def _kept_fold(path: Path, fingerprint: dict) -> dict | None:
@@ -153,6 +173,11 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
     if views:
         pooled["views"] = {name: {city: c.tolist() for city, c in heldout.summed_counts(
             curves, lambda curve, name=name: heldout.recorded_views(curve)[name]).items()} for name in sorted(views)}
+    if all("buildings" in curve for curve in curves):
+        pooled["buildings"] = {name: {city: {size: np.sum([curve["buildings"][name][city][size] for curve in curves],
+                                                           axis=0).tolist() for size in sizes}
+                                      for city, sizes in by_city.items()}
+                               for name, by_city in first["buildings"].items()}
     seeds = [curve.get("seed", SEED) for curve in curves]
     pooled["variant"] = " + ".join(str(curve.get("variant", source)) for curve, source in zip(curves, sources))
     pooled["pooled"] = {"seeds": seeds, "from": sources}

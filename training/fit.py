@@ -177,8 +177,11 @@ def same_recipe(curve: dict, served: ServedRecipe) -> bool:
 def serving_choice(request: FitRequest, served: ServedRecipe, curve: dict | None) -> Serving:
     """A new curve chooses (the best option within the latency budget); otherwise SERVED says."""
     if not request.curve:
+        name = heldout.option_name(served.tta, served.scales)
+        if served.threshold == heldout.FIXED:  # else: the option whose threshold the other cities chose
+            name += f", {heldout.FIXED}"
         return Serving(served.epochs, served.schedule_epochs, served.threshold, served.tta,
-                       tuple(served.scales), heldout.option_name(served.tta, served.scales))
+                       tuple(served.scales), name)
     name, option = heldout.best_option(curve, request.max_passes)
     return Serving(option["epochs"], curve["curve_epochs"], option["threshold"], option["tta"],
                    tuple(option["scales"]), name)

@@ -8,6 +8,7 @@ from tabulate import tabulate
 
 from training import heldout
 from training.machine import describe as describe_machine
+from zoo.metrics import BuildingCounts
 
 # Columns of the per-city tables: metric key -> header.
 SHOWN = {"precision": "precision", "recall": "recall", "building_iou": "building IoU", "mean_iou": "mean IoU"}
@@ -34,7 +35,20 @@ def cross_validated(curve: dict | None, option: str, max_passes: float | None) -
             for city, row in options[option]["per_city"].items()}
     return {"option": option, "cities": sorted(rows), "per_city": rows, "mean": heldout.mean_of(rows),
             "per_city_option_left_out": heldout.option_left_out(curve, max_passes),
+            "buildings": building_rows(curve, option),
             "pooled_seeds": (curve.get("pooled") or {}).get("seeds", [curve.get("seed", 0)])}
+
+
+def building_rows(curve: dict, option: str) -> dict | None:
+    """Minimum size (pixels) -> city -> building precision, recall, F1 and matched IoU of the
+    served option, counted one by one at the fixed threshold (training.crossval); None when the
+    curve predates building counts or the option is served at another threshold."""
+    name, _, threshold = option.partition(", ")
+    recorded = (curve.get("buildings") or {}).get(name)
+    if recorded is None or threshold != str(heldout.FIXED):
+        return None
+    sizes = next(iter(recorded.values()))
+    return {size: {city: BuildingCounts(*recorded[city][size]).scores() for city in recorded} for size in sizes}
 
 
 def fit_report(metadata: dict, curve: dict | None) -> str:
@@ -74,7 +88,28 @@ def quality_lines(cross: dict | None, curve: dict | None) -> list[str]:
              per_city_table(cross["per_city"]), "",
              "Each city's serving option chosen on the other cities only: nothing in a row is chosen "
              "on its own city.", "", per_city_table(cross["per_city_option_left_out"], with_rule=True), ""]
+    lines += building_lines(cross.get("buildings"))
     return lines + [f"Curve: {curve['chosen']['rule']}; {curve['machine']}; {curve['date']}.", ""]
+
+
+BUILDING_SHOWN = {"building_precision": "building precision", "building_recall": "building recall",
+                  "building_f1": "building F1", "matched_iou": "matched IoU"}
+
+
+def building_lines(buildings: dict | None) -> list[str]:
+    """The same held-out cities counted building by building (the SpaceNet rule)."""
+    if not buildings:
+        return []
+    table = []
+    for size, by_city in buildings.items():
+        label = "all" if size == "0" else f">= {size} px"
+        for city, row in by_city.items():
+            table.append({"held-out city": city, "buildings": label,
+                          **{header: f"{row[key]:.3f}" for key, header in BUILDING_SHOWN.items()}})
+    return ["Building by building: a predicted building (8-connected component of the mask) is found "
+            "when its IoU with a still-unmatched true one is at least 0.5; counts summed over the city "
+            "and the seeds. `>= 64 px` ignores buildings under 64 pixels on both sides.", "",
+            tabulate(table, headers="keys", tablefmt="github"), ""]
 
 
 def per_city_table(rows: dict, with_rule: bool = False) -> str:
