@@ -9,28 +9,53 @@ quality and training time sit beside the selected model in OUT/tutorial_recipe/t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from tabulate import tabulate  # noqa: E402
 
-from ablations import studies  # noqa: E402
 from data import augment  # noqa: E402  (cheap: albumentations loads when used)
 from training.errors import UserFacingError  # noqa: E402
+from training.machine import describe  # noqa: E402
+from training.recipe import BUDGETS, Budget, Recipe  # noqa: E402
+from training.verify import full_model_scores  # noqa: E402
+from zoo.files import write_json_atomic, write_text_atomic  # noqa: E402
+from zoo.predict import Segmenter  # noqa: E402
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 COMPARED_STUDIES = ("decoder_variants", "decoder_width", "loss", "augmentation", "hparams")
 
 
+@dataclasses.dataclass(frozen=True)
+class BaselineRequest:
+    """What `python -m ablations.baseline` was asked to do."""
+    out: Path = Path("results")
+    data: Path | None = None  # None: synthetic scenes
+    budget: str = "standard"
+    test_area: str | None = None
+    val_area: str | None = None
+    weights: str = "imagenet"
+    batch_size: int = 16
+    epochs: int | None = None  # None: the budget's
+    table_only: bool = False  # only rewrite table.md from the saved metrics.json
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ablations.baseline", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m ablations.baseline",
+                                     description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path)
-    parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--test-area")
     parser.add_argument("--val-area", help="validate on this whole area, as ablations.run --val-area")
@@ -43,7 +68,7 @@ def parse_args(argv=None):
 
 
 def train_tutorial(arrays, epochs: int, batch_size: int, weights):
-    import keras
+    import keras  # deferred: TensorFlow loads only to train (not for --table-only or --help)
 
     from zoo.losses import SegmentationLoss
     from zoo.unet import build_tutorial
@@ -73,7 +98,7 @@ def tf_dataset(
     No shuffle when `shuffle_seed` is None (evaluation order). The arrays stay in numpy: the
     dataset carries indices, and a batch is gathered (and augmented) by one numpy call.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads only to train (not for --table-only or --help)
 
     images, masks = _checked_arrays(images, masks, batch_size)
     height, width = images.shape[1:3]
@@ -117,9 +142,7 @@ def _gather_batch(images, masks, indices, pipeline) -> tuple[np.ndarray, np.ndar
 def evaluate(model, arrays) -> tuple[float, dict]:
     """Threshold chosen on validation; test scores end to end, plus the validation score
     (the number the studies select by, so both recipes can be compared on it too)."""
-    from training.train import choose_threshold
-    from training.verify import full_model_scores
-    from zoo.predict import Segmenter
+    from training.train import choose_threshold  # deferred: it loads TensorFlow
 
     val_images, val_masks = arrays["val"]
     segmenter = Segmenter(model)
@@ -140,8 +163,9 @@ def comparison_rows(out: Path, tutorial: dict) -> list[dict]:
         context = json.loads(context_file.read_text())
         trials = len(list((out / study / "trials").glob("*.json")))
         record = json.loads((out / study / "trials" / f"{meta['trial_id']}.json").read_text())
-        changed = {k: v for k, v in meta["recipe"].items() if studies.Recipe().to_dict().get(k) != v}
-        recipe = "".join(f", {k}={v:.3g}" if isinstance(v, float) else f", {k}={v}" for k, v in changed.items())
+        changed = {k: v for k, v in meta["recipe"].items() if Recipe().to_dict().get(k) != v}
+        recipe = "".join(f", {k}={v:.3g}" if isinstance(v, float) else f", {k}={v}"
+                         for k, v in changed.items())
         rows.append(_row(f"selected by `{study}` ({trials} trials): {meta['name'].split('/')[-1]}{recipe}",
                          meta["metrics"]["test"], meta["trainable_params"], context["budget"],
                          record["train_seconds"]))
@@ -151,41 +175,39 @@ def comparison_rows(out: Path, tutorial: dict) -> list[dict]:
 def _row(name, scores, params, budget, seconds) -> dict:
     return {"model": name, "budget": budget,
             "test precision": f"{scores['precision']:.3f}", "test recall": f"{scores['recall']:.3f}",
-            "test building IoU": f"{scores['building_iou']:.3f}", "test mean IoU": f"{scores['mean_iou']:.3f}",
+            "test building IoU": f"{scores['building_iou']:.3f}",
+            "test mean IoU": f"{scores['mean_iou']:.3f}",
             "test F1": f"{scores['f1']:.3f}", "trainable params": f"{params / 1e6:.2f} M",
             "training s (one model)": "-" if seconds is None else f"{seconds:.0f}"}
 
 
 def main(argv=None) -> int:
-    from zoo.encoder import WeightsUnavailable
+    request = BaselineRequest(**vars(parse_args(argv)))
+    from zoo.encoder import WeightsUnavailable  # deferred: zoo.encoder loads TensorFlow
 
-    args = parse_args(argv)
     try:
-        return run(args)
+        return run(request)
     except (UserFacingError, WeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
-def run(args: argparse.Namespace) -> int:
-    study_dir = args.out / "tutorial_recipe"
-    if args.table_only:
-        write_table(args.out, json.loads((study_dir / "metrics.json").read_text()))
+def run(request: BaselineRequest) -> int:
+    study_dir = request.out / "tutorial_recipe"
+    if request.table_only:
+        write_table(request.out, json.loads((study_dir / "metrics.json").read_text()))
         return 0
-    result = train_and_score(studies.BUDGETS[args.budget], args.data, args.test_area, args.val_area,
-                             args.weights, args.batch_size, args.epochs)
-    from zoo.files import write_json_atomic
-
+    result = train_and_score(BUDGETS[request.budget], request.data, request.test_area,
+                             request.val_area, request.weights, request.batch_size, request.epochs)
     write_json_atomic(study_dir / "metrics.json", result)
-    write_table(args.out, result)
+    write_table(request.out, result)
     return 0
 
 
-def train_and_score(budget, data: Path | None, test_area: str | None, val_area: str | None,
+def train_and_score(budget: Budget, data: Path | None, test_area: str | None, val_area: str | None,
                     weights: str, batch_size: int, epochs: int | None) -> dict:
     """Train and score the tutorial's recipe on the study split; `epochs` None: the budget's."""
-    from training.machine import describe
-    from ablations.pipeline import load_data
+    from ablations.pipeline import load_data  # deferred: it loads TensorFlow
     from zoo.saving import versions
     from zoo.unet import trainable_params
 
@@ -205,17 +227,14 @@ def train_and_score(budget, data: Path | None, test_area: str | None, val_area: 
 
 
 def write_table(out: Path, result: dict) -> None:
-    from tabulate import tabulate
-
-    from zoo.files import write_text_atomic
-
     tutorial = _row("TF tutorial recipe (end to end, Adam, BCE, flips)", result["scores"],
                     result["trainable_params"], result["budget"], result["train_seconds"])
     lines = [
         "# The TensorFlow tutorial's recipe against the selected models", "",
         f"- **Data:** {result['data']}; split: {result['split']}",
         f"- **Tutorial recipe:** {result['epochs']} epochs, batch {result['batch_size']}, "
-        f"{result['images_per_second']:.1f} training images/s end to end; threshold {result['threshold']:.2f} "
+        f"{result['images_per_second']:.1f} training images/s end to end; "
+        f"threshold {result['threshold']:.2f} "
         "(chosen on validation, as for the studies)",
         f"- **Machine:** {result['machine']}; {result['date']}", "",
         "Training seconds of a selected model are those of its own trial (decoder on cached "

@@ -22,9 +22,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ablations import distributed, studies  # noqa: E402  (cheap: no TensorFlow)
+from ablations.request import StudyRequest  # noqa: E402
 from training import allocator  # noqa: E402
 from training.errors import UserFacingError, exit_status  # noqa: E402
-from ablations.request import StudyRequest  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run only these values of one of the study's choices (repeatable), "
                              "e.g. --only augmentation=flips,sensor --seeds 3; use its own --out")
     parser.add_argument("--fresh", action="store_true", help="discard earlier trials of this study")
-    parser.add_argument("--test-area", help="area held out as the test split (default: the middle-sized area)")
+    parser.add_argument("--test-area",
+                        help="area held out as the test split (default: the middle-sized area)")
     parser.add_argument("--val-area", help="validate on this whole area (cross-city validation) "
                         "instead of random ground groups of the training areas")
     parser.add_argument("--cv", choices=("none", "areas"), default="none",
@@ -72,12 +73,12 @@ def main(argv=None) -> int:
         print(studies.describe())
         return 0
     allocator.for_training()
-    return exit_status(lambda: study(args))
+    return exit_status(lambda: study(make_request(args)))
 
 
-def study(args) -> None:
-    request = make_request(args)
-    from ablations.pipeline import run_study  # TensorFlow loads only past this point
+def study(request: StudyRequest) -> None:
+    """Run the study `request` names (resuming its earlier trials unless it says fresh)."""
+    from ablations.pipeline import run_study  # deferred: TensorFlow loads only past this point
 
     run_study(request)
 
@@ -96,9 +97,11 @@ def make_request(args: argparse.Namespace) -> StudyRequest:
         raise UserFacingError("--cv areas validates on every non-test area in turn: drop --val-area")
     if args.halving is not None:
         if args.cv != "areas":
-            raise UserFacingError("--halving ranks configurations by their cross-validated score: add --cv areas")
+            raise UserFacingError("--halving ranks configurations by their cross-validated score: "
+                                  "add --cv areas")
         if studies.STUDIES[args.study].search != "grid":
-            raise UserFacingError(f"--halving cuts a grid; study {args.study!r} searches by Bayesian optimisation")
+            raise UserFacingError(f"--halving cuts a grid; study {args.study!r} searches by "
+                                  "Bayesian optimisation")
         if args.halving < 1:
             raise UserFacingError("--halving KEEP: at least one configuration must continue")
     request = StudyRequest(
@@ -124,7 +127,8 @@ def parse_only(items: list[str]) -> dict[str, tuple[str, ...]]:
         name, _, values = item.partition("=")
         chosen = tuple(v.strip() for v in values.split(",") if v.strip())
         if not name.strip() or not chosen:
-            raise UserFacingError(f"--only {item!r}: expected NAME=VALUE[,VALUE...], e.g. augmentation=flips,sensor")
+            raise UserFacingError(f"--only {item!r}: expected NAME=VALUE[,VALUE...], "
+                                  "e.g. augmentation=flips,sensor")
         only[name.strip()] = chosen
     return only
 

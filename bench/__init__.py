@@ -1,5 +1,6 @@
-"""bench: what things cost, measured.
+"""bench: what things cost, measured: training and inference (`speed`, `step`, `request`), how a
+study's cost grows (`scaling`), serving runtimes (`runtimes`), outlines (`polygons`), HTTP load (`load`).
 
-`speed` times training and inference, `scaling` how a study's cost grows with images and tile
-size, `load` puts an HTTP load on a running server; `server` starts and stops one for them and the tests.
+`server` starts and stops `python -m app` for them and the tests; `clients` sends many requests
+at once (`load`, `runtimes`); `fuzz` makes the load test's odd requests.
 """

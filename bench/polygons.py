@@ -20,6 +20,7 @@ outlines are not buildings, and the report says so. Writes OUT/polygons.md and O
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -29,8 +30,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.features import rasterize
+from rasterio.warp import transform_geom
+from shapely.geometry import shape
 
+from data.folders import read_image, read_mask, tile_position
+from training.machine import describe, process_memory_gib
 from training.recipe import SERVED
+from zoo.files import write_json_atomic, write_text_atomic
+from zoo.polygons import footprints_geojson
+from zoo.served import served_model_path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -59,8 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def largest_block(data: Path) -> tuple[int, int, int, int, list[str]]:
     """(zoom, x0, y0, n, names) of the largest n x n block of neighbouring tiles of one zoom and
     one area; names row by row."""
-    from data.folders import tile_position
-
     grids: dict[tuple[str, int], dict[tuple[int, int], str]] = {}
     for path in sorted((data / "images").iterdir()):
         position = tile_position(path.stem)
@@ -84,11 +93,6 @@ def largest_block(data: Path) -> tuple[int, int, int, int, list[str]]:
 
 def write_scene(data: Path, folder: Path, side: int) -> tuple[Path, Path, str]:
     """The centre side x side of the scene as a GeoTIFF (RGB) and its true mask as a GeoTIFF."""
-    import rasterio
-    from affine import Affine
-
-    from data.folders import read_image, read_mask
-
     zoom, x0, y0, n, names = largest_block(data)
     if n * TILE < side:
         raise SystemExit(f"the largest block of neighbouring tiles in {data} is {n * TILE} px; "
@@ -120,8 +124,6 @@ def write_scene(data: Path, folder: Path, side: int) -> tuple[Path, Path, str]:
 
 def model_file(explicit: Path | None, folder: Path, data: Path) -> tuple[Path, str]:
     """The model to measure and how to describe it."""
-    from zoo.served import served_model_path
-
     chosen = explicit or served_model_path(REPO / "results")
     if chosen.is_file():
         return chosen, f"`{chosen}`"
@@ -141,9 +143,8 @@ def save_untrained(path: Path, data: Path) -> None:
     """The served architecture, seeded, its last layer rescaled so that the logits spread
     around 0 on real tiles: about half the pixels come out building, in speckle, the worst
     case for the outline step (a fresh decoder's logits all sit near one value)."""
-    import keras
+    import keras  # deferred: only this child loads TensorFlow (see model_file)
 
-    from data.folders import read_image
     from zoo import saving, unet
 
     keras.utils.set_random_seed(0)
@@ -156,7 +157,7 @@ def save_untrained(path: Path, data: Path) -> None:
     scale = 2.0 / max(float(raw.std()), 1e-12)
     logits.kernel.assign(logits.kernel * scale)
     logits.bias.assign((logits.bias - float(np.median(raw))) * scale)
-    saving.save(model, path, {"config": config.to_dict(), "threshold": 0.5,
+    saving.save(model, path, {"config": config.to_dict(), "threshold": SERVED.threshold,
                               "inference": SERVED.serving()})
 
 
@@ -181,14 +182,6 @@ def measured(command: list[str]) -> tuple[float, float, float, str]:
 
 def polygons_only(truth: Path) -> None:
     """Child mode: the polygon step alone on a true mask; prints one JSON line."""
-    import rasterio
-    from rasterio.features import rasterize
-    from rasterio.warp import transform_geom
-    from shapely.geometry import shape
-
-    from training.machine import process_memory_gib
-    from zoo.polygons import footprints_geojson
-
     with rasterio.open(truth) as dataset:
         mask, transform, crs = (dataset.read(1) > 0).astype(np.uint8), dataset.transform, dataset.crs
     before = process_memory_gib()[0]  # resident now: the mask read, libraries loaded
@@ -221,35 +214,37 @@ def main(argv=None) -> int:
         folder = Path(folder)
         model, model_text = model_file(args.model, folder, args.data)
         for side, window in runs:
-            scene, truth, where = write_scene(args.data, folder, side)
-            out = folder / f"scene_{side}.geojson"
-            # Without --window the scene is predicted whole up to any side, like the server.
-            parted = ["--window", str(window)] if window else ["--window", str(side)]
-            seconds, cpu, peak, _ = measured([sys.executable, "-m", "app.predict", str(scene),
-                                         "--out", str(out), "--model", str(model), *parted])
-            collection = json.loads(out.read_text())
-            row = {"side": side, "window": window, "parts": (collection.get("parts") or {})
-                   .get("count", 1), "predict_seconds": seconds, "predict_cpu_seconds": cpu,
-                   "predict_peak_gib": peak,
-                   "predicted_outlines": collection["count"]}
-            if window is None:
-                _, _, _, text = measured([sys.executable, "-m", "bench.polygons",
-                                       "--polygons-only", str(truth)])
-                alone = json.loads(text.strip().splitlines()[-1])
-                row.update({f"truth_{key}": value for key, value in alone.items()})
+            row, where = measure_scene(args.data, folder, model, side, window)
             rows.append(row)
             _write(args.out, {**header(), "scene": where, "model": model_text}, rows)
             print(f"{side} px{f' in parts of {window}' if window else ''}: app.predict "
-                  f"{seconds:.1f} s, peak {peak:.2f} GiB, {collection['count']} outlines",
-                  flush=True)
+                  f"{row['predict_seconds']:.1f} s, peak {row['predict_peak_gib']:.2f} GiB, "
+                  f"{row['predicted_outlines']} outlines", flush=True)
     return 0
 
 
+def measure_scene(data: Path, folder: Path, model: Path, side: int, window: int | None) -> tuple[dict, str]:
+    """`app.predict` on the scene of `side` px (in parts of `window` px when given), and for
+    the whole scene the polygon step alone on its true mask: the report's row, and where the
+    scene is."""
+    scene, truth, where = write_scene(data, folder, side)
+    out = folder / f"scene_{side}.geojson"
+    # Without --window the scene is predicted whole up to any side, like the server.
+    parted = ["--window", str(window)] if window else ["--window", str(side)]
+    seconds, cpu, peak, _ = measured([sys.executable, "-m", "app.predict", str(scene),
+                                      "--out", str(out), "--model", str(model), *parted])
+    collection = json.loads(out.read_text())
+    row = {"side": side, "window": window, "parts": (collection.get("parts") or {}).get("count", 1),
+           "predict_seconds": seconds, "predict_cpu_seconds": cpu, "predict_peak_gib": peak,
+           "predicted_outlines": collection["count"]}
+    if window is None:
+        _, _, _, text = measured([sys.executable, "-m", "bench.polygons", "--polygons-only", str(truth)])
+        alone = json.loads(text.strip().splitlines()[-1])
+        row.update({f"truth_{key}": value for key, value in alone.items()})
+    return row, where
+
+
 def header() -> dict:
-    import datetime
-
-    from training.machine import describe
-
     return {"machine": describe(), "date": datetime.datetime.now(datetime.timezone.utc)
             .strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m bench.polygons " + " ".join(sys.argv[1:])}
@@ -257,8 +252,6 @@ def header() -> dict:
 
 def _write(out: Path, head: dict, rows: list[dict]) -> None:
     """After every point, so an interrupted run keeps what it measured."""
-    from zoo.files import write_json_atomic, write_text_atomic
-
     write_json_atomic(out / "polygons.json", {**head, "rows": rows})
     write_text_atomic(out / "polygons.md", report(head, rows))
 

@@ -23,8 +23,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from app import create_app
+from app.inputs import json_request
+from app.model import ModelUnavailable, load_for_serving, runtime_of
 from bench.runtimes import spread_ms
+from training.heldout import option_name
 from training.machine import OtherWork, describe
+from zoo.files import write_json_atomic, write_text_atomic
 from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
 from zoo.served import resolve_model_path
 
@@ -45,18 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def timed_parts(segmenter, body: bytes, rounds: int) -> dict[str, list[float]]:
     """Seconds of each part, round by round (after two warm-up rounds)."""
-    from app import create_app
-    from app.inputs import json_request
-
     client = create_app(segmenter=segmenter).test_client()
     image = json_request(body, 1 << 16).image
     probabilities = segmenter.probabilities(image)
     steps = {
         "read body": lambda: json_request(body, 1 << 16),
         "model": lambda: segmenter.probabilities(image),
-        "answer": lambda: orjson.dumps({"prediction": (probabilities >= segmenter.threshold).astype(np.uint8)},
-                                       option=orjson.OPT_SERIALIZE_NUMPY),
-        "whole request, in process": lambda: client.post("/inference", data=body, content_type="application/json"),
+        "answer": lambda: orjson.dumps({"prediction": (probabilities >= segmenter.threshold)
+                                        .astype(np.uint8)}, option=orjson.OPT_SERIALIZE_NUMPY),
+        "whole request, in process": lambda: client.post("/inference", data=body,
+                                                         content_type="application/json"),
     }
     seconds = {part: [] for part in PARTS}
     for round_number in range(rounds + 2):
@@ -74,8 +77,6 @@ def timed_parts(segmenter, body: bytes, rounds: int) -> dict[str, list[float]]:
 
 def option_label(run: dict) -> str:
     """The views, and the scales where they are not 1 alone: one file per served option."""
-    from training.heldout import option_name
-
     return option_name(run["tta"], run.get("scales", (1.0,)))
 
 
@@ -102,9 +103,6 @@ def report(run: dict) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    from app.model import ModelUnavailable, load_for_serving, runtime_of
-    from zoo.files import write_json_atomic, write_text_atomic
-
     model = resolve_model_path(args.model)
     try:
         segmenter = load_for_serving(model, args.runtime, args.tta)
@@ -118,7 +116,8 @@ def main(argv=None) -> int:
            "model": str(model), "runtime": runtime_of(segmenter), "tta": segmenter.tta,
            "scales": list(segmenter.scales), "size": args.size, "rounds": args.rounds}
     other_work = OtherWork()
-    run["parts"] = {part: spread_ms(values) for part, values in timed_parts(segmenter, body, args.rounds).items()}
+    parts = timed_parts(segmenter, body, args.rounds)
+    run["parts"] = {part: spread_ms(values) for part, values in parts.items()}
     run["other_work"] = other_work.note()
     stem = f"request_profile-{run['runtime']}-tta-{option_label(run)}"  # "none@1+0.5": no with_suffix
     write_json_atomic(args.out / f"{stem}.json", run)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -34,10 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import psutil
 import requests
 
-from bench import load, server
+from bench import clients, server
+from training.heldout import option_name
 from training.machine import OtherWork, describe
+from zoo.files import write_json_atomic, write_text_atomic
 from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL, TTA_VIEWS, options_from
 from zoo.runtimes import RUNTIMES
 from zoo.served import resolve_model_path
@@ -48,6 +52,18 @@ SECTION = "## Serving runtimes"
 MATCH_FRACTION = 1e-4
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which runtimes, how many requests of each kind, and which test-time views (the flags)."""
+    runtimes: tuple[str, ...] = tuple(RUNTIMES)
+    requests: int = 40  # single requests at 256 px
+    requests_1024: int = 8  # single requests at 1024 px
+    clients: int = 8
+    per_client: int = 3  # requests per client and round at 256 px
+    rounds: int = 2  # rounds of the clients' phase
+    tta: str = TTA_FROM_MODEL  # test-time views the servers apply
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.runtimes",
                                      description=__doc__.split("\n\n")[1])
@@ -56,26 +72,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stand-in", help="model metadata as JSON, e.g. '{\"config\": {\"upsampler\": "
                         "\"nearest\", \"skip\": \"attention\"}, \"inference\": {\"threshold\": 0.6, "
                         "\"scales\": [1, 0.5, 0.25]}}': build, export and benchmark a stand-in instead")
-    parser.add_argument("--runtimes", default=",".join(RUNTIMES))
-    parser.add_argument("--requests", type=int, default=40, help="single requests at 256 px")
-    parser.add_argument("--requests-1024", type=int, default=8, help="single requests at 1024 px")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--per-client", type=int, default=3, help="requests per client and round at 256 px")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the clients' phase")
-    parser.add_argument("--tta", choices=TTA_CHOICES, default=TTA_FROM_MODEL,
+    parser.add_argument("--runtimes", default=",".join(Plan.runtimes))
+    parser.add_argument("--requests", type=int, default=Plan.requests, help="single requests at 256 px")
+    parser.add_argument("--requests-1024", type=int, default=Plan.requests_1024,
+                        help="single requests at 1024 px")
+    parser.add_argument("--clients", type=int, default=Plan.clients)
+    parser.add_argument("--per-client", type=int, default=Plan.per_client,
+                        help="requests per client and round at 256 px")
+    parser.add_argument("--rounds", type=int, default=Plan.rounds, help="rounds of the clients' phase")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default=Plan.tta,
                         help="test-time views the servers apply (default: the model's)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
-    args.runtimes = [name.strip() for name in args.runtimes.split(",") if name.strip()]
+    args.runtimes = tuple(name.strip() for name in args.runtimes.split(",") if name.strip())
     unknown = sorted(set(args.runtimes) - set(RUNTIMES))
     if unknown or not args.runtimes:
-        parser.error(f"--runtimes: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}")
+        parser.error(f"--runtimes: unknown {', '.join(unknown) or '(none)'}; "
+                     f"choose from {', '.join(RUNTIMES)}")
     return args
 
 
 def build_stand_in(metadata: dict, folder: Path) -> Path:
     """The architecture of `metadata["config"]` on the ImageNet encoder, saved and exported."""
-    import keras
+    import keras  # deferred: TensorFlow loads only for a stand-in; the servers are children
 
     from zoo import export, runtimes, saving, unet
     from zoo.config import DecoderConfig
@@ -96,8 +115,6 @@ def spread_ms(seconds) -> dict:
 
 
 def cpu_seconds(pid: int) -> float:
-    import psutil
-
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
@@ -111,7 +128,7 @@ def interleaved_singles(servers: dict, body: bytes, count: int) -> tuple[dict, d
 
     def post(runtime):
         answer = sessions[runtime].post(f"{servers[runtime].url}/inference", data=body,
-                                        headers=load.JSON_HEADERS, timeout=600)
+                                        headers=clients.JSON_HEADERS, timeout=600)
         answer.raise_for_status()
         return answer
 
@@ -140,13 +157,13 @@ def interleaved_clients(servers: dict, bodies: list[bytes], per_client: int, rou
     rotating), each client sending `per_client` requests a round; answers checked byte for byte
     against each server's serial answers."""
     order = list(servers)
-    answers = {runtime: load.reference_answers(running.url, bodies, 256, 600)
+    answers = {runtime: clients.reference_answers(running.url, bodies, 256, 600)
                for runtime, running in servers.items()}
     latencies, walls, errors = ({runtime: [] for runtime in servers}, dict.fromkeys(servers, 0.0),
                                 dict.fromkeys(servers, 0))
     for turn in range(rounds):
         for runtime in order[turn % len(order):] + order[:turn % len(order)]:
-            tally, wall = load.run_clients(servers[runtime].url, bodies, answers[runtime],
+            tally, wall = clients.run_clients(servers[runtime].url, bodies, answers[runtime],
                                            [per_client] * len(bodies), 600)
             latencies[runtime] += tally.latencies
             walls[runtime] += wall
@@ -156,38 +173,46 @@ def interleaved_clients(servers: dict, bodies: list[bytes], per_client: int, rou
                       "clients": len(bodies)} for runtime in servers}
 
 
-def bench_runtimes(model: Path, names: list[str], bodies: dict, args) -> tuple[dict, dict, str]:
+def bench_runtimes(model: Path, bodies: dict, plan: Plan) -> tuple[dict, dict, str]:
     """Every runtime's server started at once, then each phase interleaved across them."""
+    names = plan.runtimes
     results, masks = {name: {} for name in names}, {}
     with contextlib.ExitStack() as stack:
         servers = {}
         for name in names:
             began = time.perf_counter()
-            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / f"{name}.log"
-            servers[name] = stack.enter_context(server.running_server(
-                ["--model", str(model), "--runtime", name, "--tta", args.tta], log_path=log_path,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300))
+            servers[name] = start_server(stack, model, name, plan.tta)
             results[name]["start_s"] = time.perf_counter() - began
-            served = requests.get(f"{servers[name].url}/model", timeout=30).json().get("serving", {})
-            if served.get("runtime") != name:
-                raise RuntimeError(f"asked for {name}, the server runs {served.get('runtime')}")
-            if args.tta != TTA_FROM_MODEL and served.get("tta") != args.tta:
-                raise RuntimeError(f"asked for test-time views {args.tta}, the server applies {served.get('tta')}")
         load_start, other_work = os.getloadavg()[0], OtherWork()
-        for size, count in ((256, args.requests), (1024, args.requests_1024)):
+        for size, count in ((256, plan.requests), (1024, plan.requests_1024)):
             print(f"single {size} px requests ...", flush=True)
             stats, masks[size] = interleaved_singles(servers, bodies[size], count)
             for name in names:
                 results[name][str(size)] = stats[name]
-        print(f"{args.clients} clients ...", flush=True)
-        clients = interleaved_clients(servers, bodies["clients"], args.per_client, args.rounds)
+        print(f"{plan.clients} clients ...", flush=True)
+        together = interleaved_clients(servers, bodies["clients"], plan.per_client, plan.rounds)
         for name in names:
-            results[name].update(clients=clients[name], load_start=load_start,
+            results[name].update(clients=together[name], load_start=load_start,
                                  load_end=os.getloadavg()[0],
                                  server_peak_rss_mb=_peak_rss_mb(servers[name].process.pid))
         other_note = other_work.note()  # before the servers stop: their time is the run's own
     by_runtime = {name: {size: masks[size][name] for size in masks} for name in names}
     return results, by_runtime, other_note
+
+
+def start_server(stack: contextlib.ExitStack, model: Path, runtime: str, tta: str) -> server.Server:
+    """`python -m app --runtime RUNTIME --tta TTA` on `model`, kept running until `stack`
+    closes; refused unless it says it serves that runtime and those views."""
+    log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / f"{runtime}.log"
+    running = stack.enter_context(server.running_server(
+        ["--model", str(model), "--runtime", runtime, "--tta", tta], log_path=log_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300))
+    served = requests.get(f"{running.url}/model", timeout=30).json().get("serving", {})
+    if served.get("runtime") != runtime:
+        raise RuntimeError(f"asked for {runtime}, the server runs {served.get('runtime')}")
+    if tta != TTA_FROM_MODEL and served.get("tta") != tta:
+        raise RuntimeError(f"asked for test-time views {tta}, the server applies {served.get('tta')}")
+    return running
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -208,8 +233,6 @@ def section_title(run: dict) -> str:
 
 
 def override_label(run: dict) -> str:
-    from training.heldout import option_name
-
     return option_name(run["tta_override"], run.get("scales", (1.0,)))
 
 
@@ -231,7 +254,7 @@ def section(run: dict) -> str:
         "network a request). Each runtime is its own `python -m app "
         "--runtime R` process on a free loopback port, all running at once and taking turns, "
         "request by request (burst by burst for the clients), so they meet the same load; JSON "
-        "bodies (`bench.load`); latency is at the client, from sending to the whole "
+        "bodies (`bench.clients`); latency is at the client, from sending to the whole "
         "answer read.", "",
         f"Single requests: {run['requests']} at 256 x 256 and {run['requests_1024']} at 1024 x 1024, "
         f"one after another after two warm-ups; p50 [p25-p75] / p95 ms, and in brackets the server's "
@@ -241,9 +264,9 @@ def section(run: dict) -> str:
         f"clients x {run['per_client']} requests of 256 x 256 at once, answers checked byte for byte "
         "against each server's serial answer. Masks: pixels of the 256 and 1024 answers that differ "
         "from the Keras runtime's (the parity test, tests/test_export.py, checks real tiles).", "",
-        "| runtime | 256 px: p50 [IQR] / p95 ms (CPU ms) | 1024 px: p50 [IQR] / p95 ms (CPU ms) | 8 clients: requests/s "
-        "| 8 clients: p50 / p95 ms | mask pixels differing from keras (256 / 1024) | server peak RSS MiB "
-        "| start s |",
+        "| runtime | 256 px: p50 [IQR] / p95 ms (CPU ms) | 1024 px: p50 [IQR] / p95 ms (CPU ms) "
+        f"| {run['clients']} clients: requests/s | {run['clients']} clients: p50 / p95 ms "
+        "| mask pixels differing from keras (256 / 1024) | server peak RSS MiB | start s |",
         "|---|---|---|---:|---:|---:|---:|---:|",
         *rows, "",
         f"Default (`python -m app`, `--runtime auto`): **{default}**, the fastest at 256 px whose masks "
@@ -280,53 +303,80 @@ def section_of(text: str) -> str:
     return "".join(found)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        if args.stand_in:
-            model = build_stand_in(json.loads(args.stand_in), Path(scratch))
-            described = (f"stand-in `{model.stem}` of the served architecture "
-                         f"({json.dumps(json.loads(args.stand_in)['config'])}, ImageNet encoder, "
-                         "seeded random decoder)")
-        else:
-            model = resolve_model_path(args.model)
-            described = f"`{model}`"
-        if not model.is_file():
-            print(f"error: no model at {model}; pass --model or --stand-in", file=sys.stderr)
-            return 2
-        metadata = json.loads(model.with_suffix(".json").read_text())
-        rng = np.random.default_rng(0)
-        image = lambda side: rng.integers(0, 256, (side, side, 3), dtype=np.uint8)  # noqa: E731
-        as_body = lambda pixels: orjson.dumps({"image": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)  # noqa: E731
-        bodies = {256: as_body(image(256)), 1024: as_body(image(1024)),
-                  "clients": load.client_bodies(args.clients, 256, seed=1)}
-        results, masks, other_note = bench_runtimes(model, args.runtimes, bodies, args)
+def model_to_bench(explicit: Path | None, stand_in: str | None, scratch: Path) -> tuple[Path, str]:
+    """The model file (a stand-in built into `scratch` when `stand_in` is given) and how the
+    report names it."""
+    if stand_in:
+        model = build_stand_in(json.loads(stand_in), scratch)
+        return model, (f"stand-in `{model.stem}` of the served architecture "
+                       f"({json.dumps(json.loads(stand_in)['config'])}, ImageNet encoder, "
+                       "seeded random decoder)")
+    model = resolve_model_path(explicit)
+    return model, f"`{model}`"
+
+
+def request_bodies(client_count: int) -> dict:
+    """Seeded random JSON bodies: one of 256 px, one of 1024 px, one per client of 256 px."""
+    rng = np.random.default_rng(0)
+    image = lambda side: rng.integers(0, 256, (side, side, 3), dtype=np.uint8)  # noqa: E731
+    as_body = lambda pixels: orjson.dumps({"image": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)  # noqa: E731
+    return {256: as_body(image(256)), 1024: as_body(image(1024)),
+            "clients": clients.client_bodies(client_count, 256, seed=1)}
+
+
+def fastest_matching(results: dict, masks: dict) -> str:
+    """Marks each runtime's pixels differing from Keras; the fastest runtime at 256 px whose
+    masks match (what `--runtime auto` should serve)."""
     for runtime in results:
         results[runtime]["differ_from_keras"] = (compare_masks(masks[runtime], masks["keras"])
                                                  if "keras" in masks else {})
     matching = [r for r in results if all(count <= MATCH_FRACTION * int(size) ** 2
                                           for size, count in results[r]["differ_from_keras"].items())]
-    default = min(matching, key=lambda r: results[r]["256"]["p50_ms"])
+    return min(matching, key=lambda r: results[r]["256"]["p50_ms"])
+
+
+def record(plan: Plan, results: dict, default: str, other_note: str, metadata: dict,
+           described: str, command: str) -> dict:
+    """Everything the section and the JSON file say about one run."""
     loads = [v for r in results.values() for v in (r["load_start"], r["load_end"])]
     served = options_from(metadata)  # what the server applies: threshold, scales, views
-    if args.tta != TTA_FROM_MODEL:
-        served["tta"] = args.tta
-    run = {"command": "python -m bench.runtimes " + " ".join(argv), "machine": describe(),
-           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "model": described, "threshold": served["threshold"], "scales": list(served["scales"]),
-           "tta": served["tta"], "tta_override": None if args.tta == TTA_FROM_MODEL else args.tta,
-           "requests": args.requests, "requests_1024": args.requests_1024, "clients": args.clients,
-           "per_client": args.per_client, "rounds": args.rounds, "runtimes": results, "default": default,
-           "load_note": f"{other_note} Load average (1 min), the benchmark's own work included: "
-                        f"{min(loads):.1f} to {max(loads):.1f}."}
-    from zoo.files import write_json_atomic, write_text_atomic
+    if plan.tta != TTA_FROM_MODEL:
+        served["tta"] = plan.tta
+    return {"command": command, "machine": describe(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "model": described, "threshold": served["threshold"], "scales": list(served["scales"]),
+            "tta": served["tta"], "tta_override": None if plan.tta == TTA_FROM_MODEL else plan.tta,
+            "requests": plan.requests, "requests_1024": plan.requests_1024, "clients": plan.clients,
+            "per_client": plan.per_client, "rounds": plan.rounds, "runtimes": results,
+            "default": default,
+            "load_note": f"{other_note} Load average (1 min), the benchmark's own work included: "
+                         f"{min(loads):.1f} to {max(loads):.1f}."}
 
-    bench_md = args.out / "bench.md"
+
+def write_run(out: Path, run: dict) -> None:
+    """The run's section of OUT/bench.md (the rest of the file kept) and its JSON file."""
+    bench_md = out / "bench.md"
     existing = bench_md.read_text() if bench_md.is_file() else "# Benchmark\n"
     write_text_atomic(bench_md, replace_section(existing, section(run)))
-    suffix = "" if args.tta == TTA_FROM_MODEL else f"_tta-{override_label(run)}"
-    write_json_atomic(args.out / f"bench_runtimes{suffix}.json", run)
+    suffix = "" if run["tta_override"] is None else f"_tta-{override_label(run)}"
+    write_json_atomic(out / f"bench_runtimes{suffix}.json", run)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    plan = Plan(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Plan)})
+    with tempfile.TemporaryDirectory() as scratch:
+        model, described = model_to_bench(args.model, args.stand_in, Path(scratch))
+        if not model.is_file():
+            print(f"error: no model at {model}; pass --model or --stand-in", file=sys.stderr)
+            return 2
+        metadata = json.loads(model.with_suffix(".json").read_text())
+        results, masks, other_note = bench_runtimes(model, request_bodies(plan.clients), plan)
+    default = fastest_matching(results, masks)
+    run = record(plan, results, default, other_note, metadata, described,
+                 "python -m bench.runtimes " + " ".join(argv))
+    write_run(args.out, run)
     print(section(run))
     return 0
 

@@ -19,6 +19,8 @@ interruption measures only the missing ones.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 import os
 import subprocess
@@ -27,6 +29,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tabulate import tabulate  # noqa: E402
+
+from ablations import studies  # noqa: E402
+from ablations.report import recorded_runs  # noqa: E402
+from training.machine import describe, process_memory_gib  # noqa: E402
+from training.recipe import BUDGETS, Recipe  # noqa: E402
+from zoo.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 DEFAULT_POINTS = "250x256,500x256,1000x256,1638x256,250x512,500x512"
 STUDY_TRIALS = 16  # decoder_variants: 4 upsamplers x 4 skip merges
@@ -57,24 +67,21 @@ def parse_point(text: str) -> tuple[int, int]:
 
 def measure_point(data_root: Path | None, images: int, size: int, budget_name: str) -> dict:
     """One point, in this process: the parts a study is made of."""
-    import dataclasses
-
+    from ablations import pipeline  # deferred: TensorFlow loads in the child that measures a point
     from training import train
-    from ablations import pipeline, search, studies
-    from training.machine import process_memory_gib
     from zoo import unet
 
-    budget = dataclasses.replace(studies.BUDGETS[budget_name], size=size, max_images=images)
+    budget = dataclasses.replace(BUDGETS[budget_name], size=size, max_images=images)
     started = time.perf_counter()
     encoder = pipeline.load_encoder("imagenet")
     split, arrays, _ = pipeline.load_data(budget, data_root)
     loaded = time.perf_counter()
     shared = pipeline.shared_trial_data(encoder, arrays, budget)
-    train_features = shared.train_features(studies.Recipe().augmentation)
+    train_features = shared.train_features(Recipe().augmentation)
     encoded = time.perf_counter()
     timer = train.EpochProgress(progress=lambda line: None)
     model = unet.build(studies.DEFAULT_DECODER, encoder=encoder)
-    result = train.run_trial(model, studies.Recipe(), train_features, shared.val, shared.test,
+    result = train.run_trial(model, Recipe(), train_features, shared.val, shared.test,
                              epochs=2, seed=0, callbacks=[timer])
     scored = time.perf_counter()
     return {
@@ -114,8 +121,6 @@ def load_finished(path: Path, fresh: bool) -> dict:
 def study_check(context_path: Path | None) -> dict | None:
     if context_path is None:
         return None
-    from ablations.report import recorded_runs
-
     context = json.loads(context_path.read_text())
     run = (recorded_runs(context) or [{}])[-1]
     return {"study": context["study"], "path": str(context_path), "images": sum(context["counts"].values()),
@@ -124,7 +129,7 @@ def study_check(context_path: Path | None) -> dict | None:
 
 
 def plot(out: Path, points: list[dict], check: dict | None) -> None:
-    import matplotlib
+    import matplotlib  # deferred: training.plots loads TensorFlow (through training.folds)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -135,8 +140,10 @@ def plot(out: Path, points: list[dict], check: dict | None) -> None:
     for size in sorted({p["size"] for p in points}):
         row = sorted((p for p in points if p["size"] == size), key=lambda p: p["images"])
         counts = [p["images"] for p in row]
-        axes[0].plot(counts, [composed_study_minutes(p) for p in row], marker="o", label=f"{size} px, composed")
-        axes[1].plot(counts, [p["peak_rss_gib"] for p in row], marker="o", label=f"{size} px, one-trial process")
+        axes[0].plot(counts, [composed_study_minutes(p) for p in row], marker="o",
+                     label=f"{size} px, composed")
+        axes[1].plot(counts, [p["peak_rss_gib"] for p in row], marker="o",
+                     label=f"{size} px, one-trial process")
     if check and check["wall_minutes"]:
         axes[0].scatter([check["images"]], [check["wall_minutes"]], marker="*", s=160, color="black",
                         label=f"real {check['study']} run", zorder=3)
@@ -150,15 +157,12 @@ def plot(out: Path, points: list[dict], check: dict | None) -> None:
         ax.set_xlabel("images in the data set")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.suptitle("How a decoder_variants study's cost grows (measured parts per point, composed)", fontsize=10)
+    figure.suptitle("How a decoder_variants study's cost grows (measured parts per point, composed)",
+                    fontsize=10)
     save_figure_atomic(figure, out / "scaling.png")
 
 
 def write_report(out: Path, points: list[dict], check: dict | None, header: dict) -> None:
-    from tabulate import tabulate
-
-    from zoo.files import write_json_atomic, write_text_atomic
-
     rows = [{"images": p["images"], "size": p["size"], "load s": f"{p['load_s']:.0f}",
              "encode s": f"{p['encode_s']:.0f}", "first epoch s": f"{p['first_epoch_s']:.0f}",
              "steady epoch s": f"{p['steady_epoch_s']:.0f}", "scoring s": f"{p['score_s']:.0f}",
@@ -169,13 +173,14 @@ def write_report(out: Path, points: list[dict], check: dict | None, header: dict
         "# How cost grows", "",
         f"`{header['command']}` on {header['machine']}, {header['date']}.",
         f"Data: {header['data']}. Each point ran in its own process, one after another, "
-        f"load average (1 min) {header['load_start']:.1f} at the start and {header['load_end']:.1f} at the end.", "",
+        f"load average (1 min) {header['load_start']:.1f} at the start and "
+        f"{header['load_end']:.1f} at the end.", "",
         "Per point: load and check the tiles, encode validation + test + the training copies "
         "(2 per training tile), train the default decoder for two epochs (the first includes "
         "tracing), score. The study column composes those measured parts into a "
         f"{STUDY_TRIALS}-trial, {points[0]['epochs']}-epoch decoder_variants study: "
-        f"load + encode + trials x (first epoch + {points[0]['epochs'] - 1} x steady epoch + scoring). Every variant is "
-        "costed as the default decoder; the subpixel ones are a little slower.", "",
+        f"load + encode + trials x (first epoch + {points[0]['epochs'] - 1} x steady epoch + scoring). "
+        "Every variant is costed as the default decoder; the subpixel ones are a little slower.", "",
         tabulate(rows, headers="keys", tablefmt="github"), "",
         "Peak RSS is that of a process holding the cache and one trial; a real study holds more "
         "(each finished trial leaves traced graphs behind), see the check below.", "",
@@ -193,15 +198,11 @@ def write_report(out: Path, points: list[dict], check: dict | None, header: dict
 
 
 def main(argv=None) -> int:
-    import datetime
-
     args = parse_args(argv)
     if args.point:
         images, size = parse_point(args.point)
         print(POINT_PREFIX + json.dumps(measure_point(args.data, images, size, args.budget)), flush=True)
         return 0
-    from training.machine import describe
-
     wanted = [p.strip() for p in args.points.split(",") if p.strip()]
     for text in wanted:
         parse_point(text)

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import requests
+
 APP_COMMAND = (sys.executable, "-m", "app", "--host", "127.0.0.1")
 
 
@@ -56,8 +58,6 @@ def running_server(args: Sequence[str] = (), command: Sequence[str] = APP_COMMAN
 
 
 def wait_until_healthy(server: Server, timeout: float = 120, log_path: Path | None = None) -> None:
-    import requests
-
     def log() -> str:
         return f":\n{log_path.read_text(errors='replace')}" if log_path else ""
 

@@ -12,6 +12,9 @@ The server is started as a subprocess (`python -m app`) and called over loopback
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import itertools
 import json
 import os
 import sys
@@ -21,8 +24,18 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import requests  # noqa: E402
+from tabulate import tabulate  # noqa: E402
 
-from training.machine import median_ms, process_memory_gib  # noqa: E402
+from ablations import studies  # noqa: E402
+from bench.runtimes import section_of  # noqa: E402
+from bench.server import running_server  # noqa: E402
+from data import folders, splits, synthetic  # noqa: E402
+from training.machine import describe, median_ms, process_memory_gib  # noqa: E402
+from zoo.config import SKIP_MERGES, UPSAMPLERS, DecoderConfig  # noqa: E402
+from zoo.files import write_json_atomic, write_text_atomic  # noqa: E402
+from zoo.predict import Segmenter  # noqa: E402
 from zoo.served import served_model_path  # noqa: E402
 
 
@@ -30,7 +43,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, help="images/ + masks/ folder (default: SYNTHETIC)")
     parser.add_argument("--model", type=Path, default=served_model_path(),
-                        help="default: the served model (results/MODEL, else the decoder_variants selection)")
+                        help="default: the served model (results/MODEL, else results/final/model.keras)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--images", type=int, default=64, help="training images per measurement")
     parser.add_argument("--requests", type=int, default=30, help="requests per /inference size")
@@ -46,7 +59,7 @@ def training_images_per_second(model, inputs, targets, batch_size: int, epochs: 
 
 
 def bench_training(images, masks, config, encoder) -> dict:
-    import keras
+    import keras  # deferred: TensorFlow loads when a measurement starts, not for --help
 
     from training import features
     from zoo import unet
@@ -83,7 +96,7 @@ def bench_levers(config, encoder, inputs, targets) -> dict:
     A lever TensorFlow cannot run (an `OpError` while compiling or executing, e.g. XLA's CPU
     backend refusing mixed precisions) is a result, reported as "fails: ..."; any other
     exception is a bug here and propagates."""
-    import keras
+    import keras  # deferred: TensorFlow loads when a measurement starts, not for --help
     import tensorflow as tf
 
     from zoo import unet
@@ -94,7 +107,8 @@ def bench_levers(config, encoder, inputs, targets) -> dict:
         keras.mixed_precision.set_global_policy(policy)
         try:
             decoder = unet.decoder_of(unet.build(config, encoder=encoder))
-            decoder.compile(keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"), jit_compile=jit_compile)
+            decoder.compile(keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"),
+                            jit_compile=jit_compile)
             return training_images_per_second(decoder, inputs, targets, 16)
         except tf.errors.OpError as error:  # a lever TensorFlow cannot run is a result, not a crash
             return f"fails: {type(error).__name__}: {_cause(error)}"
@@ -115,7 +129,7 @@ def _cause(error: Exception) -> str:
 
 
 def bench_forward(model, images) -> dict:
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads when a measurement starts, not for --help
 
     from zoo import unet
 
@@ -126,7 +140,10 @@ def bench_forward(model, images) -> dict:
     decode(taps)
     full = tf.function(lambda x: model(x, training=False))
     full(batch)
-    per_image = lambda fn, arg: median_ms(lambda: [t.numpy() for t in tf.nest.flatten(fn(arg))], 5)[0] / 16  # noqa: E731
+
+    def per_image(fn, arg) -> float:
+        return median_ms(lambda: [t.numpy() for t in tf.nest.flatten(fn(arg))], 5)[0] / 16
+
     return {"encoder_ms_per_image": per_image(encode, batch),
             "decoder_ms_per_image": per_image(decode, taps),
             "full_ms_per_image": per_image(full, batch)}
@@ -134,13 +151,8 @@ def bench_forward(model, images) -> dict:
 
 def bench_variants(encoder, repeats: int = 15) -> list[dict]:
     """Trainable parameters and median forward latency of every decoder_variants variant."""
-    import dataclasses
-    import itertools
-
-    from ablations import studies
-    from training.train import latency_ms
+    from training.train import latency_ms  # deferred: it loads TensorFlow
     from zoo import unet
-    from zoo.config import SKIP_MERGES, UPSAMPLERS
 
     rows = []
     for upsampler, skip in itertools.product(UPSAMPLERS, SKIP_MERGES):
@@ -156,32 +168,31 @@ def bench_variants(encoder, repeats: int = 15) -> list[dict]:
 
 
 def bench_http(model_path: Path, requests_per_size: int) -> dict:
-    import psutil
-    import requests
-
-    from bench.server import running_server
-    from zoo.predict import Segmenter
-
+    """POST /inference at 256 and 1024 px against the same model's raw forward, and the
+    server's peak memory."""
     # The raw side below applies the model's own views, so the server must too, whatever $ZOO_TTA says.
     with running_server(["--model", str(model_path), "--tta", "model"]) as server:
-        url = server.url
         segmenter = Segmenter.from_file(model_path)
         rng = np.random.default_rng(0)
-        result = {}
-        for size in (256, 1024):
-            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            body = json.dumps({"image": image.tolist()})
-            post = lambda: requests.post(url + "/inference", data=body,  # noqa: E731
-                                         headers={"Content-Type": "application/json"}, timeout=300).raise_for_status()
-            post()
-            segmenter.predict(image)
-            http_p50, http_p95 = median_ms(post, requests_per_size)
-            raw_p50, raw_p95 = median_ms(lambda: segmenter.predict(image), requests_per_size)
-            result[str(size)] = {"http_p50_ms": http_p50, "http_p95_ms": http_p95, "raw_p50_ms": raw_p50,
-                            "raw_p95_ms": raw_p95, "ratio_p50": http_p50 / raw_p50,
-                            "body_mb": len(body) / 2**20}
+        result = {str(size): _http_against_raw(server.url, segmenter, rng.integers(
+            0, 256, (size, size, 3), dtype=np.uint8), requests_per_size) for size in (256, 1024)}
         result["server_peak_rss_mb"] = _peak_rss_mb(psutil.Process(server.process.pid))
         return result
+
+
+def _http_against_raw(url: str, segmenter: Segmenter, image: np.ndarray, count: int) -> dict:
+    body = json.dumps({"image": image.tolist()})
+
+    def post() -> None:
+        requests.post(url + "/inference", data=body, headers={"Content-Type": "application/json"},
+                      timeout=300).raise_for_status()
+
+    post()
+    segmenter.predict(image)
+    http_p50, http_p95 = median_ms(post, count)
+    raw_p50, raw_p95 = median_ms(lambda: segmenter.predict(image), count)
+    return {"http_p50_ms": http_p50, "http_p95_ms": http_p95, "raw_p50_ms": raw_p50,
+            "raw_p95_ms": raw_p95, "ratio_p50": http_p50 / raw_p50, "body_mb": len(body) / 2**20}
 
 
 def _peak_rss_mb(process) -> float:
@@ -195,20 +206,15 @@ def _peak_rss_mb(process) -> float:
     return process.memory_info().rss / 2**20
 
 
-def load_images(args, count: int):
-    from data import folders, splits, synthetic
-
-    root = args.data or synthetic.default_synthetic_root(count, 256, 0)
+def load_images(data: Path | None, count: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """`count` 256 px tiles of `data` (SYNTHETIC scenes when None), their masks, their source."""
+    root = data or synthetic.default_synthetic_root(count, 256, 0)
     samples = splits.limit(folders.scan_folder(root, check=False), count, seed=0)
     images, masks = folders.load_arrays(samples, 256)
-    return images, masks, ("SYNTHETIC scenes" if args.data is None else str(args.data))
+    return images, masks, ("SYNTHETIC scenes" if data is None else str(data))
 
 
 def write_report(out: Path, results: dict) -> None:
-    from tabulate import tabulate
-
-    from zoo.files import write_json_atomic, write_text_atomic
-
     t, f, h = results["training"], results["forward"], results["http"]
     speedup = t["ours_decoder_images_per_s"] / t["tutorial_images_per_s"]
     lines = [
@@ -220,8 +226,8 @@ def write_report(out: Path, results: dict) -> None:
         "2 cores: above ~1 other work shared the CPU and the numbers are slower than on an idle machine.", "",
         "## Training throughput", "",
         tabulate([
-            ["standard recipe: decoder on cached features (bce_dice, AdamW)", f"{t['ours_decoder_images_per_s']:.1f}",
-             f"{t['ours_trainable_params'] / 1e6:.2f} M"],
+            ["standard recipe: decoder on cached features (bce_dice, AdamW)",
+             f"{t['ours_decoder_images_per_s']:.1f}", f"{t['ours_trainable_params'] / 1e6:.2f} M"],
             ["tutorial recipe: full model end to end (512/256/128/64 transpose decoder, Adam, BCE)",
              f"{t['tutorial_images_per_s']:.1f}", f"{t['tutorial_trainable_params'] / 1e6:.2f} M"],
         ], headers=["recipe", "images/s", "trainable params"], tablefmt="github"), "",
@@ -241,7 +247,8 @@ def write_report(out: Path, results: dict) -> None:
         "## /inference end to end against the raw forward", "",
         tabulate([[f"{size}x{size}", f"{h[size]['body_mb']:.1f}", f"{h[size]['http_p50_ms']:.0f}",
                    f"{h[size]['http_p95_ms']:.0f}", f"{h[size]['raw_p50_ms']:.0f}",
-                   f"{h[size]['raw_p95_ms']:.0f}", f"{h[size]['ratio_p50']:.2f}"] for size in ("256", "1024")],
+                   f"{h[size]['raw_p95_ms']:.0f}", f"{h[size]['ratio_p50']:.2f}"]
+                  for size in ("256", "1024")],
                  headers=["image", "JSON body MB", "HTTP p50 ms", "HTTP p95 ms", "raw p50 ms",
                           "raw p95 ms", "HTTP / raw (p50)"], tablefmt="github"), "",
         f"Raw = `zoo.predict.Segmenter.predict` in process (padding, forward, threshold). "
@@ -259,52 +266,56 @@ def write_report(out: Path, results: dict) -> None:
     lines += ["## How cost grows", "",
               "Measured point by point by `python -m bench.scaling`: see [scaling.md](scaling.md).", ""]
     # The serving-runtimes section is written by its own command: keep it, do not erase it.
-    from bench.runtimes import section_of
-
     previous = (out / "bench.md").read_text() if (out / "bench.md").is_file() else ""
     write_text_atomic(out / "bench.md", "\n".join(lines + [section_of(previous)]).rstrip("\n") + "\n")
     write_json_atomic(out / "bench.json", results)
 
 
 def main(argv=None) -> int:
-    import datetime
-
-    from training.machine import describe
-    from zoo import encoder as zoo_encoder
-    from zoo.config import DecoderConfig
-    from zoo.saving import versions
-
     args = parse_args(argv)
     if not args.model.is_file():
-        print(f"error: no model at {args.model}; make one with `python -m ablations.run "
-              "decoder_variants` or pass --model", file=sys.stderr)
+        print(f"error: no model at {args.model}; make one with `python -m training.fit` "
+              "or pass --model", file=sys.stderr)
         return 2
     load_start = os.getloadavg()[0]
-    images, masks, source = load_images(args, args.images)
+    images, masks, source = load_images(args.data, args.images)
     config = DecoderConfig.from_dict(json.loads(args.model.with_suffix(".json").read_text())["config"])
-    encoder = zoo_encoder.build_encoder()
-    print("training throughput ...", flush=True)
-    training = bench_training(images, masks, config, encoder)
-    print("forward cost ...", flush=True)
-    from zoo import unet
-
-    forward = bench_forward(unet.build(config, encoder=encoder), images)
-    print("every variant's latency ...", flush=True)
-    variants = bench_variants(encoder)
-    print("/inference ...", flush=True)
-    http = bench_http(args.model, args.requests)
     results = {
         "command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": describe(), "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "machine": describe(), "versions": _versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "data": source, "images": len(images), "model": str(args.model), "config": config.name,
-        "requests": args.requests, "training": training, "forward": forward, "http": http, "variants": variants,
+        "requests": args.requests,
+        **measure(images, masks, config, args.model, args.requests),
         "bench_peak_rss_mb": process_memory_gib()[1] * 1024,
         "load_start": load_start, "load_end": os.getloadavg()[0],
     }
     write_report(args.out, results)
     print((args.out / "bench.md").read_text())
     return 0
+
+
+def measure(images, masks, config: DecoderConfig, model_path: Path, requests_per_size: int) -> dict:
+    """Every measurement of the report, in order: training, forward, variants, /inference."""
+    from zoo import encoder as zoo_encoder  # deferred: TensorFlow loads when the measuring starts
+    from zoo import unet
+
+    encoder = zoo_encoder.build_encoder()
+    print("training throughput ...", flush=True)
+    training = bench_training(images, masks, config, encoder)
+    print("forward cost ...", flush=True)
+    forward = bench_forward(unet.build(config, encoder=encoder), images)
+    print("every variant's latency ...", flush=True)
+    variants = bench_variants(encoder)
+    print("/inference ...", flush=True)
+    http = bench_http(model_path, requests_per_size)
+    return {"training": training, "forward": forward, "http": http, "variants": variants}
+
+
+def _versions() -> str:
+    from zoo.saving import versions  # deferred: zoo.saving loads Keras
+
+    return ", ".join(f"{k} {v}" for k, v in versions().items())
 
 
 if __name__ == "__main__":

@@ -1,26 +1,32 @@
 """`python -m bench.step [--size 256] [--batch 16] [--repeats 3] [--output-stride 1] [--out results]`
 
-Where a training step of the selected decoder goes (at `--output-stride` 2, the one that
-stops at stride 2 and resizes its logits, as served since the os2 fit): each decoder layer's forward and backward
-pass timed alone, on the input shapes it meets in a step (batch `--batch` of `--size` px
-tiles, random features shaped like the encoder's taps; no time depends on their values),
-then summed by decoder level and by kind of layer, beside the whole step as `fit` runs it
-(the steady epoch, tracing excluded). Layers timed alone miss the fusion and the overlap of
-a whole step, so their sum is a guide to the shares, not the step's time.
+Where a training step of the served decoder (`training.recipe.SERVED`) goes, stopping at
+`--output-stride` (1, full resolution, by default; 2 stops at stride 2 and resizes its
+logits, as served): each decoder layer's forward and backward pass timed alone, on the input
+shapes it meets in a step (batch `--batch` of `--size` px tiles, random features shaped like
+the encoder's taps; no time depends on their values), then summed by decoder level and by
+kind of layer, beside the whole step as `fit` runs it (the steady epoch, tracing excluded).
+Layers timed alone miss the fusion and the overlap of a whole step, so their sum is a guide
+to the shares, not the step's time.
 Writes OUT/step_profile.md and OUT/step_profile.json (OUT/step_profile_os2.* at stride 2).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from tabulate import tabulate
 
+from training.machine import describe
+from training.recipe import SERVED
 from zoo.config import OUTPUT_STRIDES
+from zoo.files import write_json_atomic, write_text_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def layer_inputs(decoder, taps: list) -> dict:
     """Every layer's concrete input in one forward pass: {layer name: tensor or list}."""
-    import keras
+    import keras  # deferred: TensorFlow loads when profiling starts, not for --help
 
     layers = [layer for layer in decoder.layers if not isinstance(layer, keras.layers.InputLayer)]
     probe = keras.Model(decoder.inputs, [layer.input for layer in layers])
@@ -45,7 +51,7 @@ def layer_inputs(decoder, taps: list) -> dict:
 
 def time_layer(layer, inputs, repeats: int) -> float:
     """Median ms of the layer's forward pass and its gradients (inputs and weights)."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads when profiling starts, not for --help
 
     flat = [tf.identity(t) for t in tf.nest.flatten(inputs)]
 
@@ -68,7 +74,7 @@ def time_layer(layer, inputs, repeats: int) -> float:
 
 def fit_step_ms(decoder, taps: list, size: int, batch: int) -> float:
     """ms a step as `fit` runs it: the steady epoch over four batches, after a traced one."""
-    import keras
+    import keras  # deferred: TensorFlow loads when profiling starts, not for --help
 
     from zoo.losses import SegmentationLoss
     from zoo.metrics import keras_metrics
@@ -85,10 +91,8 @@ def fit_step_ms(decoder, taps: list, size: int, batch: int) -> float:
 
 
 def profile(size: int, batch: int, repeats: int, output_stride: int = 1) -> dict:
-    import dataclasses
-
-    from training.recipe import SERVED
-    from zoo import unet
+    """Every layer of the served decoder stopping at `output_stride`, timed alone, and a whole step."""
+    from zoo import unet  # deferred: TensorFlow loads when profiling starts, not for --help
     from zoo.encoder import build_encoder
 
     config = dataclasses.replace(SERVED.decoder, output_stride=output_stride)
@@ -119,8 +123,6 @@ def _finest_level(run: dict) -> str:
 
 
 def report(run: dict) -> str:
-    from tabulate import tabulate
-
     total = sum(r["ms"] for r in run["layers"])
     by_level, by_kind = collections.Counter(), collections.Counter()
     for r in run["layers"]:
@@ -149,9 +151,6 @@ def report(run: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from training.machine import describe
-    from zoo.files import write_json_atomic, write_text_atomic
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     run = {**profile(args.size, args.batch, args.repeats, args.output_stride), "machine": describe(),

@@ -3,12 +3,13 @@ test-time view goes through the network, so a 4-view model is 4 images a request
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from bench import runtimes
+from bench import request, runtimes
 
 RECORDED = Path(__file__).resolve().parents[1] / "results" / "bench_runtimes.json"
 
@@ -24,7 +25,8 @@ def test_the_section_counts_scales_times_views(scales, tta, images):
     section = runtimes.section(run)
     noun = "image" if images == 1 else "images"
     assert f"test-time views `{tta}`: {images} {noun} through the network a request" in section
-    assert runtimes.section_of(runtimes.replace_section("# Benchmark\n\nkept\n", section)).strip() == section.strip()
+    kept = runtimes.replace_section("# Benchmark\n\nkept\n", section)
+    assert runtimes.section_of(kept).strip() == section.strip()
 
 
 def test_an_override_of_the_views_has_its_own_section_beside_the_models():
@@ -44,12 +46,18 @@ def test_an_override_of_the_views_has_its_own_section_beside_the_models():
     scaled = runtimes.section({**run, "scales": [1.0, 0.5], "tta": "none", "tta_override": "none"})
     assert scaled.startswith(f"{runtimes.SECTION}, --tta none@1+0.5\n")
     both = runtimes.replace_section(again, scaled)
-    assert both.count(f"{runtimes.SECTION}, --tta none\n") == 1 and runtimes.section_of(both).count("## ") == 3
+    assert both.count(f"{runtimes.SECTION}, --tta none\n") == 1
+    assert runtimes.section_of(both).count("## ") == 3
+
+
+def test_the_default_flags_make_the_default_plan():
+    args = runtimes.parse_args([])
+    assert runtimes.Plan(**{f.name: getattr(args, f.name) for f in dataclasses.fields(runtimes.Plan)}) \
+        == runtimes.Plan()
+    assert runtimes.parse_args(["--runtimes", "keras, onnx"]).runtimes == ("keras", "onnx")
 
 
 def test_a_request_profile_is_named_by_its_views_and_scales():
-    from bench import request
-
     assert request.option_label({"tta": "flips", "scales": [1.0]}) == "flips"
     assert request.option_label({"tta": "none", "scales": [1.0, 0.5]}) == "none@1+0.5"
     assert request.option_label({"tta": "none"}) == "none"  # profiles recorded before scales were named

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from bench import step
-
+from training.recipe import SERVED
+from zoo import unet
 
 pytestmark = pytest.mark.slow  # builds and trains a decoder: ~30 s
 
@@ -21,9 +22,6 @@ def profiled(tmp_path_factory):
 
 
 def test_every_decoder_layer_is_timed_on_its_step_shape(profiled):
-    from training.recipe import SERVED
-    from zoo import unet
-
     run, _ = profiled
     decoder = unet.decoder_of(unet.build(SERVED.decoder, weights=None))
     timed = {r["layer"]: r for r in run["layers"]}

@@ -1,12 +1,15 @@
 """`python -m bench.load` against the session's server, with small numbers."""
 from __future__ import annotations
 
+import dataclasses
+import random
 import re
 
 import psutil
 import pytest
 
-from bench import load
+from bench import clients, fuzz, load
+from bench.server import free_port
 
 
 def test_load_test_passes_and_reports(app_server, run_module, tmp_path):
@@ -59,13 +62,31 @@ def test_only_loopback_urls_are_loaded(url, run_module, tmp_path):
 
 
 def test_no_server_exits_2(run_module, tmp_path):
-    from bench.server import free_port
-
     done = run_module("bench.load", "--url", f"http://127.0.0.1:{free_port()}",
                       "--out", tmp_path / "load.md", timeout=60)
     assert done.returncode == 2 and "no server answering" in done.stderr
 
 
 def test_split_evenly():
-    assert load.split_evenly(10, 4) == [3, 3, 2, 2]
-    assert sum(load.split_evenly(1000, 3)) == 1000
+    assert clients.split_evenly(10, 4) == [3, 3, 2, 2]
+    assert sum(clients.split_evenly(1000, 3)) == 1000
+
+
+def test_the_flags_and_the_frozen_load_test_agree():
+    # main builds a LoadTest from every flag but --out: the names and the defaults must match.
+    args = vars(load.parse_args(["--url", "http://127.0.0.1:8000"]))
+    del args["out"]
+    assert load.LoadTest(**args) == load.LoadTest(url="http://127.0.0.1:8000")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load.LoadTest(url="x").clients = 3
+
+
+def test_the_fuzz_is_seeded_and_covers_every_kind():
+    def cases(seed):
+        rng = random.Random(seed)
+        png = fuzz.png_bytes(8, rng)
+        return [fuzz.fuzz_case(rng, b'{"image": [[[0, 0, 0]]]}', png) for _ in range(60)]
+
+    first = cases(0)
+    assert first == cases(0) and first != cases(1)
+    assert {kind for kind, _ in first} == set(fuzz.KINDS)
