@@ -42,6 +42,15 @@ def write_json_atomic(path, payload) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
 
 
+def fsync_directory(path) -> None:
+    """Make the renames done in folder `path` survive a power cut, not only a killed process."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _jsonable(value):
     if hasattr(value, "item"):
         return value.item()
