@@ -6,6 +6,7 @@ Adam at 1e-3, binary cross-entropy, random flips, the full model run end to end 
 step. Same split, tiles, epochs, batch size and threshold rule as the studies, so its
 quality and training time sit beside the selected model in OUT/tutorial_recipe/table.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ COMPARED_STUDIES = ("decoder_variants", "decoder_width", "loss", "augmentation",
 @dataclasses.dataclass(frozen=True)
 class BaselineRequest:
     """What `python -m ablations.baseline` was asked to do."""
+
     out: Path = Path("results")
     data: Path | None = None  # None: synthetic scenes
     budget: str = "standard"
@@ -52,8 +54,9 @@ class BaselineRequest:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ablations.baseline",
-                                     description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m ablations.baseline", description=__doc__.split("\n\n")[1]
+    )
     parser.add_argument("--data", type=Path)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard")
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -62,8 +65,11 @@ def parse_args(argv=None):
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the budget's)")
-    parser.add_argument("--table-only", action="store_true",
-                        help="only rewrite table.md from the saved metrics.json (after later studies)")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only rewrite table.md from the saved metrics.json (after later studies)",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,8 +83,9 @@ def train_tutorial(arrays, epochs: int, batch_size: int, weights):
     model = build_tutorial(None if weights == "none" else weights)
     model.compile(keras.optimizers.Adam(1e-3), SegmentationLoss("bce"))
     images, masks = arrays["train"]
-    dataset = tf_dataset(images, masks, batch_size, pipeline=augment.augmentation("flips", seed=0),
-                         shuffle_seed=0)
+    dataset = tf_dataset(
+        images, masks, batch_size, pipeline=augment.augmentation("flips", seed=0), shuffle_seed=0
+    )
     started = time.time()
     history = model.fit(dataset, epochs=epochs, verbose=2)
     seconds = time.time() - started
@@ -164,21 +171,33 @@ def comparison_rows(out: Path, tutorial: dict) -> list[dict]:
         trials = len(list((out / study / "trials").glob("*.json")))
         record = json.loads((out / study / "trials" / f"{meta['trial_id']}.json").read_text())
         changed = {k: v for k, v in meta["recipe"].items() if Recipe().to_dict().get(k) != v}
-        recipe = "".join(f", {k}={v:.3g}" if isinstance(v, float) else f", {k}={v}"
-                         for k, v in changed.items())
-        rows.append(_row(f"selected by `{study}` ({trials} trials): {meta['name'].split('/')[-1]}{recipe}",
-                         meta["metrics"]["test"], meta["trainable_params"], context["budget"],
-                         record["train_seconds"]))
+        recipe = "".join(
+            f", {k}={v:.3g}" if isinstance(v, float) else f", {k}={v}" for k, v in changed.items()
+        )
+        rows.append(
+            _row(
+                f"selected by `{study}` ({trials} trials): {meta['name'].split('/')[-1]}{recipe}",
+                meta["metrics"]["test"],
+                meta["trainable_params"],
+                context["budget"],
+                record["train_seconds"],
+            )
+        )
     return rows
 
 
 def _row(name, scores, params, budget, seconds) -> dict:
-    return {"model": name, "budget": budget,
-            "test precision": f"{scores['precision']:.3f}", "test recall": f"{scores['recall']:.3f}",
-            "test building IoU": f"{scores['building_iou']:.3f}",
-            "test mean IoU": f"{scores['mean_iou']:.3f}",
-            "test F1": f"{scores['f1']:.3f}", "trainable params": f"{params / 1e6:.2f} M",
-            "training s (one model)": "-" if seconds is None else f"{seconds:.0f}"}
+    return {
+        "model": name,
+        "budget": budget,
+        "test precision": f"{scores['precision']:.3f}",
+        "test recall": f"{scores['recall']:.3f}",
+        "test building IoU": f"{scores['building_iou']:.3f}",
+        "test mean IoU": f"{scores['mean_iou']:.3f}",
+        "test F1": f"{scores['f1']:.3f}",
+        "trainable params": f"{params / 1e6:.2f} M",
+        "training s (one model)": "-" if seconds is None else f"{seconds:.0f}",
+    }
 
 
 def main(argv=None) -> int:
@@ -197,15 +216,29 @@ def run(request: BaselineRequest) -> int:
     if request.table_only:
         write_table(request.out, json.loads((study_dir / "metrics.json").read_text()))
         return 0
-    result = train_and_score(BUDGETS[request.budget], request.data, request.test_area,
-                             request.val_area, request.weights, request.batch_size, request.epochs)
+    result = train_and_score(
+        BUDGETS[request.budget],
+        request.data,
+        request.test_area,
+        request.val_area,
+        request.weights,
+        request.batch_size,
+        request.epochs,
+    )
     write_json_atomic(study_dir / "metrics.json", result)
     write_table(request.out, result)
     return 0
 
 
-def train_and_score(budget: Budget, data: Path | None, test_area: str | None, val_area: str | None,
-                    weights: str, batch_size: int, epochs: int | None) -> dict:
+def train_and_score(
+    budget: Budget,
+    data: Path | None,
+    test_area: str | None,
+    val_area: str | None,
+    weights: str,
+    batch_size: int,
+    epochs: int | None,
+) -> dict:
     """Train and score the tutorial's recipe on the study split; `epochs` None: the budget's."""
     from ablations.pipeline import load_data  # deferred: it loads TensorFlow
     from zoo.saving import versions
@@ -216,30 +249,49 @@ def train_and_score(budget: Budget, data: Path | None, test_area: str | None, va
     model, seconds, history = train_tutorial(arrays, epochs, batch_size, weights)
     threshold, scores = evaluate(model, arrays)
     n_train = len(arrays["train"][0])
-    result = {"scores": scores, "threshold": threshold, "train_seconds": seconds,
-              "images_per_second": epochs * n_train / seconds, "history": history,
-              "trainable_params": trainable_params(model), "data": source, "split": split.description,
-              "counts": split.counts(), "budget": budget.name, "epochs": epochs,
-              "machine": describe(), "versions": versions(),
-              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "batch_size": batch_size}
+    result = {
+        "scores": scores,
+        "threshold": threshold,
+        "train_seconds": seconds,
+        "images_per_second": epochs * n_train / seconds,
+        "history": history,
+        "trainable_params": trainable_params(model),
+        "data": source,
+        "split": split.description,
+        "counts": split.counts(),
+        "budget": budget.name,
+        "epochs": epochs,
+        "machine": describe(),
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "batch_size": batch_size,
+    }
     return result
 
 
 def write_table(out: Path, result: dict) -> None:
-    tutorial = _row("TF tutorial recipe (end to end, Adam, BCE, flips)", result["scores"],
-                    result["trainable_params"], result["budget"], result["train_seconds"])
+    tutorial = _row(
+        "TF tutorial recipe (end to end, Adam, BCE, flips)",
+        result["scores"],
+        result["trainable_params"],
+        result["budget"],
+        result["train_seconds"],
+    )
     lines = [
-        "# The TensorFlow tutorial's recipe against the selected models", "",
+        "# The TensorFlow tutorial's recipe against the selected models",
+        "",
         f"- **Data:** {result['data']}; split: {result['split']}",
         f"- **Tutorial recipe:** {result['epochs']} epochs, batch {result['batch_size']}, "
         f"{result['images_per_second']:.1f} training images/s end to end; "
         f"threshold {result['threshold']:.2f} "
         "(chosen on validation, as for the studies)",
-        f"- **Machine:** {result['machine']}; {result['date']}", "",
+        f"- **Machine:** {result['machine']}; {result['date']}",
+        "",
         "Training seconds of a selected model are those of its own trial (decoder on cached "
-        "features; the one-off encoding of the study's tiles is not included, see bench.md).", "",
-        tabulate(comparison_rows(out, tutorial), headers="keys", tablefmt="github"), "",
+        "features; the one-off encoding of the study's tiles is not included, see bench.md).",
+        "",
+        tabulate(comparison_rows(out, tutorial), headers="keys", tablefmt="github"),
+        "",
     ]
     write_text_atomic(out / "tutorial_recipe" / "table.md", "\n".join(lines))
     print("\n".join(lines))

@@ -22,6 +22,7 @@ sets from `--chief` / `--worker ID` and `--oracle HOST:PORT` before keras_tuner 
 
 This module imports no TensorFlow: `ablations.run` uses it before keras_tuner loads.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,12 +43,13 @@ def configure(chief: bool, worker: str | None, oracle: str | None) -> None:
     if oracle and not (chief or worker):
         raise UserFacingError("--oracle needs a role: --chief, or --worker ID")
     if worker is not None and (not worker.strip() or CHIEF in worker):
-        raise UserFacingError(f"--worker {worker!r}: give a non-empty id without the word "
-                              f"'{CHIEF}' (KerasTuner takes such an id for the chief)")
+        raise UserFacingError(
+            f"--worker {worker!r}: give a non-empty id without the word "
+            f"'{CHIEF}' (KerasTuner takes such an id for the chief)"
+        )
     if oracle:
         host, port = parse_address(oracle)
-        os.environ.update({TUNER_ID: CHIEF if chief else worker, ORACLE_IP: host,
-                           ORACLE_PORT: str(port)})
+        os.environ.update({TUNER_ID: CHIEF if chief else worker, ORACLE_IP: host, ORACLE_PORT: str(port)})
     check_environment()
 
 
@@ -62,8 +64,10 @@ def check_environment() -> None:
     if ORACLE_IP in os.environ:
         for name in (ORACLE_PORT, TUNER_ID):
             if not os.environ.get(name):
-                raise UserFacingError(f"{ORACLE_IP} is set but {name} is not; set both, or use "
-                                      "--chief / --worker ID with --oracle HOST:PORT")
+                raise UserFacingError(
+                    f"{ORACLE_IP} is set but {name} is not; set both, or use "
+                    "--chief / --worker ID with --oracle HOST:PORT"
+                )
 
 
 def role() -> str:
@@ -102,8 +106,9 @@ def announce_assignments(oracle, progress=print) -> None:
         trial = create_trial(worker)
         if trial.status == "RUNNING":
             again = " again (it restarted mid-trial)" if known is not None else ""
-            progress(f"[chief] trial {trial.trial_id} -> worker {worker}{again}: "
-                     f"{trial.hyperparameters.values}")
+            progress(
+                f"[chief] trial {trial.trial_id} -> worker {worker}{again}: {trial.hyperparameters.values}"
+            )
         elif trial.status == "STOPPED":
             progress(f"[chief] worker {worker}: no trials left, told to stop")
         return trial
@@ -113,17 +118,22 @@ def announce_assignments(oracle, progress=print) -> None:
         end_trial(trial)
         score = oracle.trials[trial.trial_id].score
         ended = sum(t.status != "RUNNING" for t in oracle.trials.values())
-        progress(f"[chief] trial {trial.trial_id} <- worker {worker}: {trial.status}"
-                 + (f", {oracle.objective.name} {score:.3f}" if score is not None else "")
-                 + f" ({ended} of {oracle.max_trials} ended)")
+        progress(
+            f"[chief] trial {trial.trial_id} <- worker {worker}: {trial.status}"
+            + (f", {oracle.objective.name} {score:.3f}" if score is not None else "")
+            + f" ({ended} of {oracle.max_trials} ended)"
+        )
 
     oracle.create_trial, oracle.end_trial = announced_create_trial, announced_end_trial
 
 
 def search_finished(oracle) -> bool:
     """True when a reloaded oracle has nothing left to hand out or wait for."""
-    return (bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
-            and all(t.status != "RUNNING" for t in oracle.trials.values()))
+    return (
+        bool(oracle.max_trials)
+        and len(oracle.trials) >= oracle.max_trials
+        and all(t.status != "RUNNING" for t in oracle.trials.values())
+    )
 
 
 def describe_workers(records: list[dict]) -> str:

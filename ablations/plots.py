@@ -1,4 +1,5 @@
 """Comparison plots for a study, from its trial records (PNG, written atomically)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,8 @@ import numpy as np
 from training.plots import plt, save_figure_atomic
 
 FIGURES = {
-    "tradeoffs.png": "test building IoU against latency and against trainable parameters, Pareto front marked",
+    "tradeoffs.png": "test building IoU against latency and against trainable parameters, Pareto front "
+    "marked",
     "metrics.png": "test metrics per configuration, error bars = std across seeds",
     "curves.png": "training curves (loss and training building IoU per epoch)",
     "samples.png": "test tiles: RGB, ground truth, then each configuration's prediction",
@@ -42,8 +44,10 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
 def tradeoffs(summary, path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(13, 5))
     quality = summary["building_iou"].to_numpy()
-    for ax, cost_column, label in ((axes[0], "latency_ms", "latency, ms per 256x256 tile (median)"),
-                                   (axes[1], "trainable_params", "trainable parameters")):
+    for ax, cost_column, label in (
+        (axes[0], "latency_ms", "latency, ms per 256x256 tile (median)"),
+        (axes[1], "trainable_params", "trainable parameters"),
+    ):
         cost = summary[cost_column].to_numpy(dtype=float)
         ax.scatter(cost, quality, color="tab:blue")
         for x, y, name in zip(cost, quality, summary["variant"]):
@@ -63,8 +67,14 @@ def metric_bars(summary, path: Path) -> None:
     width = 0.8 / len(BAR_METRICS)
     for k, metric in enumerate(BAR_METRICS):
         errors = summary.get(f"{metric}_std", 0 * summary[metric])
-        ax.bar(positions + k * width, summary[metric], width, yerr=errors, capsize=2,
-               label=metric.replace("_", " "))
+        ax.bar(
+            positions + k * width,
+            summary[metric],
+            width,
+            yerr=errors,
+            capsize=2,
+            label=metric.replace("_", " "),
+        )
     ax.set_xticks(positions + 0.4 - width / 2)
     ax.set_xticklabels(summary["variant"], rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
@@ -102,8 +112,11 @@ def samples(records, summary, test_arrays, path: Path, tiles: int = 4) -> None:
     shown = []
     for _, row in summary.iterrows():
         trial = by_id[row["trial_ids"].split()[0]]
-        title = row["variant"] if summary["variant"].nunique() == len(summary) \
+        title = (
+            row["variant"]
+            if summary["variant"].nunique() == len(summary)
             else row["variant"] + _recipe_tag(trial)
+        )
         shown.append((title, np.load(trials_dir / f"{trial['trial_id']}.samples.npy")))
     tiles = min(tiles, len(images), *(len(p) for _, p in shown))
     columns = 2 + len(shown)
@@ -113,7 +126,9 @@ def samples(records, summary, test_arrays, path: Path, tiles: int = 4) -> None:
         panels += [(title, predictions[row]) for title, predictions in shown]
         for col, (title, panel) in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=1 if panel.ndim == 2 else None)
+            ax.imshow(
+                panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=1 if panel.ndim == 2 else None
+            )
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title, fontsize=6, rotation=20)

@@ -3,6 +3,7 @@
 Every file is written atomically (temp file + rename), so an interrupted run never leaves a
 half-written table, and rerunning rebuilds everything from `trials/*.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
 
 TEST_METRICS = ("precision", "recall", "building_iou", "mean_iou", "f1", "accuracy", "median_image_iou")
-SELECTION_RULE = ("highest mean validation building IoU; configurations within 0.005 of the "
-                  "best are tied, and the tie goes to the architecture with the lowest latency, "
-                  "then to the highest validation building IoU within it")
+SELECTION_RULE = (
+    "highest mean validation building IoU; configurations within 0.005 of the "
+    "best are tied, and the tie goes to the architecture with the lowest latency, "
+    "then to the highest validation building IoU within it"
+)
 TIE = 0.005
 
 
@@ -62,25 +65,45 @@ def halving_section(first_rung: list[dict], finished: list[dict], context: dict)
     by_configuration: dict[str, list[dict]] = {}
     for r in first_rung:
         by_configuration.setdefault(configuration_of(r["hyperparameters"]), []).append(r)
-    ranked = sorted(by_configuration.items(), key=lambda item: -sum(r["metrics"]["val_building_iou"] for r in item[1]) / len(item[1]))
+    ranked = sorted(
+        by_configuration.items(),
+        key=lambda item: -sum(r["metrics"]["val_building_iou"] for r in item[1]) / len(item[1]),
+    )
     rows = []
     for rank, (choices, trials) in enumerate(ranked, start=1):
         later = [continued[r["trial_id"]] for r in trials if r["trial_id"] in continued]
-        rows.append({"rank after epoch 1": rank, "configuration": choices, "seeds": len(trials),
-                     "val building IoU, epoch 1": f"{_mean(trials):.3f}",
-                     f"val building IoU, epoch {epochs}": f"{_mean(later):.3f}" if later else "cut",
-                     "trials": " ".join(r["trial_id"] + (f" -> {continued[r['trial_id']]['trial_id']}"
-                                                         if r["trial_id"] in continued else "") for r in trials)})
+        rows.append(
+            {
+                "rank after epoch 1": rank,
+                "configuration": choices,
+                "seeds": len(trials),
+                "val building IoU, epoch 1": f"{_mean(trials):.3f}",
+                f"val building IoU, epoch {epochs}": f"{_mean(later):.3f}" if later else "cut",
+                "trials": " ".join(
+                    r["trial_id"]
+                    + (f" -> {continued[r['trial_id']]['trial_id']}" if r["trial_id"] in continued else "")
+                    for r in trials
+                ),
+            }
+        )
     spent = len(first_rung) + len(continued) * (epochs - 1)
-    return "\n".join([
-        "", "## Successive halving", "",
-        f"Every configuration trained its folds for one epoch of its {epochs}-epoch cosine schedule; the "
-        f"{context['halving']} with the best mean validation building IoU (over seeds) then continued from "
-        f"their saved fold states (weights, optimizer moments, batch order) to epoch {epochs}, exactly as "
-        f"an uninterrupted trial would have trained. The table above holds those; the rest were cut "
-        f"after one epoch, with no test scores. Trial-epochs trained: {spent} of the full grid's "
-        f"{len(first_rung) * epochs}.", "",
-        tabulate(rows, headers="keys", tablefmt="github"), ""])
+    return "\n".join(
+        [
+            "",
+            "## Successive halving",
+            "",
+            f"Every configuration trained its folds for one epoch of its {epochs}-epoch cosine schedule; the "
+            f"{context['halving']} with the best mean validation building IoU (over seeds) then continued "
+            f"from their saved fold states (weights, optimizer moments, batch order) to epoch {epochs}, "
+            "exactly as "
+            f"an uninterrupted trial would have trained. The table above holds those; the rest were cut "
+            f"after one epoch, with no test scores. Trial-epochs trained: {spent} of the full grid's "
+            f"{len(first_rung) * epochs}.",
+            "",
+            tabulate(rows, headers="keys", tablefmt="github"),
+            "",
+        ]
+    )
 
 
 def _mean(records: list[dict]) -> float:
@@ -90,12 +113,20 @@ def _mean(records: list[dict]) -> float:
 def trials_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
-        row = {"trial_id": r["trial_id"], "variant": r["variant"], **r["config"],
-               **({"rung": r["halving"]["rung"]} if "halving" in r else {}),
-               **{f"recipe_{k}": v for k, v in r["recipe"].items()}, "seed": r["seed"],
-               "threshold": r["threshold"], **r["metrics"],
-               "trainable_params": r["trainable_params"], "total_params": r["total_params"],
-               "latency_ms": r["latency_ms"], "train_seconds": r["train_seconds"]}
+        row = {
+            "trial_id": r["trial_id"],
+            "variant": r["variant"],
+            **r["config"],
+            **({"rung": r["halving"]["rung"]} if "halving" in r else {}),
+            **{f"recipe_{k}": v for k, v in r["recipe"].items()},
+            "seed": r["seed"],
+            "threshold": r["threshold"],
+            **r["metrics"],
+            "trainable_params": r["trainable_params"],
+            "total_params": r["total_params"],
+            "latency_ms": r["latency_ms"],
+            "train_seconds": r["train_seconds"],
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -163,15 +194,18 @@ def fold_cells(summary: pd.DataFrame, row) -> dict:
     columns = [c for c in summary.columns if c.startswith("fold_") and c.endswith("_val_building_iou")]
     if not columns:
         return {}
-    cells = {f"val {c[len('fold_'):-len('_val_building_iou')]}": f"{row[c]:.3f}" for c in columns}
+    cells = {f"val {c[len('fold_') : -len('_val_building_iou')]}": f"{row[c]:.3f}" for c in columns}
     cells["val std across folds"] = f"{row['val_building_iou_fold_std']:.3f}"
     return cells
 
 
 def _label(metric: str) -> str:
-    labels = {"building_iou": "test building IoU", "mean_iou": "test mean IoU",
-              "median_image_iou": "test median per-image building IoU",
-              "val_building_iou": "val building IoU"}
+    labels = {
+        "building_iou": "test building IoU",
+        "mean_iou": "test mean IoU",
+        "median_image_iou": "test median per-image building IoU",
+        "val_building_iou": "val building IoU",
+    }
     return labels.get(metric, f"test {metric.replace('_', ' ')}")
 
 
@@ -183,38 +217,49 @@ def _mean_std(row, metric) -> str:
 def header(context: dict) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in context["counts"].items())
     b = context["budget_detail"]
-    return "\n".join([
-        f"# Study `{context['study']}`",
-        "",
-        f"{context['summary']}.",
-        "",
-        f"- **Data:** {context['data']}",
-        f"- **Split:** {context['split']} ({counts} tiles)",
-        f"- **Budget:** `{context['budget']}`: {b['size']} px tiles, {b['epochs']} epochs, "
-        f"{b['augmented_copies']} encoded copies per training tile, images "
-        f"{b['max_images'] or 'all'}; seeds per configuration: {context['seeds']}",
-        f"- **Search:** {context['search']} over {context['planned_trials']} trials; objective "
-        f"{context['objective']}; base decoder `{DecoderConfig.from_dict(context['base_decoder']).name}`"
-        + (f"; successive halving keeps {context['halving']} after the first epoch (below)" if context.get("halving") else ""),
-        f"- **Selection rule:** {SELECTION_RULE}. Thresholds are chosen on the validation "
-        "split; test numbers are pixel counts summed over the whole test split.",
-        f"- **Machine:** {context['machine']}; {_versions(context['versions'])}",
-        f"- **Date:** {context['date']}; command `{context['command']}`; encoder weights "
-        f"`{context['weights']}`",
-        _cost_line(context),
-        "",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Study `{context['study']}`",
+            "",
+            f"{context['summary']}.",
+            "",
+            f"- **Data:** {context['data']}",
+            f"- **Split:** {context['split']} ({counts} tiles)",
+            f"- **Budget:** `{context['budget']}`: {b['size']} px tiles, {b['epochs']} epochs, "
+            f"{b['augmented_copies']} encoded copies per training tile, images "
+            f"{b['max_images'] or 'all'}; seeds per configuration: {context['seeds']}",
+            f"- **Search:** {context['search']} over {context['planned_trials']} trials; objective "
+            f"{context['objective']}; base decoder `{DecoderConfig.from_dict(context['base_decoder']).name}`"
+            + (
+                f"; successive halving keeps {context['halving']} after the first epoch (below)"
+                if context.get("halving")
+                else ""
+            ),
+            f"- **Selection rule:** {SELECTION_RULE}. Thresholds are chosen on the validation "
+            "split; test numbers are pixel counts summed over the whole test split.",
+            f"- **Machine:** {context['machine']}; {_versions(context['versions'])}",
+            f"- **Date:** {context['date']}; command `{context['command']}`; encoder weights "
+            f"`{context['weights']}`",
+            _cost_line(context),
+            "",
+            "",
+        ]
+    )
 
 
 def _cost_line(context: dict) -> str:
     runs = recorded_runs(context)
     if not runs:
         return ""
-    each = "; ".join(f"{r['wall_minutes']} min wall, peak memory {r['peak_rss_gib']} GiB"
-                     + (f" ({r['trials_run']} trials)" if "trials_run" in r else "") for r in runs)
-    return (f"- **Cost, each invocation of the command** (search, trials and report, the report's "
-            f"end-to-end re-score included; a resumed run counts only its own part): {each}")
+    each = "; ".join(
+        f"{r['wall_minutes']} min wall, peak memory {r['peak_rss_gib']} GiB"
+        + (f" ({r['trials_run']} trials)" if "trials_run" in r else "")
+        for r in runs
+    )
+    return (
+        f"- **Cost, each invocation of the command** (search, trials and report, the report's "
+        f"end-to-end re-score included; a resumed run counts only its own part): {each}"
+    )
 
 
 def _versions(versions: dict) -> str:
@@ -231,7 +276,12 @@ def write_all(study_dir: Path, context: dict, encoder, test_arrays) -> dict:
     summary = summarise(frame)
     best_row = select_best(summary)
     write_text_atomic(study_dir / "trials.csv", trials_frame(everything).to_csv(index=False))
-    table = header(context) + markdown_table(summary, best_row) + "\n" + halving_section(first_rung, records, context)
+    table = (
+        header(context)
+        + markdown_table(summary, best_row)
+        + "\n"
+        + halving_section(first_rung, records, context)
+    )
     from ablations import plots
 
     plots.write_all(study_dir, frame, summary, records, test_arrays)
@@ -258,14 +308,25 @@ def save_best(study_dir: Path, best: dict, context: dict, encoder, test_arrays) 
     unet.decoder_of(model).load_weights(study_dir / "trials" / f"{best['trial_id']}.weights.h5")
     end_to_end = full_model_scores(model, best["threshold"], *test_arrays)
     metadata = {
-        "name": f"{context['study']}/{config.name}", "config": best["config"],
-        "recipe": best["recipe"], "threshold": best["threshold"], "seed": best["seed"],
-        "trial_id": best["trial_id"], "metrics": {"test": end_to_end, "trial": best["metrics"]},
-        "latency_ms": best["latency_ms"], "trainable_params": best["trainable_params"],
+        "name": f"{context['study']}/{config.name}",
+        "config": best["config"],
+        "recipe": best["recipe"],
+        "threshold": best["threshold"],
+        "seed": best["seed"],
+        "trial_id": best["trial_id"],
+        "metrics": {"test": end_to_end, "trial": best["metrics"]},
+        "latency_ms": best["latency_ms"],
+        "trainable_params": best["trainable_params"],
         "train_seconds": best["train_seconds"],
-        "data": {"source": context["data"], "split": context["split"], "counts": context["counts"],
-                 "size": context["budget_detail"]["size"]},
-        "study": context["study"], "budget": context["budget"], "machine": context["machine"],
+        "data": {
+            "source": context["data"],
+            "split": context["split"],
+            "counts": context["counts"],
+            "size": context["budget_detail"]["size"],
+        },
+        "study": context["study"],
+        "budget": context["budget"],
+        "machine": context["machine"],
         "selection_rule": SELECTION_RULE,
     }
     saving.save(model, study_dir / "best" / "model.keras", metadata)
@@ -274,14 +335,16 @@ def save_best(study_dir: Path, best: dict, context: dict, encoder, test_arrays) 
 
 def _selected_paragraph(best: dict, metadata: dict) -> str:
     t = metadata["metrics"]["test"]
-    return (f"\n**Selected:** `{best['variant']}` (trial {best['trial_id']}, seed {best['seed']}, "
-            f"threshold {best['threshold']:.2f}), saved as `best/model.keras`. Re-scored end to end "
-            f"through the full model (encoder included) on the test split: precision "
-            f"{t['precision']:.3f}, recall {t['recall']:.3f}, building IoU {t['building_iou']:.3f}, "
-            f"mean IoU {t['mean_iou']:.3f}, F1 {t['f1']:.3f}; per-image building IoU median "
-            f"{t['image_iou']['median']:.3f} (p10 {t['image_iou']['p10']:.3f}, p90 "
-            f"{t['image_iou']['p90']:.3f}, an image with empty truth and empty prediction "
-            f"counts 1.0).\n")
+    return (
+        f"\n**Selected:** `{best['variant']}` (trial {best['trial_id']}, seed {best['seed']}, "
+        f"threshold {best['threshold']:.2f}), saved as `best/model.keras`. Re-scored end to end "
+        f"through the full model (encoder included) on the test split: precision "
+        f"{t['precision']:.3f}, recall {t['recall']:.3f}, building IoU {t['building_iou']:.3f}, "
+        f"mean IoU {t['mean_iou']:.3f}, F1 {t['f1']:.3f}; per-image building IoU median "
+        f"{t['image_iou']['median']:.3f} (p10 {t['image_iou']['p10']:.3f}, p90 "
+        f"{t['image_iou']['p90']:.3f}, an image with empty truth and empty prediction "
+        f"counts 1.0).\n"
+    )
 
 
 def _selected(study_dir: Path, context: dict) -> tuple[str, dict]:
@@ -313,27 +376,38 @@ def _served_line(out: Path) -> list[str]:
 def write_index(out: Path) -> None:
     """OUT/README.md: one line per study run so far, from each study's context and table."""
     out = Path(out)
-    narrative = next((link for link in ("EXPERIMENTS.md", "../EXPERIMENTS.md") if (out / link).is_file()), None)
-    lines = ["# Results", "", "Written by `python -m ablations.run`; one row per study."
-             + (f" Hand-written narrative: [EXPERIMENTS.md]({narrative})." if narrative else ""), ""]
+    narrative = next(
+        (link for link in ("EXPERIMENTS.md", "../EXPERIMENTS.md") if (out / link).is_file()), None
+    )
+    lines = [
+        "# Results",
+        "",
+        "Written by `python -m ablations.run`; one row per study."
+        + (f" Hand-written narrative: [EXPERIMENTS.md]({narrative})." if narrative else ""),
+        "",
+    ]
     rows = []
     for context_file in sorted(out.glob("*/context.json")):
         context = json.loads(context_file.read_text())
         if "study" not in context:  # not a study's folder
             continue
         name, test = _selected(context_file.parent, context)
-        rows.append({
-            "study": f"[{context_file.parent.name}]({context_file.parent.name}/table.md)",
-            "budget": context["budget"], "date": context["date"],
-            "trials": len(list((context_file.parent / "trials").glob("*.json"))),
-            "selected": name,
-            "test building IoU": f"{test['building_iou']:.3f}" if test else "-",
-            "test precision / recall": f"{test['precision']:.3f} / {test['recall']:.3f}" if test else "-",
-        })
+        rows.append(
+            {
+                "study": f"[{context_file.parent.name}]({context_file.parent.name}/table.md)",
+                "budget": context["budget"],
+                "date": context["date"],
+                "trials": len(list((context_file.parent / "trials").glob("*.json"))),
+                "selected": name,
+                "test building IoU": f"{test['building_iou']:.3f}" if test else "-",
+                "test precision / recall": f"{test['precision']:.3f} / {test['recall']:.3f}" if test else "-",
+            }
+        )
     lines.append(tabulate(rows, headers="keys", tablefmt="github") if rows else "(no studies yet)")
     lines += _served_line(out)
-    pages = [p.parent.name for p in sorted(out.glob("*/README.md")) if not (p.parent / "context.json").is_file()]
+    pages = [
+        p.parent.name for p in sorted(out.glob("*/README.md")) if not (p.parent / "context.json").is_file()
+    ]
     if pages:  # evaluation pages beside the studies (inference scales, error analysis, ...)
         lines += ["", "Other pages: " + ", ".join(f"[{name}]({name}/README.md)" for name in pages) + "."]
     write_text_atomic(out / "README.md", "\n".join(lines) + "\n")
-

@@ -2,6 +2,7 @@
 
 The CLI builds one from argv; the pipeline reads it and never sees an argparse Namespace.
 """
+
 from __future__ import annotations
 
 import dataclasses

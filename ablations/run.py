@@ -12,6 +12,7 @@ Distributed (KerasTuner's chief/worker mode, see ablations/distributed.py): one 
 processes with `--worker ID --oracle HOST:PORT` run the trials. All use the same STUDY,
 budget, data and --out folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,39 +32,76 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[1])
     parser.add_argument("study", nargs="?", help="study name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
-    parser.add_argument("--data", type=Path, help="folder with images/ and masks/ (and optionally "
-                        "index.csv with an 'area' column); default: SYNTHETIC scenes")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="folder with images/ and masks/ (and optionally "
+        "index.csv with an 'area' column); default: SYNTHETIC scenes",
+    )
     parser.add_argument("--budget", choices=sorted(studies.BUDGETS), default="standard")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--seeds", type=int, help="repeats of each configuration (default: budget's)")
-    parser.add_argument("--only", action="append", default=[], metavar="NAME=V1,V2",
-                        help="run only these values of one of the study's choices (repeatable), "
-                             "e.g. --only augmentation=flips,sensor --seeds 3; use its own --out")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="run only these values of one of the study's choices (repeatable), "
+        "e.g. --only augmentation=flips,sensor --seeds 3; use its own --out",
+    )
     parser.add_argument("--fresh", action="store_true", help="discard earlier trials of this study")
-    parser.add_argument("--test-area",
-                        help="area held out as the test split (default: the middle-sized area)")
-    parser.add_argument("--val-area", help="validate on this whole area (cross-city validation) "
-                        "instead of random ground groups of the training areas")
-    parser.add_argument("--cv", choices=("none", "areas"), default="none",
-                        help="'areas': cross-validation by area; each trial trains once per non-test "
-                        "area held out, and the objective is the mean over those folds")
-    parser.add_argument("--halving", type=int, metavar="KEEP",
-                        help="successive halving (with --cv areas, grid studies): every configuration "
-                        "trains one epoch of its schedule, and only the KEEP best continue to the "
-                        "budget's epochs, from where they stopped")
-    parser.add_argument("--output-stride", type=int, choices=(1, 2),
-                        help="the base decoder's finest level (default: the study's base decoder's): 2 "
-                        "stops at half resolution and resizes the logits (about 1.8x faster to train)")
-    parser.add_argument("--weights", default="imagenet",
-                        help="encoder weights: 'imagenet' (default; honours $ZOO_ENCODER_WEIGHTS), "
-                        "a .h5 path, or 'none' for random weights (tests only)")
-    parser.add_argument("--chief", action="store_true",
-                        help="serve the KerasTuner oracle at --oracle, run no trials, write the report")
-    parser.add_argument("--worker", metavar="ID",
-                        help="run trials from the oracle at --oracle as worker ID (unique per "
-                        "worker; restart a killed worker with the same ID)")
-    parser.add_argument("--oracle", metavar="HOST:PORT",
-                        help="the chief's address (on the chief: where to listen, e.g. 0.0.0.0:8000)")
+    parser.add_argument(
+        "--test-area", help="area held out as the test split (default: the middle-sized area)"
+    )
+    parser.add_argument(
+        "--val-area",
+        help="validate on this whole area (cross-city validation) "
+        "instead of random ground groups of the training areas",
+    )
+    parser.add_argument(
+        "--cv",
+        choices=("none", "areas"),
+        default="none",
+        help="'areas': cross-validation by area; each trial trains once per non-test "
+        "area held out, and the objective is the mean over those folds",
+    )
+    parser.add_argument(
+        "--halving",
+        type=int,
+        metavar="KEEP",
+        help="successive halving (with --cv areas, grid studies): every configuration "
+        "trains one epoch of its schedule, and only the KEEP best continue to the "
+        "budget's epochs, from where they stopped",
+    )
+    parser.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(1, 2),
+        help="the base decoder's finest level (default: the study's base decoder's): 2 "
+        "stops at half resolution and resizes the logits (about 1.8x faster to train)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="encoder weights: 'imagenet' (default; honours $ZOO_ENCODER_WEIGHTS), "
+        "a .h5 path, or 'none' for random weights (tests only)",
+    )
+    parser.add_argument(
+        "--chief",
+        action="store_true",
+        help="serve the KerasTuner oracle at --oracle, run no trials, write the report",
+    )
+    parser.add_argument(
+        "--worker",
+        metavar="ID",
+        help="run trials from the oracle at --oracle as worker ID (unique per "
+        "worker; restart a killed worker with the same ID)",
+    )
+    parser.add_argument(
+        "--oracle",
+        metavar="HOST:PORT",
+        help="the chief's address (on the chief: where to listen, e.g. 0.0.0.0:8000)",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,23 +135,40 @@ def make_request(args: argparse.Namespace) -> StudyRequest:
         raise UserFacingError("--cv areas validates on every non-test area in turn: drop --val-area")
     if args.halving is not None:
         if args.cv != "areas":
-            raise UserFacingError("--halving ranks configurations by their cross-validated score: "
-                                  "add --cv areas")
+            raise UserFacingError(
+                "--halving ranks configurations by their cross-validated score: add --cv areas"
+            )
         if studies.STUDIES[args.study].search != "grid":
-            raise UserFacingError(f"--halving cuts a grid; study {args.study!r} searches by "
-                                  "Bayesian optimisation")
+            raise UserFacingError(
+                f"--halving cuts a grid; study {args.study!r} searches by Bayesian optimisation"
+            )
         if args.halving < 1:
             raise UserFacingError("--halving KEEP: at least one configuration must continue")
     request = StudyRequest(
-        study=args.study, data=args.data, budget=args.budget, out=args.out, seeds=args.seeds,
-        only=parse_only(args.only), fresh=args.fresh, test_area=args.test_area,
-        val_area=args.val_area, cv=args.cv, halving=args.halving, output_stride=args.output_stride,
-        weights=args.weights, chief=args.chief, worker=args.worker, oracle=args.oracle)
+        study=args.study,
+        data=args.data,
+        budget=args.budget,
+        out=args.out,
+        seeds=args.seeds,
+        only=parse_only(args.only),
+        fresh=args.fresh,
+        test_area=args.test_area,
+        val_area=args.val_area,
+        cv=args.cv,
+        halving=args.halving,
+        output_stride=args.output_stride,
+        weights=args.weights,
+        chief=args.chief,
+        worker=args.worker,
+        oracle=args.oracle,
+    )
     # KerasTuner reads its chief/worker roles from the environment when the tuner is made.
     distributed.configure(request.chief, request.worker, request.oracle)
     if request.fresh and distributed.role() == "worker":
-        raise UserFacingError("--fresh is for the chief (or a single process), not a worker: "
-                              "a worker would delete the records of the others")
+        raise UserFacingError(
+            "--fresh is for the chief (or a single process), not a worker: "
+            "a worker would delete the records of the others"
+        )
     if distributed.role() == "chief":
         distributed.check_port_free()
     return request
@@ -127,8 +182,9 @@ def parse_only(items: list[str]) -> dict[str, tuple[str, ...]]:
         name, _, values = item.partition("=")
         chosen = tuple(v.strip() for v in values.split(",") if v.strip())
         if not name.strip() or not chosen:
-            raise UserFacingError(f"--only {item!r}: expected NAME=VALUE[,VALUE...], "
-                                  "e.g. augmentation=flips,sensor")
+            raise UserFacingError(
+                f"--only {item!r}: expected NAME=VALUE[,VALUE...], e.g. augmentation=flips,sensor"
+            )
         only[name.strip()] = chosen
     return only
 

@@ -7,6 +7,7 @@ re-run), and a trial the oracle still lists as unfinished is skipped if its reco
 The same holds for KerasTuner's chief/worker mode (ablations/distributed.py): workers write
 the records, and a restarted worker is handed back its unfinished trial by the chief.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,12 +22,13 @@ import keras
 import keras_tuner
 import numpy as np
 
-from training import folds, train
-from training.train import EpochProgress
-from training.errors import UserFacingError
-from training.machine import describe as describe_machine, process_memory_gib
 from ablations import trials
 from ablations.studies import OBJECTIVE, Study, configuration_of
+from training import train
+from training.errors import UserFacingError
+from training.machine import describe as describe_machine
+from training.machine import process_memory_gib
+from training.train import EpochProgress
 from zoo import unet
 from zoo.files import atomic_path, write_json_atomic, write_text_atomic
 
@@ -55,8 +57,10 @@ class RestrictedChoices:
         if name in self.only:
             unknown = [v for v in self.only[name] if v not in {str(c) for c in values}]
             if unknown:
-                raise UserFacingError(f"--only {name}: {', '.join(unknown)} is not one of its "
-                                      f"values ({', '.join(map(str, values))})")
+                raise UserFacingError(
+                    f"--only {name}: {', '.join(unknown)} is not one of its "
+                    f"values ({', '.join(map(str, values))})"
+                )
             values = [v for v in values if str(v) in self.only[name]]
         return self.hp.Choice(name, values, **kwargs)
 
@@ -66,8 +70,10 @@ class RestrictedChoices:
     def check_every_name_was_declared(self, study: str) -> None:
         missing = [name for name in self.only if name not in self.declared]
         if missing:
-            raise UserFacingError(f"--only {', '.join(missing)}: study {study!r} has no such choice "
-                                  f"(its choices: {', '.join(self.declared)})")
+            raise UserFacingError(
+                f"--only {', '.join(missing)}: study {study!r} has no such choice "
+                f"(its choices: {', '.join(self.declared)})"
+            )
 
 
 class StudyHyperModel(keras_tuner.HyperModel):
@@ -103,15 +109,32 @@ class StudyHyperModel(keras_tuner.HyperModel):
             # The whole schedule, unless successive halving stops it after its first rung
             # (rung 0) or continues it from there (rung 1).
             epochs, rung = self.shared.budget.epochs, rung_of(hp.values)
-            return trials.run_cv_trial(model, lambda: self.build(hp), recipe, features, self.shared.folds,
-                                      self.shared.test, FIRST_RUNG_EPOCHS if rung == 0 else epochs, seed,
-                                      eager=self.shared.budget.eager, callbacks=callbacks,
-                                      schedule_epochs=epochs, initial_epoch=FIRST_RUNG_EPOCHS if rung == 1 else 0,
-                                      resume=resume)
-        return train.run_trial(model, recipe, features, self.shared.val, self.shared.test,
-                               self.shared.budget.epochs, seed=int(hp.values.get("seed", 0)),
-                               eager=self.shared.budget.eager,
-                               callbacks=callbacks)
+            return trials.run_cv_trial(
+                model,
+                lambda: self.build(hp),
+                recipe,
+                features,
+                self.shared.folds,
+                self.shared.test,
+                FIRST_RUNG_EPOCHS if rung == 0 else epochs,
+                seed,
+                eager=self.shared.budget.eager,
+                callbacks=callbacks,
+                schedule_epochs=epochs,
+                initial_epoch=FIRST_RUNG_EPOCHS if rung == 1 else 0,
+                resume=resume,
+            )
+        return train.run_trial(
+            model,
+            recipe,
+            features,
+            self.shared.val,
+            self.shared.test,
+            self.shared.budget.epochs,
+            seed=int(hp.values.get("seed", 0)),
+            eager=self.shared.budget.eager,
+            callbacks=callbacks,
+        )
 
 
 class RecordingTuner(keras_tuner.Tuner):
@@ -136,11 +159,17 @@ class RecordingTuner(keras_tuner.Tuner):
         hp = trial.hyperparameters
         config, recipe = self.hypermodel.trial_setup(hp)
         finished = len(list(self.trials_dir.glob("*.json")))
-        self.progress(f"trial {trial.trial_id} ({finished} of {self.planned} recorded so far): "
-                      f"{config.name} {_short(hp.values)}{self._eta(finished)}")
+        self.progress(
+            f"trial {trial.trial_id} ({finished} of {self.planned} recorded so far): "
+            f"{config.name} {_short(hp.values)}{self._eta(finished)}"
+        )
         model = self.hypermodel.build(hp)
         parent = hp.values.get(PARENT)
-        resume = None if parent is None else saved_fold_states(self.trials_dir, parent, len(self.hypermodel.shared.folds))
+        resume = (
+            None
+            if parent is None
+            else saved_fold_states(self.trials_dir, parent, len(self.hypermodel.shared.folds))
+        )
         result = self.hypermodel.fit(hp, model, callbacks=[EpochProgress(self.progress)], resume=resume)
         self._record(trial, hp, config, recipe, model, result)
         self.done_this_run += 1
@@ -168,17 +197,29 @@ class RecordingTuner(keras_tuner.Tuner):
             history = {key: first["history"].get(key, []) + values for key, values in history.items()}
             train_seconds += first["train_seconds"]
         record = {
-            "trial_id": trial.trial_id, "hyperparameters": hp.values, "config": config.to_dict(),
-            "variant": config.name, "recipe": recipe.to_dict(), "seed": int(hp.values.get("seed", 0)),
-            "threshold": result.threshold, "metrics": result.metrics, "history": history,
-            "train_seconds": train_seconds, "trainable_params": unet.trainable_params(model),
+            "trial_id": trial.trial_id,
+            "hyperparameters": hp.values,
+            "config": config.to_dict(),
+            "variant": config.name,
+            "recipe": recipe.to_dict(),
+            "seed": int(hp.values.get("seed", 0)),
+            "threshold": result.threshold,
+            "metrics": result.metrics,
+            "history": history,
+            "train_seconds": train_seconds,
+            "trainable_params": unet.trainable_params(model),
             "total_params": unet.total_params(model),
             "latency_ms": None if result.fold_models else self._latency_ms(config, model),
-            "tuner_id": self.tuner_id, "host": socket.gethostname(), "machine": describe_machine(),
+            "tuner_id": self.tuner_id,
+            "host": socket.gethostname(),
+            "machine": describe_machine(),
         }
         if rung_of(hp.values) is not None:
-            record["halving"] = {"rung": rung_of(hp.values), "parent": parent,
-                                 "epochs_trained": max(map(len, history.values()), default=0)}
+            record["halving"] = {
+                "rung": rung_of(hp.values),
+                "parent": parent,
+                "epochs_trained": max(map(len, history.values()), default=0),
+            }
         write_json_atomic(self.trials_dir / f"{trial.trial_id}.json", record)
 
     def _latency_ms(self, config, model) -> float:
@@ -244,8 +285,14 @@ class BayesianOracle(AtomicSaves, keras_tuner.oracles.BayesianOptimizationOracle
 
 def make_oracle(study: Study, hp, planned: int, seed: int, halving_keep: int | None = None):
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
-    common = dict(objective=objective, hyperparameters=hp, seed=seed, tune_new_entries=False, max_consecutive_failed_trials=1,
-                  allow_new_entries=False)
+    common = dict(
+        objective=objective,
+        hyperparameters=hp,
+        seed=seed,
+        tune_new_entries=False,
+        max_consecutive_failed_trials=1,
+        allow_new_entries=False,
+    )
     if study.search == "bayesian":
         return BayesianOracle(max_trials=planned, **common)
     if halving_keep:
@@ -274,8 +321,11 @@ def requeue_orphaned_trials(oracle) -> list[str]:
     if not hasattr(oracle, "_retry_queue"):
         return []
     queued = set(oracle._retry_queue) | {t.trial_id for t in oracle.ongoing_trials.values()}
-    orphans = [trial for trial_id, trial in sorted(oracle.trials.items())
-               if trial.status == keras_tuner.engine.trial.TrialStatus.RUNNING and trial_id not in queued]
+    orphans = [
+        trial
+        for trial_id, trial in sorted(oracle.trials.items())
+        if trial.status == keras_tuner.engine.trial.TrialStatus.RUNNING and trial_id not in queued
+    ]
     for trial in orphans:
         oracle._record_values(trial)  # so the grid does not hand its values out again
         oracle._retry_queue.append(trial.trial_id)
@@ -366,8 +416,10 @@ def saved_fold_states(trials_dir: Path, trial_id: str, fold_count: int) -> list[
         weights = trials_dir / f"{trial_id}.fold{number}.weights.h5"
         optimizer = trials_dir / f"{trial_id}.fold{number}.optimizer.npz"
         if not (weights.is_file() and optimizer.is_file()):
-            raise MissingFoldState(f"trial {trial_id}'s saved fold state ({weights.name}) is missing, so "
-                                  "its second rung cannot continue it; rerun the study with --fresh")
+            raise MissingFoldState(
+                f"trial {trial_id}'s saved fold state ({weights.name}) is missing, so "
+                "its second rung cannot continue it; rerun the study with --fresh"
+            )
         with np.load(optimizer) as saved:
             states.append((weights, {key: saved[key] for key in saved.files}))
     return states
@@ -389,5 +441,8 @@ def grid_size(hp: keras_tuner.HyperParameters) -> int:
 
 
 def _short(values: dict) -> str:
-    return "(" + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in values.items()) + ")"
+    return (
+        "("
+        + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        + ")"
+    )

@@ -4,6 +4,7 @@ A study is a training recipe, a budget-independent search space over hyperparame
 how those map onto a DecoderConfig and a Recipe. Studies after `decoder_variants` start from
 the decoder it selected (read from its best/model.json), so they refine the winner.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,8 +89,12 @@ def _hparams_space(hp, base, seeds):
 
 
 def _hparams_trial(values, base):
-    recipe = Recipe(learning_rate=values["learning_rate"], batch_size=values["batch_size"],
-                    weight_decay=values["weight_decay"], dice_weight=values["dice_weight"])
+    recipe = Recipe(
+        learning_rate=values["learning_rate"],
+        batch_size=values["batch_size"],
+        weight_decay=values["weight_decay"],
+        dice_weight=values["dice_weight"],
+    )
     return base, recipe
 
 
@@ -98,23 +103,41 @@ STUDIES = {
         "decoder_variants",
         "grid of upsampler (transpose, bilinear, nearest, subpixel) x skip merge (concat, add, "
         "attention, none) under one recipe",
-        _decoder_variants_space, _decoder_variants_trial),
+        _decoder_variants_space,
+        _decoder_variants_trial,
+    ),
     "decoder_width": Study(
-        "decoder_width", "best decoder_variants decoder at widths 0.25/0.5/1.0 x plain or "
-        "depthwise-separable conv blocks", _width_space, _width_trial,
-        starts_from_best_of="decoder_variants"),
+        "decoder_width",
+        "best decoder_variants decoder at widths 0.25/0.5/1.0 x plain or depthwise-separable conv blocks",
+        _width_space,
+        _width_trial,
+        starts_from_best_of="decoder_variants",
+    ),
     "loss": Study(
-        "loss", "best decoder trained with BCE, Dice, BCE+Dice and focal loss",
-        _loss_space, _loss_trial, starts_from_best_of="decoder_variants"),
+        "loss",
+        "best decoder trained with BCE, Dice, BCE+Dice and focal loss",
+        _loss_space,
+        _loss_trial,
+        starts_from_best_of="decoder_variants",
+    ),
     "augmentation": Study(
-        "augmentation", "best decoder trained with no, flip, geometric, strong (geometric + "
+        "augmentation",
+        "best decoder trained with no, flip, geometric, strong (geometric + "
         "photometric), sensor (wider scale, resolution loss, blur, colour) and zoom (closer "
-        "views, 1.5-4x) augmentation", _augmentation_space, _augmentation_trial,
-        starts_from_best_of="decoder_variants"),
+        "views, 1.5-4x) augmentation",
+        _augmentation_space,
+        _augmentation_trial,
+        starts_from_best_of="decoder_variants",
+    ),
     "hparams": Study(
-        "hparams", "Bayesian optimisation of learning rate, batch size, weight decay and Dice "
-        "weight on the best decoder", _hparams_space, _hparams_trial, search="bayesian",
-        starts_from_best_of="decoder_variants"),
+        "hparams",
+        "Bayesian optimisation of learning rate, batch size, weight decay and Dice "
+        "weight on the best decoder",
+        _hparams_space,
+        _hparams_trial,
+        search="bayesian",
+        starts_from_best_of="decoder_variants",
+    ),
 }
 
 # decoder_variants trains at width 0.25: at 0.5 the bilinear decoders train at a third of

@@ -4,6 +4,7 @@ alone, then concurrent clients whose every answer must equal it byte for byte.
 `bench.load` (the load test) and `bench.runtimes` (one server per runtime) both send requests
 through these.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,6 +26,7 @@ class CannotRun(RuntimeError):
 @dataclass
 class Tally:
     """What every client thread adds to, under one lock."""
+
     latencies: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     error_count: int = 0
@@ -47,16 +49,20 @@ class Tally:
 
 def client_bodies(clients: int, size: int, seed: int) -> list[bytes]:
     rng = np.random.default_rng(seed)
-    return [orjson.dumps({"image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8)},
-                         option=orjson.OPT_SERIALIZE_NUMPY) for _ in range(clients)]
+    return [
+        orjson.dumps(
+            {"image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8)},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        for _ in range(clients)
+    ]
 
 
 def reference_answers(base: str, bodies: list[bytes], size: int, timeout: float) -> list[bytes]:
     """Each body's answer, alone: what every answer under load must equal."""
     answers = []
     for body in bodies:
-        answer = requests.post(f"{base}/inference", data=body, headers=JSON_HEADERS,
-                               timeout=timeout)
+        answer = requests.post(f"{base}/inference", data=body, headers=JSON_HEADERS, timeout=timeout)
         if answer.status_code != 200:
             raise CannotRun(f"the warm-up request got {answer.status_code}: {answer.text[:300]}")
         mask = np.asarray(orjson.loads(answer.content)["prediction"])
@@ -66,8 +72,9 @@ def reference_answers(base: str, bodies: list[bytes], size: int, timeout: float)
     return answers
 
 
-def run_clients(base: str, bodies: list[bytes], answers: list[bytes], counts: list[int],
-                timeout: float, on_done=None) -> tuple[Tally, float]:
+def run_clients(
+    base: str, bodies: list[bytes], answers: list[bytes], counts: list[int], timeout: float, on_done=None
+) -> tuple[Tally, float]:
     """Client i sends bodies[i] counts[i] times; returns the tally and the wall time.
     `on_done(n)`, when given, is called after the n-th answer."""
     tally = Tally()
@@ -77,8 +84,9 @@ def run_clients(base: str, bodies: list[bytes], answers: list[bytes], counts: li
         with requests.Session() as session:
             start.wait()
             for _ in range(counts[index]):
-                done = _one_request(session, base, bodies[index], answers[index], timeout,
-                                    tally, f"client {index}")
+                done = _one_request(
+                    session, base, bodies[index], answers[index], timeout, tally, f"client {index}"
+                )
                 if done and on_done is not None:
                     on_done(done)
 
@@ -92,13 +100,13 @@ def run_clients(base: str, bodies: list[bytes], answers: list[bytes], counts: li
     return tally, time.perf_counter() - began
 
 
-def _one_request(session: requests.Session, base: str, body: bytes, expected: bytes,
-                 timeout: float, tally: Tally, who: str) -> int:
+def _one_request(
+    session: requests.Session, base: str, body: bytes, expected: bytes, timeout: float, tally: Tally, who: str
+) -> int:
     """POST one body and tally it; the number of answers so far, 0 when none came."""
     began = time.perf_counter()
     try:
-        answer = session.post(f"{base}/inference", data=body, headers=JSON_HEADERS,
-                              timeout=timeout)
+        answer = session.post(f"{base}/inference", data=body, headers=JSON_HEADERS, timeout=timeout)
     except requests.RequestException as error:
         tally.error(f"{who}: {type(error).__name__}: {error}")
         return 0

@@ -4,6 +4,7 @@ raw bytes). None may get a 5xx, every 4xx must be a JSON error, and /health must
 
 The property-based versions (hypothesis) run in tests/test_app.py and tests/test_app_fastjson.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,10 +18,20 @@ from PIL import Image
 from bench.clients import JSON_HEADERS, MAX_ERRORS_KEPT, healthy
 
 KINDS = ("corrupted json", "content type", "multipart form", "raw multipart", "random bytes")
-CONTENT_TYPES = ["application/json", "application/json; charset=latin-1", "text/plain", "",
-                 "application/x-www-form-urlencoded", "image/png", "multipart/form-data",
-                 "multipart/form-data; boundary=", "multipart/form-data; boundary=xyz",
-                 "multipart/mixed; boundary=\"", "*/*", "application/json;;;"]
+CONTENT_TYPES = [
+    "application/json",
+    "application/json; charset=latin-1",
+    "text/plain",
+    "",
+    "application/x-www-form-urlencoded",
+    "image/png",
+    "multipart/form-data",
+    "multipart/form-data; boundary=",
+    "multipart/form-data; boundary=xyz",
+    'multipart/mixed; boundary="',
+    "*/*",
+    "application/json;;;",
+]
 ACCEPTS = [None, "image/png", "*/*", "text/html", "", "image/png;q=0.1, application/json"]
 BYTES = b'0123456789[],.-e "\t\ntfnul{}:\x00\xff'
 
@@ -47,17 +58,28 @@ def fuzz_case(rng: random.Random, valid: bytes, png: bytes) -> tuple[str, dict]:
     if kind == "multipart form":
         name = rng.choice(["file", "image", "", "file[]", "upload"])
         filename = rng.choice(["tile.png", "", "../x.png", "é.png", "x" * 300])
-        payload = rng.choice([png, png[:rng.randrange(1, len(png))], b"", rng.randbytes(40)])
+        payload = rng.choice([png, png[: rng.randrange(1, len(png))], b"", rng.randbytes(40)])
         return kind, {"files": {name: (filename, payload)}, "headers": headers}
     if kind == "raw multipart":
-        part = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
-                + png + b"\r\n--xyz--\r\n")
-        body = part[:rng.randrange(len(part) + 1)]
-        return kind, {"data": body, "headers": {
-            **headers, "Content-Type": rng.choice(["multipart/form-data; boundary=xyz",
-                                                   "multipart/form-data; boundary=abc"])}}
-    return kind, {"data": rng.randbytes(rng.randrange(64)),
-                  "headers": {**headers, "Content-Type": rng.choice(CONTENT_TYPES)}}
+        part = (
+            b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+            + png
+            + b"\r\n--xyz--\r\n"
+        )
+        body = part[: rng.randrange(len(part) + 1)]
+        return kind, {
+            "data": body,
+            "headers": {
+                **headers,
+                "Content-Type": rng.choice(
+                    ["multipart/form-data; boundary=xyz", "multipart/form-data; boundary=abc"]
+                ),
+            },
+        }
+    return kind, {
+        "data": rng.randbytes(rng.randrange(64)),
+        "headers": {**headers, "Content-Type": rng.choice(CONTENT_TYPES)},
+    }
 
 
 def _corrupted(rng: random.Random, valid: bytes) -> bytes:
@@ -79,8 +101,7 @@ def fuzz_phase(base: str, count: int, seed: int, timeout: float) -> dict:
     """`count` odd requests from `seed`: their statuses, kinds and problems (5xx, a 4xx
     without a JSON error, a failed connection, no /health after)."""
     rng = random.Random(seed)
-    valid = orjson.dumps({"image": np.full((8, 8, 3), 120, np.uint8)},
-                         option=orjson.OPT_SERIALIZE_NUMPY)
+    valid = orjson.dumps({"image": np.full((8, 8, 3), 120, np.uint8)}, option=orjson.OPT_SERIALIZE_NUMPY)
     png = png_bytes(8, rng)
     statuses, kinds, problems = {}, {}, []
     with requests.Session() as session:
@@ -97,9 +118,14 @@ def fuzz_phase(base: str, count: int, seed: int, timeout: float) -> dict:
     healthy_after = healthy(base, timeout)
     if not healthy_after:
         problems.append("/health does not answer after the fuzz")
-    return {"requests": count, "statuses": dict(sorted(statuses.items())),
-            "kinds": dict(sorted(kinds.items())), "problems": problems[:MAX_ERRORS_KEPT],
-            "problem_count": len(problems), "healthy_after": healthy_after}
+    return {
+        "requests": count,
+        "statuses": dict(sorted(statuses.items())),
+        "kinds": dict(sorted(kinds.items())),
+        "problems": problems[:MAX_ERRORS_KEPT],
+        "problem_count": len(problems),
+        "healthy_after": healthy_after,
+    }
 
 
 def _problems(kind: str, answer: requests.Response) -> list[str]:

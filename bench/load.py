@@ -23,6 +23,7 @@ otherwise, 2 when the test could not run (a URL that is not loopback, no server,
 The machine's load average is recorded at the start and the end: latencies measured beside
 other work (a training run, say) are slower and noisier than on an idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ from zoo.files import write_text_atomic
 @dataclasses.dataclass(frozen=True)
 class LoadTest:
     """What `python -m bench.load` was asked to do (its flags, less --out)."""
+
     url: str
     clients: int = 4
     requests: int = 200  # per client, in the latency phase
@@ -65,28 +67,52 @@ class LoadTest:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.load",
-                                     description="A bounded load test of POST /inference over "
-                                                 "loopback, with a markdown report.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load",
+        description="A bounded load test of POST /inference over loopback, with a markdown report.",
+    )
     add = parser.add_argument
     add("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     add("--clients", type=int, default=LoadTest.clients, help="concurrent clients (default %(default)s)")
-    add("--requests", type=int, default=LoadTest.requests,
-        help="requests per client in the latency phase (default %(default)s)")
+    add(
+        "--requests",
+        type=int,
+        default=LoadTest.requests,
+        help="requests per client in the latency phase (default %(default)s)",
+    )
     add("--size", type=int, default=LoadTest.size, help="image side in pixels (default %(default)s)")
-    add("--out", type=Path, default=Path("results/load.md"),
-        help="the markdown report (default %(default)s)")
+    add("--out", type=Path, default=Path("results/load.md"), help="the markdown report (default %(default)s)")
     add("--pid", type=int, help="the server's PID (default: the process listening on the URL's port)")
-    add("--memory-requests", type=int, default=LoadTest.memory_requests,
-        help="requests in the memory phase, 0 to skip it (default %(default)s)")
-    add("--sample-every", type=int, default=LoadTest.sample_every,
-        help="RSS sample every N requests of the memory phase (default %(default)s)")
-    add("--growth-from", type=int, default=LoadTest.growth_from,
-        help="memory growth is measured from this request to the last (default %(default)s)")
-    add("--max-growth-mb", type=float, default=LoadTest.max_growth_mb,
-        help="largest RSS growth allowed after --growth-from (default %(default)s MB)")
-    add("--settle", type=float, default=LoadTest.settle,
-        help="idle seconds before the 'after' RSS sample (default %(default)s)")
+    add(
+        "--memory-requests",
+        type=int,
+        default=LoadTest.memory_requests,
+        help="requests in the memory phase, 0 to skip it (default %(default)s)",
+    )
+    add(
+        "--sample-every",
+        type=int,
+        default=LoadTest.sample_every,
+        help="RSS sample every N requests of the memory phase (default %(default)s)",
+    )
+    add(
+        "--growth-from",
+        type=int,
+        default=LoadTest.growth_from,
+        help="memory growth is measured from this request to the last (default %(default)s)",
+    )
+    add(
+        "--max-growth-mb",
+        type=float,
+        default=LoadTest.max_growth_mb,
+        help="largest RSS growth allowed after --growth-from (default %(default)s MB)",
+    )
+    add(
+        "--settle",
+        type=float,
+        default=LoadTest.settle,
+        help="idle seconds before the 'after' RSS sample (default %(default)s)",
+    )
     add("--fuzz", type=int, default=LoadTest.fuzz, help="fuzzed requests, 0 to skip (default %(default)s)")
     add("--seed", type=int, default=LoadTest.seed)
     add("--timeout", type=float, default=LoadTest.timeout, help="seconds per request")
@@ -101,6 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- the server ------------------------------------------------------------------------------------
 
+
 def loopback_base(url: str) -> tuple[str, int]:
     """`url` without a trailing slash, and its port; CannotRun unless it is loopback HTTP."""
     parts = urlsplit(url)
@@ -110,17 +137,21 @@ def loopback_base(url: str) -> tuple[str, int]:
     except ValueError:
         loopback = False
     if parts.scheme != "http" or not loopback:
-        raise CannotRun(f"--url must be http:// on loopback (127.0.0.1), got {url!r}: this test "
-                        "is not meant to load another machine")
+        raise CannotRun(
+            f"--url must be http:// on loopback (127.0.0.1), got {url!r}: this test "
+            "is not meant to load another machine"
+        )
     return url.rstrip("/"), parts.port or 80
 
 
 def listening_pid(port: int) -> int | None:
     """The PID of the process listening on TCP `port`: the eldest one when several share the
     socket (gunicorn's master and workers)."""
-    pids = {conn.pid for conn in psutil.net_connections(kind="tcp")
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
-            and conn.pid}
+    pids = {
+        conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid
+    }
     for pid in sorted(pids):
         try:
             if psutil.Process(pid).ppid() not in pids:
@@ -143,20 +174,30 @@ def rss_bytes(process: psutil.Process) -> int:
 
 # -- the phases ------------------------------------------------------------------------------------
 
-def latency_phase(base: str, bodies: list[bytes], answers: list[bytes], per_client: int,
-                  timeout: float) -> dict:
+
+def latency_phase(
+    base: str, bodies: list[bytes], answers: list[bytes], per_client: int, timeout: float
+) -> dict:
     """Every client sends its body `per_client` times at once: latency spread, throughput, errors."""
     tally, wall = run_clients(base, bodies, answers, [per_client] * len(bodies), timeout)
     ms = np.asarray(tally.latencies) * 1000 if tally.latencies else np.asarray([np.nan])
-    return {"requests": len(bodies) * per_client, "answered": len(tally.latencies),
-            "errors": tally.error_count, "error_samples": tally.errors, "wall_s": wall,
-            "throughput_per_s": len(tally.latencies) / wall if wall else float("nan"),
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "max_ms": float(ms.max()), "mean_ms": float(ms.mean())}
+    return {
+        "requests": len(bodies) * per_client,
+        "answered": len(tally.latencies),
+        "errors": tally.error_count,
+        "error_samples": tally.errors,
+        "wall_s": wall,
+        "throughput_per_s": len(tally.latencies) / wall if wall else float("nan"),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+    }
 
 
-def memory_phase(base: str, bodies: list[bytes], answers: list[bytes], process: psutil.Process,
-                 test: LoadTest) -> dict:
+def memory_phase(
+    base: str, bodies: list[bytes], answers: list[bytes], process: psutil.Process, test: LoadTest
+) -> dict:
     """`test.memory_requests` more requests, the server's RSS sampled along: its growth from
     request `test.growth_from` to the last against `test.max_growth_mb`."""
     series = [(0, rss_bytes(process))]
@@ -177,14 +218,25 @@ def memory_phase(base: str, bodies: list[bytes], answers: list[bytes], process: 
     origin = min((point for point in series if point[0] >= start_at), default=series[0])
     last = series[-1]
     growth = (last[1] - origin[1]) / 2**20
-    return {"requests": test.memory_requests, "errors": tally.error_count,
-            "error_samples": tally.errors, "wall_s": wall, "series": series,
-            "before_mb": series[0][1] / 2**20, "after_mb": after / 2**20,
-            "peak_mb": max(value for _, value in series) / 2**20,
-            "growth_from": origin[0], "growth_to": last[0], "growth_mb": growth,
-            "bound_mb": test.max_growth_mb, "within_bound": growth <= test.max_growth_mb}
+    return {
+        "requests": test.memory_requests,
+        "errors": tally.error_count,
+        "error_samples": tally.errors,
+        "wall_s": wall,
+        "series": series,
+        "before_mb": series[0][1] / 2**20,
+        "after_mb": after / 2**20,
+        "peak_mb": max(value for _, value in series) / 2**20,
+        "growth_from": origin[0],
+        "growth_to": last[0],
+        "growth_mb": growth,
+        "bound_mb": test.max_growth_mb,
+        "within_bound": growth <= test.max_growth_mb,
+    }
+
 
 # -- the report ------------------------------------------------------------------------------------
+
 
 def markdown(run: dict) -> str:
     lines = _header_lines(run) + _latency_lines(run)
@@ -199,30 +251,36 @@ def _header_lines(run: dict) -> list[str]:
     load_start, load_end = run["loadavg_start"], run["loadavg_end"]
     cpus = run["cpus"]
     lines = [
-        "# /inference under load", "",
+        "# /inference under load",
+        "",
         f"Verdict: **{'PASS' if run['passed'] else 'FAIL'}**"
-        + ("" if run["passed"] else f" ({'; '.join(run['failures'])})"), "",
-        f"- Server: {run['url']} (PID {run['pid']}; model `{run['model']}`), "
-        "loopback only", f"- Started {run['started']}, took {run['took_s']:.0f} s; "
-        f"`python -m bench.load {run['argv']}`",
+        + ("" if run["passed"] else f" ({'; '.join(run['failures'])})"),
+        "",
+        f"- Server: {run['url']} (PID {run['pid']}; model `{run['model']}`), loopback only",
+        f"- Started {run['started']}, took {run['took_s']:.0f} s; `python -m bench.load {run['argv']}`",
         f"- Machine: {cpus} CPUs, {platform.machine()}, Python {platform.python_version()}; "
         f"load average (1, 5, 15 min) at start {_triple(load_start)}, at end {_triple(load_end)}",
     ]
     if max(load_start[0], load_end[0]) > 0.5 * cpus:
-        lines.append(f"- **Other work was running** (load average above half of the {cpus} "
-                     "CPUs): latencies and throughput are slower and noisier than on an idle "
-                     "machine; compare them only with runs under the same load.")
+        lines.append(
+            f"- **Other work was running** (load average above half of the {cpus} "
+            "CPUs): latencies and throughput are slower and noisier than on an idle "
+            "machine; compare them only with runs under the same load."
+        )
     return lines
 
 
 def _latency_lines(run: dict) -> list[str]:
     lat = run["latency"]
     return [
-        "", f"## Latency and throughput: {run['clients']} clients x {run['per_client']} "
-        f"requests, JSON {run['size']} x {run['size']}", "",
+        "",
+        f"## Latency and throughput: {run['clients']} clients x {run['per_client']} "
+        f"requests, JSON {run['size']} x {run['size']}",
+        "",
         f"Each request carries a {run['body_mb']:.2f} MB body. Latency is measured at the "
         "client, from sending to the whole answer read; throughput is answered requests over "
-        "the phase's wall time.", "",
+        "the phase's wall time.",
+        "",
         "| requests | errors | p50 ms | p95 ms | max ms | mean ms | requests/s | wall s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {lat['requests']} | {lat['errors']} | {lat['p50_ms']:.1f} | {lat['p95_ms']:.1f} | "
@@ -235,16 +293,21 @@ def _memory_lines(run: dict) -> list[str]:
     mem = run["memory"]
     growth_pct = 100 * mem["growth_mb"] / max(_mb_at(mem, mem["growth_from"]), 1e-9)
     return [
-        "", f"## Server memory over {mem['requests']} more requests", "",
+        "",
+        f"## Server memory over {mem['requests']} more requests",
+        "",
         f"RSS of PID {run['pid']} and its children, sampled before, every "
         f"{run['sample_every']} requests, and after {run['settle']:g} s idle. "
-        f"{mem['errors']} errors in this phase.", "",
+        f"{mem['errors']} errors in this phase.",
+        "",
         f"- Before: {mem['before_mb']:.1f} MB; peak sampled: {mem['peak_mb']:.1f} MB; "
         f"after: {mem['after_mb']:.1f} MB",
         f"- Growth from request {mem['growth_from']} to {mem['growth_to']}: "
         f"**{mem['growth_mb']:+.1f} MB** ({growth_pct:+.1f} %); bound "
-        f"{mem['bound_mb']:g} MB: {'within' if mem['within_bound'] else 'EXCEEDED'}", "",
-        "| requests done | RSS MB |", "|---:|---:|",
+        f"{mem['bound_mb']:g} MB: {'within' if mem['within_bound'] else 'EXCEEDED'}",
+        "",
+        "| requests done | RSS MB |",
+        "|---:|---:|",
         *[f"| {done} | {value / 2**20:.1f} |" for done, value in mem["series"]],
         f"| after {run['settle']:g} s idle | {mem['after_mb']:.1f} |",
     ] + _error_lines(mem["error_samples"], mem["errors"])
@@ -255,8 +318,11 @@ def _fuzz_lines(run: dict) -> list[str]:
     statuses = ", ".join(f"{code}: {count}" for code, count in fuzz["statuses"].items())
     kinds = ", ".join(f"{kind} {count}" for kind, count in fuzz["kinds"].items())
     return [
-        "", f"## Fuzz: {fuzz['requests']} odd requests (seed {run['seed']})", "",
-        f"- Kinds: {kinds}", f"- Statuses: {statuses or 'none'}",
+        "",
+        f"## Fuzz: {fuzz['requests']} odd requests (seed {run['seed']})",
+        "",
+        f"- Kinds: {kinds}",
+        f"- Statuses: {statuses or 'none'}",
         f"- 5xx or non-JSON errors: {fuzz['problem_count']}; /health after: "
         f"{'ok' if fuzz['healthy_after'] else 'NOT ANSWERING'}",
         "- The property-based versions (hypothesis: bodies, Content-Type/Accept/format "
@@ -277,11 +343,11 @@ def _mb_at(mem: dict, done: int) -> float:
 def _error_lines(samples: list[str], count: int) -> list[str]:
     if not count:
         return []
-    return ["", f"Errors ({count}; the first {len(samples)}):", "",
-            *[f"- {sample}" for sample in samples]]
+    return ["", f"Errors ({count}; the first {len(samples)}):", "", *[f"- {sample}" for sample in samples]]
 
 
 # -- main ------------------------------------------------------------------------------------------
+
 
 def run(test: LoadTest, argv_text: str = "") -> dict:
     """The whole test against the server at `test.url`: the phases' numbers and the verdict."""
@@ -291,12 +357,22 @@ def run(test: LoadTest, argv_text: str = "") -> dict:
     loadavg_start = os.getloadavg()
     bodies = client_bodies(test.clients, test.size, test.seed)
     answers = reference_answers(base, bodies, test.size, test.timeout)
-    result = {"url": base, "pid": pid, "model": health.get("model", "?"),
-              "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"), "argv": argv_text,
-              "cpus": os.cpu_count(), "loadavg_start": loadavg_start, "clients": test.clients,
-              "per_client": test.requests, "size": test.size, "seed": test.seed,
-              "body_mb": len(bodies[0]) / 2**20, "sample_every": test.sample_every,
-              "settle": test.settle}
+    result = {
+        "url": base,
+        "pid": pid,
+        "model": health.get("model", "?"),
+        "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "argv": argv_text,
+        "cpus": os.cpu_count(),
+        "loadavg_start": loadavg_start,
+        "clients": test.clients,
+        "per_client": test.requests,
+        "size": test.size,
+        "seed": test.seed,
+        "body_mb": len(bodies[0]) / 2**20,
+        "sample_every": test.sample_every,
+        "settle": test.settle,
+    }
     result["latency"] = latency_phase(base, bodies, answers, test.requests, test.timeout)
     if test.memory_requests:
         result["memory"] = memory_phase(base, bodies, answers, process, test)
@@ -331,11 +407,13 @@ def failures(result: dict) -> list[str]:
     if errors:
         found.append(f"{errors} failed requests")
     if "memory" in result and not result["memory"]["within_bound"]:
-        found.append(f"RSS grew {result['memory']['growth_mb']:.1f} MB "
-                     f"(bound {result['memory']['bound_mb']:g} MB)")
+        found.append(
+            f"RSS grew {result['memory']['growth_mb']:.1f} MB (bound {result['memory']['bound_mb']:g} MB)"
+        )
     if result.get("fuzz", {}).get("problem_count"):
-        found.append(f"{result['fuzz']['problem_count']} fuzz problems (5xx, non-JSON "
-                     "errors, or no /health after)")
+        found.append(
+            f"{result['fuzz']['problem_count']} fuzz problems (5xx, non-JSON errors, or no /health after)"
+        )
     return found
 
 
@@ -356,15 +434,18 @@ def main(argv=None) -> int:
 def summary(result: dict, out: Path) -> str:
     """The lines `main` prints: latency, memory growth, the verdict and where the report is."""
     lat = result["latency"]
-    lines = [f"{lat['requests']} requests: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms, "
-             f"max {lat['max_ms']:.1f} ms, {lat['throughput_per_s']:.2f} requests/s, "
-             f"{lat['errors']} errors"]
+    lines = [
+        f"{lat['requests']} requests: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms, "
+        f"max {lat['max_ms']:.1f} ms, {lat['throughput_per_s']:.2f} requests/s, "
+        f"{lat['errors']} errors"
+    ]
     if "memory" in result:
         mem = result["memory"]
-        lines.append(f"RSS growth from request {mem['growth_from']} to {mem['growth_to']}: "
-                     f"{mem['growth_mb']:+.1f} MB (bound {mem['bound_mb']:g} MB)")
-    lines.append(f"{'PASS' if result['passed'] else 'FAIL: ' + '; '.join(result['failures'])}; "
-                 f"report: {out}")
+        lines.append(
+            f"RSS growth from request {mem['growth_from']} to {mem['growth_to']}: "
+            f"{mem['growth_mb']:+.1f} MB (bound {mem['bound_mb']:g} MB)"
+        )
+    lines.append(f"{'PASS' if result['passed'] else 'FAIL: ' + '; '.join(result['failures'])}; report: {out}")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ Writes OUT/request_profile-RUNTIME-tta-VIEWS.md and .json (VIEWS@1+0.5 where the
 scales 1 and 0.5: one file per runtime, views and scales,
 so runs of other settings never overwrite each other).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ PARTS = ("read body", "model", "answer", "whole request, in process")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.request",
-                                     description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m bench.request", description=__doc__.split("\n\n")[1])
     parser.add_argument("--model", type=Path, help="default: the served model, as `python -m app` finds it")
     parser.add_argument("--runtime", default="auto", help="as `python -m app --runtime` (default auto)")
     parser.add_argument("--tta", choices=TTA_CHOICES, default=TTA_FROM_MODEL)
@@ -56,10 +56,13 @@ def timed_parts(segmenter, body: bytes, rounds: int) -> dict[str, list[float]]:
     steps = {
         "read body": lambda: json_request(body, 1 << 16),
         "model": lambda: segmenter.probabilities(image),
-        "answer": lambda: orjson.dumps({"prediction": (probabilities >= segmenter.threshold)
-                                        .astype(np.uint8)}, option=orjson.OPT_SERIALIZE_NUMPY),
-        "whole request, in process": lambda: client.post("/inference", data=body,
-                                                         content_type="application/json"),
+        "answer": lambda: orjson.dumps(
+            {"prediction": (probabilities >= segmenter.threshold).astype(np.uint8)},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        ),
+        "whole request, in process": lambda: client.post(
+            "/inference", data=body, content_type="application/json"
+        ),
     }
     seconds = {part: [] for part in PARTS}
     for round_number in range(rounds + 2):
@@ -87,17 +90,29 @@ def _at_scales(run: dict) -> str:
 
 def report(run: dict) -> str:
     whole = run["parts"]["whole request, in process"]["p50_ms"]
-    rows = [f"| {part} | {r['p50_ms']:.1f} [{r['iqr_ms'][0]:.1f}-{r['iqr_ms'][1]:.1f}] | "
-            f"{100 * r['p50_ms'] / whole:.0f}% |" for part, r in ((p, run["parts"][p]) for p in PARTS)]
-    return "\n".join([
-        f"# Where a {run['size']} px request's time goes: {run['runtime']}, test-time views `{run['tta']}`"
-        f"{_at_scales(run)}", "",
-        f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: `{run['model']}`. "
-        f"Each part timed alone in one process, {run['rounds']} interleaved rounds after two warm-ups; "
-        "p50 [p25-p75] ms, and the share of the whole request's p50. The whole request goes "
-        "through the Flask app (`app.test_client`), without the network and the WSGI server "
-        f"that `bench.runtimes` adds. {run.get('other_work', '')}", "",
-        "| part | ms | share |", "|---|---:|---:|", *rows, ""])
+    rows = [
+        f"| {part} | {r['p50_ms']:.1f} [{r['iqr_ms'][0]:.1f}-{r['iqr_ms'][1]:.1f}] | "
+        f"{100 * r['p50_ms'] / whole:.0f}% |"
+        for part, r in ((p, run["parts"][p]) for p in PARTS)
+    ]
+    return "\n".join(
+        [
+            f"# Where a {run['size']} px request's time goes: {run['runtime']}, "
+            f"test-time views `{run['tta']}`"
+            f"{_at_scales(run)}",
+            "",
+            f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: `{run['model']}`. "
+            f"Each part timed alone in one process, {run['rounds']} interleaved rounds after two warm-ups; "
+            "p50 [p25-p75] ms, and the share of the whole request's p50. The whole request goes "
+            "through the Flask app (`app.test_client`), without the network and the WSGI server "
+            f"that `bench.runtimes` adds. {run.get('other_work', '')}",
+            "",
+            "| part | ms | share |",
+            "|---|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -111,10 +126,17 @@ def main(argv=None) -> int:
         return 2
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     body = orjson.dumps({"image": image}, option=orjson.OPT_SERIALIZE_NUMPY)
-    run = {"command": "python -m bench.request " + " ".join(argv), "machine": describe(),
-           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "model": str(model), "runtime": runtime_of(segmenter), "tta": segmenter.tta,
-           "scales": list(segmenter.scales), "size": args.size, "rounds": args.rounds}
+    run = {
+        "command": "python -m bench.request " + " ".join(argv),
+        "machine": describe(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": str(model),
+        "runtime": runtime_of(segmenter),
+        "tta": segmenter.tta,
+        "scales": list(segmenter.scales),
+        "size": args.size,
+        "rounds": args.rounds,
+    }
     other_work = OtherWork()
     parts = timed_parts(segmenter, body, args.rounds)
     run["parts"] = {part: spread_ms(values) for part, values in parts.items()}

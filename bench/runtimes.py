@@ -19,6 +19,7 @@ settings given as model metadata (JSON: "config", "inference"), on the real Imag
 with a seeded random decoder. Its latency is the trained model's (no operation depends on the
 weights' values); its masks are not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,6 +56,7 @@ MATCH_FRACTION = 1e-4
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Which runtimes, how many requests of each kind, and which test-time views (the flags)."""
+
     runtimes: tuple[str, ...] = tuple(RUNTIMES)
     requests: int = 40  # single requests at 256 px
     requests_1024: int = 8  # single requests at 1024 px
@@ -65,30 +67,43 @@ class Plan:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.runtimes",
-                                     description=__doc__.split("\n\n")[1])
-    parser.add_argument("--model", type=Path, help="a .keras file exported by `python -m zoo.export` "
-                        "(default: the served model, as `python -m app` resolves it)")
-    parser.add_argument("--stand-in", help="model metadata as JSON, e.g. '{\"config\": {\"upsampler\": "
-                        "\"nearest\", \"skip\": \"attention\"}, \"inference\": {\"threshold\": 0.6, "
-                        "\"scales\": [1, 0.5, 0.25]}}': build, export and benchmark a stand-in instead")
+    parser = argparse.ArgumentParser(prog="python -m bench.runtimes", description=__doc__.split("\n\n")[1])
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a .keras file exported by `python -m zoo.export` "
+        "(default: the served model, as `python -m app` resolves it)",
+    )
+    parser.add_argument(
+        "--stand-in",
+        help='model metadata as JSON, e.g. \'{"config": {"upsampler": '
+        '"nearest", "skip": "attention"}, "inference": {"threshold": 0.6, '
+        '"scales": [1, 0.5, 0.25]}}\': build, export and benchmark a stand-in instead',
+    )
     parser.add_argument("--runtimes", default=",".join(Plan.runtimes))
     parser.add_argument("--requests", type=int, default=Plan.requests, help="single requests at 256 px")
-    parser.add_argument("--requests-1024", type=int, default=Plan.requests_1024,
-                        help="single requests at 1024 px")
+    parser.add_argument(
+        "--requests-1024", type=int, default=Plan.requests_1024, help="single requests at 1024 px"
+    )
     parser.add_argument("--clients", type=int, default=Plan.clients)
-    parser.add_argument("--per-client", type=int, default=Plan.per_client,
-                        help="requests per client and round at 256 px")
+    parser.add_argument(
+        "--per-client", type=int, default=Plan.per_client, help="requests per client and round at 256 px"
+    )
     parser.add_argument("--rounds", type=int, default=Plan.rounds, help="rounds of the clients' phase")
-    parser.add_argument("--tta", choices=TTA_CHOICES, default=Plan.tta,
-                        help="test-time views the servers apply (default: the model's)")
+    parser.add_argument(
+        "--tta",
+        choices=TTA_CHOICES,
+        default=Plan.tta,
+        help="test-time views the servers apply (default: the model's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     args.runtimes = tuple(name.strip() for name in args.runtimes.split(",") if name.strip())
     unknown = sorted(set(args.runtimes) - set(RUNTIMES))
     if unknown or not args.runtimes:
-        parser.error(f"--runtimes: unknown {', '.join(unknown) or '(none)'}; "
-                     f"choose from {', '.join(RUNTIMES)}")
+        parser.error(
+            f"--runtimes: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}"
+        )
     return args
 
 
@@ -101,8 +116,11 @@ def build_stand_in(metadata: dict, folder: Path) -> Path:
 
     keras.utils.set_random_seed(0)
     config = DecoderConfig.from_dict(metadata["config"])
-    path = saving.save(unet.build(config), folder / "model.keras",
-                       {**metadata, "config": config.to_dict(), "data": {"name": "stand-in: random decoder"}})
+    path = saving.save(
+        unet.build(config),
+        folder / "model.keras",
+        {**metadata, "config": config.to_dict(), "data": {"name": "stand-in: random decoder"}},
+    )
     export.export(export.ExportRequest(path, runtimes.export_dir(path)))
     return path
 
@@ -110,8 +128,13 @@ def build_stand_in(metadata: dict, folder: Path) -> Path:
 def spread_ms(seconds) -> dict:
     ms = np.asarray(seconds) * 1000
     p25, p50, p75, p95 = np.percentile(ms, [25, 50, 75, 95])
-    return {"p50_ms": float(p50), "p95_ms": float(p95), "iqr_ms": [float(p25), float(p75)],
-            "min_ms": float(ms.min()), "n": int(ms.size)}
+    return {
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "iqr_ms": [float(p25), float(p75)],
+        "min_ms": float(ms.min()),
+        "n": int(ms.size),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -127,8 +150,9 @@ def interleaved_singles(servers: dict, body: bytes, count: int) -> tuple[dict, d
     sessions = {runtime: requests.Session() for runtime in servers}
 
     def post(runtime):
-        answer = sessions[runtime].post(f"{servers[runtime].url}/inference", data=body,
-                                        headers=clients.JSON_HEADERS, timeout=600)
+        answer = sessions[runtime].post(
+            f"{servers[runtime].url}/inference", data=body, headers=clients.JSON_HEADERS, timeout=600
+        )
         answer.raise_for_status()
         return answer
 
@@ -139,16 +163,23 @@ def interleaved_singles(servers: dict, body: bytes, count: int) -> tuple[dict, d
     cpu = {runtime: cpu_seconds(running.process.pid) for runtime, running in servers.items()}
     answers = {}
     for turn in range(count):
-        for runtime in order[turn % len(order):] + order[:turn % len(order)]:
+        for runtime in order[turn % len(order) :] + order[: turn % len(order)]:
             began = time.perf_counter()
             answers[runtime] = post(runtime)
             times[runtime].append(time.perf_counter() - began)
-    stats = {runtime: {**spread_ms(times[runtime]), "server_cpu_ms": 1000 * (
-        cpu_seconds(servers[runtime].process.pid) - cpu[runtime]) / count} for runtime in servers}
+    stats = {
+        runtime: {
+            **spread_ms(times[runtime]),
+            "server_cpu_ms": 1000 * (cpu_seconds(servers[runtime].process.pid) - cpu[runtime]) / count,
+        }
+        for runtime in servers
+    }
     for session in sessions.values():
         session.close()
-    masks = {runtime: np.asarray(orjson.loads(answer.content)["prediction"], np.uint8)
-             for runtime, answer in answers.items()}
+    masks = {
+        runtime: np.asarray(orjson.loads(answer.content)["prediction"], np.uint8)
+        for runtime, answer in answers.items()
+    }
     return stats, masks
 
 
@@ -157,20 +188,32 @@ def interleaved_clients(servers: dict, bodies: list[bytes], per_client: int, rou
     rotating), each client sending `per_client` requests a round; answers checked byte for byte
     against each server's serial answers."""
     order = list(servers)
-    answers = {runtime: clients.reference_answers(running.url, bodies, 256, 600)
-               for runtime, running in servers.items()}
-    latencies, walls, errors = ({runtime: [] for runtime in servers}, dict.fromkeys(servers, 0.0),
-                                dict.fromkeys(servers, 0))
+    answers = {
+        runtime: clients.reference_answers(running.url, bodies, 256, 600)
+        for runtime, running in servers.items()
+    }
+    latencies, walls, errors = (
+        {runtime: [] for runtime in servers},
+        dict.fromkeys(servers, 0.0),
+        dict.fromkeys(servers, 0),
+    )
     for turn in range(rounds):
-        for runtime in order[turn % len(order):] + order[:turn % len(order)]:
-            tally, wall = clients.run_clients(servers[runtime].url, bodies, answers[runtime],
-                                           [per_client] * len(bodies), 600)
+        for runtime in order[turn % len(order) :] + order[: turn % len(order)]:
+            tally, wall = clients.run_clients(
+                servers[runtime].url, bodies, answers[runtime], [per_client] * len(bodies), 600
+            )
             latencies[runtime] += tally.latencies
             walls[runtime] += wall
             errors[runtime] += tally.error_count
-    return {runtime: {**spread_ms(latencies[runtime]), "errors": errors[runtime],
-                      "requests_per_s": len(latencies[runtime]) / walls[runtime],
-                      "clients": len(bodies)} for runtime in servers}
+    return {
+        runtime: {
+            **spread_ms(latencies[runtime]),
+            "errors": errors[runtime],
+            "requests_per_s": len(latencies[runtime]) / walls[runtime],
+            "clients": len(bodies),
+        }
+        for runtime in servers
+    }
 
 
 def bench_runtimes(model: Path, bodies: dict, plan: Plan) -> tuple[dict, dict, str]:
@@ -192,9 +235,12 @@ def bench_runtimes(model: Path, bodies: dict, plan: Plan) -> tuple[dict, dict, s
         print(f"{plan.clients} clients ...", flush=True)
         together = interleaved_clients(servers, bodies["clients"], plan.per_client, plan.rounds)
         for name in names:
-            results[name].update(clients=together[name], load_start=load_start,
-                                 load_end=os.getloadavg()[0],
-                                 server_peak_rss_mb=_peak_rss_mb(servers[name].process.pid))
+            results[name].update(
+                clients=together[name],
+                load_start=load_start,
+                load_end=os.getloadavg()[0],
+                server_peak_rss_mb=_peak_rss_mb(servers[name].process.pid),
+            )
         other_note = other_work.note()  # before the servers stop: their time is the run's own
     by_runtime = {name: {size: masks[size][name] for size in masks} for name in names}
     return results, by_runtime, other_note
@@ -204,9 +250,14 @@ def start_server(stack: contextlib.ExitStack, model: Path, runtime: str, tta: st
     """`python -m app --runtime RUNTIME --tta TTA` on `model`, kept running until `stack`
     closes; refused unless it says it serves that runtime and those views."""
     log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / f"{runtime}.log"
-    running = stack.enter_context(server.running_server(
-        ["--model", str(model), "--runtime", runtime, "--tta", tta], log_path=log_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300))
+    running = stack.enter_context(
+        server.running_server(
+            ["--model", str(model), "--runtime", runtime, "--tta", tta],
+            log_path=log_path,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            timeout=300,
+        )
+    )
     served = requests.get(f"{running.url}/model", timeout=30).json().get("serving", {})
     if served.get("runtime") != runtime:
         raise RuntimeError(f"asked for {runtime}, the server runs {served.get('runtime')}")
@@ -225,7 +276,7 @@ def compare_masks(masks: dict, reference: dict) -> dict:
 
 
 def section_title(run: dict) -> str:
-    """"## Serving runtimes" for the model's own settings; with --tta V, its own section, named
+    """ "## Serving runtimes" for the model's own settings; with --tta V, its own section, named
     by the views and, where the model's scales are not 1 alone, the scales ("transpose@1+0.5"):
     a model served at other scales never overwrites another's measurement."""
     override = run.get("tta_override")
@@ -240,42 +291,57 @@ def section(run: dict) -> str:
     rows = []
     for runtime, r in run["runtimes"].items():
         c = r["clients"]
-        rows.append(f"| {runtime} | {_cell(r['256'])} | {_cell(r['1024'])} | {c['requests_per_s']:.1f} "
-                    f"| {c['p50_ms']:.0f} / {c['p95_ms']:.0f} | {r['differ_from_keras'].get('256', '-')} / "
-                    f"{r['differ_from_keras'].get('1024', '-')} | {r['server_peak_rss_mb']:.0f} "
-                    f"| {r['start_s']:.1f} |")
+        rows.append(
+            f"| {runtime} | {_cell(r['256'])} | {_cell(r['1024'])} | {c['requests_per_s']:.1f} "
+            f"| {c['p50_ms']:.0f} / {c['p95_ms']:.0f} | {r['differ_from_keras'].get('256', '-')} / "
+            f"{r['differ_from_keras'].get('1024', '-')} | {r['server_peak_rss_mb']:.0f} "
+            f"| {r['start_s']:.1f} |"
+        )
     default, images = run["default"], _images_a_request(run)
-    return "\n".join([
-        section_title(run), "",
-        f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
-        f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}, "
-        f"test-time views `{run.get('tta', 'none')}`: {images} "
-        f"image{'' if images == 1 else 's'} through the "
-        "network a request). Each runtime is its own `python -m app "
-        "--runtime R` process on a free loopback port, all running at once and taking turns, "
-        "request by request (burst by burst for the clients), so they meet the same load; JSON "
-        "bodies (`bench.clients`); latency is at the client, from sending to the whole "
-        "answer read.", "",
-        f"Single requests: {run['requests']} at 256 x 256 and {run['requests_1024']} at 1024 x 1024, "
-        f"one after another after two warm-ups; p50 [p25-p75] / p95 ms, and in brackets the server's "
-        "CPU time per request (user + system over all its threads: other work on the machine "
-        "inflates it far less than the wall time; on an idle machine a request takes roughly between half "
-        f"of it, both cores busy, and all of it). Throughput: {run['rounds']} bursts of {run['clients']} "
-        f"clients x {run['per_client']} requests of 256 x 256 at once, answers checked byte for byte "
-        "against each server's serial answer. Masks: pixels of the 256 and 1024 answers that differ "
-        "from the Keras runtime's (the parity test, tests/test_export.py, checks real tiles).", "",
-        "| runtime | 256 px: p50 [IQR] / p95 ms (CPU ms) | 1024 px: p50 [IQR] / p95 ms (CPU ms) "
-        f"| {run['clients']} clients: requests/s | {run['clients']} clients: p50 / p95 ms "
-        "| mask pixels differing from keras (256 / 1024) | server peak RSS MiB | start s |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-        *rows, "",
-        f"Default (`python -m app`, `--runtime auto`): **{default}**, the fastest at 256 px whose masks "
-        f"match. Target p50 <= 25 ms for a single 256 px request: "
-        f"{'met' if run['runtimes'][default]['256']['p50_ms'] <= 25 else 'not met'} "
-        f"({run['runtimes'][default]['256']['p50_ms']:.1f} ms)."
-        + ("" if default == RUNTIMES[0] else f" **zoo.runtimes.RUNTIMES lists {RUNTIMES[0]} first, "
-           f"not {default}: its order is what `auto` serves.**")
-        + f" {run['load_note']}", ""])
+    return "\n".join(
+        [
+            section_title(run),
+            "",
+            f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Model: {run['model']} "
+            f"(threshold {run['threshold']:g}, scales {', '.join(f'{s:g}' for s in run['scales'])}, "
+            f"test-time views `{run.get('tta', 'none')}`: {images} "
+            f"image{'' if images == 1 else 's'} through the "
+            "network a request). Each runtime is its own `python -m app "
+            "--runtime R` process on a free loopback port, all running at once and taking turns, "
+            "request by request (burst by burst for the clients), so they meet the same load; JSON "
+            "bodies (`bench.clients`); latency is at the client, from sending to the whole "
+            "answer read.",
+            "",
+            f"Single requests: {run['requests']} at 256 x 256 and {run['requests_1024']} at 1024 x 1024, "
+            f"one after another after two warm-ups; p50 [p25-p75] / p95 ms, and in brackets the server's "
+            "CPU time per request (user + system over all its threads: other work on the machine "
+            "inflates it far less than the wall time; on an idle machine a request takes roughly "
+            "between half "
+            f"of it, both cores busy, and all of it). Throughput: {run['rounds']} bursts of {run['clients']} "
+            f"clients x {run['per_client']} requests of 256 x 256 at once, answers checked byte for byte "
+            "against each server's serial answer. Masks: pixels of the 256 and 1024 answers that differ "
+            "from the Keras runtime's (the parity test, tests/test_export.py, checks real tiles).",
+            "",
+            "| runtime | 256 px: p50 [IQR] / p95 ms (CPU ms) | 1024 px: p50 [IQR] / p95 ms (CPU ms) "
+            f"| {run['clients']} clients: requests/s | {run['clients']} clients: p50 / p95 ms "
+            "| mask pixels differing from keras (256 / 1024) | server peak RSS MiB | start s |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"Default (`python -m app`, `--runtime auto`): **{default}**, the fastest at 256 px whose masks "
+            f"match. Target p50 <= 25 ms for a single 256 px request: "
+            f"{'met' if run['runtimes'][default]['256']['p50_ms'] <= 25 else 'not met'} "
+            f"({run['runtimes'][default]['256']['p50_ms']:.1f} ms)."
+            + (
+                ""
+                if default == RUNTIMES[0]
+                else f" **zoo.runtimes.RUNTIMES lists {RUNTIMES[0]} first, "
+                f"not {default}: its order is what `auto` serves.**"
+            )
+            + f" {run['load_note']}",
+            "",
+        ]
+    )
 
 
 def _images_a_request(run: dict) -> int:
@@ -283,8 +349,10 @@ def _images_a_request(run: dict) -> int:
 
 
 def _cell(r: dict) -> str:
-    return (f"{r['p50_ms']:.0f} [{r['iqr_ms'][0]:.0f}-{r['iqr_ms'][1]:.0f}] / {r['p95_ms']:.0f} "
-            f"({r['server_cpu_ms']:.0f})")
+    return (
+        f"{r['p50_ms']:.0f} [{r['iqr_ms'][0]:.0f}-{r['iqr_ms'][1]:.0f}] / {r['p95_ms']:.0f} "
+        f"({r['server_cpu_ms']:.0f})"
+    )
 
 
 def replace_section(text: str, new: str) -> str:
@@ -308,9 +376,11 @@ def model_to_bench(explicit: Path | None, stand_in: str | None, scratch: Path) -
     report names it."""
     if stand_in:
         model = build_stand_in(json.loads(stand_in), scratch)
-        return model, (f"stand-in `{model.stem}` of the served architecture "
-                       f"({json.dumps(json.loads(stand_in)['config'])}, ImageNet encoder, "
-                       "seeded random decoder)")
+        return model, (
+            f"stand-in `{model.stem}` of the served architecture "
+            f"({json.dumps(json.loads(stand_in)['config'])}, ImageNet encoder, "
+            "seeded random decoder)"
+        )
     model = resolve_model_path(explicit)
     return model, f"`{model}`"
 
@@ -320,37 +390,58 @@ def request_bodies(client_count: int) -> dict:
     rng = np.random.default_rng(0)
     image = lambda side: rng.integers(0, 256, (side, side, 3), dtype=np.uint8)  # noqa: E731
     as_body = lambda pixels: orjson.dumps({"image": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)  # noqa: E731
-    return {256: as_body(image(256)), 1024: as_body(image(1024)),
-            "clients": clients.client_bodies(client_count, 256, seed=1)}
+    return {
+        256: as_body(image(256)),
+        1024: as_body(image(1024)),
+        "clients": clients.client_bodies(client_count, 256, seed=1),
+    }
 
 
 def fastest_matching(results: dict, masks: dict) -> str:
     """Marks each runtime's pixels differing from Keras; the fastest runtime at 256 px whose
     masks match (what `--runtime auto` should serve)."""
     for runtime in results:
-        results[runtime]["differ_from_keras"] = (compare_masks(masks[runtime], masks["keras"])
-                                                 if "keras" in masks else {})
-    matching = [r for r in results if all(count <= MATCH_FRACTION * int(size) ** 2
-                                          for size, count in results[r]["differ_from_keras"].items())]
+        results[runtime]["differ_from_keras"] = (
+            compare_masks(masks[runtime], masks["keras"]) if "keras" in masks else {}
+        )
+    matching = [
+        r
+        for r in results
+        if all(
+            count <= MATCH_FRACTION * int(size) ** 2
+            for size, count in results[r]["differ_from_keras"].items()
+        )
+    ]
     return min(matching, key=lambda r: results[r]["256"]["p50_ms"])
 
 
-def record(plan: Plan, results: dict, default: str, other_note: str, metadata: dict,
-           described: str, command: str) -> dict:
+def record(
+    plan: Plan, results: dict, default: str, other_note: str, metadata: dict, described: str, command: str
+) -> dict:
     """Everything the section and the JSON file say about one run."""
     loads = [v for r in results.values() for v in (r["load_start"], r["load_end"])]
     served = options_from(metadata)  # what the server applies: threshold, scales, views
     if plan.tta != TTA_FROM_MODEL:
         served["tta"] = plan.tta
-    return {"command": command, "machine": describe(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "model": described, "threshold": served["threshold"], "scales": list(served["scales"]),
-            "tta": served["tta"], "tta_override": None if plan.tta == TTA_FROM_MODEL else plan.tta,
-            "requests": plan.requests, "requests_1024": plan.requests_1024, "clients": plan.clients,
-            "per_client": plan.per_client, "rounds": plan.rounds, "runtimes": results,
-            "default": default,
-            "load_note": f"{other_note} Load average (1 min), the benchmark's own work included: "
-                         f"{min(loads):.1f} to {max(loads):.1f}."}
+    return {
+        "command": command,
+        "machine": describe(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": described,
+        "threshold": served["threshold"],
+        "scales": list(served["scales"]),
+        "tta": served["tta"],
+        "tta_override": None if plan.tta == TTA_FROM_MODEL else plan.tta,
+        "requests": plan.requests,
+        "requests_1024": plan.requests_1024,
+        "clients": plan.clients,
+        "per_client": plan.per_client,
+        "rounds": plan.rounds,
+        "runtimes": results,
+        "default": default,
+        "load_note": f"{other_note} Load average (1 min), the benchmark's own work included: "
+        f"{min(loads):.1f} to {max(loads):.1f}.",
+    }
 
 
 def write_run(out: Path, run: dict) -> None:
@@ -374,8 +465,9 @@ def main(argv=None) -> int:
         metadata = json.loads(model.with_suffix(".json").read_text())
         results, masks, other_note = bench_runtimes(model, request_bodies(plan.clients), plan)
     default = fastest_matching(results, masks)
-    run = record(plan, results, default, other_note, metadata, described,
-                 "python -m bench.runtimes " + " ".join(argv))
+    run = record(
+        plan, results, default, other_note, metadata, described, "python -m bench.runtimes " + " ".join(argv)
+    )
     write_run(args.out, run)
     print(section(run))
     return 0

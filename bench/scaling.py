@@ -16,6 +16,7 @@ memory) to set beside the composed number at the same size. Writes OUT/scaling.m
 OUT/scaling.json and OUT/scaling.png; finished points are kept, so a rerun after an
 interruption measures only the missing ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,17 +82,23 @@ def measure_point(data_root: Path | None, images: int, size: int, budget_name: s
     encoded = time.perf_counter()
     timer = train.EpochProgress(progress=lambda line: None)
     model = unet.build(studies.DEFAULT_DECODER, encoder=encoder)
-    result = train.run_trial(model, Recipe(), train_features, shared.val, shared.test,
-                             epochs=2, seed=0, callbacks=[timer])
+    result = train.run_trial(
+        model, Recipe(), train_features, shared.val, shared.test, epochs=2, seed=0, callbacks=[timer]
+    )
     scored = time.perf_counter()
     return {
-        "images": sum(split.counts().values()), "size": size, "counts": split.counts(),
-        "load_s": loaded - started, "encode_s": encoded - loaded,
-        "first_epoch_s": timer.seconds[0], "steady_epoch_s": timer.seconds[1],
+        "images": sum(split.counts().values()),
+        "size": size,
+        "counts": split.counts(),
+        "load_s": loaded - started,
+        "encode_s": encoded - loaded,
+        "first_epoch_s": timer.seconds[0],
+        "steady_epoch_s": timer.seconds[1],
         "score_s": (scored - encoded) - result.train_seconds,
         "cache_gib": (train_features.nbytes() + shared.val.nbytes() + shared.test.nbytes()) / 2**30,
         "peak_rss_gib": process_memory_gib()[1],
-        "epochs": budget.epochs, "trials": STUDY_TRIALS,
+        "epochs": budget.epochs,
+        "trials": STUDY_TRIALS,
     }
 
 
@@ -109,7 +116,7 @@ def run_point_process(data_root: Path | None, text: str, budget: str) -> dict:
     if finished.returncode != 0 or not lines:
         tail = (finished.stderr or finished.stdout)[-2000:]
         raise RuntimeError(f"point {text} failed (exit {finished.returncode}):\n{tail}")
-    return json.loads(lines[-1][len(POINT_PREFIX):])
+    return json.loads(lines[-1][len(POINT_PREFIX) :])
 
 
 def load_finished(path: Path, fresh: bool) -> dict:
@@ -123,9 +130,15 @@ def study_check(context_path: Path | None) -> dict | None:
         return None
     context = json.loads(context_path.read_text())
     run = (recorded_runs(context) or [{}])[-1]
-    return {"study": context["study"], "path": str(context_path), "images": sum(context["counts"].values()),
-            "size": context["budget_detail"]["size"], "wall_minutes": run.get("wall_minutes"),
-            "peak_rss_gib": run.get("peak_rss_gib"), "date": context.get("date")}
+    return {
+        "study": context["study"],
+        "path": str(context_path),
+        "images": sum(context["counts"].values()),
+        "size": context["budget_detail"]["size"],
+        "wall_minutes": run.get("wall_minutes"),
+        "peak_rss_gib": run.get("peak_rss_gib"),
+        "date": context.get("date"),
+    }
 
 
 def plot(out: Path, points: list[dict], check: dict | None) -> None:
@@ -140,15 +153,31 @@ def plot(out: Path, points: list[dict], check: dict | None) -> None:
     for size in sorted({p["size"] for p in points}):
         row = sorted((p for p in points if p["size"] == size), key=lambda p: p["images"])
         counts = [p["images"] for p in row]
-        axes[0].plot(counts, [composed_study_minutes(p) for p in row], marker="o",
-                     label=f"{size} px, composed")
-        axes[1].plot(counts, [p["peak_rss_gib"] for p in row], marker="o",
-                     label=f"{size} px, one-trial process")
+        axes[0].plot(
+            counts, [composed_study_minutes(p) for p in row], marker="o", label=f"{size} px, composed"
+        )
+        axes[1].plot(
+            counts, [p["peak_rss_gib"] for p in row], marker="o", label=f"{size} px, one-trial process"
+        )
     if check and check["wall_minutes"]:
-        axes[0].scatter([check["images"]], [check["wall_minutes"]], marker="*", s=160, color="black",
-                        label=f"real {check['study']} run", zorder=3)
-        axes[1].scatter([check["images"]], [check["peak_rss_gib"]], marker="*", s=160, color="black",
-                        label=f"real {check['study']} run", zorder=3)
+        axes[0].scatter(
+            [check["images"]],
+            [check["wall_minutes"]],
+            marker="*",
+            s=160,
+            color="black",
+            label=f"real {check['study']} run",
+            zorder=3,
+        )
+        axes[1].scatter(
+            [check["images"]],
+            [check["peak_rss_gib"]],
+            marker="*",
+            s=160,
+            color="black",
+            label=f"real {check['study']} run",
+            zorder=3,
+        )
     axes[0].axhline(60, color="grey", linestyle="--", linewidth=1, label="60 min target")
     axes[1].axhline(12, color="grey", linestyle="--", linewidth=1, label="12 GiB target")
     axes[0].set_ylabel(f"{STUDY_TRIALS}-trial study wall time, min")
@@ -157,39 +186,58 @@ def plot(out: Path, points: list[dict], check: dict | None) -> None:
         ax.set_xlabel("images in the data set")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.suptitle("How a decoder_variants study's cost grows (measured parts per point, composed)",
-                    fontsize=10)
+    figure.suptitle(
+        "How a decoder_variants study's cost grows (measured parts per point, composed)", fontsize=10
+    )
     save_figure_atomic(figure, out / "scaling.png")
 
 
 def write_report(out: Path, points: list[dict], check: dict | None, header: dict) -> None:
-    rows = [{"images": p["images"], "size": p["size"], "load s": f"{p['load_s']:.0f}",
-             "encode s": f"{p['encode_s']:.0f}", "first epoch s": f"{p['first_epoch_s']:.0f}",
-             "steady epoch s": f"{p['steady_epoch_s']:.0f}", "scoring s": f"{p['score_s']:.0f}",
-             "feature cache GiB": f"{p['cache_gib']:.2f}", "peak RSS GiB": f"{p['peak_rss_gib']:.1f}",
-             "study min (composed)": f"{composed_study_minutes(p):.1f}"}
-            for p in sorted(points, key=lambda p: (p["size"], p["images"]))]
+    rows = [
+        {
+            "images": p["images"],
+            "size": p["size"],
+            "load s": f"{p['load_s']:.0f}",
+            "encode s": f"{p['encode_s']:.0f}",
+            "first epoch s": f"{p['first_epoch_s']:.0f}",
+            "steady epoch s": f"{p['steady_epoch_s']:.0f}",
+            "scoring s": f"{p['score_s']:.0f}",
+            "feature cache GiB": f"{p['cache_gib']:.2f}",
+            "peak RSS GiB": f"{p['peak_rss_gib']:.1f}",
+            "study min (composed)": f"{composed_study_minutes(p):.1f}",
+        }
+        for p in sorted(points, key=lambda p: (p["size"], p["images"]))
+    ]
     lines = [
-        "# How cost grows", "",
+        "# How cost grows",
+        "",
         f"`{header['command']}` on {header['machine']}, {header['date']}.",
         f"Data: {header['data']}. Each point ran in its own process, one after another, "
         f"load average (1 min) {header['load_start']:.1f} at the start and "
-        f"{header['load_end']:.1f} at the end.", "",
+        f"{header['load_end']:.1f} at the end.",
+        "",
         "Per point: load and check the tiles, encode validation + test + the training copies "
         "(2 per training tile), train the default decoder for two epochs (the first includes "
         "tracing), score. The study column composes those measured parts into a "
         f"{STUDY_TRIALS}-trial, {points[0]['epochs']}-epoch decoder_variants study: "
         f"load + encode + trials x (first epoch + {points[0]['epochs'] - 1} x steady epoch + scoring). "
-        "Every variant is costed as the default decoder; the subpixel ones are a little slower.", "",
-        tabulate(rows, headers="keys", tablefmt="github"), "",
+        "Every variant is costed as the default decoder; the subpixel ones are a little slower.",
+        "",
+        tabulate(rows, headers="keys", tablefmt="github"),
+        "",
         "Peak RSS is that of a process holding the cache and one trial; a real study holds more "
-        "(each finished trial leaves traced graphs behind), see the check below.", "",
+        "(each finished trial leaves traced graphs behind), see the check below.",
+        "",
     ]
     if check:
-        lines += ["## Check against a real study", "",
-                  f"`{check['path']}` ({check['date']}): {check['images']} images at {check['size']} px took "
-                  f"**{check['wall_minutes']} min** with **{check['peak_rss_gib']} GiB** peak RSS, "
-                  "measured by the run itself.", ""]
+        lines += [
+            "## Check against a real study",
+            "",
+            f"`{check['path']}` ({check['date']}): {check['images']} images at {check['size']} px took "
+            f"**{check['wall_minutes']} min** with **{check['peak_rss_gib']} GiB** peak RSS, "
+            "measured by the run itself.",
+            "",
+        ]
     lines += ["![study cost against images and tile size](scaling.png)", ""]
     out.mkdir(parents=True, exist_ok=True)
     plot(out, points, check)
@@ -207,10 +255,13 @@ def main(argv=None) -> int:
     for text in wanted:
         parse_point(text)
     finished = load_finished(args.out / "scaling.json", args.fresh)
-    header = {"command": "python -m bench.scaling " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": describe(), "data": str(args.data or "SYNTHETIC scenes"),
-              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "load_start": os.getloadavg()[0]}
+    header = {
+        "command": "python -m bench.scaling " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": describe(),
+        "data": str(args.data or "SYNTHETIC scenes"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_start": os.getloadavg()[0],
+    }
     check = study_check(args.check_against)
     for text in wanted:
         if text in finished:

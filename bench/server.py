@@ -1,5 +1,6 @@
 """A server as a subprocess on a free loopback port: started, waited for until /health answers,
 stopped. The one helper the benchmarks and the tests start `python -m app` (or gunicorn) with."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(args: Sequence[str] = (), command: Sequence[str] = APP_COMMAND,
-                   log_path: Path | None = None, env: dict | None = None, cwd: Path | None = None,
-                   timeout: float = 120) -> Iterator[Server]:
+def running_server(
+    args: Sequence[str] = (),
+    command: Sequence[str] = APP_COMMAND,
+    log_path: Path | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> Iterator[Server]:
     """Yield the Server running `command + args` once /health answers, then stop it.
 
     A "{port}" in the command becomes a free port; without one, `--port PORT` is appended.

@@ -9,6 +9,7 @@ Measures, in one run on one machine, and writes OUT/bench.md + OUT/bench.json:
 - peak memory of the benchmark process and of the server.
 The server is started as a subprocess (`python -m app`) and called over loopback HTTP.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ from zoo.served import served_model_path  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, help="images/ + masks/ folder (default: SYNTHETIC)")
-    parser.add_argument("--model", type=Path, default=served_model_path(),
-                        help="default: the served model (results/MODEL, else results/final/model.keras)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=served_model_path(),
+        help="default: the served model (results/MODEL, else results/final/model.keras)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--images", type=int, default=64, help="training images per measurement")
     parser.add_argument("--requests", type=int, default=30, help="requests per /inference size")
@@ -67,8 +72,9 @@ def bench_training(images, masks, config, encoder) -> dict:
 
     ours = unet.build(config, encoder=encoder)
     started = time.perf_counter()
-    cached = features.encode(ours, images, masks, copies=1, augmentation="none", seed=0,
-                             progress=lambda *_: None)
+    cached = features.encode(
+        ours, images, masks, copies=1, augmentation="none", seed=0, progress=lambda *_: None
+    )
     encode_per_image = (time.perf_counter() - started) / len(images)
     decoder = unet.decoder_of(ours)
     decoder.compile(keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"))
@@ -79,14 +85,18 @@ def bench_training(images, masks, config, encoder) -> dict:
 
     tutorial = unet.build_tutorial()
     tutorial.compile(keras.optimizers.Adam(1e-3), SegmentationLoss("bce"))
-    tutorial_ips = training_images_per_second(tutorial, images.astype(np.float32),
-                                              masks[..., None].astype(np.float32), 16)
-    return {"ours_decoder_images_per_s": ours_ips, "encode_ms_per_image": encode_per_image * 1000,
-            "tutorial_images_per_s": tutorial_ips,
-            "cache_bytes_per_image": cached.nbytes() / len(images),
-            "levers_images_per_s": levers,
-            "ours_trainable_params": unet.trainable_params(ours),
-            "tutorial_trainable_params": unet.trainable_params(tutorial)}
+    tutorial_ips = training_images_per_second(
+        tutorial, images.astype(np.float32), masks[..., None].astype(np.float32), 16
+    )
+    return {
+        "ours_decoder_images_per_s": ours_ips,
+        "encode_ms_per_image": encode_per_image * 1000,
+        "tutorial_images_per_s": tutorial_ips,
+        "cache_bytes_per_image": cached.nbytes() / len(images),
+        "levers_images_per_s": levers,
+        "ours_trainable_params": unet.trainable_params(ours),
+        "tutorial_trainable_params": unet.trainable_params(tutorial),
+    }
 
 
 def bench_levers(config, encoder, inputs, targets) -> dict:
@@ -107,18 +117,21 @@ def bench_levers(config, encoder, inputs, targets) -> dict:
         keras.mixed_precision.set_global_policy(policy)
         try:
             decoder = unet.decoder_of(unet.build(config, encoder=encoder))
-            decoder.compile(keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"),
-                            jit_compile=jit_compile)
+            decoder.compile(
+                keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"), jit_compile=jit_compile
+            )
             return training_images_per_second(decoder, inputs, targets, 16)
         except tf.errors.OpError as error:  # a lever TensorFlow cannot run is a result, not a crash
             return f"fails: {type(error).__name__}: {_cause(error)}"
         finally:
             keras.mixed_precision.set_global_policy(previous)
 
-    return {"default (float32, no XLA)": throughput(False, "float32"),
-            "XLA (jit_compile=True)": throughput(True, "float32"),
-            "bfloat16 (mixed_bfloat16)": throughput(False, "mixed_bfloat16"),
-            "XLA + bfloat16": throughput(True, "mixed_bfloat16")}
+    return {
+        "default (float32, no XLA)": throughput(False, "float32"),
+        "XLA (jit_compile=True)": throughput(True, "float32"),
+        "bfloat16 (mixed_bfloat16)": throughput(False, "mixed_bfloat16"),
+        "XLA + bfloat16": throughput(True, "mixed_bfloat16"),
+    }
 
 
 def _cause(error: Exception) -> str:
@@ -144,9 +157,11 @@ def bench_forward(model, images) -> dict:
     def per_image(fn, arg) -> float:
         return median_ms(lambda: [t.numpy() for t in tf.nest.flatten(fn(arg))], 5)[0] / 16
 
-    return {"encoder_ms_per_image": per_image(encode, batch),
-            "decoder_ms_per_image": per_image(decode, taps),
-            "full_ms_per_image": per_image(full, batch)}
+    return {
+        "encoder_ms_per_image": per_image(encode, batch),
+        "decoder_ms_per_image": per_image(decode, taps),
+        "full_ms_per_image": per_image(full, batch),
+    }
 
 
 def bench_variants(encoder, repeats: int = 15) -> list[dict]:
@@ -158,12 +173,21 @@ def bench_variants(encoder, repeats: int = 15) -> list[dict]:
     for upsampler, skip in itertools.product(UPSAMPLERS, SKIP_MERGES):
         config = dataclasses.replace(studies.DEFAULT_DECODER, upsampler=upsampler, skip=skip)
         model = unet.build(config, encoder=encoder)
-        rows.append({"variant": config.name, "trainable params": unet.trainable_params(model),
-                     "ms per 256x256 image (median)": latency_ms(model, 256, repeats)})
+        rows.append(
+            {
+                "variant": config.name,
+                "trainable params": unet.trainable_params(model),
+                "ms per 256x256 image (median)": latency_ms(model, 256, repeats),
+            }
+        )
     tutorial = unet.build_tutorial()
-    rows.append({"variant": "TF tutorial decoder (512/256/128/64)",
-                 "trainable params": unet.trainable_params(tutorial),
-                 "ms per 256x256 image (median)": latency_ms(tutorial, 256, repeats)})
+    rows.append(
+        {
+            "variant": "TF tutorial decoder (512/256/128/64)",
+            "trainable params": unet.trainable_params(tutorial),
+            "ms per 256x256 image (median)": latency_ms(tutorial, 256, repeats),
+        }
+    )
     return rows
 
 
@@ -174,8 +198,15 @@ def bench_http(model_path: Path, requests_per_size: int) -> dict:
     with running_server(["--model", str(model_path), "--tta", "model"]) as server:
         segmenter = Segmenter.from_file(model_path)
         rng = np.random.default_rng(0)
-        result = {str(size): _http_against_raw(server.url, segmenter, rng.integers(
-            0, 256, (size, size, 3), dtype=np.uint8), requests_per_size) for size in (256, 1024)}
+        result = {
+            str(size): _http_against_raw(
+                server.url,
+                segmenter,
+                rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                requests_per_size,
+            )
+            for size in (256, 1024)
+        }
         result["server_peak_rss_mb"] = _peak_rss_mb(psutil.Process(server.process.pid))
         return result
 
@@ -184,15 +215,22 @@ def _http_against_raw(url: str, segmenter: Segmenter, image: np.ndarray, count: 
     body = json.dumps({"image": image.tolist()})
 
     def post() -> None:
-        requests.post(url + "/inference", data=body, headers={"Content-Type": "application/json"},
-                      timeout=300).raise_for_status()
+        requests.post(
+            url + "/inference", data=body, headers={"Content-Type": "application/json"}, timeout=300
+        ).raise_for_status()
 
     post()
     segmenter.predict(image)
     http_p50, http_p95 = median_ms(post, count)
     raw_p50, raw_p95 = median_ms(lambda: segmenter.predict(image), count)
-    return {"http_p50_ms": http_p50, "http_p95_ms": http_p95, "raw_p50_ms": raw_p50,
-            "raw_p95_ms": raw_p95, "ratio_p50": http_p50 / raw_p50, "body_mb": len(body) / 2**20}
+    return {
+        "http_p50_ms": http_p50,
+        "http_p95_ms": http_p95,
+        "raw_p50_ms": raw_p50,
+        "raw_p95_ms": raw_p95,
+        "ratio_p50": http_p50 / raw_p50,
+        "body_mb": len(body) / 2**20,
+    }
 
 
 def _peak_rss_mb(process) -> float:
@@ -218,53 +256,122 @@ def write_report(out: Path, results: dict) -> None:
     t, f, h = results["training"], results["forward"], results["http"]
     speedup = t["ours_decoder_images_per_s"] / t["tutorial_images_per_s"]
     lines = [
-        "# Benchmark", "",
+        "# Benchmark",
+        "",
         f"`{results['command']}` on {results['machine']}, {results['date']}; {results['versions']}.",
         f"Data: {results['data']} ({results['images']} tiles, 256x256). Model: `{results['model']}`.",
         "Medians unless marked; every number below comes from this one run. Load average "
         f"(1 min) at start {results['load_start']:.1f}, at end {results['load_end']:.1f} on "
-        "2 cores: above ~1 other work shared the CPU and the numbers are slower than on an idle machine.", "",
-        "## Training throughput", "",
-        tabulate([
-            ["standard recipe: decoder on cached features (bce_dice, AdamW)",
-             f"{t['ours_decoder_images_per_s']:.1f}", f"{t['ours_trainable_params'] / 1e6:.2f} M"],
-            ["tutorial recipe: full model end to end (512/256/128/64 transpose decoder, Adam, BCE)",
-             f"{t['tutorial_images_per_s']:.1f}", f"{t['tutorial_trainable_params'] / 1e6:.2f} M"],
-        ], headers=["recipe", "images/s", "trainable params"], tablefmt="github"), "",
+        "2 cores: above ~1 other work shared the CPU and the numbers are slower than on an idle machine.",
+        "",
+        "## Training throughput",
+        "",
+        tabulate(
+            [
+                [
+                    "standard recipe: decoder on cached features (bce_dice, AdamW)",
+                    f"{t['ours_decoder_images_per_s']:.1f}",
+                    f"{t['ours_trainable_params'] / 1e6:.2f} M",
+                ],
+                [
+                    "tutorial recipe: full model end to end (512/256/128/64 transpose decoder, Adam, BCE)",
+                    f"{t['tutorial_images_per_s']:.1f}",
+                    f"{t['tutorial_trainable_params'] / 1e6:.2f} M",
+                ],
+            ],
+            headers=["recipe", "images/s", "trainable params"],
+            tablefmt="github",
+        ),
+        "",
         f"Speed-up of a training step: **{speedup:.1f}x**. The cache is paid once per study: "
         f"{t['encode_ms_per_image']:.1f} ms per tile and copy to encode, "
-        f"{t['cache_bytes_per_image'] / 2**20:.2f} MiB per tile and copy (float16).", "",
-        "## Levers on the decoder's training step", "",
-        "Same cached features, same decoder, batch 16; images/s after one warm-up epoch.", "",
-        tabulate([[name, f"{value:.1f}" if isinstance(value, float) else value]
-                  for name, value in t["levers_images_per_s"].items()],
-                 headers=["variant of the step", "images/s"], tablefmt="github"), "",
-        "## Forward cost (batch of 16, per image)", "",
-        tabulate([["encoder (frozen MobileNetV2)", f"{f['encoder_ms_per_image']:.1f}"],
-                  ["decoder", f"{f['decoder_ms_per_image']:.1f}"],
-                  ["full model", f"{f['full_ms_per_image']:.1f}"]],
-                 headers=["part", "ms per 256x256 image"], tablefmt="github"), "",
-        "## /inference end to end against the raw forward", "",
-        tabulate([[f"{size}x{size}", f"{h[size]['body_mb']:.1f}", f"{h[size]['http_p50_ms']:.0f}",
-                   f"{h[size]['http_p95_ms']:.0f}", f"{h[size]['raw_p50_ms']:.0f}",
-                   f"{h[size]['raw_p95_ms']:.0f}", f"{h[size]['ratio_p50']:.2f}"]
-                  for size in ("256", "1024")],
-                 headers=["image", "JSON body MB", "HTTP p50 ms", "HTTP p95 ms", "raw p50 ms",
-                          "raw p95 ms", "HTTP / raw (p50)"], tablefmt="github"), "",
+        f"{t['cache_bytes_per_image'] / 2**20:.2f} MiB per tile and copy (float16).",
+        "",
+        "## Levers on the decoder's training step",
+        "",
+        "Same cached features, same decoder, batch 16; images/s after one warm-up epoch.",
+        "",
+        tabulate(
+            [
+                [name, f"{value:.1f}" if isinstance(value, float) else value]
+                for name, value in t["levers_images_per_s"].items()
+            ],
+            headers=["variant of the step", "images/s"],
+            tablefmt="github",
+        ),
+        "",
+        "## Forward cost (batch of 16, per image)",
+        "",
+        tabulate(
+            [
+                ["encoder (frozen MobileNetV2)", f"{f['encoder_ms_per_image']:.1f}"],
+                ["decoder", f"{f['decoder_ms_per_image']:.1f}"],
+                ["full model", f"{f['full_ms_per_image']:.1f}"],
+            ],
+            headers=["part", "ms per 256x256 image"],
+            tablefmt="github",
+        ),
+        "",
+        "## /inference end to end against the raw forward",
+        "",
+        tabulate(
+            [
+                [
+                    f"{size}x{size}",
+                    f"{h[size]['body_mb']:.1f}",
+                    f"{h[size]['http_p50_ms']:.0f}",
+                    f"{h[size]['http_p95_ms']:.0f}",
+                    f"{h[size]['raw_p50_ms']:.0f}",
+                    f"{h[size]['raw_p95_ms']:.0f}",
+                    f"{h[size]['ratio_p50']:.2f}",
+                ]
+                for size in ("256", "1024")
+            ],
+            headers=[
+                "image",
+                "JSON body MB",
+                "HTTP p50 ms",
+                "HTTP p95 ms",
+                "raw p50 ms",
+                "raw p95 ms",
+                "HTTP / raw (p50)",
+            ],
+            tablefmt="github",
+        ),
+        "",
         f"Raw = `zoo.predict.Segmenter.predict` in process (padding, forward, threshold). "
-        f"{results['requests']} requests per size, one client.", "",
-        "## Every variant: parameters and forward latency", "",
+        f"{results['requests']} requests per size, one client.",
+        "",
+        "## Every variant: parameters and forward latency",
+        "",
         "One 256x256 image through the full model (encoder included) with `zoo.predict.Segmenter`, "
-        "median of 15 after one warm-up; random decoder weights (latency does not depend on them).", "",
-        tabulate([{**r, "trainable params": f"{r['trainable params'] / 1e6:.2f} M",
-                   "ms per 256x256 image (median)": f"{r['ms per 256x256 image (median)']:.1f}"}
-                  for r in results["variants"]], headers="keys", tablefmt="github"), "",
-        "## Peak memory", "",
+        "median of 15 after one warm-up; random decoder weights (latency does not depend on them).",
+        "",
+        tabulate(
+            [
+                {
+                    **r,
+                    "trainable params": f"{r['trainable params'] / 1e6:.2f} M",
+                    "ms per 256x256 image (median)": f"{r['ms per 256x256 image (median)']:.1f}",
+                }
+                for r in results["variants"]
+            ],
+            headers="keys",
+            tablefmt="github",
+        ),
+        "",
+        "## Peak memory",
+        "",
         f"- benchmark process (training both recipes): {results['bench_peak_rss_mb']:.0f} MiB",
-        f"- server process: {h['server_peak_rss_mb']:.0f} MiB", "",
+        f"- server process: {h['server_peak_rss_mb']:.0f} MiB",
+        "",
     ]
-    lines += ["## How cost grows", "",
-              "Measured point by point by `python -m bench.scaling`: see [scaling.md](scaling.md).", ""]
+    lines += [
+        "## How cost grows",
+        "",
+        "Measured point by point by `python -m bench.scaling`: see [scaling.md](scaling.md).",
+        "",
+    ]
     # The serving-runtimes section is written by its own command: keep it, do not erase it.
     previous = (out / "bench.md").read_text() if (out / "bench.md").is_file() else ""
     write_text_atomic(out / "bench.md", "\n".join(lines + [section_of(previous)]).rstrip("\n") + "\n")
@@ -274,21 +381,28 @@ def write_report(out: Path, results: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
-        print(f"error: no model at {args.model}; make one with `python -m training.fit` "
-              "or pass --model", file=sys.stderr)
+        print(
+            f"error: no model at {args.model}; make one with `python -m training.fit` or pass --model",
+            file=sys.stderr,
+        )
         return 2
     load_start = os.getloadavg()[0]
     images, masks, source = load_images(args.data, args.images)
     config = DecoderConfig.from_dict(json.loads(args.model.with_suffix(".json").read_text())["config"])
     results = {
         "command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": describe(), "versions": _versions(),
+        "machine": describe(),
+        "versions": _versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "data": source, "images": len(images), "model": str(args.model), "config": config.name,
+        "data": source,
+        "images": len(images),
+        "model": str(args.model),
+        "config": config.name,
         "requests": args.requests,
         **measure(images, masks, config, args.model, args.requests),
         "bench_peak_rss_mb": process_memory_gib()[1] * 1024,
-        "load_start": load_start, "load_end": os.getloadavg()[0],
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
     }
     write_report(args.out, results)
     print((args.out / "bench.md").read_text())

@@ -10,6 +10,7 @@ Layers timed alone miss the fusion and the overlap of a whole step, so their sum
 to the shares, not the step's time.
 Writes OUT/step_profile.md and OUT/step_profile.json (OUT/step_profile_os2.* at stride 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each layer (median)")
-    parser.add_argument("--output-stride", type=int, default=1, choices=OUTPUT_STRIDES,
-                        help="where the decoder stops (zoo.config.OUTPUT_STRIDES)")
+    parser.add_argument(
+        "--output-stride",
+        type=int,
+        default=1,
+        choices=OUTPUT_STRIDES,
+        help="where the decoder stops (zoo.config.OUTPUT_STRIDES)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     return parser.parse_args(argv)
 
@@ -82,8 +88,11 @@ def fit_step_ms(decoder, taps: list, size: int, batch: int) -> float:
     rng = np.random.default_rng(1)
     inputs = [np.concatenate([t] * 4) for t in taps]
     targets = (rng.random((4 * batch, size, size, 1)) > 0.8).astype("float32")
-    decoder.compile(keras.optimizers.AdamW(1e-3), SegmentationLoss("bce_dice"),
-                    metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")])
+    decoder.compile(
+        keras.optimizers.AdamW(1e-3),
+        SegmentationLoss("bce_dice"),
+        metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")],
+    )
     decoder.fit(inputs, targets, batch_size=batch, epochs=1, verbose=0)
     started = time.perf_counter()
     decoder.fit(inputs, targets, batch_size=batch, epochs=1, verbose=0)
@@ -98,26 +107,40 @@ def profile(size: int, batch: int, repeats: int, output_stride: int = 1) -> dict
     config = dataclasses.replace(SERVED.decoder, output_stride=output_stride)
     decoder = unet.decoder_of(unet.build(config, encoder=build_encoder(None)))
     rng = np.random.default_rng(0)
-    taps = [rng.standard_normal((batch, size // s, size // s, t.shape[-1])).astype("float32")
-            for s, t in zip(unet.STRIDES, decoder.inputs)]
+    taps = [
+        rng.standard_normal((batch, size // s, size // s, t.shape[-1])).astype("float32")
+        for s, t in zip(unet.STRIDES, decoder.inputs)
+    ]
     rows = []
     for name, inputs in layer_inputs(decoder, taps).items():
         layer = decoder.get_layer(name)
         shape = tuple(np.shape(inputs[0] if isinstance(inputs, (list, tuple)) else inputs))
-        rows.append({"layer": name, "kind": type(layer).__name__, "input": list(shape),
-                     "ms": time_layer(layer, inputs, repeats)})
-    return {"config": config.name, "size": size, "batch": batch, "repeats": repeats,
-            "layers": rows, "fit_step_ms": fit_step_ms(decoder, taps, size, batch)}
+        rows.append(
+            {
+                "layer": name,
+                "kind": type(layer).__name__,
+                "input": list(shape),
+                "ms": time_layer(layer, inputs, repeats),
+            }
+        )
+    return {
+        "config": config.name,
+        "size": size,
+        "batch": batch,
+        "repeats": repeats,
+        "layers": rows,
+        "fit_step_ms": fit_step_ms(decoder, taps, size, batch),
+    }
 
 
 def level_of(layer_name: str) -> str:
-    """"dec3_s2_block_a_conv" -> "dec3_s2"; the head and anything else keep their own name."""
+    """ "dec3_s2_block_a_conv" -> "dec3_s2"; the head and anything else keep their own name."""
     parts = layer_name.split("_")
     return "_".join(parts[:2]) if parts[0].startswith("dec") and len(parts) > 2 else layer_name
 
 
 def _finest_level(run: dict) -> str:
-    """"dec4_s1" at full resolution, "dec3_s2" for a decoder that stops at stride 2."""
+    """ "dec4_s1" at full resolution, "dec3_s2" for a decoder that stops at stride 2."""
     levels = {level_of(r["layer"]) for r in run["layers"] if r["layer"].startswith("dec")}
     return max(levels, key=lambda level: int(level.split("_")[0][3:]))
 
@@ -130,32 +153,56 @@ def report(run: dict) -> str:
         by_kind[r["kind"]] += r["ms"]
     share = lambda ms: f"{ms:.0f} ({100 * ms / total:.0f}%)"  # noqa: E731
     top = sorted(run["layers"], key=lambda r: -r["ms"])[:12]
-    return "\n".join([
-        "# Where a decoder training step goes", "",
-        f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Decoder "
-        f"`{run['config']}`, batch {run['batch']} of {run['size']} px tiles; each "
-        f"layer's forward and backward pass timed alone (median of {run['repeats']}), ms.", "",
-        f"- **A whole step as `fit` runs it: {run['fit_step_ms']:.0f} ms** "
-        f"({1000 * run['batch'] / run['fit_step_ms']:.1f} tiles/s).",
-        f"- Sum of the layers timed alone: {total:.0f} ms (no fusion or overlap, so a guide to "
-        "the shares, not the step's time).", "",
-        f"## By decoder level (dec0 is the deepest, at stride 16; {_finest_level(run)} the finest)", "",
-        tabulate([(k, share(v)) for k, v in sorted(by_level.items(), key=lambda kv: -kv[1])],
-                 headers=["level", "ms (share)"], tablefmt="github"), "",
-        "## By kind of layer", "",
-        tabulate([(k, share(v)) for k, v in by_kind.most_common()], headers=["kind", "ms (share)"],
-                 tablefmt="github"), "",
-        "## The slowest layers", "",
-        tabulate([(r["layer"], r["kind"], "x".join(map(str, r["input"][1:])), f"{r['ms']:.1f}") for r in top],
-                 headers=["layer", "kind", "input (H x W x C)", "ms"], tablefmt="github"), ""])
+    return "\n".join(
+        [
+            "# Where a decoder training step goes",
+            "",
+            f"`{run['command']}` on {run['machine']}, {run['date']}, CPU only. Decoder "
+            f"`{run['config']}`, batch {run['batch']} of {run['size']} px tiles; each "
+            f"layer's forward and backward pass timed alone (median of {run['repeats']}), ms.",
+            "",
+            f"- **A whole step as `fit` runs it: {run['fit_step_ms']:.0f} ms** "
+            f"({1000 * run['batch'] / run['fit_step_ms']:.1f} tiles/s).",
+            f"- Sum of the layers timed alone: {total:.0f} ms (no fusion or overlap, so a guide to "
+            "the shares, not the step's time).",
+            "",
+            f"## By decoder level (dec0 is the deepest, at stride 16; {_finest_level(run)} the finest)",
+            "",
+            tabulate(
+                [(k, share(v)) for k, v in sorted(by_level.items(), key=lambda kv: -kv[1])],
+                headers=["level", "ms (share)"],
+                tablefmt="github",
+            ),
+            "",
+            "## By kind of layer",
+            "",
+            tabulate(
+                [(k, share(v)) for k, v in by_kind.most_common()],
+                headers=["kind", "ms (share)"],
+                tablefmt="github",
+            ),
+            "",
+            "## The slowest layers",
+            "",
+            tabulate(
+                [(r["layer"], r["kind"], "x".join(map(str, r["input"][1:])), f"{r['ms']:.1f}") for r in top],
+                headers=["layer", "kind", "input (H x W x C)", "ms"],
+                tablefmt="github",
+            ),
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    run = {**profile(args.size, args.batch, args.repeats, args.output_stride), "machine": describe(),
-           "command": " ".join(["python -m bench.step", *argv]),
-           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    run = {
+        **profile(args.size, args.batch, args.repeats, args.output_stride),
+        "machine": describe(),
+        "command": " ".join(["python -m bench.step", *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "step_profile" if args.output_stride == 1 else f"step_profile_os{args.output_stride}"
     write_json_atomic(args.out / f"{stem}.json", run)

@@ -2,6 +2,7 @@
 
 albumentations and OpenCV are imported inside the functions, so importing this module is cheap.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,10 +93,22 @@ def _other_sensor(A) -> list:
 
     resample = {"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}
     return [
-        A.Affine(scale=(0.75, 1.33), rotate=(-15, 15), interpolation=cv2.INTER_LINEAR,
-                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
-        A.OneOf([A.Downscale(scale_range=(0.25, 0.6), interpolation_pair=resample),
-                 A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7))], p=0.6),
+        A.Affine(
+            scale=(0.75, 1.33),
+            rotate=(-15, 15),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=0.7,
+        ),
+        A.OneOf(
+            [
+                A.Downscale(scale_range=(0.25, 0.6), interpolation_pair=resample),
+                A.GaussianBlur(blur_limit=(3, 7)),
+                A.MotionBlur(blur_limit=(3, 7)),
+            ],
+            p=0.6,
+        ),
         A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.6),
         A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=15, p=0.5),
         A.RandomGamma(gamma_limit=(75, 130), p=0.4),
@@ -112,8 +125,14 @@ def _farther_view(A, p: float = 0.3) -> list:
     import cv2
 
     return [
-        A.Affine(scale=(0.25, 0.5), rotate=(-15, 15), interpolation=cv2.INTER_AREA,
-                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=p),
+        A.Affine(
+            scale=(0.25, 0.5),
+            rotate=(-15, 15),
+            interpolation=cv2.INTER_AREA,
+            mask_interpolation=cv2.INTER_NEAREST,
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=p,
+        ),
     ]
 
 
@@ -127,9 +146,15 @@ def _closer_view(A) -> list:
     import cv2
 
     return [
-        A.Affine(scale=(1.5, 4.0), translate_percent=(-0.25, 0.25), rotate=(-15, 15),
-                 interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                 border_mode=cv2.BORDER_REFLECT_101, p=1.0),
+        A.Affine(
+            scale=(1.5, 4.0),
+            translate_percent=(-0.25, 0.25),
+            rotate=(-15, 15),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=1.0,
+        ),
     ]
 
 
@@ -139,5 +164,7 @@ def augment_pair(pipeline, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndar
     new_image, new_mask = out["image"], out["mask"]
     if new_image.shape != image.shape or new_mask.shape != mask.shape:
         # Quarter turns of a non-square tile change its shape; batches need fixed shapes.
-        raise ValueError(f"augmentation changed the size {image.shape} to {new_image.shape}; use square tiles")
+        raise ValueError(
+            f"augmentation changed the size {image.shape} to {new_image.shape}; use square tiles"
+        )
     return np.ascontiguousarray(new_image, np.uint8), np.ascontiguousarray(new_mask, np.uint8)

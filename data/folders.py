@@ -8,6 +8,7 @@ of the same ground shares a *ground group* (its zoom-19 ancestor tile), which sp
 
 Only numpy and Pillow are imported at module level; OpenCV only inside the resize that needs it.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -230,10 +231,12 @@ def _files_by_stem(folder: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def _require_partners(images: dict, masks: dict, root: pathlib.Path) -> None:
     lonely_images = [
-        f"{images[stem]}: no mask with this name in {root / 'masks'}" for stem in sorted(images.keys() - masks.keys())
+        f"{images[stem]}: no mask with this name in {root / 'masks'}"
+        for stem in sorted(images.keys() - masks.keys())
     ]
     lonely_masks = [
-        f"{masks[stem]}: no image with this name in {root / 'images'}" for stem in sorted(masks.keys() - images.keys())
+        f"{masks[stem]}: no image with this name in {root / 'images'}"
+        for stem in sorted(masks.keys() - images.keys())
     ]
     if lonely_images or lonely_masks:
         raise DataError(_summarise(lonely_images + lonely_masks))
@@ -253,7 +256,9 @@ def _read_index(path: pathlib.Path, images: dict[str, pathlib.Path]) -> dict[str
     for line, row in enumerate(rows, start=2):
         stem = pathlib.PurePath(row["file"]).stem
         if stem not in images:
-            raise DataError(f"{path}: line {line} names {row['file']!r}, not found in {path.parent / 'images'}")
+            raise DataError(
+                f"{path}: line {line} names {row['file']!r}, not found in {path.parent / 'images'}"
+            )
         if stem in index:
             raise DataError(f"{path}: line {line} names {row['file']!r} a second time")
         index[stem] = row
@@ -272,7 +277,9 @@ def _make_sample(stem: str, image_path: pathlib.Path, mask_path: pathlib.Path, r
             zoom = int(float(row["zoom"]))
         except ValueError:
             index_path = image_path.parent.parent / "index.csv"
-            raise DataError(f"{index_path}: zoom {row['zoom']!r} of {row['file']!r} is not a number") from None
+            raise DataError(
+                f"{index_path}: zoom {row['zoom']!r} of {row['file']!r} is not a number"
+            ) from None
     return Sample(stem, image_path, mask_path, area, zoom, ground_group(stem, area))
 
 

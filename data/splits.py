@@ -1,4 +1,5 @@
 """Leak-free train/val/test splits that move whole ground groups, and seeded subsets of samples."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,6 @@ import numpy as np
 from data.folders import GROUP_ZOOM, DataError, Sample, tile_position
 
 __all__ = ["Split", "limit", "split_samples"]
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +58,9 @@ def split_samples(
     if test_area is not None and not areas:
         raise DataError(f"test_area={test_area!r} given but samples have no areas (no 'area' in index.csv?)")
     if test_area is not None and test_area not in areas:
-        raise DataError(f"test_area={test_area!r} is not an area of the data; known: {', '.join(sorted(areas))}")
+        raise DataError(
+            f"test_area={test_area!r} is not an area of the data; known: {', '.join(sorted(areas))}"
+        )
     _check_val_area(val_area, test_area, areas)
     rng = np.random.default_rng(seed)
     unit = _group_word(samples)
@@ -82,7 +83,9 @@ def _check_val_area(val_area, test_area, areas) -> None:
     if not areas:
         raise DataError(f"val_area={val_area!r} given but samples have no areas (no 'area' in index.csv?)")
     if val_area not in areas:
-        raise DataError(f"val_area={val_area!r} is not an area of the data; known: {', '.join(sorted(areas))}")
+        raise DataError(
+            f"val_area={val_area!r} is not an area of the data; known: {', '.join(sorted(areas))}"
+        )
     if len(areas) < 3:
         raise DataError(f"val_area needs at least three areas (test, val, train); the data has {len(areas)}")
     if val_area == (test_area or _middle_area(areas)):
@@ -99,8 +102,10 @@ def _hold_out_val_groups(rest, fraction: float, rng, unit: str, seed: int) -> tu
     val_groups = _draw_groups(rest, fraction, rng)
     val = [s for s in rest if s.group in val_groups]
     train = [s for s in rest if s.group not in val_groups]
-    text = (f"val = {fraction:.0%} of the remaining tiles as random whole {unit} "
-            f"({len(val)} tiles, {len(val_groups)} groups, seed {seed})")
+    text = (
+        f"val = {fraction:.0%} of the remaining tiles as random whole {unit} "
+        f"({len(val)} tiles, {len(val_groups)} groups, seed {seed})"
+    )
     return val, train, text
 
 

@@ -1,4 +1,5 @@
 """Seeded synthetic aerial-like scenes and data folders of them: for tests, never for results."""
+
 from __future__ import annotations
 
 import csv

@@ -4,6 +4,7 @@ Random weights need no network and no shared files. The final 1x1 conv is rescal
 logits spread around zero: a fresh network's outputs all sit within 1e-4 of 0.5, which would
 make every mask all-0 or all-1 and the equality tests vacuous.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,12 +25,17 @@ from bench import server  # noqa: E402
 # Fixtures that start a server, or run a whole study or final fit, as subprocesses: a test that
 # uses one is `slow` (pytest.ini), so `pytest -m "not slow"` is the fast path. Tests that start
 # such a process themselves carry the mark in their own file.
-SLOW_FIXTURES = {"app_server", "serve",  # conftest: `python -m app` / gunicorn
-                 "smoke_run",            # test_ablations: the decoder_variants smoke study
-                 "search",               # test_distributed: a chief and two workers
-                 "measured",             # test_scaling: each point in its own process
-                 "cv_run", "killed_cv_run", "fit_run",  # test_cv: a cross-validated study, the final fit
-                 "halving_run"}          # test_cv: a halved study
+SLOW_FIXTURES = {
+    "app_server",
+    "serve",  # conftest: `python -m app` / gunicorn
+    "smoke_run",  # test_ablations: the decoder_variants smoke study
+    "search",  # test_distributed: a chief and two workers
+    "measured",  # test_scaling: each point in its own process
+    "cv_run",
+    "killed_cv_run",
+    "fit_run",  # test_cv: a cross-validated study, the final fit
+    "halving_run",
+}  # test_cv: a halved study
 
 
 def pytest_collection_modifyitems(items):
@@ -41,8 +47,9 @@ def pytest_collection_modifyitems(items):
 def child_env(**extra) -> dict:
     """This environment for a child process, minus any $ZOO_MODEL, $ZOO_RUNTIME or $ZOO_TTA
     the caller did not pass: a developer's serving settings must not change what a test serves."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("ZOO_MODEL", "ZOO_RUNTIME", "ZOO_TTA")}
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("ZOO_MODEL", "ZOO_RUNTIME", "ZOO_TTA")
+    }
     return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
@@ -51,6 +58,12 @@ def running_server(command: list[str], log_path: Path, **env):
     """Yield the URL of `command` once /health answers, then stop it (bench.server)."""
     with server.running_server(command=command, log_path=log_path, env=child_env(**env), cwd=REPO) as running:
         yield running.url
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    """XDG_CACHE_HOME for child processes: the synthetic scenes a module's runs share."""
+    return {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +83,12 @@ def small_model_file(tmp_path_factory) -> Path:
     scale = 2.0 / max(float(raw.std()), 1e-12)
     logits.kernel.assign(logits.kernel * scale)
     logits.bias.assign((logits.bias - float(np.median(raw))) * scale)
-    metadata = {"config": config.to_dict(), "threshold": 0.5,
-                "metrics": {"building_iou": 0.123, "mean_iou": 0.456, "f1": 0.789},
-                "data": {"name": "random weights, test fixture"}}
+    metadata = {
+        "config": config.to_dict(),
+        "threshold": 0.5,
+        "metrics": {"building_iou": 0.123, "mean_iou": 0.456, "f1": 0.789},
+        "data": {"name": "random weights, test fixture"},
+    }
     return saving.save(model, tmp_path_factory.mktemp("model") / "model.keras", metadata)
 
 
@@ -98,12 +114,12 @@ def serve(tmp_path):
     each one is stopped after the test. See `running_server` for the port."""
     numbers = itertools.count()
     with contextlib.ExitStack() as stack:
+
         def start(command: list[str], **env) -> str:
             log_path = tmp_path / f"server{next(numbers)}.log"
             return stack.enter_context(running_server(command, log_path, **env))
 
         yield start
-
 
 
 @pytest.fixture
@@ -128,9 +144,15 @@ def in_process(cache_home, monkeypatch, capsys):
 def run_module():
     """`run_module("pkg.mod", *args, timeout=..., **env)`: `python -m pkg.mod args` run from
     the repository root, output captured as text."""
+
     def run(module: str, *args, timeout: float = 120, **env) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
-                              env=child_env(**env), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", module, *map(str, args)],
+            cwd=REPO,
+            env=child_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run

@@ -3,6 +3,7 @@
 
 These start `python -m ablations.run` as a real subprocess, as a user would.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / \
-    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+SHARED_WEIGHTS = (
+    REPO.parent / "shared" / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
 SMOKE_TRIALS = 4  # the smoke study below: 2 upsamplers x 2 skips
 PLOTS = ("tradeoffs.png", "metrics.png", "curves.png", "samples.png")
 
@@ -36,13 +38,14 @@ def weights_flag() -> list[str]:
 
 def run_cli(*args, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "ablations.run", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def cache_home(tmp_path_factory):
-    return {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}
+    return subprocess.run(
+        [sys.executable, "-m", "ablations.run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +54,25 @@ def smoke_run(tmp_path_factory, cache_home):
     started = time.time()
     # Two upsamplers by two skips: 4 trials exercise the grid over two axes, the table and the
     # selection as well as 16 do, at a quarter of the suite's time (`--only` names its folder).
-    result = run_cli("decoder_variants", "--budget", "smoke", "--only", "upsampler=transpose,bilinear",
-                     "--only", "skip=concat,attention", "--out", str(out), *weights_flag(),
-                     env_extra=cache_home)
+    result = run_cli(
+        "decoder_variants",
+        "--budget",
+        "smoke",
+        "--only",
+        "upsampler=transpose,bilinear",
+        "--only",
+        "skip=concat,attention",
+        "--out",
+        str(out),
+        *weights_flag(),
+        env_extra=cache_home,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return (out / "decoder_variants-skip-concat-attention-upsampler-transpose-bilinear", result,
-            time.time() - started)
+    return (
+        out / "decoder_variants-skip-concat-attention-upsampler-transpose-bilinear",
+        result,
+        time.time() - started,
+    )
 
 
 def test_smoke_announces_synthetic_data(smoke_run):
@@ -70,19 +86,41 @@ def test_smoke_writes_one_row_per_trial(smoke_run):
     assert len(trials) == SMOKE_TRIALS
     assert trials[["upsampler", "skip"]].drop_duplicates().shape[0] == SMOKE_TRIALS
     assert set(trials["upsampler"]) == {"transpose", "bilinear"}
-    for column in ("precision", "recall", "building_iou", "mean_iou", "f1", "median_image_iou",
-                   "trainable_params", "total_params", "latency_ms", "train_seconds", "threshold"):
+    for column in (
+        "precision",
+        "recall",
+        "building_iou",
+        "mean_iou",
+        "f1",
+        "median_image_iou",
+        "trainable_params",
+        "total_params",
+        "latency_ms",
+        "train_seconds",
+        "threshold",
+    ):
         assert trials[column].notna().all(), column
-    assert trials[["precision", "recall", "building_iou", "mean_iou", "f1"]].apply(
-        lambda c: c.between(0, 1).all()).all()
+    assert (
+        trials[["precision", "recall", "building_iou", "mean_iou", "f1"]]
+        .apply(lambda c: c.between(0, 1).all())
+        .all()
+    )
     assert (trials["building_iou"] <= trials["f1"] + 1e-9).all()  # IoU <= Dice/F1 always
 
 
 def test_smoke_table_names_its_provenance_and_every_trial(smoke_run):
     study, _, _ = smoke_run
     table = (study / "table.md").read_text()
-    for words in ("SYNTHETIC", "smoke", "Selection rule", "Machine", "seed", "test building IoU",
-                  "test mean IoU", "**(selected)**"):
+    for words in (
+        "SYNTHETIC",
+        "smoke",
+        "Selection rule",
+        "Machine",
+        "seed",
+        "test building IoU",
+        "test mean IoU",
+        "**(selected)**",
+    ):
         assert words in table, words
     trials = pd.read_csv(study / "trials.csv")
     for variant in trials["variant"]:
@@ -113,11 +151,11 @@ def test_smoke_best_model_loads_and_predicts(smoke_run):
     assert metadata["threshold"] == pytest.approx(best_trial["threshold"].item())
     # The end-to-end re-score through the full model agrees with the cached-feature score.
     assert metadata["metrics"]["test"]["building_iou"] == pytest.approx(
-        best_trial["building_iou"].item(), abs=0.02)
+        best_trial["building_iou"].item(), abs=0.02
+    )
     model = keras.saving.load_model(study / "best" / "model.keras")
     assert model.count_params() > 2_000_000
-    mask = Segmenter.from_file(study / "best" / "model.keras").predict(
-        np.zeros((70, 90, 3), np.uint8))
+    mask = Segmenter.from_file(study / "best" / "model.keras").predict(np.zeros((70, 90, 3), np.uint8))
     assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 1}
 
 
@@ -132,8 +170,10 @@ def test_smoke_wall_time_is_reported(smoke_run):
     run = json.loads((study / "context.json").read_text())["runs"][0]  # this fixture's run
     assert run["trials_run"] == SMOKE_TRIALS and run["peak_rss_gib"] > 0
     assert 0 < run["wall_minutes"] <= float(printed[1]) <= (seconds + 3) / 60  # rounded to 0.1
-    assert (f"{run['wall_minutes']} min wall, peak memory {run['peak_rss_gib']} GiB ({SMOKE_TRIALS} trials)"
-            in (study / "table.md").read_text())
+    assert (
+        f"{run['wall_minutes']} min wall, peak memory {run['peak_rss_gib']} GiB ({SMOKE_TRIALS} trials)"
+        in (study / "table.md").read_text()
+    )
 
 
 def _defective_folder(root: Path) -> Path:
@@ -151,11 +191,14 @@ def test_list_names_every_study():
         assert study in result.stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (["no_such_study"], "unknown study 'no_such_study'"),
-    (["decoder_variants", "--data", "/no/such/folder"], "/no/such/folder"),
-    (["decoder_variants", "--seeds", "0"], "--seeds"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["no_such_study"], "unknown study 'no_such_study'"),
+        (["decoder_variants", "--data", "/no/such/folder"], "/no/such/folder"),
+        (["decoder_variants", "--seeds", "0"], "--seeds"),
+    ],
+)
 def test_bad_arguments_exit_with_one_sentence(args, words):
     result = run_cli(*args, "--budget", "smoke")
     assert result.returncode != 0
@@ -188,7 +231,9 @@ def loss_study_oracle(directory: Path):
 
     hp = keras_tuner.HyperParameters()
     studies.STUDIES["loss"].space(hp, studies.DEFAULT_DECODER, 1)
-    made = search.GridOracle(objective=keras_tuner.Objective("score", "max"), max_trials=4, hyperparameters=hp, seed=0)
+    made = search.GridOracle(
+        objective=keras_tuner.Objective("score", "max"), max_trials=4, hyperparameters=hp, seed=0
+    )
     made._set_project_dir(str(directory), "tuner")
     return made
 
@@ -219,16 +264,18 @@ def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its
     assert again.hyperparameters.values == orphan.hyperparameters.values
     for worker in ("w1", "w2", "w3", "w4"):  # hand out everything that is left
         reloaded.create_trial(worker)
-    by_id = {trial_id: json_module.dumps(t.hyperparameters.values, sort_keys=True)
-             for trial_id, t in reloaded.trials.items()}
+    by_id = {
+        trial_id: json_module.dumps(t.hyperparameters.values, sort_keys=True)
+        for trial_id, t in reloaded.trials.items()
+    }
     # Every combination has exactly one trial id: none lost, none under two ids.
     assert len(by_id) == 4 and len(set(by_id.values())) == 4
 
 
 def _synthetic_root(cache_home: dict) -> Path:
     """The synthetic folder the smoke run wrote (data.synthetic.default_synthetic_root)."""
-    from data.synthetic import SYNTHETIC_VERSION
     from ablations.studies import BUDGETS
+    from data.synthetic import SYNTHETIC_VERSION
 
     budget = BUDGETS["smoke"]
     folder = f"synthetic-v{SYNTHETIC_VERSION}-n{budget.synthetic_images}-s{budget.size}-seed0"
@@ -240,9 +287,14 @@ def test_tutorial_baseline_sits_beside_the_selected_model(smoke_run, cache_home,
     out = tmp_path  # the baseline reads the study under its own name, as in results/
     shutil.copytree(study, out / "decoder_variants", ignore=shutil.ignore_patterns("tuner"))
     env = {**os.environ, **cache_home}
-    result = subprocess.run([sys.executable, "-m", "ablations.baseline", "--budget", "smoke",
-                             "--out", str(out), *weights_flag()], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "ablations.baseline", "--budget", "smoke", "--out", str(out), *weights_flag()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     table = (out / "tutorial_recipe" / "table.md").read_text()
     assert "TF tutorial recipe" in table and "selected by `decoder_variants`" in table
@@ -257,8 +309,9 @@ def _declared_space(study_name: str, only: dict, seeds: int = 1):
     from ablations import search, studies
 
     hp = keras_tuner.HyperParameters()
-    hypermodel = search.StudyHyperModel(studies.STUDIES[study_name], studies.DEFAULT_DECODER, seeds,
-                                        shared=None, only=only)
+    hypermodel = search.StudyHyperModel(
+        studies.STUDIES[study_name], studies.DEFAULT_DECODER, seeds, shared=None, only=only
+    )
     hypermodel.declare(hp)
     return hp
 
@@ -275,14 +328,18 @@ def test_only_cuts_a_grid_to_the_named_values():
 
     # A subset keeps its own folder, so its search state never mixes with the full study's.
     assert study_folder(Path("r"), "augmentation", {}) == Path("r/augmentation")
-    assert study_folder(Path("r"), "augmentation", {"augmentation": ["flips", "sensor"]}) == \
-        Path("r/augmentation-augmentation-flips-sensor")
+    assert study_folder(Path("r"), "augmentation", {"augmentation": ["flips", "sensor"]}) == Path(
+        "r/augmentation-augmentation-flips-sensor"
+    )
 
 
-@pytest.mark.parametrize("only, words", [
-    ({"augmentation": ["flips", "mud"]}, "mud is not one of its values (none, flips"),
-    ({"colour": ["red"]}, "study 'augmentation' has no such choice (its choices: augmentation, seed)"),
-])
+@pytest.mark.parametrize(
+    "only, words",
+    [
+        ({"augmentation": ["flips", "mud"]}, "mud is not one of its values (none, flips"),
+        ({"colour": ["red"]}, "study 'augmentation' has no such choice (its choices: augmentation, seed)"),
+    ],
+)
 def test_only_refuses_what_the_study_does_not_have(only, words):
     from training.errors import UserFacingError
 

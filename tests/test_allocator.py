@@ -1,4 +1,5 @@
 """zoo.allocator: freed memory is reused instead of faulted in again at every step."""
+
 import resource
 import subprocess
 import sys

@@ -1,5 +1,6 @@
 """bench.speed's levers: each runs or reports why TensorFlow cannot run it, a bug in
 the bench is never reported as a result, and the global policy is left alone."""
+
 from __future__ import annotations
 
 import keras
@@ -12,8 +13,12 @@ from bench import speed
 from zoo import encoder as zoo_encoder
 from zoo import unet
 
-DEFAULT, XLA, BF16, XLA_BF16 = ("default (float32, no XLA)", "XLA (jit_compile=True)",
-                                "bfloat16 (mixed_bfloat16)", "XLA + bfloat16")
+DEFAULT, XLA, BF16, XLA_BF16 = (
+    "default (float32, no XLA)",
+    "XLA (jit_compile=True)",
+    "bfloat16 (mixed_bfloat16)",
+    "XLA + bfloat16",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,9 @@ def test_levers_measure_and_restore_the_policy(features):
     for name in (DEFAULT, XLA, BF16):  # each ran on every CPU this was tried on
         assert isinstance(levers[name], float) and levers[name] > 0, (name, levers[name])
     # XLA's CPU backend rejects the mixed precisions of the sigmoid's gradient (results/bench.md)
-    assert isinstance(levers[XLA_BF16], float) or levers[XLA_BF16].startswith("fails: InternalError"), \
-        levers[XLA_BF16]
+    assert isinstance(levers[XLA_BF16], float) or levers[XLA_BF16].startswith("fails: InternalError"), levers[
+        XLA_BF16
+    ]
 
 
 def test_only_what_tensorflow_cannot_run_is_a_result(features, monkeypatch):

@@ -1,5 +1,6 @@
 """bench.runtimes' report says how much work a request is: every scale in every
 test-time view goes through the network, so a 4-view model is 4 images a request."""
+
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,10 @@ from bench import request, runtimes
 RECORDED = Path(__file__).resolve().parents[1] / "results" / "bench_runtimes.json"
 
 
-@pytest.mark.parametrize("scales, tta, images", [([1.0], "none", 1), ([1.0], "flips", 4),
-                                                 ([1.0, 0.5, 0.25], "flips", 12),
-                                                 ([1.0, 0.5], "dihedral", 16)])
+@pytest.mark.parametrize(
+    "scales, tta, images",
+    [([1.0], "none", 1), ([1.0], "flips", 4), ([1.0, 0.5, 0.25], "flips", 12), ([1.0, 0.5], "dihedral", 16)],
+)
 def test_the_section_counts_scales_times_views(scales, tta, images):
     if not RECORDED.is_file():
         pytest.skip("no recorded runtimes bench in results/")
@@ -52,8 +54,10 @@ def test_an_override_of_the_views_has_its_own_section_beside_the_models():
 
 def test_the_default_flags_make_the_default_plan():
     args = runtimes.parse_args([])
-    assert runtimes.Plan(**{f.name: getattr(args, f.name) for f in dataclasses.fields(runtimes.Plan)}) \
+    assert (
+        runtimes.Plan(**{f.name: getattr(args, f.name) for f in dataclasses.fields(runtimes.Plan)})
         == runtimes.Plan()
+    )
     assert runtimes.parse_args(["--runtimes", "keras, onnx"]).runtimes == ("keras", "onnx")
 
 
@@ -67,8 +71,21 @@ def test_a_request_profile_is_named_by_its_views_and_scales():
 def test_the_request_profile_times_each_part_of_a_served_request(small_model_file, tmp_path, run_module):
     # A real run on the small model through Keras: every part timed, the app's answer checked
     # against the segmenter's mask (the command fails otherwise), one file per runtime and views.
-    result = run_module("bench.request", "--model", small_model_file, "--runtime", "keras",
-                        "--tta", "flips", "--size", "64", "--rounds", "9", "--out", tmp_path)
+    result = run_module(
+        "bench.request",
+        "--model",
+        small_model_file,
+        "--runtime",
+        "keras",
+        "--tta",
+        "flips",
+        "--size",
+        "64",
+        "--rounds",
+        "9",
+        "--out",
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "request_profile-keras-tta-flips.json").read_text())
     assert (run["runtime"], run["tta"], run["size"]) == ("keras", "flips", 64)

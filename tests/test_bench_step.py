@@ -1,5 +1,6 @@
 """bench.step: every decoder layer of the served decoder is timed on the shapes it
 meets in a step, and the report's shares add up to its own total."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ what made them, each run as a real subprocess on the smoke budget (synthetic sce
 refusals, which stop before any training, call the same command's `main` in this process:
 a subprocess would add ~8 s of imports each (tests/test_ablations.py runs refusals as
 subprocesses, where what the user sees on stderr is the point)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,11 +17,9 @@ import time
 import types
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-
-from test_ablations import REPO, cache_home, run_cli, weights_flag  # noqa: F401  (cache_home: a fixture)
+from test_ablations import REPO, run_cli, weights_flag
 
 
 def _records(study: Path) -> dict[str, int]:
@@ -32,11 +31,26 @@ def killed_cv_run(tmp_path_factory, cache_home):
     """A cross-validated search killed with SIGKILL after its first trial, then resumed to the
     end: what the resume kept, and the finished study the other tests read."""
     out = tmp_path_factory.mktemp("cv")
-    args = ["loss", "--budget", "smoke", "--cv", "areas", "--only", "loss=bce,dice", "--out", str(out),
-            *weights_flag()]
-    process = subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO,
-                               env={**os.environ, **cache_home}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        "loss",
+        "--budget",
+        "smoke",
+        "--cv",
+        "areas",
+        "--only",
+        "loss=bce,dice",
+        "--out",
+        str(out),
+        *weights_flag(),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ablations.run", *args],
+        cwd=REPO,
+        env={**os.environ, **cache_home},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     study = out / "loss-loss-bce-dice"
     deadline = time.time() + 600
     while time.time() < deadline and len(_records(study) if study.exists() else {}) < 1:
@@ -59,15 +73,20 @@ def test_a_killed_cross_validated_search_resumes_without_losing_or_repeating_tri
     _, study, before = killed_cv_run
     assert len(before) == 1, f"expected an interrupted search, found {len(before)} records"
     after = _records(study)
-    assert len(after) == 2 and all(after[t] == mtime for t, mtime in before.items()), "a finished trial re-ran"
+    assert len(after) == 2 and all(after[t] == mtime for t, mtime in before.items()), (
+        "a finished trial re-ran"
+    )
     trials = pd.read_csv(study / "trials.csv")
     assert sorted(trials["recipe_loss"]) == ["bce", "dice"]
     assert trials.filter(regex=r"^fold_.*_val_building_iou$").notna().all().all()  # every fold of every trial
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_every_trial_is_scored_on_every_fold_and_the_objective_is_their_mean(cv_run):
@@ -76,11 +95,12 @@ def test_every_trial_is_scored_on_every_fold_and_the_objective_is_their_mean(cv_
     context = json.loads((study / "context.json").read_text())
     test_area = context["split"].split("area ")[1].split(" ")[0]
     fold_columns = sorted(c for c in trials if c.startswith("fold_") and c.endswith("_val_building_iou"))
-    areas = [c[len("fold_"):-len("_val_building_iou")] for c in fold_columns]
+    areas = [c[len("fold_") : -len("_val_building_iou")] for c in fold_columns]
     assert len(trials) == 2 and len(areas) == 2 and test_area not in areas
     assert trials["val_building_iou"].tolist() == pytest.approx(trials[fold_columns].mean(axis=1).tolist())
     assert trials["val_building_iou_fold_std"].tolist() == pytest.approx(
-        trials[fold_columns].std(axis=1, ddof=0).tolist())
+        trials[fold_columns].std(axis=1, ddof=0).tolist()
+    )
     assert context["cv"] == "areas" and "--cv areas" in context["command"]
 
 
@@ -97,8 +117,9 @@ def test_a_run_with_another_setting_refuses_and_writes_nothing(cv_run, in_proces
 
     out, study = cv_run
     before = snapshot(out)
-    status, _, stderr = in_process(main, "loss", "--budget", "smoke", "--only", "loss=bce,dice", "--out", out,
-                                   *weights_flag())  # the same study without --cv
+    status, _, stderr = in_process(
+        main, "loss", "--budget", "smoke", "--only", "loss=bce,dice", "--out", out, *weights_flag()
+    )  # the same study without --cv
     assert status == 2
     assert "--fresh" in stderr and "--out" in stderr and "cv 'areas' -> 'none'" in stderr
     assert snapshot(out) == before
@@ -115,7 +136,9 @@ def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, in_pro
     before = snapshot(tmp_path)
     from ablations.run import main
 
-    status, _, stderr = in_process(main, "decoder_variants", "--budget", "smoke", "--out", tmp_path, *weights_flag())
+    status, _, stderr = in_process(
+        main, "decoder_variants", "--budget", "smoke", "--out", tmp_path, *weights_flag()
+    )
     assert status == 2, stderr
     assert "holds results of a different run" in stderr and "budget 'standard' -> 'smoke'" in stderr
     assert snapshot(tmp_path) == before
@@ -124,20 +147,40 @@ def test_a_smoke_run_never_replaces_committed_real_data_records(tmp_path, in_pro
 # Successive halving (`--cv areas --halving KEEP`): the cut, and that a survivor ends exactly
 # where the full cross-validated run above (`cv_run`, the same two losses) ends.
 
+
 @pytest.fixture(scope="module")
 def halving_run(tmp_path_factory, cache_home, cv_run):
     """The halved study beside test_cv's full cross-validated run of the same two losses:
     the full run on the grid the survivor came from."""
     out = tmp_path_factory.mktemp("halving")
-    halved = run_cli("loss", "--budget", "smoke", "--cv", "areas", "--halving", "1", "--only", "loss=bce,dice",
-                     "--out", str(out), *weights_flag(), env_extra=cache_home)
+    halved = run_cli(
+        "loss",
+        "--budget",
+        "smoke",
+        "--cv",
+        "areas",
+        "--halving",
+        "1",
+        "--only",
+        "loss=bce,dice",
+        "--out",
+        str(out),
+        *weights_flag(),
+        env_extra=cache_home,
+    )
     assert halved.returncode == 0, halved.stdout[-3000:] + halved.stderr[-3000:]
     study = out / "loss-loss-bce-dice"
-    survivor = next(json.loads(p.read_text()) for p in (study / "trials").glob("*.json")
-                    if json.loads(p.read_text()).get("halving", {}).get("rung") == 1)
+    survivor = next(
+        json.loads(p.read_text())
+        for p in (study / "trials").glob("*.json")
+        if json.loads(p.read_text()).get("halving", {}).get("rung") == 1
+    )
     _, full_study = cv_run
-    full_record = next(json.loads(p.read_text()) for p in (full_study / "trials").glob("*.json")
-                       if json.loads(p.read_text())["recipe"]["loss"] == survivor["recipe"]["loss"])
+    full_record = next(
+        json.loads(p.read_text())
+        for p in (full_study / "trials").glob("*.json")
+        if json.loads(p.read_text())["recipe"]["loss"] == survivor["recipe"]["loss"]
+    )
     return study, survivor, full_record
 
 
@@ -166,16 +209,24 @@ def test_a_survivor_ends_where_a_full_run_of_its_configuration_ends(halving_run)
 
 
 def _trial(trial_id, score, **values):
-    return types.SimpleNamespace(trial_id=trial_id, score=score,
-                                 hyperparameters=types.SimpleNamespace(values={**values, "tuner/rung": 0}))
+    return types.SimpleNamespace(
+        trial_id=trial_id,
+        score=score,
+        hyperparameters=types.SimpleNamespace(values={**values, "tuner/rung": 0}),
+    )
 
 
 def test_the_cut_ranks_configurations_by_their_mean_over_seeds():
     from ablations.search import survivors
 
-    trials = [_trial("0", 0.50, upsampler="a", seed=0), _trial("1", 0.10, upsampler="a", seed=1),
-              _trial("2", 0.35, upsampler="b", seed=0), _trial("3", 0.34, upsampler="b", seed=1),
-              _trial("4", None, upsampler="c", seed=0), _trial("5", 0.40, upsampler="c", seed=1)]
+    trials = [
+        _trial("0", 0.50, upsampler="a", seed=0),
+        _trial("1", 0.10, upsampler="a", seed=1),
+        _trial("2", 0.35, upsampler="b", seed=0),
+        _trial("3", 0.34, upsampler="b", seed=1),
+        _trial("4", None, upsampler="c", seed=0),
+        _trial("5", 0.40, upsampler="c", seed=1),
+    ]
     # a: mean 0.30, b: 0.345, c: its failed seed scores nothing, so 0.40 alone.
     assert [t.trial_id for t in survivors(trials, 1)] == ["5"]
     assert [t.trial_id for t in survivors(trials, 2)] == ["5", "2", "3"]

@@ -1,6 +1,7 @@
 """data: folder checks name the bad file, splits never share ground, augmentation keeps
 image and mask aligned, synthetic data is deterministic. Fast and offline; the real OAM data is
 used when present (env OAM_DATA, or ../shared/data/oam_buildings beside the repository)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ablations import baseline
 from data import augment, folders, splits, synthetic
 from data.folders import DataError
-from ablations import baseline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_DATA = pathlib.Path(os.environ.get("OAM_DATA") or REPO.parent / "shared" / "data" / "oam_buildings")
@@ -295,11 +296,14 @@ def test_val_area_validates_on_a_whole_other_city():
     assert "val = area small" in split.description
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"val_area": "middle"}, "also the test area"),
-    ({"val_area": "big", "test_area": "big"}, "also the test area"),
-    ({"val_area": "atlantis"}, "big, middle, small"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"val_area": "middle"}, "also the test area"),
+        ({"val_area": "big", "test_area": "big"}, "also the test area"),
+        ({"val_area": "atlantis"}, "big, middle, small"),
+    ],
+)
 def test_bad_val_area_is_refused_with_a_reason(kwargs, message):
     with pytest.raises(DataError, match=message):
         splits.split_samples(_three_areas(), **kwargs)
@@ -465,7 +469,11 @@ def test_tf_dataset_yields_float_batches():
     x, y = batches[0]
     assert x.shape == (2, 32, 32, 3) and y.shape == (2, 32, 32, 1)
     assert x.dtype == y.dtype == np.float32 and x.max() > 1 and set(np.unique(y)) <= {0.0, 1.0}
-    again = list(baseline.tf_dataset(images, masks, 2, augment.augmentation("flips", seed=0), shuffle_seed=0).as_numpy_iterator())
+    again = list(
+        baseline.tf_dataset(
+            images, masks, 2, augment.augmentation("flips", seed=0), shuffle_seed=0
+        ).as_numpy_iterator()
+    )
     assert all(np.array_equal(u[0], v[0]) for u, v in zip(batches, again))  # seeded: same stream
     plain = next(iter(baseline.tf_dataset(images, masks, batch_size=5).as_numpy_iterator()))
     assert np.array_equal(plain[0], images.astype(np.float32))  # no shuffle, no augmentation: as given
@@ -507,6 +515,7 @@ def test_real_folder_full_check(monkeypatch, capsys):
             read[pathlib.Path(path)] = (array.shape, float(array.mean()) if array.ndim == 2 else None)
             assert array.ndim == 3 or set(np.unique(array)) <= {0, 1}, path
             return array
+
         return read_and_record
 
     monkeypatch.setattr(folders, "read_image", recording(folders.read_image))
@@ -530,12 +539,15 @@ def test_real_folder_full_check(monkeypatch, capsys):
         print(f"\nscan_folder(check=True) on {len(samples)} real tiles: {seconds:.1f} s")
 
 
-@pytest.mark.parametrize("name, position", [
-    ("dar_es_salaam_TZ_z21_1277170_1083843", (21, 1277170, 1083843)),
-    ("a_b_z19_3_4", (19, 3, 4)),
-    ("z19_3_4", None),           # no prefix
-    ("tile_z19_3", None),        # no y
-    ("holiday_photo", None),
-])
+@pytest.mark.parametrize(
+    "name, position",
+    [
+        ("dar_es_salaam_TZ_z21_1277170_1083843", (21, 1277170, 1083843)),
+        ("a_b_z19_3_4", (19, 3, 4)),
+        ("z19_3_4", None),  # no prefix
+        ("tile_z19_3", None),  # no y
+        ("holiday_photo", None),
+    ],
+)
 def test_tile_position_reads_the_xyz_grid_from_the_name(name, position):
     assert folders.tile_position(name) == position

@@ -6,6 +6,7 @@ killed with SIGKILL while training its first trial and restarted with the same i
 tests then read what the processes wrote. Every process runs in its own session, under a
 deadline, and is killed in a `finally`.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ class Processes:
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "wb")
-        process = subprocess.Popen(cli(*args), cwd=REPO, env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            cli(*args), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()  # the child holds its own copy
         self.running[name] = process
         return process
@@ -64,11 +66,15 @@ class Processes:
         while not condition():
             for name, process in self.running.items():
                 if process.poll() not in (None, 0, -signal.SIGKILL):
-                    raise AssertionError(f"{name} exited with {process.returncode} while waiting "
-                                         f"for {what}:\n{self.log(name)[-3000:]}")
+                    raise AssertionError(
+                        f"{name} exited with {process.returncode} while waiting "
+                        f"for {what}:\n{self.log(name)[-3000:]}"
+                    )
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(
-                    f"--- {n}\n{self.log(n)[-1500:]}" for n in self.running))
+                raise AssertionError(
+                    f"timed out waiting for {what}:\n"
+                    + "\n".join(f"--- {n}\n{self.log(n)[-1500:]}" for n in self.running)
+                )
             time.sleep(0.1)
 
 
@@ -81,8 +87,13 @@ def search(tmp_path_factory):
     """Chief + workers w1, w2; w1 killed mid-trial and restarted; returns what they left."""
     folder = tmp_path_factory.mktemp("distributed")
     out, oracle = folder / "results", f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "XDG_CACHE_HOME": str(folder / "cache"), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "XDG_CACHE_HOME": str(folder / "cache"),
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("ZOO_MODEL", None)
     common = [STUDY, "--budget", "smoke", "--out", str(out), "--weights", "none", "--oracle", oracle]
     processes = Processes(folder, env)
@@ -96,8 +107,11 @@ def search(tmp_path_factory):
         processes.start("w2", [*common, "--worker", "w2"])
         # Mid-trial: w1 has its first trial and has encoded its training tiles, so it is
         # training (the first epoch includes tracing: the longest stretch of a trial).
-        processes.wait_for(lambda: re.search(r"\[worker w1\] trial \d+ \(.*encoded copy 2/2",
-                                             processes.log("w1"), re.S), "w1 to train", deadline)
+        processes.wait_for(
+            lambda: re.search(r"\[worker w1\] trial \d+ \(.*encoded copy 2/2", processes.log("w1"), re.S),
+            "w1 to train",
+            deadline,
+        )
         processes.kill("w1")
         killed_trial = re.search(r"\[worker w1\] trial (\d+) \(", processes.log("w1")).group(1)
         at_kill = records(out / STUDY)
@@ -109,15 +123,21 @@ def search(tmp_path_factory):
     finally:
         processes.stop_all()
     print(f"distributed loss study (chief + 2 workers, one killed and restarted): {seconds:.0f}s")
-    return {"study": out / STUDY, "out": out, "logs": {n: processes.log(n) for n in processes.running},
-            "codes": {n: p.returncode for n, p in processes.running.items()},
-            "killed_trial": killed_trial, "at_kill": at_kill}
+    return {
+        "study": out / STUDY,
+        "out": out,
+        "logs": {n: processes.log(n) for n in processes.running},
+        "codes": {n: p.returncode for n, p in processes.running.items()},
+        "killed_trial": killed_trial,
+        "at_kill": at_kill,
+    }
 
 
 def test_every_process_exits_cleanly(search):
     codes = search["codes"]
-    assert codes == {"chief": 0, "w1": -signal.SIGKILL, "w2": 0, "w1-restarted": 0}, \
-        {name: log[-2000:] for name, log in search["logs"].items() if codes[name] not in (0, -9)}
+    assert codes == {"chief": 0, "w1": -signal.SIGKILL, "w2": 0, "w1-restarted": 0}, {
+        name: log[-2000:] for name, log in search["logs"].items() if codes[name] not in (0, -9)
+    }
 
 
 def test_every_trial_runs_exactly_once_and_the_table_is_complete(search):
@@ -186,14 +206,14 @@ def test_grid_oracle_keeps_gridsearch_order_but_never_makes_workers_wait(tmp_pat
         return hp
 
     def oracle(kind, name):
-        made = kind(objective=keras_tuner.Objective("score", "max"), max_trials=16,
-                    hyperparameters=space(), seed=0)
+        made = kind(
+            objective=keras_tuner.Objective("score", "max"), max_trials=16, hyperparameters=space(), seed=0
+        )
         made._set_project_dir(str(tmp_path), name)
         return made
 
     serial = []
-    for kind, name in ((keras_tuner.oracles.GridSearchOracle, "grid"),
-                       (ablation_search.GridOracle, "ours")):
+    for kind, name in ((keras_tuner.oracles.GridSearchOracle, "grid"), (ablation_search.GridOracle, "ours")):
         one = oracle(kind, name)
         values = []
         while (trial := one.create_trial("w1")).status == "RUNNING":
@@ -204,24 +224,31 @@ def test_grid_oracle_keeps_gridsearch_order_but_never_makes_workers_wait(tmp_pat
         serial.append(values)
     assert serial[0] == serial[1] and len(serial[1]) == 16
     # Three workers ask at once: KerasTuner's grid makes the third wait, ours does not.
-    theirs, ours = oracle(keras_tuner.oracles.GridSearchOracle, "grid3"), oracle(ablation_search.GridOracle, "ours3")
+    theirs, ours = (
+        oracle(keras_tuner.oracles.GridSearchOracle, "grid3"),
+        oracle(ablation_search.GridOracle, "ours3"),
+    )
     assert [theirs.create_trial(w).status for w in ("a", "b", "c")] == ["RUNNING", "RUNNING", "IDLE"]
     given = [ours.create_trial(w) for w in ("a", "b", "c")]
     assert [t.hyperparameters.values for t in given] == serial[1][:3]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--chief"], "--oracle HOST:PORT"),
-    (["--worker", "w1"], "--oracle HOST:PORT"),
-    (["--oracle", "127.0.0.1:8000"], "--chief, or --worker ID"),
-    (["--chief", "--worker", "w1", "--oracle", "127.0.0.1:8000"], "exclude each other"),
-    (["--worker", "chief2", "--oracle", "127.0.0.1:8000"], "'chief'"),
-    (["--worker", "w1", "--oracle", "nohostport"], "HOST:PORT"),
-    (["--worker", "w1", "--oracle", "127.0.0.1:8000", "--fresh"], "--fresh"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--chief"], "--oracle HOST:PORT"),
+        (["--worker", "w1"], "--oracle HOST:PORT"),
+        (["--oracle", "127.0.0.1:8000"], "--chief, or --worker ID"),
+        (["--chief", "--worker", "w1", "--oracle", "127.0.0.1:8000"], "exclude each other"),
+        (["--worker", "chief2", "--oracle", "127.0.0.1:8000"], "'chief'"),
+        (["--worker", "w1", "--oracle", "nohostport"], "HOST:PORT"),
+        (["--worker", "w1", "--oracle", "127.0.0.1:8000", "--fresh"], "--fresh"),
+    ],
+)
 def test_bad_role_arguments_exit_with_one_sentence(args, words):
-    result = subprocess.run(cli(STUDY, "--budget", "smoke", *args), cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        cli(STUDY, "--budget", "smoke", *args), cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and words in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -231,8 +258,12 @@ def test_chief_on_a_busy_port_says_so():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run(cli(STUDY, "--budget", "smoke", "--chief", "--oracle",
-                                    f"127.0.0.1:{port}"), cwd=REPO, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            cli(STUDY, "--budget", "smoke", "--chief", "--oracle", f"127.0.0.1:{port}"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -6,6 +6,7 @@ within BORDERLINE of the threshold (a coin toss either way: LiteRT's and ONNX Ru
 sum in another order, ~1e-4 in a logit). The real tiles come from $OAM_DATA (default
 ../shared/data/oam_buildings); those tests skip without them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -61,7 +62,7 @@ def real_images() -> dict[str, np.ndarray]:
         return np.asarray(Image.open(REAL_DATA / "images" / name).convert("RGB"))
 
     images = {area: read(files[len(files) // 2]) for area, files in by_area.items()}
-    three = [read(row["file"]) for row in rows[::len(rows) // 3][:3]]
+    three = [read(row["file"]) for row in rows[:: len(rows) // 3][:3]]
     images["mosaic"] = np.concatenate(three, axis=1)[:, :600]
     return images
 
@@ -74,13 +75,13 @@ def keras_probabilities(exported, real_images) -> dict[str, np.ndarray]:
 
 def through(runtime: str, model: Path, threshold: float) -> Segmenter:
     artifact = runtimes.export_dir(model) / runtimes.EXPORTED[runtime]
-    return Segmenter(None, threshold=threshold, scales=SCALES,
-                     forward=runtimes.forward_for(runtime, artifact))
+    return Segmenter(
+        None, threshold=threshold, scales=SCALES, forward=runtimes.forward_for(runtime, artifact)
+    )
 
 
 @pytest.mark.parametrize("runtime", export.FORMATS)
-def test_artifact_gives_the_keras_masks_on_real_tiles(runtime, exported, real_images,
-                                                      keras_probabilities):
+def test_artifact_gives_the_keras_masks_on_real_tiles(runtime, exported, real_images, keras_probabilities):
     threshold = json.loads(exported.with_suffix(".json").read_text())["threshold"]
     segmenter = through(runtime, exported, threshold)
     for name, image in real_images.items():
@@ -97,8 +98,11 @@ def test_sidecar_carries_threshold_scales_and_checksums(exported):
     metadata = json.loads(exported.with_suffix(".json").read_text())
     assert sidecar["metadata"] == metadata
     assert sidecar["inference"] == {"threshold": metadata["threshold"], "scales": [1.0], "tta": "none"}
-    assert sidecar["source"] == {"file": exported.name, "sha256": metadata["sha256"],
-                                 "metadata_file": exported.with_suffix(".json").name}
+    assert sidecar["source"] == {
+        "file": exported.name,
+        "sha256": metadata["sha256"],
+        "metadata_file": exported.with_suffix(".json").name,
+    }
     assert set(sidecar["artifacts"]) == set(export.FORMATS)
     assert sidecar["rewritten_as_nearest_resize"] == []  # a bilinear model: nothing to rewrite
     for runtime, entry in sidecar["artifacts"].items():
@@ -136,31 +140,39 @@ def test_lowering_keeps_the_nearest_upsampling_exact():
 
     from zoo import unet
 
-    model = unet.build(DecoderConfig(upsampler="nearest", skip="attention", conv="separable",
-                                     width=0.25), weights=None)
+    model = unet.build(
+        DecoderConfig(upsampler="nearest", skip="attention", conv="separable", width=0.25), weights=None
+    )
     graph = export.lowered(model)
     layers = [layer for sub in graph.layers for layer in getattr(sub, "layers", [sub])]
     assert not any(isinstance(layer, keras.layers.UpSampling2D) for layer in layers)
     assert len(export.rewritten_layers(graph)) == 5  # one per decoder level
     batch = export.probe_batches()[1]
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(graph(batch)),
-                                  keras.ops.convert_to_numpy(model(batch)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(graph(batch)), keras.ops.convert_to_numpy(model(batch))
+    )
 
 
 @pytest.mark.parametrize("runtime", ["auto", "onnx"])
 def test_app_serves_the_export(runtime, exported, serve, real_images):
     import sys
 
-    url = serve([sys.executable, "-m", "app", "--model", str(exported), "--host", "127.0.0.1",
-                 "--runtime", runtime])
+    url = serve(
+        [sys.executable, "-m", "app", "--model", str(exported), "--host", "127.0.0.1", "--runtime", runtime]
+    )
     serving = requests.get(f"{url}/model", timeout=10).json()["serving"]
     assert serving["runtime"] == ("tflite" if runtime == "auto" else runtime)
     image = real_images["mosaic"][:, :200]
     answer = requests.post(f"{url}/inference", json={"image": image.tolist()}, timeout=60)
     assert answer.status_code == 200, answer.text
     threshold = json.loads(exported.with_suffix(".json").read_text())["threshold"]
-    expected = Segmenter(None, threshold=threshold, forward=runtimes.forward_for(
-        serving["runtime"], runtimes.export_dir(exported) / runtimes.EXPORTED[serving["runtime"]]))
+    expected = Segmenter(
+        None,
+        threshold=threshold,
+        forward=runtimes.forward_for(
+            serving["runtime"], runtimes.export_dir(exported) / runtimes.EXPORTED[serving["runtime"]]
+        ),
+    )
     np.testing.assert_array_equal(np.asarray(answer.json()["prediction"]), expected.predict(image))
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_ablations import REPO, weights_flag
 
-from test_ablations import REPO, cache_home, weights_flag  # noqa: F401  (cache_home: a fixture)
 from training import heldout
 from training.recipe import SERVED
 
@@ -23,21 +23,39 @@ COMMITTED = REPO / "results" / "final"
 
 
 def run_fit(*args, env_extra=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.fit", *args], cwd=REPO,
-                          env={**os.environ, **(env_extra or {})}, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "training.fit", *args],
+        cwd=REPO,
+        env={**os.environ, **(env_extra or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def fit_run(tmp_path_factory, cache_home):
     results = tmp_path_factory.mktemp("results")
     out = results / "final"
-    result = run_fit("--budget", "smoke", "--curve", "--curve-epochs", "2", "--out", str(out), *weights_flag(),
-                     env_extra=cache_home)
+    result = run_fit(
+        "--budget",
+        "smoke",
+        "--curve",
+        "--curve-epochs",
+        "2",
+        "--out",
+        str(out),
+        *weights_flag(),
+        env_extra=cache_home,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return results, out
 
@@ -53,7 +71,13 @@ def test_the_served_recipe_is_what_its_committed_curve_chose():
     curve = json.loads((REPO / SERVED.curve).read_text())
     assert same_recipe(curve, SERVED)
     _, option = heldout.best_option(curve, heldout.SERVED_MAX_PASSES)
-    chosen = (option["epochs"], curve["curve_epochs"], option["threshold"], option["tta"], tuple(option["scales"]))
+    chosen = (
+        option["epochs"],
+        curve["curve_epochs"],
+        option["threshold"],
+        option["tta"],
+        tuple(option["scales"]),
+    )
     assert chosen == (SERVED.epochs, SERVED.schedule_epochs, SERVED.threshold, SERVED.tta, SERVED.scales)
 
 
@@ -80,7 +104,11 @@ def test_the_committed_folder_accepts_the_readme_fit_command():
 
     recorded = provenance.recorded_binding(COMMITTED)
     assert (recorded["config"], recorded["recipe"]) == (SERVED.decoder.to_dict(), SERVED.training.to_dict())
-    assert (recorded["budget"], recorded["test_area"], recorded["data_kind"]) == ("standard", "none", "folder")
+    assert (recorded["budget"], recorded["test_area"], recorded["data_kind"]) == (
+        "standard",
+        "none",
+        "folder",
+    )
 
 
 # ---------------------------------------------------------------- the fit, with its curve
@@ -95,7 +123,11 @@ def test_the_fit_serves_what_its_new_curve_chose(fit_run):
     metadata = json.loads((out / "model.json").read_text())
     curve = json.loads((out / "curve.json").read_text())
     name, option = heldout.best_option(curve, heldout.SERVED_MAX_PASSES)
-    assert metadata["inference"] == {"threshold": option["threshold"], "scales": option["scales"], "tta": option["tta"]}
+    assert metadata["inference"] == {
+        "threshold": option["threshold"],
+        "scales": option["scales"],
+        "tta": option["tta"],
+    }
     assert metadata["epochs"] == option["epochs"] and metadata["schedule_epochs"] == 2
     assert metadata["config"] == SERVED.decoder.to_dict() and metadata["recipe"] == SERVED.training.to_dict()
     assert metadata["metrics"]["cross_validated"]["option"] == name
@@ -126,12 +158,24 @@ def test_a_curve_rerun_resumes_from_its_kept_folds(fit_run, cache_home, tmp_path
     results, out = fit_run
     copy = tmp_path / "final"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("model.*", "*.png", "README.md"))
-    result = run_fit("--budget", "smoke", "--curve", "--curve-epochs", "2", "--out", str(copy), "--no-serve",
-                     *weights_flag(), env_extra=cache_home)
+    result = run_fit(
+        "--budget",
+        "smoke",
+        "--curve",
+        "--curve-epochs",
+        "2",
+        "--out",
+        str(copy),
+        "--no-serve",
+        *weights_flag(),
+        env_extra=cache_home,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("kept from an earlier run") == 3
     before, after = (json.loads((folder / "curve.json").read_text()) for folder in (out, copy))
-    assert after["folds"] == {city: {**fold, "train_seconds": fold["train_seconds"]} for city, fold in before["folds"].items()}
+    assert after["folds"] == {
+        city: {**fold, "train_seconds": fold["train_seconds"]} for city, fold in before["folds"].items()
+    }
     assert after["views"] == before["views"]
 
 
@@ -171,7 +215,9 @@ def test_a_fit_for_another_test_area_refuses_the_folder(fit_run, in_process):
 
     _, out = fit_run
     before = snapshot(out)
-    status, _, stderr = in_process(main, "--budget", "smoke", "--test-area", "synth_a", "--out", out, *weights_flag())
+    status, _, stderr = in_process(
+        main, "--budget", "smoke", "--test-area", "synth_a", "--out", out, *weights_flag()
+    )
     assert status == 2 and "test_area 'none' -> 'synth_a'" in stderr
     assert snapshot(out) == before
 
@@ -208,8 +254,13 @@ def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path
     tutorial.parent.mkdir(parents=True)
     scores = {"precision": 0.512, "recall": 0.634, "building_iou": 0.398, "mean_iou": 0.611}
     tutorial.write_text(json.dumps({"scores": scores, "epochs": 5, "batch_size": 16}))
-    result = subprocess.run([sys.executable, "-m", "ablations.cities", "--final", str(out), "--out", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "ablations.cities", "--final", str(out), "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     page = (tmp_path / "README.md").read_text()
     served = json.loads((out / "model.json").read_text())["metrics"]["cross_validated"]
@@ -217,6 +268,6 @@ def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path
     assert "0.512" in row and "0.398" in row and f"{served['per_city'][city]['building_iou']:.3f}" in row
     assert "(1 of 3 run)" in page
     strict = served["per_city_option_left_out"][city]
-    second = page[page.index("chosen on the other cities only"):]
+    second = page[page.index("chosen on the other cities only") :]
     strict_row = next(line for line in second.splitlines() if line.startswith(f"| {city} "))
     assert f"{strict['building_iou']:.3f}" in strict_row and f"`{strict['rule']}`" in strict_row

@@ -1,5 +1,6 @@
 """Cross-validation by area: folds, shared feature views, per-threshold counts and the
 choice of epochs and threshold (fast: no model is trained here)."""
+
 import os
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from training import folds  # noqa: E402
 from data.folders import DataError  # noqa: E402
+from training import folds  # noqa: E402
 from training.features import FeatureSet  # noqa: E402
 from training.train import THRESHOLDS  # noqa: E402
 from zoo.metrics import Confusion  # noqa: E402

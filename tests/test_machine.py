@@ -1,5 +1,6 @@
 """training.machine.OtherWork tells a benchmark's own CPU time from other work's, which the
 load average cannot: the benches' notes about a shared machine rest on it."""
+
 from __future__ import annotations
 
 import subprocess

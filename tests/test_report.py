@@ -1,4 +1,5 @@
 """ablations.report's selection rule: best validation score, near-ties to the faster architecture."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -7,8 +8,17 @@ from ablations import report
 
 
 def _row(variant, upsampler, val, latency, loss="bce_dice"):
-    return {"variant": variant, "upsampler": upsampler, "skip": "concat", "conv": "double", "width": 0.25,
-            "recipe_loss": loss, "val_building_iou": val, "latency_ms": latency, "trial_ids": variant + loss}
+    return {
+        "variant": variant,
+        "upsampler": upsampler,
+        "skip": "concat",
+        "conv": "double",
+        "width": 0.25,
+        "recipe_loss": loss,
+        "val_building_iou": val,
+        "latency_ms": latency,
+        "trial_ids": variant + loss,
+    }
 
 
 def test_a_clear_winner_wins_whatever_its_latency():
@@ -22,9 +32,13 @@ def test_a_near_tie_between_architectures_goes_to_the_faster_one():
 
 
 def test_a_near_tie_within_one_architecture_goes_to_the_better_score_not_to_latency_noise():
-    summary = pd.DataFrame([_row("a", "bilinear", 0.805, 63, loss="bce_dice"),
-                            _row("a", "bilinear", 0.804, 29, loss="dice"),
-                            _row("a", "bilinear", 0.802, 31, loss="bce")])
+    summary = pd.DataFrame(
+        [
+            _row("a", "bilinear", 0.805, 63, loss="bce_dice"),
+            _row("a", "bilinear", 0.804, 29, loss="dice"),
+            _row("a", "bilinear", 0.802, 31, loss="bce"),
+        ]
+    )
     best = report.select_best(summary)
     assert best["recipe_loss"] == "bce_dice"
     assert "_architecture_ms" not in best.index
@@ -37,8 +51,9 @@ def test_index_links_the_narrative_above_it_and_lists_pages_that_are_not_studies
     out = tmp_path / "cross_city"
     study = out / "decoder_variants"
     study.mkdir(parents=True)
-    (study / "context.json").write_text(json.dumps({"study": "decoder_variants", "budget": "smoke",
-                                                    "date": "today"}))
+    (study / "context.json").write_text(
+        json.dumps({"study": "decoder_variants", "budget": "smoke", "date": "today"})
+    )
     (out / "inference").mkdir()
     (out / "inference" / "README.md").write_text("scales")
     (out / "inference" / "inference.json").write_text("{}")
@@ -68,7 +83,9 @@ def test_a_clone_indexes_a_study_from_its_committed_records_without_the_model(tm
     for record in (committed / "trials").glob("*.json"):  # the records git keeps; best/ is not kept
         shutil.copy(record, study / "trials")
     report.write_index(tmp_path)
-    row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if "[decoder_variants]" in line)
+    row = next(
+        line for line in (tmp_path / "README.md").read_text().splitlines() if "[decoder_variants]" in line
+    )
     selected = (committed / "table.md").read_text().split("**Selected:** `")[1].split("`")[0]
     assert f"decoder_variants/{selected}" in row  # the table's own selection, by the same rule
     assert "| -" not in row

@@ -3,6 +3,7 @@ weights re-runs what it cannot load, and --fresh starts over only once the data 
 a real `python -m ablations.run` subprocess on the smoke budget (a killed cross-validated
 search: tests/test_cv.py). Apart from test_ablations.py so
 that a parallel run (pytest-xdist, one file per worker) spreads the slow studies."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from test_ablations import REPO, _defective_folder, cache_home, loss_study_oracle, run_cli, weights_flag  # noqa: F401  (cache_home: a fixture)
+from test_ablations import REPO, _defective_folder, loss_study_oracle, run_cli, weights_flag
 
 
 def _records(study: Path) -> dict[str, float]:
@@ -29,11 +29,22 @@ def test_killed_run_resumes_without_repeating_finished_trials_and_reruns_lost_we
     out = tmp_path / "results"
     # Three of the four losses: enough to be killed between trials, with one fewer to re-run.
     only = ["--only", "loss=bce,dice,focal"]
-    args = [sys.executable, "-m", "ablations.run", "loss", "--budget", "smoke", *only, "--out", str(out),
-            *weights_flag()]
+    args = [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        "loss",
+        "--budget",
+        "smoke",
+        *only,
+        "--out",
+        str(out),
+        *weights_flag(),
+    ]
     env = {**os.environ, **cache_home}
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     study = out / "loss-loss-bce-dice-focal"
     deadline = time.time() + 400
     while time.time() < deadline and len(_records(study) if study.exists() else {}) < 1:
@@ -43,8 +54,9 @@ def test_killed_run_resumes_without_repeating_finished_trials_and_reruns_lost_we
     before = _records(study)
     assert 1 <= len(before) < 3, f"expected an interrupted search, found {len(before)} records"
     leftovers = [p.name for p in study.rglob("*") if ".tmp" in p.name]
-    result = run_cli("loss", "--budget", "smoke", *only, "--out", str(out), *weights_flag(),
-                     env_extra=cache_home)
+    result = run_cli(
+        "loss", "--budget", "smoke", *only, "--out", str(out), *weights_flag(), env_extra=cache_home
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     after = _records(study)
     assert len(after) == 3
@@ -62,7 +74,9 @@ def test_killed_run_resumes_without_repeating_finished_trials_and_reruns_lost_we
     for path in study.rglob("*.keras"):
         path.unlink()
     shutil.rmtree(study / "tuner")
-    again = run_cli("loss", "--budget", "smoke", *only, "--out", str(out), *weights_flag(), env_extra=cache_home)
+    again = run_cli(
+        "loss", "--budget", "smoke", *only, "--out", str(out), *weights_flag(), env_extra=cache_home
+    )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert again.stdout.count("weights are not here; running it again") == 1
     assert (study / "best" / "model.keras").is_file()
@@ -111,10 +125,14 @@ def test_a_save_cut_short_leaves_the_oracles_last_whole_state_to_resume_from(tmp
         first.create_trial("tuner0")  # writes the new trial's file, then the oracle's state
     monkeypatch.undo()
     assert {path: path.read_text() for path in project.rglob("*.json")} == saved
-    assert not [p.name for p in project.rglob("*") if p.is_file() and p.name.startswith(".")]  # no temp files left
+    assert not [
+        p.name for p in project.rglob("*") if p.is_file() and p.name.startswith(".")
+    ]  # no temp files left
     reloaded = loss_study_oracle(tmp_path)
     reloaded.reload()
     assert reloaded.trials[finished.trial_id].status == "COMPLETED"
     assert reloaded.create_trial("tuner0").status == "RUNNING"  # the search goes on
-    assert isinstance(search.make_oracle(studies.STUDIES["hparams"], keras_tuner.HyperParameters(), 2, 0),
-                      search.AtomicSaves)
+    assert isinstance(
+        search.make_oracle(studies.STUDIES["hparams"], keras_tuner.HyperParameters(), 2, 0),
+        search.AtomicSaves,
+    )

@@ -5,6 +5,7 @@ A kill is simulated in this process: the save is stopped by an exception at one 
 renames (or inside the model's own write), with file deletion switched off meanwhile, so
 the `finally` blocks that a real SIGKILL would never run leave the files as they were.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,8 +105,7 @@ def test_a_first_save_killed_after_its_commit_still_loads(tmp_path, monkeypatch)
     assert not saving.pending_path(path).exists()
 
 
-def test_a_committed_pending_model_is_read_where_it_is_in_a_read_only_folder(tmp_path,
-                                                                            monkeypatch):
+def test_a_committed_pending_model_is_read_where_it_is_in_a_read_only_folder(tmp_path, monkeypatch):
     path = save_tagged(tmp_path / "model.keras", 1.0)
     with killed(monkeypatch, at_rename=3):
         save_tagged(path, 2.0)

@@ -1,4 +1,5 @@
 """`python -m bench.scaling`: each point measured in its own process, composed, resumable."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_scaling(*args, env_extra=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.scaling", *args], cwd=REPO,
-                          env={**os.environ, **(env_extra or {})}, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.scaling", *args],
+        cwd=REPO,
+        env={**os.environ, **(env_extra or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +57,15 @@ def test_a_rerun_keeps_finished_points(measured):
 
 
 def test_study_cost_is_composed_from_the_measured_parts():
-    point = {"load_s": 60, "encode_s": 120, "first_epoch_s": 50, "steady_epoch_s": 40,
-             "score_s": 10, "epochs": 4, "trials": 16}
+    point = {
+        "load_s": 60,
+        "encode_s": 120,
+        "first_epoch_s": 50,
+        "steady_epoch_s": 40,
+        "score_s": 10,
+        "epochs": 4,
+        "trials": 16,
+    }
     assert scaling.composed_study_minutes(point) == pytest.approx((60 + 120 + 16 * (50 + 3 * 40 + 10)) / 60)
 
 

@@ -1,5 +1,6 @@
 """Every choice a study offers comes from the zoo's registries, and every registered block,
 loss and augmentation is reachable from some study: adding one is one function and one entry."""
+
 from __future__ import annotations
 
 import keras_tuner

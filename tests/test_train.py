@@ -1,4 +1,5 @@
 """training.train: a trial's training features are freed once the trial is over."""
+
 from __future__ import annotations
 
 import gc
@@ -6,8 +7,8 @@ import weakref
 
 import numpy as np
 
-from training import features, train
 from ablations import studies
+from training import features, train
 from zoo import encoder as zoo_encoder
 from zoo import unet
 
@@ -20,8 +21,9 @@ def test_training_features_are_freed_after_fit():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     masks = (rng.random((6, 64, 64)) > 0.8).astype(np.uint8)
-    cache = features.encode(model, images, masks, copies=1, augmentation="none", seed=0,
-                            progress=lambda line: None)
+    cache = features.encode(
+        model, images, masks, copies=1, augmentation="none", seed=0, progress=lambda line: None
+    )
     alive = weakref.ref(cache)
 
     history, seconds = train.train_decoder(model, studies.Recipe(batch_size=4), cache, epochs=1, seed=0)
@@ -39,8 +41,9 @@ def test_a_trials_initial_weights_depend_only_on_its_own_seed():
     from ablations import search
 
     encoder = zoo_encoder.build_encoder(None)
-    hypermodel = search.StudyHyperModel(studies.STUDIES["loss"], studies.DEFAULT_DECODER, 2,
-                                        search.TrialData(encoder, None, None, None, None))
+    hypermodel = search.StudyHyperModel(
+        studies.STUDIES["loss"], studies.DEFAULT_DECODER, 2, search.TrialData(encoder, None, None, None, None)
+    )
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
     hp.values.update({"loss": "bce_dice", "seed": 1})
@@ -74,7 +77,9 @@ def test_a_run_continued_from_its_saved_state_trains_as_if_never_stopped():
         return unet.build(studies.DEFAULT_DECODER, encoder=encoder)
 
     model = fresh()
-    cache = features.encode(model, images, masks, copies=2, augmentation="flips", seed=0, progress=lambda line: None)
+    cache = features.encode(
+        model, images, masks, copies=2, augmentation="flips", seed=0, progress=lambda line: None
+    )
     train.train_decoder(model, recipe, cache, epochs=3, seed=0, eager=True)
     uninterrupted = [np.asarray(w) for w in unet.decoder_of(model).weights]
 
@@ -85,12 +90,24 @@ def test_a_run_continued_from_its_saved_state_trains_as_if_never_stopped():
     continued = fresh()
     for variable, value in zip(unet.decoder_of(continued).weights, weights):
         variable.assign(value)
-    history, _ = train.train_decoder(continued, recipe, cache, epochs=3, seed=0, schedule_epochs=3,
-                                     initial_epoch=1, optimizer_state=state, eager=True)
+    history, _ = train.train_decoder(
+        continued,
+        recipe,
+        cache,
+        epochs=3,
+        seed=0,
+        schedule_epochs=3,
+        initial_epoch=1,
+        optimizer_state=state,
+        eager=True,
+    )
     assert len(history["loss"]) == 2
 
     def distance(model):
-        return max(float(np.abs(a - np.asarray(b)).max()) for a, b in zip(uninterrupted, unet.decoder_of(model).weights))
+        return max(
+            float(np.abs(a - np.asarray(b)).max())
+            for a, b in zip(uninterrupted, unet.decoder_of(model).weights)
+        )
 
     # Continued, it ends where the uninterrupted run ends; without the optimizer state
     # (moments, step count: the cosine restarts) it differs by about 1e-2.
@@ -98,7 +115,9 @@ def test_a_run_continued_from_its_saved_state_trains_as_if_never_stopped():
     restarted = fresh()
     for variable, value in zip(unet.decoder_of(restarted).weights, weights):
         variable.assign(value)
-    train.train_decoder(restarted, recipe, cache, epochs=3, seed=0, schedule_epochs=3, initial_epoch=1, eager=True)
+    train.train_decoder(
+        restarted, recipe, cache, epochs=3, seed=0, schedule_epochs=3, initial_epoch=1, eager=True
+    )
     assert distance(restarted) > 1e-3
 
 
@@ -110,7 +129,11 @@ def test_sampling_by_area_draws_each_city_equally_often_in_an_epoch_of_the_same_
     rng = np.random.default_rng(0)
     order = train.area_balanced_order(rng, areas)
     assert len(order) == len(areas)
-    assert {name: int((areas[order] == name).sum()) for name in ("dar", "kath", "nbo")} == {"dar": 30, "kath": 30, "nbo": 30}
+    assert {name: int((areas[order] == name).sum()) for name in ("dar", "kath", "nbo")} == {
+        "dar": 30,
+        "kath": 30,
+        "nbo": 30,
+    }
     assert sorted(set(np.bincount(order, minlength=90)[60:70])) == [3]  # each Kathmandu tile thrice
     assert sorted(set(np.bincount(order, minlength=90)[70:90])) == [1, 2]  # Nairobi's: once or twice
     assert len(set(order[areas[order] == "dar"])) == 30  # 30 different Dar tiles of 60
@@ -155,8 +178,16 @@ def test_cross_validation_gives_each_fold_the_areas_of_its_own_training_tiles(mo
     monkeypatch.setattr(train, "train_decoder", train_decoder)
     monkeypatch.setattr(folds, "ValidationCurve", lambda *a, **k: SimpleNamespace(counts=[np.zeros((2, 4))]))
     pool = SimpleNamespace(count=len(areas), copies=1)
-    folds.cross_validate(lambda: None, studies.Recipe(sampling="areas"), pool, folds.area_folds(list(areas)),
-                         epochs=1, seed=0, first_model=SimpleNamespace(), progress=lambda _: None, areas=areas,
-                         )
+    folds.cross_validate(
+        lambda: None,
+        studies.Recipe(sampling="areas"),
+        pool,
+        folds.area_folds(list(areas)),
+        epochs=1,
+        seed=0,
+        first_model=SimpleNamespace(),
+        progress=lambda _: None,
+        areas=areas,
+    )
     assert seen[0] == ([1, 3, 4, 5, 6], ["b", "c", "b", "c", "c"])  # without area a
     assert [sorted(set(a)) for _, a in seen] == [["b", "c"], ["a", "c"], ["a", "b"]]

@@ -3,6 +3,7 @@
 Models share one random-weight encoder (weights=None) and are cached per config, so each of
 the 16 upsampler x skip variants is built once for the whole module.
 """
+
 import dataclasses
 import itertools
 import json
@@ -23,15 +24,20 @@ import tensorflow as tf  # noqa: E402
 
 from zoo import blocks, config, unet  # noqa: E402
 from zoo.config import DecoderConfig  # noqa: E402
-from zoo.encoder import TAPS, build_encoder  # noqa: E402
+from zoo.encoder import build_encoder  # noqa: E402
 from zoo.losses import SegmentationLoss  # noqa: E402
 
 # ---------------------------------------------------------------- helpers
 
-VARIANTS = [DecoderConfig(upsampler=u, skip=s)
-            for u, s in itertools.product(config.UPSAMPLERS, config.SKIP_MERGES)]
-EXTRA = [DecoderConfig(conv="separable"), DecoderConfig(width=0.25), DecoderConfig(width=1.0),
-         DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2)]  # the last: stride 2 alone
+VARIANTS = [
+    DecoderConfig(upsampler=u, skip=s) for u, s in itertools.product(config.UPSAMPLERS, config.SKIP_MERGES)
+]
+EXTRA = [
+    DecoderConfig(conv="separable"),
+    DecoderConfig(width=0.25),
+    DecoderConfig(width=1.0),
+    DecoderConfig(upsampler="nearest", skip="attention", width=0.25, output_stride=2),
+]  # the last: stride 2 alone
 _MODELS: dict[DecoderConfig, keras.Model] = {}
 _ENCODER: list[keras.Model] = []
 
@@ -64,8 +70,10 @@ def taps_of(model, images):
 def random_taps(decoder, n, size, seed=8):
     """Unit-scale features shaped like the taps: a random encoder's deep taps are ~1e-12."""
     rng = np.random.default_rng(seed)
-    return [rng.normal(size=(n, size // s, size // s, t.shape[-1])).astype("float32")
-            for s, t in zip(unet.STRIDES, decoder.inputs)]
+    return [
+        rng.normal(size=(n, size // s, size // s, t.shape[-1])).astype("float32")
+        for s, t in zip(unet.STRIDES, decoder.inputs)
+    ]
 
 
 def snapshot(variables):
@@ -83,11 +91,15 @@ def level_names(cfg):
 
 # ---------------------------------------------------------------- 1. variants and config
 
+
 # Every variant at 64 px; two of them also at 256 px (the served tile size): the decoder's
 # shapes follow the input, so more 256 px passes would repeat the 64 px ones at 16x the cost.
-@pytest.mark.parametrize("cfg, size", [(cfg, 64) for cfg in VARIANTS + EXTRA]
-                         + [(DecoderConfig(upsampler="nearest", skip="attention"), 256), (EXTRA[-1], 256)],
-                         ids=lambda c: getattr(c, "name", c))
+@pytest.mark.parametrize(
+    "cfg, size",
+    [(cfg, 64) for cfg in VARIANTS + EXTRA]
+    + [(DecoderConfig(upsampler="nearest", skip="attention"), 256), (EXTRA[-1], 256)],
+    ids=lambda c: getattr(c, "name", c),
+)
 def test_variant_gives_float32_logits_at_input_size(cfg, size):
     model = model_for(cfg)
     logits = model(rgb(2, size, size), training=False)
@@ -150,21 +162,32 @@ def test_tutorial_model_gives_float32_logits(size):
     assert logits.dtype == "float32"
 
 
-@pytest.mark.parametrize("registry, choices", [
-    (blocks.UPSAMPLERS, config.UPSAMPLERS),
-    (blocks.SKIP_MERGES, config.SKIP_MERGES),
-    (blocks.CONV_BLOCKS, config.CONV_BLOCKS),
-])
+@pytest.mark.parametrize(
+    "registry, choices",
+    [
+        (blocks.UPSAMPLERS, config.UPSAMPLERS),
+        (blocks.SKIP_MERGES, config.SKIP_MERGES),
+        (blocks.CONV_BLOCKS, config.CONV_BLOCKS),
+    ],
+)
 def test_block_registries_match_config_choices(registry, choices):
     assert len(set(choices)) == len(choices)
     assert set(registry) == set(choices)
     assert all(callable(fn) for fn in registry.values())
 
 
-@pytest.mark.parametrize("field, value", [
-    ("upsampler", "pixelshuffle"), ("skip", "residual"), ("conv", "triple"),
-    ("width", 0.0), ("width", 10.0), ("output_stride", 4), ("output_stride", 2.0),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("upsampler", "pixelshuffle"),
+        ("skip", "residual"),
+        ("conv", "triple"),
+        ("width", 0.0),
+        ("width", 10.0),
+        ("output_stride", 4),
+        ("output_stride", 2.0),
+    ],
+)
 def test_config_rejects_unknown_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"DecoderConfig\.{field}") as caught:
         DecoderConfig(**{field: value})
@@ -208,11 +231,13 @@ def test_filters_scale_with_width():
     # Wider never has fewer filters at any level.
     widths = (0.05, 0.25, 0.5, 1.0, 2.0, 4.0)
     for narrow, wide in zip(widths, widths[1:]):
-        assert all(a <= b for a, b in zip(DecoderConfig(width=narrow).filters,
-                                          DecoderConfig(width=wide).filters))
+        assert all(
+            a <= b for a, b in zip(DecoderConfig(width=narrow).filters, DecoderConfig(width=wide).filters)
+        )
 
 
 # ---------------------------------------------------------------- 2. frozen encoder
+
 
 def test_fit_changes_decoder_but_never_the_encoder():
     keras.utils.set_random_seed(1)
@@ -253,12 +278,14 @@ def test_training_the_decoder_alone_trains_the_full_models_decoder():
     full_before = snapshot(model.trainable_weights)
 
     # Eager: tracing a train step costs more here than the two steps themselves.
-    decoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss=SegmentationLoss("bce_dice"),
-                    run_eagerly=True)
+    decoder.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss=SegmentationLoss("bce_dice"), run_eagerly=True
+    )
     decoder.fit(features, truth, batch_size=2, epochs=1, verbose=0)
 
-    changed = [v.path for v, b in zip(model.trainable_weights, full_before)
-               if not np.array_equal(v.numpy(), b)]
+    changed = [
+        v.path for v, b in zip(model.trainable_weights, full_before) if not np.array_equal(v.numpy(), b)
+    ]
     assert any(p.endswith("kernel") for p in changed), changed
     logits_after = np.asarray(model(images))
     assert not np.allclose(logits_after, logits_before)
@@ -266,6 +293,7 @@ def test_training_the_decoder_alone_trains_the_full_models_decoder():
 
 
 # ---------------------------------------------------------------- 3. blocks
+
 
 def test_attention_coefficients_are_in_unit_interval_at_the_gate_resolution():
     cfg = DecoderConfig(upsampler="transpose", skip="attention")
@@ -284,8 +312,9 @@ def test_attention_coefficients_are_in_unit_interval_at_the_gate_resolution():
         assert alpha.std() > 0  # one coefficient per location, not a constant
 
 
-@pytest.mark.parametrize("skip, tap_changes_output", [("none", False), ("concat", True),
-                                                      ("add", True), ("attention", True)])
+@pytest.mark.parametrize(
+    "skip, tap_changes_output", [("none", False), ("concat", True), ("add", True), ("attention", True)]
+)
 def test_skip_taps_reach_the_output_only_when_merged(skip, tap_changes_output):
     model = model_for(DecoderConfig(skip=skip))
     decoder = unet.decoder_of(model)
@@ -304,8 +333,12 @@ def test_depth_to_space_matches_tensorflow(factor, shape):
     layer = blocks.DepthToSpace(factor)
     expected = tf.nn.depth_to_space(x, factor).numpy()
     np.testing.assert_array_equal(np.asarray(layer(x)), expected)
-    assert layer.compute_output_shape((None, None, 5, shape[-1])) == (None, None, 5 * factor,
-                                                                      shape[-1] // factor ** 2)
+    assert layer.compute_output_shape((None, None, 5, shape[-1])) == (
+        None,
+        None,
+        5 * factor,
+        shape[-1] // factor**2,
+    )
     restored = blocks.DepthToSpace.from_config(layer.get_config())
     np.testing.assert_array_equal(np.asarray(restored(x)), expected)
     traced = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, shape[-1]])])
@@ -331,13 +364,13 @@ def test_bilinear_upsample_serves_any_size_from_one_trace():
         x = rng.normal(size=shape).astype("float32")
         y = traced(x).numpy()
         assert y.shape == (shape[0], 2 * shape[1], 2 * shape[2], 3)
-        np.testing.assert_allclose(y, tf.image.resize(x, (2 * shape[1], 2 * shape[2])).numpy(),
-                                   atol=1e-6)
+        np.testing.assert_allclose(y, tf.image.resize(x, (2 * shape[1], 2 * shape[2])).numpy(), atol=1e-6)
     assert traced.experimental_get_tracing_count() == 1
     assert layer.compute_output_shape((None, None, 6, 3)) == (None, None, 12, 3)
 
 
 # ---------------------------------------------------------------- the head cannot go dead
+
 
 def kill_last_block(decoder):
     """Push the last block's BatchNorm far negative: what a trained width-0.25 decoder did to

@@ -10,6 +10,7 @@ in the kernel, epochs of 12.5-13 s, the same peak memory (3.07 GB).
 
 glibc only (Linux); elsewhere every call here does nothing and says so by returning False.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,8 +20,8 @@ import functools
 # mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
 MMAP_THRESHOLD = 32 * 2**20  # glibc's largest on 64-bit: tensors up to 32 MB come from the heap
-TRIM_THRESHOLD = 2**30       # give the heap top back only when a GiB lies free there
-TOP_PAD = 64 * 2**20         # and grow it 64 MB at a time
+TRIM_THRESHOLD = 2**30  # give the heap top back only when a GiB lies free there
+TOP_PAD = 64 * 2**20  # and grow it 64 MB at a time
 
 
 @functools.cache
@@ -40,7 +41,9 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
-    applied = [libc.mallopt(parameter, value) == 1 for parameter, value in settings]  # each, even if one fails
+    applied = [
+        libc.mallopt(parameter, value) == 1 for parameter, value in settings
+    ]  # each, even if one fails
     return all(applied)
 
 
@@ -50,7 +53,6 @@ def one_arena() -> bool:
     call it before TensorFlow starts its threads (`for_training`)."""
     libc = _glibc()
     return libc is not None and libc.mallopt(M_ARENA_MAX, 1) == 1
-
 
 
 def for_training() -> None:

@@ -53,12 +53,25 @@ def seeded_model(served: ServedRecipe, encoder, seed: int) -> keras.Model:
     return unet.build(served.decoder, encoder=encoder)
 
 
-def learning_curve(served: ServedRecipe, encoder, pool, areas, epochs: int, seeds, folder: Path,
-                   fingerprint: dict, eager: bool = False) -> dict:
+def learning_curve(
+    served: ServedRecipe,
+    encoder,
+    pool,
+    areas,
+    epochs: int,
+    seeds,
+    folder: Path,
+    fingerprint: dict,
+    eager: bool = False,
+) -> dict:
     """The cross-validated curve of `served` trained `epochs` epochs, one run per seed, pooled.
     `pool`: the encoded tiles (training.features.FeatureSet); `areas[i]`: tile i's city."""
-    curves = [_one_seed(served, encoder, pool, areas, epochs, seed, Path(folder) / f"seed{seed}",
-                        fingerprint, eager) for seed in seeds]
+    curves = [
+        _one_seed(
+            served, encoder, pool, areas, epochs, seed, Path(folder) / f"seed{seed}", fingerprint, eager
+        )
+        for seed in seeds
+    ]
     if len(curves) == 1:
         return curves[0]
     return pooled_curve(curves, [f"seed {seed}" for seed in seeds])
@@ -76,29 +89,58 @@ def _one_seed(served, encoder, pool, areas, epochs, seed, folder: Path, fingerpr
             gc.collect()
         else:
             print(f"  fold {fold.val_area}, seed {seed}: kept from an earlier run ({folder})")
-        results.append(folds.FoldResult(fold.val_area, kept["tiles"], np.asarray(kept["counts"]),
-                                        kept["history"], kept["train_seconds"], model=None))
+        results.append(
+            folds.FoldResult(
+                fold.val_area,
+                kept["tiles"],
+                np.asarray(kept["counts"]),
+                kept["history"],
+                kept["train_seconds"],
+                model=None,
+            )
+        )
         for name in RECORDED_OPTIONS:
             options[name][fold.val_area] = kept["options"][name]
             buildings[name][fold.val_area] = kept["buildings"][name]
     curve = curve_record(results, epochs, time.time() - started)
-    curve.update(config=served.decoder.to_dict(), recipe=served.training.to_dict(), views=options,
-                 buildings=buildings, seed=seed, fingerprint=fingerprint)
+    curve.update(
+        config=served.decoder.to_dict(),
+        recipe=served.training.to_dict(),
+        views=options,
+        buildings=buildings,
+        seed=seed,
+        fingerprint=fingerprint,
+    )
     return curve
 
 
 def _run_fold(served, encoder, pool, areas, fold, epochs: int, seed: int, eager: bool) -> dict:
-    result = folds.cross_validate(lambda: seeded_model(served, encoder, seed), served.training, pool, [fold],
-                                  epochs, seed, schedule_epochs=epochs, eager=eager,
-                                  callbacks=[EpochProgress()], areas=areas)[0]
+    result = folds.cross_validate(
+        lambda: seeded_model(served, encoder, seed),
+        served.training,
+        pool,
+        [fold],
+        epochs,
+        seed,
+        schedule_epochs=epochs,
+        eager=eager,
+        callbacks=[EpochProgress()],
+        areas=areas,
+    )[0]
     images, masks = pool.images[fold.val_index], pool.masks[0, fold.val_index]
     pixels, buildings = {}, {}
     for name in RECORDED_OPTIONS:
         probs = served_probabilities(result.model, images, name)
         pixels[name] = folds.threshold_counts(probs, masks).tolist()
         buildings[name] = building_counts(probs >= heldout.FIXED, masks)
-    return {"tiles": int(result.tiles), "counts": result.counts.tolist(), "history": result.history,
-            "train_seconds": round(result.train_seconds, 1), "options": pixels, "buildings": buildings}
+    return {
+        "tiles": int(result.tiles),
+        "counts": result.counts.tolist(),
+        "history": result.history,
+        "train_seconds": round(result.train_seconds, 1),
+        "options": pixels,
+        "buildings": buildings,
+    }
 
 
 def served_probabilities(model, images: np.ndarray, option: str) -> np.ndarray:
@@ -124,8 +166,10 @@ def _kept_fold(path: Path, fingerprint: dict) -> dict | None:
         return None
     kept = json.loads(path.read_text())
     if kept.get("fingerprint") != fingerprint:
-        raise UserFacingError(f"{path} was made by another run (other data, recipe, epochs or budget): "
-                              "choose another --out, or --fresh to replace it")
+        raise UserFacingError(
+            f"{path} was made by another run (other data, recipe, epochs or budget): "
+            "choose another --out, or --fresh to replace it"
+        )
     return kept
 
 
@@ -136,9 +180,12 @@ def curve_record(results: list[folds.FoldResult], curve_epochs: int, seconds: fl
     per_city = {}
     for result in results:
         own_epochs, own_threshold = folds.choose_schedule(results, exclude=result.val_area)
-        per_city[result.val_area] = {"epochs": own_epochs, "threshold": own_threshold,
-                                     "tiles_held_out": result.tiles,
-                                     **folds.fold_scores(result, own_epochs, own_threshold)}
+        per_city[result.val_area] = {
+            "epochs": own_epochs,
+            "threshold": own_threshold,
+            "tiles_held_out": result.tiles,
+            **folds.fold_scores(result, own_epochs, own_threshold),
+        }
     return {
         "curve_epochs": curve_epochs, "thresholds": [float(t) for t in heldout.THRESHOLDS],
         "chosen": {"epochs": epochs, "threshold": threshold,
@@ -168,18 +215,35 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
                                 sum(curve["folds"][city]["train_seconds"] for curve in curves), model=None)
                for city in first["folds"]]  # fmt: skip
     pooled = curve_record(results, first["curve_epochs"], sum(curve["seconds"] for curve in curves))
-    pooled.update({field: first[field] for field in (*POOLED_ALIKE, "fingerprint", "source") if field in first})
+    pooled.update(
+        {field: first[field] for field in (*POOLED_ALIKE, "fingerprint", "source") if field in first}
+    )
     views = heldout.recorded_views(first)
     if views:
-        pooled["views"] = {name: {city: c.tolist() for city, c in heldout.summed_counts(
-            curves, lambda curve, name=name: heldout.recorded_views(curve)[name]).items()} for name in sorted(views)}
+        pooled["views"] = {
+            name: {
+                city: c.tolist()
+                for city, c in heldout.summed_counts(
+                    curves, lambda curve, name=name: heldout.recorded_views(curve)[name]
+                ).items()
+            }
+            for name in sorted(views)
+        }
     if all("buildings" in curve for curve in curves):
-        pooled["buildings"] = {name: {city: {size: np.sum([curve["buildings"][name][city][size] for curve in curves],
-                                                           axis=0).tolist() for size in sizes}
-                                      for city, sizes in by_city.items()}
-                               for name, by_city in first["buildings"].items()}
+        pooled["buildings"] = {
+            name: {
+                city: {
+                    size: np.sum([curve["buildings"][name][city][size] for curve in curves], axis=0).tolist()
+                    for size in sizes
+                }
+                for city, sizes in by_city.items()
+            }
+            for name, by_city in first["buildings"].items()
+        }
     seeds = [curve.get("seed", SEED) for curve in curves]
-    pooled["variant"] = " + ".join(str(curve.get("variant", source)) for curve, source in zip(curves, sources))
+    pooled["variant"] = " + ".join(
+        str(curve.get("variant", source)) for curve, source in zip(curves, sources)
+    )
     pooled["pooled"] = {"seeds": seeds, "from": sources}
     pooled["chosen"]["rule"] += f", on confusion counts summed over seeds {', '.join(map(str, seeds))}"
     return pooled
@@ -187,19 +251,27 @@ def pooled_curve(curves: list[dict], sources: list[str]) -> dict:
 
 def _check_poolable(curves: list[dict], sources: list[str]) -> None:
     for field in POOLED_ALIKE:
-        differing = [source for source, curve in zip(sources, curves) if curve.get(field) != curves[0].get(field)]
+        differing = [
+            source for source, curve in zip(sources, curves) if curve.get(field) != curves[0].get(field)
+        ]
         if differing:
-            raise UserFacingError(f"{', '.join(differing)} differ(s) from {sources[0]} in '{field}': "
-                                  "only one recipe's curves under other seeds can be pooled")
+            raise UserFacingError(
+                f"{', '.join(differing)} differ(s) from {sources[0]} in '{field}': "
+                "only one recipe's curves under other seeds can be pooled"
+            )
     seeds = [curve.get("seed", SEED) for curve in curves]
     if len(set(seeds)) < len(seeds):
-        raise UserFacingError(f"the curves must come from different seeds, got seeds {seeds} "
-                              f"(a curve without a 'seed' field is seed {SEED})")
+        raise UserFacingError(
+            f"the curves must come from different seeds, got seeds {seeds} "
+            f"(a curve without a 'seed' field is seed {SEED})"
+        )
     view_sets = [set(heldout.recorded_views(curve)) for curve in curves]
     differing = [source for source, names in zip(sources, view_sets) if names != view_sets[0]]
     if differing:
-        raise UserFacingError(f"{', '.join(differing)} recorded other serving options than {sources[0]}: "
-                              "pooled, the options missing from one would silently drop out of the choice")
+        raise UserFacingError(
+            f"{', '.join(differing)} recorded other serving options than {sources[0]}: "
+            "pooled, the options missing from one would silently drop out of the choice"
+        )
 
 
 def _mean_history(histories: list[dict]) -> dict:

@@ -5,6 +5,7 @@ image never changes during training: computing it once per image (and per augmen
 instead of at every step removes most of the cost of a trial. Features are float16, which
 halves memory; the decoder computes in float32.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,16 +39,26 @@ class FeatureSet:
     def batch(self, copy_index: np.ndarray, image_index: np.ndarray):
         # A dict keyed by the decoder's input names: Keras' PyDataset adapter rejects a
         # list or tuple of inputs nested inside the (x, y) pair.
-        inputs = {name: tap[copy_index, image_index].astype(np.float32)
-                  for name, tap in zip(TAP_INPUTS, self.taps)}
+        inputs = {
+            name: tap[copy_index, image_index].astype(np.float32) for name, tap in zip(TAP_INPUTS, self.taps)
+        }
         return inputs, self.masks[copy_index, image_index][..., None].astype(np.float32)
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.taps) + self.masks.nbytes + self.images.nbytes
 
 
-def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentation: str,
-           seed: int, batch_size: int = 16, progress=print, allocate=None) -> FeatureSet:
+def encode(
+    model,
+    images: np.ndarray,
+    masks: np.ndarray,
+    copies: int,
+    augmentation: str,
+    seed: int,
+    batch_size: int = 16,
+    progress=print,
+    allocate=None,
+) -> FeatureSet:
     """Encode `copies` versions of every image: the original, then augmented ones.
 
     Features are written batch by batch into arrays allocated once, so the peak is the
@@ -58,18 +69,21 @@ def encode(model, images: np.ndarray, masks: np.ndarray, copies: int, augmentati
     allocate = allocate or (lambda _, shape, dtype: np.empty(shape, dtype))
     started = time.time()
     taps, all_masks = None, np.empty((copies,) + masks.shape, np.uint8)
-    for copy, (copy_images, copy_masks) in enumerate(augmented_copies(images, masks, copies, augmentation, seed)):
+    for copy, (copy_images, copy_masks) in enumerate(
+        augmented_copies(images, masks, copies, augmentation, seed)
+    ):
         all_masks[copy] = copy_masks
         for start in range(0, len(copy_images), batch_size):
-            batch = copy_images[start:start + batch_size].astype(np.float32)
+            batch = copy_images[start : start + batch_size].astype(np.float32)
             outputs = [np.asarray(o, np.float16) for o in encoder_features(model, batch)]
             if taps is None:
-                taps = [allocate(number, (copies, len(images)) + o.shape[1:], np.float16)
-                        for number, o in enumerate(outputs)]
+                taps = [
+                    allocate(number, (copies, len(images)) + o.shape[1:], np.float16)
+                    for number, o in enumerate(outputs)
+                ]
             for tap, output in zip(taps, outputs):
-                tap[copy, start:start + len(output)] = output
-        progress(f"  encoded copy {copy + 1}/{copies} of {len(images)} images "
-                 f"({time.time() - started:.0f}s)")
+                tap[copy, start : start + len(output)] = output
+        progress(f"  encoded copy {copy + 1}/{copies} of {len(images)} images ({time.time() - started:.0f}s)")
     return FeatureSet(taps, all_masks, images)
 
 

@@ -87,22 +87,42 @@ def run_fit(request: FitRequest, served: ServedRecipe = SERVED) -> dict:
     curve = the_curve(request, served, encoder, pool, areas, binding)
     provenance.write_binding(request.out, binding)
     serving = serving_choice(request, served, curve)
-    print(f"final fit: {served.decoder.name}, '{served.training.augmentation}' augmentation, "
-          f"{serving.epochs} of {serving.schedule_epochs} cosine epochs, threshold {serving.threshold:.2f}, "
-          f"views '{serving.tta}' at scales {serving.scales}, {pool.count} tiles")
+    print(
+        f"final fit: {served.decoder.name}, '{served.training.augmentation}' augmentation, "
+        f"{serving.epochs} of {serving.schedule_epochs} cosine epochs, threshold {serving.threshold:.2f}, "
+        f"views '{serving.tta}' at scales {serving.scales}, {pool.count} tiles"
+    )
     keras.utils.set_random_seed(SEED)  # the final model starts from the folds' seed-0 weights
     model = unet.build(served.decoder, encoder=encoder)
-    history, seconds = train_decoder(model, served.training, pool, serving.epochs, SEED,
-                                     callbacks=[EpochProgress()], eager=budget.eager,
-                                     schedule_epochs=serving.schedule_epochs, areas=areas)
+    history, seconds = train_decoder(
+        model,
+        served.training,
+        pool,
+        serving.epochs,
+        SEED,
+        callbacks=[EpochProgress()],
+        eager=budget.eager,
+        schedule_epochs=serving.schedule_epochs,
+        areas=areas,
+    )
     test = score_test(model, serving, test_samples, budget.size)
-    metadata = final_metadata(request, served, serving, curve, history, seconds, test, source,
-                              pool_samples, test_samples)
+    metadata = final_metadata(
+        request, served, serving, curve, history, seconds, test, source, pool_samples, test_samples
+    )
     out = Path(request.out)
     path = saving.save(model, out / "model.keras", metadata)
-    plots.samples(model, (serving.threshold, serving.tta, serving.scales), pool, test_samples, budget.size,
-                  out / "samples.png")
-    cost = {"wall_minutes": round((time.time() - started) / 60, 1), "peak_rss_gib": round(process_memory_gib()[1], 2)}
+    plots.samples(
+        model,
+        (serving.threshold, serving.tta, serving.scales),
+        pool,
+        test_samples,
+        budget.size,
+        out / "samples.png",
+    )
+    cost = {
+        "wall_minutes": round((time.time() - started) / 60, 1),
+        "peak_rss_gib": round(process_memory_gib()[1], 2),
+    }
     write_text_atomic(out / "README.md", report.fit_report({**metadata, "cost": cost}, curve))
     if request.point_served:
         point_served_model(request.results_root, path)
@@ -114,12 +134,16 @@ def load_samples(request: FitRequest, budget):
     samples, root, source = scan_samples(budget, request.data)
     areas = sorted({s.area for s in samples if s.area})
     if request.test_area != "none" and request.test_area not in areas:
-        raise UserFacingError(f"--test-area {request.test_area!r} is not an area of {root}; "
-                              f"known: {', '.join(areas) or 'none (no index.csv areas)'}, or 'none'")
+        raise UserFacingError(
+            f"--test-area {request.test_area!r} is not an area of {root}; "
+            f"known: {', '.join(areas) or 'none (no index.csv areas)'}, or 'none'"
+        )
     test = [s for s in samples if s.area == request.test_area]
     pool = [s for s in samples if s.area != request.test_area]
-    print(f"data: {source}; pool {len(pool)} tiles ({', '.join(sorted({s.area or '?' for s in pool}))}); "
-          f"test {len(test)} tiles ({request.test_area})")
+    print(
+        f"data: {source}; pool {len(pool)} tiles ({', '.join(sorted({s.area or '?' for s in pool}))}); "
+        f"test {len(test)} tiles ({request.test_area})"
+    )
     return pool, test, source
 
 
@@ -128,11 +152,14 @@ def encode_pool(encoder, pool_samples, budget, served: ServedRecipe) -> features
     folds and the final fit all train on these features."""
     images, masks = folders.load_arrays(pool_samples, budget.size)
     copies = served.training.copies(budget)
-    print(f"encoding {len(images)} pool tiles once for every fold and the fit: {copies} copies with "
-          f"'{served.training.augmentation}' augmentation ...")
+    print(
+        f"encoding {len(images)} pool tiles once for every fold and the fit: {copies} copies with "
+        f"'{served.training.augmentation}' augmentation ..."
+    )
     model = unet.build(served.decoder, encoder=encoder)  # its preprocessing decides what the encoder sees
-    return features.encode(model, images, masks, copies=copies, augmentation=served.training.augmentation,
-                           seed=SEED)
+    return features.encode(
+        model, images, masks, copies=copies, augmentation=served.training.augmentation, seed=SEED
+    )
 
 
 def the_curve(request: FitRequest, served: ServedRecipe, encoder, pool, areas, binding: dict) -> dict | None:
@@ -142,8 +169,17 @@ def the_curve(request: FitRequest, served: ServedRecipe, encoder, pool, areas, b
     path = Path(request.out) / "curve.json"
     if request.curve:
         fingerprint = {**binding, "curve_epochs": request.curve_epochs}
-        curve = crossval.learning_curve(served, encoder, pool, areas, request.curve_epochs, request.seeds,
-                                        Path(request.out) / "folds", fingerprint, eager=BUDGETS[request.budget].eager)
+        curve = crossval.learning_curve(
+            served,
+            encoder,
+            pool,
+            areas,
+            request.curve_epochs,
+            request.seeds,
+            Path(request.out) / "folds",
+            fingerprint,
+            eager=BUDGETS[request.budget].eager,
+        )
     elif path.is_file():  # the binding check above vouches that it was made on this data
         curve = json.loads(path.read_text())
     else:
@@ -171,7 +207,10 @@ def same_recipe(curve: dict, served: ServedRecipe) -> bool:
     fields at their served values compare equal)."""
     if "config" not in curve or "recipe" not in curve:
         return False
-    return (DecoderConfig.from_dict(curve["config"]), curve["recipe"]) == (served.decoder, served.training.to_dict())
+    return (DecoderConfig.from_dict(curve["config"]), curve["recipe"]) == (
+        served.decoder,
+        served.training.to_dict(),
+    )
 
 
 def serving_choice(request: FitRequest, served: ServedRecipe, curve: dict | None) -> Serving:
@@ -180,11 +219,18 @@ def serving_choice(request: FitRequest, served: ServedRecipe, curve: dict | None
         name = heldout.option_name(served.tta, served.scales)
         if served.threshold == heldout.FIXED:  # else: the option whose threshold the other cities chose
             name += f", {heldout.FIXED}"
-        return Serving(served.epochs, served.schedule_epochs, served.threshold, served.tta,
-                       tuple(served.scales), name)
+        return Serving(
+            served.epochs, served.schedule_epochs, served.threshold, served.tta, tuple(served.scales), name
+        )
     name, option = heldout.best_option(curve, request.max_passes)
-    return Serving(option["epochs"], curve["curve_epochs"], option["threshold"], option["tta"],
-                   tuple(option["scales"]), name)
+    return Serving(
+        option["epochs"],
+        curve["curve_epochs"],
+        option["threshold"],
+        option["tta"],
+        tuple(option["scales"]),
+        name,
+    )
 
 
 def score_test(model, serving: Serving, test_samples, size: int) -> dict | None:
@@ -195,8 +241,9 @@ def score_test(model, serving: Serving, test_samples, size: int) -> dict | None:
     return full_model_scores(model, serving.threshold, images, masks, tta=serving.tta, scales=serving.scales)
 
 
-def final_metadata(request, served, serving: Serving, curve, history, seconds, test, source,
-                   pool_samples, test_samples) -> dict:
+def final_metadata(
+    request, served, serving: Serving, curve, history, seconds, test, source, pool_samples, test_samples
+) -> dict:
     return {
         "name": f"final/{served.decoder.name}", "config": served.decoder.to_dict(),
         "recipe": served.training.to_dict(), "threshold": serving.threshold,
@@ -225,8 +272,13 @@ def fit_argv(request: FitRequest) -> list[str]:
     if request.budget != "standard":
         parts += ["--budget", request.budget]
     if request.curve:
-        parts += ["--curve", "--curve-epochs", str(request.curve_epochs),
-                  "--seeds", ",".join(map(str, request.seeds))]
+        parts += [
+            "--curve",
+            "--curve-epochs",
+            str(request.curve_epochs),
+            "--seeds",
+            ",".join(map(str, request.seeds)),
+        ]
     if Path(request.out) != Path("results/final"):
         parts += ["--out", str(request.out)]
     return parts
@@ -234,16 +286,30 @@ def fit_argv(request: FitRequest) -> list[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--data", type=Path, help="folder with images/, masks/ and index.csv (cities); "
-                        "default: SYNTHETIC scenes (a smoke test)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="folder with images/, masks/ and index.csv (cities); default: SYNTHETIC scenes (a smoke test)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/final"))
-    parser.add_argument("--test-area", default="none", help="a city kept out of training and scored at "
-                        "the end; 'none' (default) trains on every city: the model that ships")
+    parser.add_argument(
+        "--test-area",
+        default="none",
+        help="a city kept out of training and scored at "
+        "the end; 'none' (default) trains on every city: the model that ships",
+    )
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard")
-    parser.add_argument("--curve", action="store_true",
-                        help="rerun the cross-validated learning curve first and serve what it chooses")
-    parser.add_argument("--curve-epochs", type=int, default=SERVED.schedule_epochs,
-                        help="length of the curve's cosine schedule")
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="rerun the cross-validated learning curve first and serve what it chooses",
+    )
+    parser.add_argument(
+        "--curve-epochs",
+        type=int,
+        default=SERVED.schedule_epochs,
+        help="length of the curve's cosine schedule",
+    )
     parser.add_argument("--seeds", default=str(SEED), help="comma-separated seeds of the curve, pooled")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--no-serve", action="store_true", help="do not point results/MODEL at the model")
@@ -260,9 +326,18 @@ def to_request(args: argparse.Namespace) -> FitRequest:
         seeds = tuple(int(seed) for seed in args.seeds.split(","))
     except ValueError:
         raise UserFacingError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    return FitRequest(data=args.data, out=args.out, test_area=args.test_area, budget=args.budget,
-                      weights=args.weights, curve=args.curve, curve_epochs=args.curve_epochs, seeds=seeds,
-                      point_served=not args.no_serve, fresh=args.fresh)
+    return FitRequest(
+        data=args.data,
+        out=args.out,
+        test_area=args.test_area,
+        budget=args.budget,
+        weights=args.weights,
+        curve=args.curve,
+        curve_epochs=args.curve_epochs,
+        seeds=seeds,
+        point_served=not args.no_serve,
+        fresh=args.fresh,
+    )
 
 
 def main(argv=None) -> int:

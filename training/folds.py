@@ -8,6 +8,7 @@ Every fold records, after every epoch, its validation confusion counts at every 
 threshold (`ValidationCurve`). A study reads the last epoch; the final fit reads the whole
 curve to choose how long to train and at which threshold to cut.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
+from data.folders import DataError
 from training import train
 from training.heldout import building_iou, scores
-from data.folders import DataError
 from zoo.unet import decoder_of
 
 COUNTS = ("tp", "fp", "fn", "tn")
@@ -38,8 +39,10 @@ def area_folds(areas: Sequence[str]) -> list[Fold]:
     areas = np.asarray(areas, dtype=object)
     names = sorted(set(areas), key=str)
     if len(names) < 2 or any(name in (None, "") for name in names):
-        raise DataError("cross-validation by area needs every tile to have an area (index.csv) "
-                        f"and at least two areas besides the test area; found {names}")
+        raise DataError(
+            "cross-validation by area needs every tile to have an area (index.csv) "
+            f"and at least two areas besides the test area; found {names}"
+        )
     return [Fold(name, np.flatnonzero(areas != name), np.flatnonzero(areas == name)) for name in names]
 
 
@@ -69,8 +72,9 @@ class FeatureView:
         return self.features.batch(copy_index, self.index[image_index])
 
 
-def threshold_counts(probs: np.ndarray, masks: np.ndarray,
-                     thresholds: np.ndarray = train.THRESHOLDS) -> np.ndarray:
+def threshold_counts(
+    probs: np.ndarray, masks: np.ndarray, thresholds: np.ndarray = train.THRESHOLDS
+) -> np.ndarray:
     """Confusion counts (tp, fp, fn, tn) of `probs >= t` for every threshold: (T, 4) int64.
 
     Two histograms (building and background pixels) cut at the thresholds give every row in
@@ -102,19 +106,30 @@ class ValidationCurve(keras.callbacks.Callback):
 @dataclasses.dataclass
 class FoldResult:
     val_area: str
-    tiles: int          # held-out tiles
+    tiles: int  # held-out tiles
     counts: np.ndarray  # (epochs, thresholds, 4) validation confusion counts
-    history: dict       # training curves by epoch (loss, building_iou, f1)
+    history: dict  # training curves by epoch (loss, building_iou, f1)
     train_seconds: float
     model: keras.Model  # the fold's full model after the last epoch
 
 
-def cross_validate(build_model: Callable[[], keras.Model], recipe, pool, folds: list[Fold],
-                   epochs: int, seed: int, schedule_epochs: int | None = None, eager: bool = False,
-                   first_model: keras.Model | None = None, callbacks=(), progress=print,
-                   last_epoch_only: bool = False, initial_epoch: int = 0,
-                   resume: Sequence[tuple[Path, dict]] | None = None,
-                   areas: Sequence[str] | None = None) -> list[FoldResult]:
+def cross_validate(
+    build_model: Callable[[], keras.Model],
+    recipe,
+    pool,
+    folds: list[Fold],
+    epochs: int,
+    seed: int,
+    schedule_epochs: int | None = None,
+    eager: bool = False,
+    first_model: keras.Model | None = None,
+    callbacks=(),
+    progress=print,
+    last_epoch_only: bool = False,
+    initial_epoch: int = 0,
+    resume: Sequence[tuple[Path, dict]] | None = None,
+    areas: Sequence[str] | None = None,
+) -> list[FoldResult]:
     """Train one decoder per fold (each from the same seeded initial weights) and record its
     validation curve (`last_epoch_only`: its last epoch). `first_model` (already built) is
     trained on the first fold. With `resume` (each fold's decoder weights file and optimizer
@@ -129,14 +144,24 @@ def cross_validate(build_model: Callable[[], keras.Model], recipe, pool, folds: 
             decoder_of(model).load_weights(weights_file)
         val = FeatureView(pool, fold.val_index)
         curve = ValidationCurve(val, last_only=last_epoch_only)
-        progress(f"  fold {number + 1}/{len(folds)}: validate on {fold.val_area} ({val.count} tiles), "
-                 f"train on the other {len(fold.train_index)}"
-                 + (f", epochs {initial_epoch + 1}-{epochs}" if initial_epoch else ""))
+        progress(
+            f"  fold {number + 1}/{len(folds)}: validate on {fold.val_area} ({val.count} tiles), "
+            f"train on the other {len(fold.train_index)}"
+            + (f", epochs {initial_epoch + 1}-{epochs}" if initial_epoch else "")
+        )
         history, seconds = train.train_decoder(
-            model, recipe, FeatureView(pool, fold.train_index), epochs, seed,
-            callbacks=[curve, *callbacks], eager=eager, schedule_epochs=schedule_epochs,
-            initial_epoch=initial_epoch, optimizer_state=optimizer_state,
-            areas=None if areas is None else np.asarray(areas, dtype=object)[fold.train_index])
+            model,
+            recipe,
+            FeatureView(pool, fold.train_index),
+            epochs,
+            seed,
+            callbacks=[curve, *callbacks],
+            eager=eager,
+            schedule_epochs=schedule_epochs,
+            initial_epoch=initial_epoch,
+            optimizer_state=optimizer_state,
+            areas=None if areas is None else np.asarray(areas, dtype=object)[fold.train_index],
+        )
         results.append(FoldResult(fold.val_area, val.count, np.stack(curve.counts), history, seconds, model))
     return results
 
@@ -162,5 +187,3 @@ def choose_schedule(results: list[FoldResult], exclude: str | None = None) -> tu
 def fold_scores(result: FoldResult, epochs: int, threshold: float) -> dict:
     index = int(np.flatnonzero(np.isclose(train.THRESHOLDS, threshold))[0])
     return scores(result.counts[epochs - 1, index])
-
-

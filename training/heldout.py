@@ -4,6 +4,7 @@ Counts are (tp, fp, fn, tn) rows, one per threshold of THRESHOLDS; cross-validat
 them per city (training.folds), and everything here chooses and scores from them. NumPy
 only, so reports read them without loading TensorFlow.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,7 +41,9 @@ def leave_one_out(counts_by_city: dict) -> dict[str, dict]:
 
 def best_threshold(counts_by_city: dict) -> float:
     """The threshold with the best mean building IoU over every city."""
-    return float(THRESHOLDS[int(np.argmax(np.mean([building_iou(c) for c in counts_by_city.values()], axis=0)))])
+    return float(
+        THRESHOLDS[int(np.argmax(np.mean([building_iou(c) for c in counts_by_city.values()], axis=0)))]
+    )
 
 
 def mean_of(rows: dict[str, dict]) -> dict:
@@ -59,8 +62,10 @@ def threshold_index(threshold: float = FIXED) -> int:
 def at_threshold(counts_by_city: dict, threshold: float = FIXED) -> dict[str, dict]:
     """Each city scored at one fixed threshold."""
     index = threshold_index(threshold)
-    return {city: {"threshold": float(threshold), **scores(np.asarray(counts)[index])}
-            for city, counts in counts_by_city.items()}
+    return {
+        city: {"threshold": float(threshold), **scores(np.asarray(counts)[index])}
+        for city, counts in counts_by_city.items()
+    }
 
 
 def recorded_views(curve: dict) -> dict[str, dict]:
@@ -75,7 +80,7 @@ SCALES_MARK = "@"  # "transpose@1+0.5": the transpose views at scales 1 and 0.5,
 
 
 def scales_of(text: str) -> tuple[float, ...]:
-    """"1+0.5" -> (1.0, 0.5): a set of inference scales, each in (0, 1], none repeated."""
+    """ "1+0.5" -> (1.0, 0.5): a set of inference scales, each in (0, 1], none repeated."""
     scales = tuple(float(part) for part in text.split("+"))
     if not all(0 < s <= 1 for s in scales) or len(set(scales)) < len(scales):
         raise ValueError(f"{text!r}: scales must be distinct numbers in (0, 1], joined by '+'")
@@ -103,8 +108,10 @@ def option_names(views: list[str], scale_sets: list[tuple[float, ...]]) -> list[
 
 def summed_counts(curves: list[dict], counts_of) -> dict[str, np.ndarray]:
     """City -> the counts `counts_of(curve)[city]` summed over the curves (the seeds)."""
-    return {city: np.sum([np.asarray(counts_of(curve)[city]) for curve in curves], axis=0)
-            for city in counts_of(curves[0])}
+    return {
+        city: np.sum([np.asarray(counts_of(curve)[city]) for curve in curves], axis=0)
+        for city in counts_of(curves[0])
+    }
 
 
 def serving_options(curve: dict) -> dict[str, dict]:
@@ -120,10 +127,22 @@ def serving_options(curve: dict) -> dict[str, dict]:
     last = {city: np.asarray(fold["counts"])[-1] for city, fold in curve["folds"].items()}
     per_pass = {}
     options = {
-        "plain": {"per_city": curve["per_city"], "epochs": curve["chosen"]["epochs"],
-                  "threshold": curve["chosen"]["threshold"], "tta": "none", "scales": [1.0], **per_pass},
-        f"plain, {FIXED}": {"per_city": at_threshold(last), "epochs": last_epoch, "threshold": FIXED,
-                            "tta": "none", "scales": [1.0], **per_pass},
+        "plain": {
+            "per_city": curve["per_city"],
+            "epochs": curve["chosen"]["epochs"],
+            "threshold": curve["chosen"]["threshold"],
+            "tta": "none",
+            "scales": [1.0],
+            **per_pass,
+        },
+        f"plain, {FIXED}": {
+            "per_city": at_threshold(last),
+            "epochs": last_epoch,
+            "threshold": FIXED,
+            "tta": "none",
+            "scales": [1.0],
+            **per_pass,
+        },
     }
     for name, counts_by_city in recorded_views(curve).items():
         counts = {city: np.asarray(c) for city, c in counts_by_city.items()}
@@ -142,8 +161,11 @@ def option_left_out(curve: dict, max_passes: float | None = None) -> dict[str, d
     chooses its threshold on the other cities, the other cities' rows that rank it choose
     theirs without the held-out city too. "plain", whose epoch is chosen as well, is left out.
     With three cities, the option is chosen on two."""
-    options = {name: option for name, option in serving_options(curve).items()
-               if name != "plain" and (max_passes is None or passes_of(option) <= max_passes)}
+    options = {
+        name: option
+        for name, option in serving_options(curve).items()
+        if name != "plain" and (max_passes is None or passes_of(option) <= max_passes)
+    }
     recorded = recorded_views(curve)
     rows = {}
     for city in curve["per_city"]:
@@ -178,7 +200,12 @@ def passes_of(option: dict) -> float:
 def best_option(curve: dict, max_passes: float | None = None) -> tuple[str, dict]:
     """The serving option with the best mean per-city building IoU (the first on a tie), among
     those that cost at most `max_passes` passes per image (None: any)."""
-    options = {name: option for name, option in serving_options(curve).items()
-               if max_passes is None or passes_of(option) <= max_passes}
-    name = max(options, key=lambda n: (mean_of(options[n]["per_city"])["building_iou"], -list(options).index(n)))
+    options = {
+        name: option
+        for name, option in serving_options(curve).items()
+        if max_passes is None or passes_of(option) <= max_passes
+    }
+    name = max(
+        options, key=lambda n: (mean_of(options[n]["per_city"])["building_iou"], -list(options).index(n))
+    )
     return name, options[name]

@@ -1,4 +1,5 @@
 """The machine a number was measured on, and how a duration is measured on it."""
+
 from __future__ import annotations
 
 import os
@@ -77,17 +78,24 @@ class OtherWork:
 
     def note(self) -> str:
         cores = self.cores()
-        verdict = (": other work shared the CPU, so every number is slower and noisier than alone"
-                   if cores > OTHER_WORK_NOTICED else ": the machine was otherwise idle")
-        return (f"Other work on the machine (CPU time outside this benchmark and its servers): "
-                f"{cores:.2f} of {os.cpu_count()} cores on average during the run{verdict}.")
+        verdict = (
+            ": other work shared the CPU, so every number is slower and noisier than alone"
+            if cores > OTHER_WORK_NOTICED
+            else ": the machine was otherwise idle"
+        )
+        return (
+            f"Other work on the machine (CPU time outside this benchmark and its servers): "
+            f"{cores:.2f} of {os.cpu_count()} cores on average during the run{verdict}."
+        )
 
     @staticmethod
     def _reading() -> tuple[float, float, float]:
         import psutil
 
         total = psutil.cpu_times()
-        busy = sum(getattr(total, field, 0.0) for field in ("user", "nice", "system", "irq", "softirq", "steal"))
+        busy = sum(
+            getattr(total, field, 0.0) for field in ("user", "nice", "system", "irq", "softirq", "steal")
+        )
         own = 0.0
         me = psutil.Process()
         for process in [me, *me.children(recursive=True)]:

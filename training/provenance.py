@@ -4,6 +4,7 @@ A folder's `binding.json` names the data (its path and a fingerprint of its file
 index), the budget, the split and cross-validation settings and the encoder weights. A run
 into a folder bound to something different refuses before it writes anything.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,10 @@ def data_fingerprint(samples: Sequence) -> str:
     added, removed, replaced or moved to another area."""
     digest = hashlib.sha256()
     for sample in sorted(samples, key=lambda s: s.name):
-        digest.update(f"{sample.name}|{sample.area}|{sample.zoom}|{_size(sample.image_path)}|"
-                      f"{_size(sample.mask_path)}\n".encode())
+        digest.update(
+            f"{sample.name}|{sample.area}|{sample.zoom}|{_size(sample.image_path)}|"
+            f"{_size(sample.mask_path)}\n".encode()
+        )
     return digest.hexdigest()[:16]
 
 
@@ -42,12 +45,16 @@ def check_binding(folder: Path, binding: dict, fresh: bool, absent_means: dict |
     recorded = {**(absent_means or {}), **recorded}
     # Only what both name is compared: a binding recorded before a key existed says nothing
     # about it, and a key a run no longer binds (the fit reads the curve's own length) is free.
-    differences = [f"{key} {recorded[key]!r} -> {binding[key]!r}"
-                   for key in sorted(set(recorded) & set(binding)) if recorded[key] != binding[key]]
+    differences = [
+        f"{key} {recorded[key]!r} -> {binding[key]!r}"
+        for key in sorted(set(recorded) & set(binding))
+        if recorded[key] != binding[key]
+    ]
     if differences:
         raise UserFacingError(
             f"{folder} holds results of a different run ({'; '.join(differences)}); nothing was "
-            "written. Use --fresh to replace them or --out to write elsewhere.")
+            "written. Use --fresh to replace them or --out to write elsewhere."
+        )
 
 
 def recorded_binding(folder: Path) -> dict | None:
@@ -58,8 +65,13 @@ def recorded_binding(folder: Path) -> dict | None:
     if not (folder / "context.json").is_file():
         return None
     context = json.loads((folder / "context.json").read_text())
-    return {"data_kind": data_kind(context["data"]), "budget": context["budget"],
-            "split": context["split"], "weights": context["weights"], "cv": "none"}
+    return {
+        "data_kind": data_kind(context["data"]),
+        "budget": context["budget"],
+        "split": context["split"],
+        "weights": context["weights"],
+        "cv": "none",
+    }
 
 
 def data_kind(source: str) -> str:

@@ -24,8 +24,10 @@ def scan_samples(budget, data: Path | None = None):
     budget's image count, with the folder and a one-phrase source for tables."""
     if data is None:
         root = synthetic.default_synthetic_root(budget.synthetic_images, budget.size, SEED)
-        print("=" * 72 + f"\nNo --data given: using SYNTHETIC aerial-like scenes in {root}.\n"
-              "These numbers say nothing about real imagery.\n" + "=" * 72)
+        print(
+            "=" * 72 + f"\nNo --data given: using SYNTHETIC aerial-like scenes in {root}.\n"
+            "These numbers say nothing about real imagery.\n" + "=" * 72
+        )
         source = f"SYNTHETIC scenes ({root})"
     else:
         root, source = data, str(data)

@@ -1,4 +1,5 @@
 """One trial: train a decoder on cached encoder features with a Recipe, then score it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,11 +9,11 @@ import time
 import keras
 import numpy as np
 
+from training import allocator
 from training.features import FeatureSet
 from training.heldout import THRESHOLDS
 from training.machine import median_ms
 from training.recipe import Recipe
-from training import allocator
 from zoo.losses import SegmentationLoss
 from zoo.metrics import Confusion, keras_metrics, summarise
 from zoo.predict import Segmenter, sigmoid
@@ -24,8 +25,14 @@ class FeatureBatches(keras.utils.PyDataset):
     With `areas` (each image's area), an epoch of the same length draws each area equally
     often instead of each image once (`area_balanced_order`)."""
 
-    def __init__(self, features: FeatureSet, batch_size: int, seed: int, first_epoch: int = 0,
-                 areas: np.ndarray | None = None):
+    def __init__(
+        self,
+        features: FeatureSet,
+        batch_size: int,
+        seed: int,
+        first_epoch: int = 0,
+        areas: np.ndarray | None = None,
+    ):
         super().__init__()
         self.features, self.batch_size, self.areas = features, batch_size, areas
         self.rng = np.random.default_rng(seed)
@@ -38,12 +45,15 @@ class FeatureBatches(keras.utils.PyDataset):
         return math.ceil(self.features.count / self.batch_size)
 
     def __getitem__(self, index):
-        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         return self.features.batch(self.copy_of[chosen], chosen)
 
     def on_epoch_end(self):
-        self.order = (self.rng.permutation(self.features.count) if self.areas is None
-                      else area_balanced_order(self.rng, self.areas))
+        self.order = (
+            self.rng.permutation(self.features.count)
+            if self.areas is None
+            else area_balanced_order(self.rng, self.areas)
+        )
         self.copy_of = self.rng.integers(0, self.features.copies, self.features.count)
 
     def release(self) -> None:
@@ -78,8 +88,8 @@ class KeepFreedMemory(keras.callbacks.Callback):
 
 @dataclasses.dataclass
 class TrialResult:
-    metrics: dict       # test-split scores at the chosen threshold, plus val scores
-    history: dict       # per-epoch training curves
+    metrics: dict  # test-split scores at the chosen threshold, plus val scores
+    history: dict  # per-epoch training curves
     threshold: float
     train_seconds: float
     sample_masks: np.ndarray  # predictions on the first few test images
@@ -88,10 +98,19 @@ class TrialResult:
     fold_models: list = dataclasses.field(default_factory=list)
 
 
-def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: int,
-                  callbacks=(), eager: bool = False, schedule_epochs: int | None = None,
-                  initial_epoch: int = 0, optimizer_state: dict | None = None,
-                  areas: np.ndarray | None = None) -> tuple[dict, float]:
+def train_decoder(
+    model,
+    recipe: Recipe,
+    train: FeatureSet,
+    epochs: int,
+    seed: int,
+    callbacks=(),
+    eager: bool = False,
+    schedule_epochs: int | None = None,
+    initial_epoch: int = 0,
+    optimizer_state: dict | None = None,
+    areas: np.ndarray | None = None,
+) -> tuple[dict, float]:
     """Train the decoder up to epoch `epochs`. The learning rate follows a cosine over
     `schedule_epochs` (default `epochs`): the final fit stops such a schedule at the epoch
     cross-validation chose, so it trains exactly as the folds it was chosen on did.
@@ -114,18 +133,31 @@ def train_decoder(model, recipe: Recipe, train: FeatureSet, epochs: int, seed: i
     if optimizer_state is not None:
         decoder.optimizer.build(decoder.trainable_variables)
         if len(optimizer_state) != len(decoder.optimizer.variables):  # Keras would only warn
-            raise ValueError(f"the saved optimizer state has {len(optimizer_state)} variables, this "
-                             f"decoder's optimizer {len(decoder.optimizer.variables)}: another architecture?")
+            raise ValueError(
+                f"the saved optimizer state has {len(optimizer_state)} variables, this "
+                f"decoder's optimizer {len(decoder.optimizer.variables)}: another architecture?"
+            )
         decoder.optimizer.load_own_variables(optimizer_state)
     started = time.time()
-    batches = FeatureBatches(train, recipe.batch_size, seed, first_epoch=initial_epoch,
-                             areas=np.asarray(areas, dtype=object) if recipe.sampling == "areas" else None)
+    batches = FeatureBatches(
+        train,
+        recipe.batch_size,
+        seed,
+        first_epoch=initial_epoch,
+        areas=np.asarray(areas, dtype=object) if recipe.sampling == "areas" else None,
+    )
     try:
         # shuffle=False: FeatureBatches already draws a seeded order per epoch, which a continued
         # run replays; Keras' own shuffle of a PyDataset's batches would draw from Python's
         # `random`, reseeded above, and so replay the first epochs' visiting order instead.
-        history = decoder.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
-                              callbacks=[KeepFreedMemory(), *callbacks], shuffle=False)
+        history = decoder.fit(
+            batches,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            verbose=0,
+            callbacks=[KeepFreedMemory(), *callbacks],
+            shuffle=False,
+        )
     finally:
         batches.release()
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started
@@ -139,8 +171,12 @@ def cosine_adamw(learning_rate: float, weight_decay: float, steps: int) -> keras
 
 
 def loss_of(recipe: Recipe) -> SegmentationLoss:
-    return SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight,
-                            label_smoothing=recipe.label_smoothing, edge_band=recipe.edge_band)
+    return SegmentationLoss(
+        recipe.loss,
+        dice_weight=recipe.dice_weight,
+        label_smoothing=recipe.label_smoothing,
+        edge_band=recipe.edge_band,
+    )
 
 
 def optimizer_variables(model) -> dict:
@@ -159,7 +195,7 @@ def decoder_probabilities(decoder, features: FeatureSet, batch_size: int = 16) -
     index = np.arange(features.count)
     out = []
     for start in range(0, features.count, batch_size):
-        chosen = index[start:start + batch_size]
+        chosen = index[start : start + batch_size]
         inputs, _ = features.batch(np.zeros_like(chosen), chosen)
         # The compiled predict function, not an eager call: 23-30 against 40 ms a tile.
         logits = np.asarray(decoder.predict_on_batch(inputs))[..., 0]
@@ -188,8 +224,18 @@ def latency_ms(model, size: int, repeats: int = 10) -> float:
     return median_ms(lambda: segmenter.predict(image), repeats)[0]
 
 
-def run_trial(model, recipe: Recipe, train: FeatureSet, val: FeatureSet, test: FeatureSet,
-              epochs: int, seed: int, samples: int = 4, callbacks=(), eager: bool = False) -> TrialResult:
+def run_trial(
+    model,
+    recipe: Recipe,
+    train: FeatureSet,
+    val: FeatureSet,
+    test: FeatureSet,
+    epochs: int,
+    seed: int,
+    samples: int = 4,
+    callbacks=(),
+    eager: bool = False,
+) -> TrialResult:
     history, seconds = train_decoder(model, recipe, train, epochs, seed, callbacks, eager)
     val_probs = probabilities(model, val)
     threshold, _ = choose_threshold(val_probs, val.masks[0])
@@ -214,5 +260,4 @@ class EpochProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self.started)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in (logs or {}).items())
-        self.progress(f"    epoch {epoch + 1}/{self.params.get('epochs')}: {shown} "
-                      f"({self.seconds[-1]:.0f}s)")
+        self.progress(f"    epoch {epoch + 1}/{self.params.get('epochs')}: {shown} ({self.seconds[-1]:.0f}s)")

@@ -2,6 +2,7 @@
 
 `zoo` imports nothing from `ablations` or `app`; they import it.
 """
-from zoo.config import DecoderConfig, TUTORIAL_FILTERS
+
+from zoo.config import TUTORIAL_FILTERS, DecoderConfig
 
 __all__ = ["DecoderConfig", "TUTORIAL_FILTERS"]

@@ -3,6 +3,7 @@
 Registries map a config value to a function, so a new upsampler or merge is one function
 plus one entry, and every study can use it at once.
 """
+
 from __future__ import annotations
 
 import keras
@@ -54,8 +55,9 @@ class BilinearUpsample(layers.Layer):
         return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
 
 
-def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, separable: bool = False,
-                 relu: bool = True):
+def conv_bn_relu(
+    x, filters: int, name: str, kernel_size: int = 3, separable: bool = False, relu: bool = True
+):
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     x = conv(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
@@ -63,6 +65,7 @@ def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, separable: bo
 
 
 # ---- upsamplers: (x, filters, name) -> x at twice the resolution, `filters` channels ----
+
 
 def upsample_transpose(x, filters, name):
     # 2x2 stride-2 kernels tile the output exactly (the original U-Net "up-conv"),
@@ -100,6 +103,7 @@ UPSAMPLERS = {
 # ---- skip merges: (up, skip, coarse, filters, name) -> merged ----
 # `up` is the upsampled decoder feature, `skip` the encoder tap at the same resolution and
 # `coarse` the decoder feature before upsampling (the attention gate's gating signal).
+
 
 def merge_concat(up, skip, coarse, filters, name):
     return layers.Concatenate(name=f"{name}_concat")([up, skip])
@@ -147,6 +151,7 @@ SKIP_MERGES = {
 
 # ---- conv blocks: (x, filters, name, relu_out) -> x ----
 # relu_out=False leaves the block's output linear (the decoder's "linear" head).
+
 
 def conv_double(x, filters, name, relu_out=True):
     x = conv_bn_relu(x, filters, f"{name}_a")

@@ -4,6 +4,7 @@ Tuners map hyperparameters onto it, tables print its fields and the saved model'
 metadata stores it, so adding a field here makes it visible everywhere at once.
 This module imports no deep-learning code, so reports and the CLI can use it cheaply.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,7 +57,7 @@ class DecoderConfig:
     @property
     def filters(self) -> tuple[int, ...]:
         """Filters of each decoder level, coarse to fine (strides 16 .. output_stride)."""
-        levels = BASE_FILTERS[:len(BASE_FILTERS) - (self.output_stride.bit_length() - 1)]
+        levels = BASE_FILTERS[: len(BASE_FILTERS) - (self.output_stride.bit_length() - 1)]
         # At least 4 filters a level, and a multiple of 4 so separable convs stay aligned.
         return tuple(max(4, int(round(f * self.width / 4)) * 4) for f in levels)
 

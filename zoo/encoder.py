@@ -1,4 +1,5 @@
 """The frozen ImageNet MobileNetV2 encoder, its skip taps and where its weights come from."""
+
 from __future__ import annotations
 
 import os
@@ -87,4 +88,3 @@ def _how_to_fix(source, error: Exception) -> str:
             f"into $KERAS_HOME/models/ (default ~/.keras/models/)."
         )
     return f"weights file {source!r} is not usable MobileNetV2 weights: {error}"
-

@@ -14,6 +14,7 @@ whose channel count is unknown once H and W are dynamic, and LiteRT has no built
 an input of unknown channels ("TF Select ops: Conv2D"). A nearest 2x `tf.image.resize` is the
 same operation with static channels: the rewritten model's logits equal the original's exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,17 +56,30 @@ class ExportRequest:
 
 def parse_args(argv=None) -> ExportRequest:
     parser = argparse.ArgumentParser(prog="python -m zoo.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="a .keras file saved by zoo.saving (default: "
-                        "$ZOO_MODEL, else the one results/MODEL names, else results/final/model.keras)")
-    parser.add_argument("--out", type=Path, help="folder to write (default: NAME.export/ beside "
-                        "NAME.keras, where `python -m app --runtime` looks)")
-    parser.add_argument("--formats", default=",".join(FORMATS),
-                        help=f"comma-separated, from {', '.join(FORMATS)} (default: all)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a .keras file saved by zoo.saving (default: "
+        "$ZOO_MODEL, else the one results/MODEL names, else results/final/model.keras)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder to write (default: NAME.export/ beside "
+        "NAME.keras, where `python -m app --runtime` looks)",
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        help=f"comma-separated, from {', '.join(FORMATS)} (default: all)",
+    )
     args = parser.parse_args(argv)
     formats = tuple(name.strip() for name in args.formats.split(",") if name.strip())
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
-        parser.error(f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
+        parser.error(
+            f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}"
+        )
     model = resolve_model_path(args.model)
     return ExportRequest(model=model, out=args.out or runtimes.export_dir(model), formats=formats)
 
@@ -84,8 +98,12 @@ class NearestUpsample2x(keras.layers.Layer):
 
 
 def _lower(layer):
-    if (isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
-            and tuple(layer.size) == (2, 2) and layer.data_format == "channels_last"):
+    if (
+        isinstance(layer, keras.layers.UpSampling2D)
+        and layer.interpolation == "nearest"
+        and tuple(layer.size) == (2, 2)
+        and layer.data_format == "channels_last"
+    ):
         return NearestUpsample2x(name=layer.name)
     return layer  # the same layer object: its weights are shared, not copied
 
@@ -97,6 +115,7 @@ def lowered(model: keras.Model) -> keras.Model:
 
 def rewritten_layers(graph: keras.Model) -> list[str]:
     """Names of the layers `lowered` replaced, in nested models too."""
+
     def walk(layer):
         yield layer
         for inner in getattr(layer, "layers", []):
@@ -130,8 +149,10 @@ def export(request: ExportRequest, log=print) -> dict:
             path = stage / runtimes.EXPORTED[runtime]
             WRITERS[runtime](graph, path, stage, metadata)
             artifacts[runtime] = _checked(runtime, path, probes, reference)
-            log(f"{runtime}: {path.name}, largest logit difference from Keras "
-                f"{artifacts[runtime]['max_abs_logit_diff']:.2e}")
+            log(
+                f"{runtime}: {path.name}, largest logit difference from Keras "
+                f"{artifacts[runtime]['max_abs_logit_diff']:.2e}"
+            )
         for runtime in set(artifacts) - set(request.formats):  # a build step only: not kept
             shutil.rmtree(stage / runtimes.EXPORTED[runtime])
             del artifacts[runtime]
@@ -168,9 +189,13 @@ def _write_onnx(graph, path: Path, stage: Path, metadata: dict) -> None:
 
     graph.export(path, format="onnx", opset_version=ONNX_OPSET, verbose=False)
     proto = onnx.load(path)
-    onnx.helper.set_model_props(proto, {
-        **{f"zoo_{key}": json.dumps(value) for key, value in options_from(metadata).items()},
-        "zoo_metadata": json.dumps(metadata, sort_keys=True)})
+    onnx.helper.set_model_props(
+        proto,
+        {
+            **{f"zoo_{key}": json.dumps(value) for key, value in options_from(metadata).items()},
+            "zoo_metadata": json.dumps(metadata, sort_keys=True),
+        },
+    )
     onnx.save(proto, path)
 
 
@@ -183,44 +208,69 @@ def _checked(runtime: str, path: Path, probes, reference) -> dict:
     for batch, expected in zip(probes, reference):
         got = np.asarray(forward(batch))
         if got.shape != expected.shape:
-            raise ExportError(f"{runtime}: logits of shape {got.shape} for input {batch.shape}, "
-                              f"the Keras model gives {expected.shape}")
+            raise ExportError(
+                f"{runtime}: logits of shape {got.shape} for input {batch.shape}, "
+                f"the Keras model gives {expected.shape}"
+            )
         diffs.append(float(np.abs(got - expected).max()))
     if max(diffs) > LOGIT_TOLERANCE:
-        raise ExportError(f"{runtime}: logits differ from the Keras model by up to {max(diffs):.2e} "
-                          f"(tolerance {LOGIT_TOLERANCE:g}) on probe shapes {PROBE_SHAPES}; not written")
-    return {"path": path.name, "sha256": runtimes.tree_sha256(path), "bytes": _size(path),
-            "max_abs_logit_diff": max(diffs)}
+        raise ExportError(
+            f"{runtime}: logits differ from the Keras model by up to {max(diffs):.2e} "
+            f"(tolerance {LOGIT_TOLERANCE:g}) on probe shapes {PROBE_SHAPES}; not written"
+        )
+    return {
+        "path": path.name,
+        "sha256": runtimes.tree_sha256(path),
+        "bytes": _size(path),
+        "max_abs_logit_diff": max(diffs),
+    }
 
 
 def _sidecar(request: ExportRequest, model, metadata: dict, artifacts: dict, rewritten: list) -> dict:
     metadata_file = saving.metadata_path(request.model)
     return {
-        "source": {"file": request.model.name, "sha256": runtimes.file_sha256(request.model),
-                   "metadata_file": metadata_file.name if metadata_file.is_file() else None},
-        "metadata": metadata, "name": model.name, "inference": options_from(metadata),
+        "source": {
+            "file": request.model.name,
+            "sha256": runtimes.file_sha256(request.model),
+            "metadata_file": metadata_file.name if metadata_file.is_file() else None,
+        },
+        "metadata": metadata,
+        "name": model.name,
+        "inference": options_from(metadata),
         "input": "float32 [batch, height, width, 3], RGB 0..255, any size (height and width "
-                 "multiples of 32: zoo.predict pads to them)",
+        "multiples of 32: zoo.predict pads to them)",
         "output": "float32 logits [batch, height, width, 1]; probability = sigmoid(logit)",
         "rewritten_as_nearest_resize": rewritten,
-        "parity": {"probe_shapes": [list(shape) for shape in PROBE_SHAPES],
-                   "logit_tolerance": LOGIT_TOLERANCE},
-        "artifacts": artifacts, "versions": _versions(),
+        "parity": {
+            "probe_shapes": [list(shape) for shape in PROBE_SHAPES],
+            "logit_tolerance": LOGIT_TOLERANCE,
+        },
+        "artifacts": artifacts,
+        "versions": _versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
 def _versions() -> dict:
-    import onnxruntime
-    import tf2onnx
     from importlib.metadata import version
 
-    return {**saving.versions(), "tf2onnx": tf2onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "ai-edge-litert": version("ai-edge-litert")}
+    import onnxruntime
+    import tf2onnx
+
+    return {
+        **saving.versions(),
+        "tf2onnx": tf2onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ai-edge-litert": version("ai-edge-litert"),
+    }
 
 
 def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -244,9 +294,11 @@ def main(argv=None) -> int:
     except (ExportError, saving.ModelIntegrityError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {', '.join(sidecar['artifacts'])} and {runtimes.SIDECAR} to {request.out} "
-          f"(threshold {sidecar['inference']['threshold']:g}, scales "
-          f"{', '.join(f'{s:g}' for s in sidecar['inference']['scales'])})")
+    print(
+        f"wrote {', '.join(sidecar['artifacts'])} and {runtimes.SIDECAR} to {request.out} "
+        f"(threshold {sidecar['inference']['threshold']:g}, scales "
+        f"{', '.join(f'{s:g}' for s in sidecar['inference']['scales'])})"
+    )
     return 0
 
 

@@ -1,5 +1,6 @@
 """Losses on logits. About 18 % of pixels are buildings, so plain BCE under-weights them;
 Dice and focal losses are the usual counterweights, and BCE + Dice is the common blend."""
+
 from __future__ import annotations
 
 import keras
@@ -20,13 +21,23 @@ class SegmentationLoss(keras.losses.Loss):
     label costs less; `edge_band` (pixels) ignores a band that wide on each side of every
     label edge, where a shifted outline and the roof disagree, in BCE and Dice alike."""
 
-    def __init__(self, kind: str = "bce_dice", dice_weight: float = 1.0, focal_gamma: float = 2.0,
-                 label_smoothing: float = 0.0, edge_band: int = 0, name=None, **kwargs):
+    def __init__(
+        self,
+        kind: str = "bce_dice",
+        dice_weight: float = 1.0,
+        focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
+        edge_band: int = 0,
+        name=None,
+        **kwargs,
+    ):
         if kind not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
         if not 0.0 <= label_smoothing < 1.0 or edge_band < 0:
-            raise ValueError(f"label_smoothing must be in [0, 1) and edge_band >= 0, got "
-                             f"{label_smoothing!r} and {edge_band!r}")
+            raise ValueError(
+                f"label_smoothing must be in [0, 1) and edge_band >= 0, got "
+                f"{label_smoothing!r} and {edge_band!r}"
+            )
         super().__init__(name=name or kind, **kwargs)
         self.kind, self.dice_weight, self.focal_gamma = kind, dice_weight, focal_gamma
         self.label_smoothing, self.edge_band = float(label_smoothing), int(edge_band)
@@ -46,9 +57,14 @@ class SegmentationLoss(keras.losses.Loss):
         return bce(target, y_pred, weight) + self.dice_weight * soft_dice_loss(y_true, y_pred, weight=weight)
 
     def get_config(self):
-        return {**super().get_config(), "kind": self.kind, "dice_weight": self.dice_weight,
-                "focal_gamma": self.focal_gamma, "label_smoothing": self.label_smoothing,
-                "edge_band": self.edge_band}
+        return {
+            **super().get_config(),
+            "kind": self.kind,
+            "dice_weight": self.dice_weight,
+            "focal_gamma": self.focal_gamma,
+            "label_smoothing": self.label_smoothing,
+            "edge_band": self.edge_band,
+        }
 
 
 def away_from_edges(y_true, band: int):

@@ -17,6 +17,7 @@ one other view only ("rot180", "transpose": two passes, for latency-bound servin
 the probabilities, mapped back, are averaged. Aerial images have no "up", so every view is
 as plausible as the original, and the model's errors on them are partly independent.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,12 +38,25 @@ def _transposed(view):
 
 # The eight rotations and flips of a square, numbered: cross-validation encodes each view once
 # and names it by this number, so the order never changes.
-DIHEDRAL_VIEWS = (_IDENTITY, _FLIP_H, _FLIP_V, _FLIP_HV, _transposed(_IDENTITY),
-                  _transposed(_FLIP_H), _transposed(_FLIP_V), _transposed(_FLIP_HV))
+DIHEDRAL_VIEWS = (
+    _IDENTITY,
+    _FLIP_H,
+    _FLIP_V,
+    _FLIP_HV,
+    _transposed(_IDENTITY),
+    _transposed(_FLIP_H),
+    _transposed(_FLIP_V),
+    _transposed(_FLIP_HV),
+)
 # Which views each choice averages. The two-view sets cost two passes instead of the flips'
 # four: "rot180" adds the half turn (both flips), "transpose" the mirror across the diagonal.
-TTA_VIEW_INDICES = {"none": (0,), "rot180": (0, 3), "transpose": (0, 4), "flips": (0, 1, 2, 3),
-                    "dihedral": tuple(range(8))}
+TTA_VIEW_INDICES = {
+    "none": (0,),
+    "rot180": (0, 3),
+    "transpose": (0, 4),
+    "flips": (0, 1, 2, 3),
+    "dihedral": tuple(range(8)),
+}
 TTA_VIEWS = {name: tuple(DIHEDRAL_VIEWS[i] for i in indices) for name, indices in TTA_VIEW_INDICES.items()}
 # A server's choice of views: "model" applies the ones the model's metadata names (chosen by
 # cross-validation); the others override them (`python -m app --tta`).
@@ -72,9 +86,18 @@ class Segmenter:
     Keras model's own forward pass, e.g. an exported runtime from `zoo.runtimes`; `model` may
     then be None."""
 
-    def __init__(self, model, threshold: float = 0.5, tile: int = 512, overlap: int = 64,
-                 batch_size: int = 8, metadata: dict | None = None, scales=(1.0,),
-                 tta: str = "none", forward=None):
+    def __init__(
+        self,
+        model,
+        threshold: float = 0.5,
+        tile: int = 512,
+        overlap: int = 64,
+        batch_size: int = 8,
+        metadata: dict | None = None,
+        scales=(1.0,),
+        tta: str = "none",
+        forward=None,
+    ):
         if tile % STRIDE or overlap % STRIDE or overlap >= tile:
             raise ValueError("tile and overlap must be multiples of 32, overlap < tile")
         scales = tuple(float(s) for s in scales)
@@ -132,10 +155,10 @@ class Segmenter:
             by_shape.setdefault(view.shape, []).append(index)
         for indices in by_shape.values():
             for start in range(0, len(indices), views_per_pass):
-                chosen = indices[start:start + views_per_pass]
+                chosen = indices[start : start + views_per_pass]
                 probs = self._forward_once(np.concatenate([viewed[i] for i in chosen]))
                 for k, index in enumerate(chosen):
-                    out[index] = probs[k * n:(k + 1) * n]
+                    out[index] = probs[k * n : (k + 1) * n]
         return out
 
     def _forward_once(self, batch: np.ndarray) -> np.ndarray:
@@ -153,27 +176,35 @@ class Segmenter:
         margin = self.overlap // 2
         # Pad so every tile is full and the image's own border also gets `margin` of context.
         canvas = reflect_pad(image, height + 2 * margin, width + 2 * margin, before=margin)
-        canvas = reflect_pad(canvas, _cover(canvas.shape[0], self.tile, step), _cover(canvas.shape[1], self.tile, step))
-        origins = [(y, x) for y in range(0, canvas.shape[0] - self.tile + 1, step)
-                   for x in range(0, canvas.shape[1] - self.tile + 1, step)]
+        canvas = reflect_pad(
+            canvas, _cover(canvas.shape[0], self.tile, step), _cover(canvas.shape[1], self.tile, step)
+        )
+        origins = [
+            (y, x)
+            for y in range(0, canvas.shape[0] - self.tile + 1, step)
+            for x in range(0, canvas.shape[1] - self.tile + 1, step)
+        ]
         out = np.zeros(canvas.shape[:2], np.float32)
         for start in range(0, len(origins), self.batch_size):
-            chunk = origins[start:start + self.batch_size]
-            tiles = np.stack([canvas[y:y + self.tile, x:x + self.tile] for y, x in chunk])
+            chunk = origins[start : start + self.batch_size]
+            tiles = np.stack([canvas[y : y + self.tile, x : x + self.tile] for y, x in chunk])
             for (y, x), prob in zip(chunk, self._forward(tiles)):
                 # Tiles overlap by `overlap`; each keeps its centre, so the kept parts abut.
                 # (Not prob[margin:-margin]: with overlap 0 that slice is empty.)
-                out[y + margin:y + self.tile - margin, x + margin:x + self.tile - margin] = \
-                    prob[margin:self.tile - margin, margin:self.tile - margin]
-        return out[margin:margin + height, margin:margin + width]
+                out[y + margin : y + self.tile - margin, x + margin : x + self.tile - margin] = prob[
+                    margin : self.tile - margin, margin : self.tile - margin
+                ]
+        return out[margin : margin + height, margin : margin + width]
 
 
 def options_from(metadata: dict) -> dict:
     """The threshold, scales and test-time views a saved model's metadata names."""
     inference = metadata.get("inference") or {}
-    return {"threshold": float(inference.get("threshold", metadata.get("threshold", 0.5))),
-            "scales": tuple(inference.get("scales", (1.0,))),
-            "tta": inference.get("tta", "none")}
+    return {
+        "threshold": float(inference.get("threshold", metadata.get("threshold", 0.5))),
+        "scales": tuple(inference.get("scales", (1.0,))),
+        "tta": inference.get("tta", "none"),
+    }
 
 
 def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -9,6 +9,7 @@ made from, their checksums, the threshold, scales and views, and how closely eac
 the Keras model. No TensorFlow import here unless the runtime needs it, so a server on ONNX
 Runtime or LiteRT starts in a second and never loads TensorFlow.
 """
+
 from __future__ import annotations
 
 import collections
@@ -67,12 +68,15 @@ def read_export(model_path, runtime: str, directory=None) -> dict:
     sidecar = json.loads(sidecar_path.read_text())
     entry = sidecar.get("artifacts", {}).get(runtime)
     if entry is None:
-        raise ExportUnavailable(f"{sidecar_path} lists no {runtime} artifact "
-                                f"(it has: {', '.join(sidecar.get('artifacts', {})) or 'none'}); {redo}")
+        raise ExportUnavailable(
+            f"{sidecar_path} lists no {runtime} artifact "
+            f"(it has: {', '.join(sidecar.get('artifacts', {})) or 'none'}); {redo}"
+        )
     artifact = directory / entry["path"]
     if not artifact.exists() or tree_sha256(artifact) != entry["sha256"]:
-        raise ExportUnavailable(f"{artifact} is missing or does not match the sha256 in "
-                                f"{sidecar_path}; {redo}")
+        raise ExportUnavailable(
+            f"{artifact} is missing or does not match the sha256 in {sidecar_path}; {redo}"
+        )
     stale = _staleness(Path(model_path), sidecar)
     if stale:
         raise ExportUnavailable(f"the export in {directory} is out of date: {stale}; {redo}")
@@ -88,7 +92,8 @@ def _staleness(model_path: Path, sidecar: dict) -> str | None:
     metadata_file = model_path.with_name(source["metadata_file"]) if source.get("metadata_file") else None
     current = json.loads(metadata_file.read_text()) if metadata_file and metadata_file.is_file() else {}
     if current != sidecar["metadata"]:
-        return f"{source.get('metadata_file') or 'its metadata'} has changed since (threshold, scales or other metadata)"
+        changed = source.get("metadata_file") or "its metadata"
+        return f"{changed} has changed since (threshold, scales or other metadata)"
     return None
 
 
@@ -115,8 +120,7 @@ class OnnxForward:
         # Idle threads spinning for work doubled the CPU time of a call on a busy 2-core
         # machine (95 ms against 58 ms per 256 px forward, measured), for no gain in latency.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ loading anything, so a missing model is reported at once.
 (`python -m training.fit` points it at `final/model.keras`, the model it fits; it may also be
 written by hand); without that file the served model is `results/final/model.keras`.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ decoder is a model of its own whose inputs are the encoder's taps. Training can 
 the full model, or on the decoder alone over cached encoder features (the encoder is frozen,
 so both give the same gradients to the same decoder weights).
 """
+
 from __future__ import annotations
 
 import keras
