@@ -288,7 +288,16 @@ def test_tutorial_baseline_sits_beside_the_selected_model(smoke_run, cache_home,
     shutil.copytree(study, out / "decoder_variants", ignore=shutil.ignore_patterns("tuner"))
     env = {**os.environ, **cache_home}
     result = subprocess.run(
-        [sys.executable, "-m", "ablations.baseline", "--budget", "smoke", "--out", str(out), *weights_flag()],
+        [
+            sys.executable,
+            "-m",
+            "experiments.tutorial_baseline.baseline",
+            "--budget",
+            "smoke",
+            "--out",
+            str(out),
+            *weights_flag(),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ablations import baseline
 from data import augment, folders, splits, synthetic
 from data.folders import DataError
+from experiments.tutorial_baseline import baseline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_DATA = pathlib.Path(os.environ.get("OAM_DATA") or REPO.parent / "shared" / "data" / "oam_buildings")

@@ -255,7 +255,15 @@ def test_the_per_city_table_sets_each_city_beside_the_tutorial(fit_run, tmp_path
     scores = {"precision": 0.512, "recall": 0.634, "building_iou": 0.398, "mean_iou": 0.611}
     tutorial.write_text(json.dumps({"scores": scores, "epochs": 5, "batch_size": 16}))
     result = subprocess.run(
-        [sys.executable, "-m", "ablations.cities", "--final", str(out), "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "experiments.tutorial_baseline.cities",
+            "--final",
+            str(out),
+            "--out",
+            str(tmp_path),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

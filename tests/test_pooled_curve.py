@@ -133,7 +133,7 @@ def test_a_latency_budget_serves_the_best_view_set_that_fits_it():
 
 
 def test_the_per_city_page_says_its_rows_are_pooled_over_seeds():
-    from ablations.cities import _pooled
+    from experiments.tutorial_baseline.cities import _pooled
 
     single = _curve(3, 0.01, 0)
     assert _pooled(single) == ""

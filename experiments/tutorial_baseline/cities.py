@@ -1,4 +1,4 @@
-"""python -m ablations.cities [--data DIR] [--final results/final] [--train-tutorial]
+"""python -m experiments.tutorial_baseline.cities [--data DIR] [--final results/final] [--train-tutorial]
                                       [--out results/per_city]
 
 The per-city table: each shared city as the unseen test area in turn, trained on the others,
@@ -8,7 +8,7 @@ with the mean over cities.
 The selected recipe's rows are the folds of the final fit's cross-validated learning curve
 (`python -m training.fit --curve`): each fold trained on the other cities
 and was scored on its own at the epoch and threshold chosen on the *other* folds. The
-tutorial's rows are `ablations.baseline --test-area CITY --epochs 5` runs, trained on
+tutorial's rows are `experiments.tutorial_baseline.baseline --test-area CITY --epochs 5` runs, trained on
 the other cities (less 15 % of their ground, held out to choose its threshold), written to
 OUT/tutorial-CITY/; `--train-tutorial` runs the missing ones (about 20 minutes a city here).
 """
@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from ablations import baseline
+from experiments.tutorial_baseline import baseline
 from training import heldout, report
 from training.heldout import mean_of, option_of
 
@@ -32,7 +32,9 @@ SHOWN = ("precision", "recall", "building_iou", "mean_iou")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ablations.cities", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.tutorial_baseline.cities", description=__doc__.split("\n\n")[1]
+    )
     parser.add_argument("--data", type=Path, help="the data folder (needed with --train-tutorial)")
     parser.add_argument(
         "--final",
@@ -241,7 +243,8 @@ def render(curve: dict, tutorial: dict, final: Path, left_out: dict | None = Non
     lines = [
         "# Quality on a city the model never saw: one row per shared city",
         "",
-        "Written by `python -m ablations.cities`. Pixel counts summed over the whole city; "
+        "Written by `python -m experiments.tutorial_baseline.cities`. Pixel counts summed over the whole "
+        "city; "
         "building IoU = TP/(TP+FP+FN), mean IoU = mean of building and background IoU.",
         "",
         f"- **Selected recipe** (`{name}`): each row is a fold of the final fit's cross-validated "

@@ -1,4 +1,5 @@
-"""python -m ablations.baseline [--data DIR] [--budget standard] [--out results] [--weights W]
+"""python -m experiments.tutorial_baseline.baseline [--data DIR] [--budget standard] [--out results]
+                                                    [--weights W]
 
 Trains the TensorFlow image-segmentation tutorial's recipe the way that tutorial does it:
 frozen MobileNetV2 with its pix2pix decoder (transpose convs of 512/256/128/64 filters),
@@ -40,7 +41,7 @@ COMPARED_STUDIES = ("decoder_variants", "decoder_width", "loss", "augmentation",
 
 @dataclasses.dataclass(frozen=True)
 class BaselineRequest:
-    """What `python -m ablations.baseline` was asked to do."""
+    """What `python -m experiments.tutorial_baseline.baseline` was asked to do."""
 
     out: Path = Path("results")
     data: Path | None = None  # None: synthetic scenes
@@ -55,7 +56,7 @@ class BaselineRequest:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m ablations.baseline", description=__doc__.split("\n\n")[1]
+        prog="python -m experiments.tutorial_baseline.baseline", description=__doc__.split("\n\n")[1]
     )
     parser.add_argument("--data", type=Path)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard")
