@@ -7,11 +7,23 @@ How an outline is made (no contour tracing of our own):
    corner stay two buildings. Each component's mean probability is read off its own pixels.
    A scene too large to hold is taken part by part (`SceneOutlines`), and the buildings a
    part's edge cuts are joined at the end.
-2. `rasterio.features.shapes` (GDAL's polygonize) turns each component into its exact
-   pixel-edge polygon, holes included.
-3. shapely simplifies it within `tolerance` pixels (topology preserved), drops holes and parts
-   smaller than `min_area` pixels (slivers, speckle), and repairs anything invalid with
-   `make_valid`. Every returned geometry is a valid Polygon or MultiPolygon.
+2. Components smaller than `min_area` pixels become background, and holes smaller than
+   `min_area` pixels, or beyond a building's `MAX_HOLES` largest, are filled in the label
+   image (`_fill_holes`): step 4 would drop them anyway, and tracing and simplifying them is
+   where a noisy mask spent its time (one region of a 2048 px noise image had 31,000 holes).
+3. `rasterio.features.shapes` (GDAL's polygonize) turns each component into its exact
+   pixel-edge polygon, the remaining holes included.
+4. Each ring is simplified on its own within `tolerance` pixels (Douglas-Peucker), holes and
+   parts smaller than `min_area` pixels (slivers, speckle) are dropped, and only a polygon that
+   came out invalid is repaired, with `make_valid`. Every returned geometry is a valid Polygon
+   or MultiPolygon.
+
+What one building may cost is bounded: at most `MAX_HOLES` holes (the largest) and
+`MAX_VERTICES` vertices (the tolerance is doubled until it fits); a building cut down so is
+marked `capped`. Shapely's topology-preserving simplification, used before, grew about
+quadratically with a region's holes and held the GIL throughout: 85 s on that noise image,
+during which the server could not answer /health. Ring by ring the work is about linear in
+pixels, and `outlines` takes a `deadline` after which it stops with `OutlineBudgetExceeded`.
 
 Pixel coordinates: x = column, y = row, measured from the image's top-left corner (y grows
 downwards), at pixel corners, so a pixel is a unit square. With a georeferenced image
@@ -22,15 +34,20 @@ reprojected to WGS84 longitude/latitude (RFC 7946).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.polygon import orient
 
 DEFAULT_TOLERANCE = 1.0  # pixels: removes the pixel staircase, keeps corners
 DEFAULT_MIN_AREA = 8.0   # pixels: smaller blobs are speckle, not buildings
+# Bounds on one building, far above any roof's (a few courtyards, a few dozen corners) and far
+# below a noise region's (thousands of holes, 650,000 vertices): what one outline may cost.
+MAX_HOLES = 64
+MAX_VERTICES = 4096
 WGS84 = "EPSG:4326"
 # The old GeoJSON "crs" member, which GDAL and QGIS still read: CRS84 is lon/lat on WGS84, the
 # RFC 7946 default; null says no CRS may be assumed (pixel coordinates).
@@ -49,19 +66,41 @@ class Footprint:
     geometry: Polygon | MultiPolygon
     pixels: int
     mean_probability: float | None
+    capped: bool = False  # holes or vertices beyond MAX_HOLES / MAX_VERTICES were given up
+
+
+class OutlineBudgetExceeded(TimeoutError):
+    """`outlines` passed its deadline: the mask is too intricate for the time it was given."""
 
 
 def outlines(mask, probabilities=None, tolerance: float = DEFAULT_TOLERANCE,
-             min_area: float = DEFAULT_MIN_AREA) -> list[Footprint]:
+             min_area: float = DEFAULT_MIN_AREA, deadline: float | None = None) -> list[Footprint]:
     """The buildings of an H x W mask (nonzero = building), top to bottom, left to right.
 
-    `probabilities`, an H x W float map, gives each building its mean probability."""
+    `probabilities`, an H x W float map, gives each building its mean probability.
+    `deadline`, a `time.monotonic()` value, is checked between buildings: past it,
+    `OutlineBudgetExceeded` is raised."""
     found = []
-    for geometry, pixels, total, _ in _pieces(mask, probabilities, min_area):
-        cleaned = clean(geometry, tolerance, min_area)
-        if cleaned is not None:
-            found.append(Footprint(cleaned, pixels, _mean(total, pixels)))
+    _check(deadline)
+    for geometry, pixels, total, _, holes_capped in _pieces(mask, probabilities, min_area):
+        _check(deadline)
+        footprint = _footprint(geometry, pixels, total, tolerance, min_area, holes_capped)
+        if footprint is not None:
+            found.append(footprint)
     return sorted(found, key=_reading_order)
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise OutlineBudgetExceeded("the outlines took longer than their time budget")
+
+
+def _footprint(geometry, pixels: int, total: float | None, tolerance: float, min_area: float,
+               capped: bool = False) -> Footprint | None:
+    cleaned, cut_down = _cleaned(geometry, tolerance, min_area)
+    if cleaned is None:
+        return None
+    return Footprint(cleaned, pixels, _mean(total, pixels), capped or cut_down)
 
 
 class SceneOutlines:
@@ -80,14 +119,15 @@ class SceneOutlines:
         """The mask (and probabilities) of the part whose top-left pixel is (row, col)."""
         height, width = np.shape(mask)
         shared = (row > 0, row + height < self.height, col > 0, col + width < self.width)
-        for geometry, pixels, total, cut in _pieces(mask, probabilities, self.min_area,
-                                                   row, col, shared):
+        for geometry, pixels, total, cut, capped in _pieces(mask, probabilities, self.min_area,
+                                                            row, col, shared):
             if cut:
                 self._open.append((geometry, pixels, total))
                 continue
-            cleaned = clean(geometry, self.tolerance, self.min_area)
-            if cleaned is not None:
-                self._done.append(Footprint(cleaned, pixels, _mean(total, pixels)))
+            footprint = _footprint(geometry, pixels, total, self.tolerance, self.min_area,
+                                   capped)
+            if footprint is not None:
+                self._done.append(footprint)
 
     def footprints(self) -> list[Footprint]:
         joined = []
@@ -100,17 +140,18 @@ class SceneOutlines:
                 pixels = sum(member[1] for member in members)
                 totals = [member[2] for member in members]
                 total = None if None in totals else sum(totals)
-                cleaned = clean(building, self.tolerance, self.min_area)
-                if cleaned is not None:
-                    joined.append(Footprint(cleaned, pixels, _mean(total, pixels)))
+                footprint = _footprint(building, pixels, total, self.tolerance, self.min_area)
+                if footprint is not None:
+                    joined.append(footprint)
         return sorted(self._done + joined, key=_reading_order)
 
 
 def _pieces(mask, probabilities, min_area: float, row: int = 0, col: int = 0,
             shared=(False, False, False, False)):
     """(pixel-edge polygon in scene pixels, pixel count, probability sum or None, whether it
-    touches a shared side) for each 4-connected component with at least `min_area` pixels or
-    on a shared side (top, bottom, left, right: where the mask continues in another part)."""
+    touches a shared side, whether MAX_HOLES filled some of its holes) for each 4-connected
+    component with at least `min_area` pixels or on a shared side (top, bottom, left, right:
+    where the mask continues in another part)."""
     import cv2
     from affine import Affine
     from rasterio.features import shapes
@@ -135,13 +176,74 @@ def _pieces(mask, probabilities, min_area: float, row: int = 0, col: int = 0,
         if side:
             cut[line] = True
     cut[0] = False  # background
-    # A component smaller than min_area cannot make a polygon that large: skip polygonizing it.
-    keep = ((sizes >= min_area) | cut)[labels] & (labels > 0)
-    for geometry, value in shapes(labels, mask=keep, connectivity=4,
+    # A component smaller than min_area cannot make a polygon that large: it is background to
+    # the polygonizer, and to the holes around it. Sizes and sums stay the mask's.
+    kept = (sizes >= min_area) | cut
+    kept[0] = False
+    labels = np.where(kept[labels], labels, 0)
+    labels, capped = _fill_holes(labels, count, min_area)
+    for geometry, value in shapes(labels, mask=labels > 0, connectivity=4,
                                   transform=Affine.translation(col, row)):
         label = int(value)
-        yield (shape(geometry), int(sizes[label]), None if sums is None else float(sums[label]),
-               bool(cut[label]))
+        yield (_polygon(geometry), int(sizes[label]),
+               None if sums is None else float(sums[label]), bool(cut[label]),
+               bool(capped[label]))
+
+
+def _fill_holes(labels: np.ndarray, count: int, min_area: float) -> tuple[np.ndarray, np.ndarray]:
+    """`labels` with the holes that outlines would not keep given their building's label, and
+    which of the `count` labels lost holes to MAX_HOLES.
+
+    A hole is a background region, 8-connected (the dual of 4-connected buildings, so that
+    exactly one building encloses it), that touches no edge of `labels` (an edge may be open to
+    the outside or to the next part). Filled: every hole under `min_area` pixels (outlines drop
+    those anyway) and, beyond a building's MAX_HOLES largest, the rest. A noise-like mask
+    has tens of thousands of holes in one region; tracing them was most of its cost."""
+    import cv2
+
+    found, holes, stats, _ = cv2.connectedComponentsWithStats((labels == 0).view(np.uint8),
+                                                              connectivity=8, ltype=cv2.CV_32S)
+    enclosed = np.ones(found, bool)
+    enclosed[0] = False  # label 0 of `holes` is the buildings
+    for edge in (holes[0], holes[-1], holes[:, 0], holes[:, -1]):
+        enclosed[edge] = False
+    ids = np.flatnonzero(enclosed)
+    capped = np.zeros(count, bool)
+    if not len(ids):
+        return labels, capped
+    building = _enclosing(labels, holes, stats[:, cv2.CC_STAT_TOP], enclosed)
+    sizes = stats[:, cv2.CC_STAT_AREA]
+    ids = ids[np.lexsort((-sizes[ids], building[ids]))]  # by building, the largest hole first
+    owner = building[ids]
+    first = np.r_[True, owner[1:] != owner[:-1]]
+    rank = np.arange(len(ids)) - np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
+    large = sizes[ids] >= min_area
+    capped[owner[large & (rank >= MAX_HOLES)]] = True
+    filled = ids[~(large & (rank < MAX_HOLES))]
+    fill_with = np.zeros(found, labels.dtype)
+    fill_with[filled] = building[filled]
+    return labels + fill_with[holes], capped  # fill_with is 0 off the filled holes
+
+
+def _enclosing(labels: np.ndarray, holes: np.ndarray, tops: np.ndarray,
+               enclosed: np.ndarray) -> np.ndarray:
+    """The label of the building around each enclosed hole: the one just above the hole's top
+    row (a building inside the hole, an island, lies within the hole's rows)."""
+    rows, cols = np.nonzero((holes[1:] > 0) & (labels[:-1] > 0))
+    rows += 1  # rows of `holes`: hole pixels with a building pixel above
+    ids = holes[rows, cols]
+    top = enclosed[ids] & (rows == tops[ids])
+    building = np.zeros(len(tops), labels.dtype)
+    building[ids[top]] = labels[rows[top] - 1, cols[top]]
+    return building
+
+
+def _polygon(geojson: dict) -> Polygon:
+    """A GeoJSON polygon as shapely's, from numpy arrays: `shapely.geometry.shape` converts
+    each coordinate in Python, a third of the outlines' time on a noise image."""
+    shell, *holes = (shapely.linearrings(np.asarray(ring, dtype=float))
+                     for ring in geojson["coordinates"])
+    return shapely.polygons(shell, holes or None)
 
 
 def _mean(total: float | None, pixels: int) -> float | None:
@@ -154,14 +256,51 @@ def _reading_order(footprint: Footprint) -> tuple:
 
 
 def clean(geometry, tolerance: float, min_area: float) -> Polygon | MultiPolygon | None:
-    """Simplified, without holes or parts under `min_area`, valid; None when nothing is left."""
-    simplified = geometry.simplify(tolerance, preserve_topology=True) if tolerance > 0 else geometry
-    parts = [_without_small_holes(part, min_area) for part in _polygons_in(_valid(simplified))]
+    """Simplified, without holes or parts under `min_area`, valid, within MAX_HOLES and
+    MAX_VERTICES a polygon; None when nothing is left."""
+    return _cleaned(geometry, tolerance, min_area)[0]
+
+
+def _cleaned(geometry, tolerance: float, min_area: float):
+    """(`clean`'s geometry, whether a bound cut it down)."""
+    simplified = [_simplified(part, tolerance, min_area) for part in _polygons_in(geometry)]
+    capped = any(was_capped for _, was_capped in simplified)
+    candidates = [part for part, _ in simplified if part is not None]
+    parts = [_without_small_holes(part, min_area)
+             for candidate in candidates for part in _polygons_in(_valid(candidate))]
     parts = [part for part in parts if part.area >= min_area]
     if not parts:
-        return None
+        return None, capped
     result = parts[0] if len(parts) == 1 else MultiPolygon(parts)
-    return _valid(result) if not result.is_valid else result
+    return (_valid(result) if not result.is_valid else result), capped
+
+
+def _simplified(polygon: Polygon, tolerance: float, min_area: float):
+    """(The polygon with each ring simplified on its own, possibly invalid, or None when its
+    outline falls under `min_area`; whether MAX_HOLES or MAX_VERTICES cut it down).
+
+    Ring by ring, because shapely's polygon simplification either preserves topology (about
+    quadratic in holes, GIL held) or repairs its result with a buffer (10 s on one noise
+    region): an invalid result here is rare and small, and `_cleaned` repairs it."""
+    exterior, *holes = shapely.get_rings(polygon)
+    holes = np.array(holes, dtype=object)
+    if len(holes):
+        areas = shapely.area(shapely.polygons(holes))
+        order = np.argsort(-areas, kind="stable")  # the largest first
+        holes = holes[order[areas[order] >= min_area]]
+    capped = len(holes) > MAX_HOLES
+    rings = np.array([exterior, *holes[:MAX_HOLES]], dtype=object)
+    simple = shapely.simplify(rings, tolerance) if tolerance > 0 else rings
+    step = max(tolerance, 0.5)
+    while shapely.get_num_coordinates(simple).sum() > MAX_VERTICES:
+        # Each try simplifies the last, so it costs less; the errors add up to under 2 * step.
+        step *= 2
+        simple, capped = shapely.simplify(simple, step), True
+    areas = shapely.area(shapely.polygons(simple))
+    if areas[0] < min_area:
+        return None, capped
+    return Polygon(simple[0], [ring for ring, area in zip(simple[1:], areas[1:])
+                               if area >= min_area]), capped
 
 
 def _valid(geometry):
@@ -205,7 +344,8 @@ def feature_collection(footprints: list[Footprint], transform=None, crs=None,
     anything `CRS.from_user_input` takes), geometries are WGS84 lon/lat and each feature has
     `area_m2`; without, they stay in pixels, the collection's `crs` is null and `why_pixels`
     says why. Every feature has `area_px` (of the returned outline, holes excluded),
-    `mask_pixels` and, when known, `mean_probability`; with `pixel_geometry`, a georeferenced
+    `mask_pixels` and, when known, `mean_probability`; one that MAX_HOLES or MAX_VERTICES cut
+    down has `capped: true`; with `pixel_geometry`, a georeferenced
     feature also keeps its outline in pixels (for drawing it over the image). `members` are
     added at the top level."""
     pixels = np.array([footprint.geometry for footprint in footprints], dtype=object)
@@ -235,6 +375,8 @@ def feature_collection(footprints: list[Footprint], transform=None, crs=None,
                 properties["pixel_geometry"] = mapping(orient_all(pixels[index]))
         if footprint.mean_probability is not None:
             properties["mean_probability"] = round(footprint.mean_probability, 4)
+        if footprint.capped:
+            properties["capped"] = True
         features.append({"type": "Feature", "id": index, "properties": properties,
                          "geometry": mapping(orient_all(geometry))})
     totals = {"count": len(features), "total_area_px": round(float(np.sum(areas_px)), 2),
@@ -245,9 +387,10 @@ def feature_collection(footprints: list[Footprint], transform=None, crs=None,
 def footprints_geojson(mask, probabilities=None, transform=None, crs=None,
                        tolerance: float = DEFAULT_TOLERANCE, min_area: float = DEFAULT_MIN_AREA,
                        why_pixels: str | None = None, pixel_geometry: bool = False,
-                       **members) -> dict:
-    """`outlines` then `feature_collection`, with the tolerance and minimum area recorded."""
-    found = outlines(mask, probabilities, tolerance, min_area)
+                       deadline: float | None = None, **members) -> dict:
+    """`outlines` (which `deadline` bounds) then `feature_collection`, with the tolerance and
+    minimum area recorded."""
+    found = outlines(mask, probabilities, tolerance, min_area, deadline)
     return feature_collection(found, transform, crs, why_pixels, pixel_geometry,
                               tolerance_px=tolerance, min_area_px=min_area, **members)
 
