@@ -1,4 +1,4 @@
-"""The Flask app that serves the building-footprint model `ablations` fitted (`results/MODEL`).
+"""The Flask app that serves the building-footprint model `training.fit` fitted (`results/MODEL`).
 
 Routes (every answer, errors included, is JSON except `/` and a PNG mask):
 
@@ -10,10 +10,22 @@ Routes (every answer, errors included, is JSON except `/` and a PNG mask):
   GeoTIFF, in pixels otherwise (its `why_pixels` says why). `?include=mask,image,pixels` adds
   what the page needs to draw one answer: the mask and the decoded image as base64 PNGs and,
   for a GeoTIFF, each outline in pixels too. Accepted shapes and value rules are in
-  `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels, the body
-  at most `max_body_mb` (64 MB; a JSON image costs ~11 bytes a pixel, so JSON reaches about
-  2400 x 2400 and bigger images should go as PNG uploads).
-- `GET /health`: `{"status": "ok", "model": name, ...}`.
+  `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels (a larger scene:
+  `python -m app.predict IMAGE --window 4096`, which takes any size), and the body at most
+  `max_body_mb` (64 MiB), sent with a length or chunked. A JSON image costs 11.4 to 14.0
+  bytes a pixel written compactly (`json.dumps(..., separators=(",", ":"))`, 12.9 on average)
+  and 14.4 to 17.0 with Python's default `json.dumps` (15.9), measured on 33 real 256 x 256
+  tiles of oam_buildings. So the largest square JSON image that fits whatever its pixels is
+  2188 x 2188 compact and 1986 x 1986 with the default (2048 x 2048 written by default is
+  about 64.5 MiB: 413); bigger images go as PNG uploads (at most ~3 bytes a pixel).
+  A GeoJSON answer gets at most `budget_s` (60 s) from the request's arrival: a mask whose
+  outlines take longer (noise-like, tens of thousands of holes) gets a 503 with the reason.
+- `GET /health`: `{"status": "ok", "model": name, ...}`. It takes no lock and does no work,
+  so it answers while other requests run, as soon as it gets the GIL: the model call releases
+  it, and the outline step holds it at most for GDAL's polygonize call (measured on the served
+  model's masks of noise images: 0.1 s at 2048 px, 0.3 s at 4096 px; /health took at most
+  0.02 s and 0.24 s meanwhile). A JSON body that misses the fast path (floats, other keys)
+  holds it while orjson parses it: up to ~3 s for 64 MiB (`app.inputs`).
 - `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256),
   plus under `serving` the runtime, threshold, scales and test-time views this server applies.
 - `GET /`: a page to drop an image on: RGB, mask and overlay with outlines side by side, the
@@ -22,11 +34,11 @@ Routes (every answer, errors included, is JSON except `/` and a PNG mask):
 Bad input gets a 4xx `{"error": "..."}` naming the field, shape or value at fault; no client
 input can cause a 500.
 
-Run it with `python -m app [--model PATH] [--host H] [--port P]` (development server), or in
-production with gunicorn (see `app/wsgi.py`):
+Run it with `python -m app [--model PATH] [--host H] [--port P]` (development server, a
+thread a request), or in production with gunicorn (see `app/wsgi.py`):
 
     ZOO_MODEL=results/final/model.keras \\
-        gunicorn -w 2 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
+        gunicorn -w 2 --threads 4 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
 """
 from __future__ import annotations
 
@@ -34,17 +46,18 @@ import base64
 import io
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 from flask import Flask, Response, request
 from PIL import Image
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.inputs import (FORMAT_FIELD, UPLOAD_FIELD, UPLOAD_KINDS, InputError, Upload,
-                        json_request, read_upload)
+from app.inputs import FORMAT_FIELD, UPLOAD_FIELD, UPLOAD_KINDS, InputError, Upload, json_request, read_upload
 from app.model import load_segmenter, model_name, resolve_model_path
+from zoo.polygons import OutlineBudgetExceeded, footprints_geojson
 
 # What POST /inference answers: the mask as JSON (the contract), as a PNG, or as outlines.
 FORMATS = {"json": "application/json", "png": "image/png", "geojson": "application/geo+json"}
@@ -52,12 +65,18 @@ EXTRAS = ("mask", "image", "pixels")  # ?include= for format geojson: what the p
 
 MAX_SIDE = 4096
 MAX_BODY_MB = 64
+# Seconds a GeoJSON request may take, from its arrival to its outlines: a 4096 x 4096 noise
+# image takes about 20 s on 2 CPU cores, and gunicorn's --timeout 120 kills a worker later.
+BUDGET_S = 60.0
+# Bytes a pixel of a JSON image, the most of 33 real 256 x 256 tiles of oam_buildings: with
+# Python's default json.dumps (", " between values) and compact (separators=(",", ":")).
+JSON_BYTES_PER_PIXEL = {"default": 17.0, "compact": 14.0}
 PAGE = Path(__file__).with_name("page.html")
 log = logging.getLogger(__name__)
 
 
 def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
-               max_body_mb: float = MAX_BODY_MB) -> Flask:
+               max_body_mb: float = MAX_BODY_MB, budget_s: float = BUDGET_S) -> Flask:
     """`segmenter` (a zoo.predict.Segmenter) wins over `model_path`; with neither, the default
     model is loaded (see app.model). Raises app.model.ModelUnavailable if it cannot be."""
     if segmenter is None:
@@ -91,18 +110,19 @@ def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
 
     @app.post("/inference")
     def inference():
+        deadline = time.monotonic() + budget_s
         queried = _query_format()
         upload = _read_upload(max_side)
         chosen = _chosen_format(queried, upload.format)
         if chosen == "geojson":
             extras = _extras()
             mask, probabilities = predict_probabilities(upload.image)
-            return _geojson(upload, mask, probabilities, extras, model=name,
+            return _geojson(upload, mask, probabilities, extras, deadline, model=name,
                             threshold=segmenter.threshold)
         mask = predict(upload.image)
         return _png(mask) if chosen == "png" else _json({"prediction": mask})
 
-    _add_error_handlers(app, max_body_mb)
+    _add_error_handlers(app, max_body_mb, budget_s)
     return app
 
 
@@ -128,7 +148,9 @@ def _guarded(segmenter):
 
 def _read_upload(max_side: int) -> Upload:
     if request.mimetype.startswith("multipart/"):
-        upload = request.files.get(UPLOAD_FIELD)
+        files = request.files
+        _refuse_a_body_past_the_limit()
+        upload = files.get(UPLOAD_FIELD)
         if upload is None:
             if UPLOAD_FIELD in request.form:
                 raise InputError(f"multipart field '{UPLOAD_FIELD}' came as text; send it as a "
@@ -139,7 +161,33 @@ def _read_upload(max_side: int) -> Upload:
             raise InputError(f"missing multipart field '{UPLOAD_FIELD}' (a {UPLOAD_KINDS}); "
                              f"fields received: {got}")
         return read_upload(upload, max_side)
-    return json_request(request.get_data(cache=False), max_side)
+    body = request.get_data(cache=False)
+    _refuse_a_body_past_the_limit()
+    return json_request(body, max_side)
+
+
+def _refuse_a_body_past_the_limit() -> None:
+    """413 for a body sent without a length (chunked) that goes on past the limit.
+
+    Werkzeug stops reading such a body at the limit and hands on what it read as if the body
+    ended there, so a larger JSON image used to get 400 "not valid JSON ... char 67108864".
+    A body with a Content-Length over the limit never gets here (Werkzeug answers 413)."""
+    if request.content_length is not None or not getattr(request.stream, "is_exhausted", False):
+        return
+    raw = request.environ["wsgi.input"]  # where Werkzeug's limited view of it stopped
+    if raw.read(1):
+        _drain(raw, request.max_content_length or 0)
+        raise RequestEntityTooLarge()
+
+
+def _drain(stream, most: int) -> None:
+    """Read and drop up to `most` bytes more, so that a client still sending its body reads
+    the 413 instead of a reset connection; beyond that, the server closes it."""
+    while most > 0:
+        chunk = stream.read(min(most, 1 << 20))
+        if not chunk:
+            return
+        most -= len(chunk)
 
 
 def _query_format() -> str | None:
@@ -173,9 +221,7 @@ def _extras() -> set[str]:
 
 
 def _geojson(upload: Upload, mask: np.ndarray, probabilities: np.ndarray, extras: set[str],
-             **members) -> Response:
-    from zoo.polygons import footprints_geojson
-
+             deadline: float, **members) -> Response:
     height, width = mask.shape
     if "mask" in extras:
         members["mask_png"] = _base64_png(mask * 255)
@@ -183,7 +229,7 @@ def _geojson(upload: Upload, mask: np.ndarray, probabilities: np.ndarray, extras
         members["image_png"] = _base64_png(upload.image)
     collection = footprints_geojson(mask, probabilities, upload.transform, upload.crs,
                                     why_pixels=upload.why_pixels,
-                                    pixel_geometry="pixels" in extras,
+                                    pixel_geometry="pixels" in extras, deadline=deadline,
                                     image={"height": height, "width": width}, **members)
     return _json(collection, mimetype=FORMATS["geojson"])
 
@@ -208,10 +254,19 @@ def _base64_png(pixels: np.ndarray) -> str:
     return base64.b64encode(_png_bytes(pixels)).decode("ascii")
 
 
-def _add_error_handlers(app: Flask, max_body_mb: float) -> None:
+def _add_error_handlers(app: Flask, max_body_mb: float, budget_s: float) -> None:
     @app.errorhandler(InputError)
     def bad_input(error: InputError):
         return _json({"error": str(error)}, error.status)
+
+    @app.errorhandler(OutlineBudgetExceeded)
+    def over_budget(error: OutlineBudgetExceeded):
+        # 503, not 4xx: the image is valid, the server will not spend more time on it.
+        return _json({"error": f"the building outlines of this image took longer than the "
+                               f"{budget_s:g} s a request may take: its mask is too intricate "
+                               f"(noise-like, or one region with thousands of holes). Ask for "
+                               f"the mask instead (format json or png), or run `python -m "
+                               f"app.predict IMAGE`, which has no time limit."}, 503)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -232,5 +287,10 @@ def _http_message(error: HTTPException, max_body_mb: float) -> str:
         allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or []))
         return f"method {request.method} not allowed on {request.path}; use {allowed}"
     if error.code == 413:
-        return f"request body is larger than the limit of {max_body_mb:g} MB"
+        default = JSON_BYTES_PER_PIXEL["default"]
+        compact = JSON_BYTES_PER_PIXEL["compact"]
+        return (f"request body is larger than the limit of {max_body_mb:g} MB (MiB); a JSON "
+                f"image takes up to {compact:g} bytes a pixel written compactly and {default:g} "
+                f"with Python's default json.dumps: send a larger image as a PNG upload "
+                f"(multipart field '{UPLOAD_FIELD}')")
     return f"{error.name}: {error.description}"

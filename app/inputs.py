@@ -25,9 +25,14 @@ The fast path takes a body whose last member is `"format"` too (`json_request`).
 Multipart body: field `file`, a PNG, JPEG or TIFF. A PNG or JPEG has its EXIF orientation
 applied (a browser shows it that way, so the mask lines up with what the user sees). A TIFF
 is read with rasterio, which keeps a GeoTIFF's transform and CRS for georeferenced outlines;
-it must hold 8-bit pixels in 1, 3 or 4 bands (R, G, B picked by their colour interpretation
+it must hold pixels in 1, 3 or 4 bands (R, G, B picked by their colour interpretation
 when the file names them, else the first three). Either is then converted to RGB the same way
 (alpha dropped, gray replicated).
+
+Pixels must be 8-bit, in a PNG as in a TIFF: a 16-bit (or deeper) upload is refused with a
+400 naming its bit depth, as the training reader refuses one (`data.folders`). Reading it
+anyway would clip or truncate it silently (PIL clips 16-bit gray at 255 and keeps the high
+byte of 16-bit RGB), and the model never saw such values scaled either way.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ FORMAT_FIELD = "format"
 UPLOAD_FORMATS = ("PNG", "JPEG")
 UPLOAD_KINDS = "PNG, JPEG or TIFF"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONVERT_TO_8_BIT = "scale it to 8-bit RGB first (e.g. gdal_translate -ot Byte -scale IN OUT)"
 SHAPES = "H x W x 3 RGB (or H x W x 4 RGBA, or H x W grayscale)"
 
 
@@ -265,6 +272,9 @@ def read_image_file(path, max_side: int | None = None) -> Upload:
 
 
 def _picture(stream, name: str, max_side: int | None) -> Upload:
+    head = stream.read(26)
+    stream.seek(0)
+    _refuse_deep_png(head, name)
     try:
         with Image.open(stream, formats=UPLOAD_FORMATS) as image:
             # The header is read, the pixels not yet: refuse a huge image before decoding it.
@@ -285,6 +295,14 @@ def _picture(stream, name: str, max_side: int | None) -> Upload:
                          f"({_short_reason(error)})") from None
 
 
+def _refuse_deep_png(head: bytes, name: str) -> None:
+    """InputError for a PNG of more than 8 bits a sample, read off its IHDR chunk (the first,
+    by the PNG standard): bytes 16-23 are width and height, byte 24 the bit depth."""
+    if head[:8] == PNG_MAGIC and head[12:16] == b"IHDR" and len(head) > 24 and head[24] > 8:
+        raise InputError(f"file '{name}' is a {head[24]}-bit PNG; the model reads 8-bit RGB "
+                         f"(0..255) and deeper values would be clipped: {CONVERT_TO_8_BIT}")
+
+
 def read_tiff(dataset, name: str, max_side: int | None = None, window=None) -> Upload:
     """An open rasterio dataset (or its `window`, a rasterio Window) as an `Upload`: RGB bands,
     transform and CRS of the whole dataset; or InputError."""
@@ -301,9 +319,9 @@ def tiff_bands(dataset, name: str) -> list[int]:
     from rasterio.enums import ColorInterp
 
     if dataset.dtypes[0] != "uint8":
-        raise InputError(f"file '{name}' has {dataset.dtypes[0]} pixels; the model reads 8-bit "
-                         "RGB (uint8 0..255): convert it first, e.g. gdal_translate -ot Byte "
-                         "-scale")
+        bits = np.dtype(dataset.dtypes[0]).itemsize * 8
+        raise InputError(f"file '{name}' has {bits}-bit pixels ({dataset.dtypes[0]}); the model "
+                         f"reads 8-bit RGB (uint8 0..255): {CONVERT_TO_8_BIT}")
     interp = list(dataset.colorinterp)
     if ColorInterp.palette in interp:
         raise InputError(f"file '{name}' is a palette image; convert it to RGB first")
@@ -398,8 +416,10 @@ def _check_outer_size(nested: list, max_side: int) -> None:
 
 def _check_side(height: int, width: int, max_side: int) -> None:
     if max(height, width) > max_side:
-        raise InputError(f"image is {height} x {width} pixels (H x W); "
-                         f"the largest side allowed is {max_side}", 413)
+        raise InputError(f"image is {height} x {width} pixels (H x W); the largest side "
+                         f"allowed is {max_side}. For a larger scene run `python -m app.predict "
+                         f"IMAGE --window {max_side}` where the model is: it takes any size (a "
+                         f"TIFF part by part) and writes the same GeoJSON", 413)
 
 
 def _holds_bool(nested: list) -> bool:

@@ -2,7 +2,7 @@
 corrupted or stale file is refused.
 
 The served model is the one `results/MODEL` names, relative to `results/`: `final/model.keras`,
-which `python -m ablations.fit` (the README's main job) fits on every city and points it at;
+which `python -m training.fit` (the README's main job) fits on every city and points it at;
 without that file, `results/final/model.keras` (`zoo.served`). `--model` and `$ZOO_MODEL`
 override both (`python -m app`, `app.wsgi`). A clone has no model file: the refusal names
 `MAKE_ONE`, the command that makes it.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from zoo import runtimes
 from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
-from zoo.served import DEFAULT_MODEL, ENV, POINTER, resolve_model_path as _resolve, served_model_path
+from zoo.served import DEFAULT_MODEL, ENV, POINTER, served_model_path
+from zoo.served import resolve_model_path as _resolve
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RUNTIME_ENV = "ZOO_RUNTIME"
@@ -31,12 +32,14 @@ RUNTIME_CHOICES = (runtimes.AUTO, *runtimes.RUNTIMES)
 # Test-time views (zoo.predict.TTA_CHOICES) that override the model's: each view is one more
 # pass of the network a request (results/bench.md measures every set).
 TTA_ENV = "ZOO_TTA"
+# Seconds a GeoJSON request may take (app.BUDGET_S by default), for both servers.
+BUDGET_ENV = "ZOO_BUDGET_S"
 # The one command that makes the served model, from the repository root with ../shared beside it
 # (the README's main job), and a smoke model for a quick look (synthetic scenes, meaningless).
-MAKE_ONE = "python -m ablations.fit --data ../shared/data/oam_buildings"
+MAKE_ONE = "python -m training.fit --data ../shared/data/oam_buildings"
 MAKE_ONE_TIME = "about 16 minutes on 2 CPU cores"
 SMOKE_DIR = "/tmp/smoke/final"
-MAKE_SMOKE = f"python -m ablations.fit --budget smoke --curve --curve-epochs 2 --out {SMOKE_DIR}"
+MAKE_SMOKE = f"python -m training.fit --budget smoke --curve --curve-epochs 2 --out {SMOKE_DIR}"
 
 class ModelUnavailable(RuntimeError):
     """No servable model: missing, unreadable, not matching its checksum, or not exported."""

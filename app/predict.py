@@ -29,12 +29,15 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from app.inputs import (TIFF_MAGIC, InputError, read_image_file, tiff_bands, tiff_georeference,
-                        to_rgb)
-from app.model import (ENV, ModelUnavailable, load_segmenter, model_name, override_tta,
-                       resolve_model_path)
-from zoo.polygons import (DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, SceneOutlines, feature_collection,
-                          footprints_geojson)
+from app.inputs import TIFF_MAGIC, InputError, read_image_file, tiff_bands, tiff_georeference, to_rgb
+from app.model import ENV, ModelUnavailable, load_segmenter, model_name, override_tta, resolve_model_path
+from zoo.polygons import (
+    DEFAULT_MIN_AREA,
+    DEFAULT_TOLERANCE,
+    SceneOutlines,
+    feature_collection,
+    footprints_geojson,
+)
 from zoo.predict import TTA_CHOICES, TTA_FROM_MODEL
 
 WINDOW = 4096  # the server's largest side: above it, a TIFF is predicted part by part
@@ -80,12 +83,11 @@ def scene_footprints(segmenter, path: Path, window: int = WINDOW,
                      keep_mask: bool = False, **members) -> tuple[dict, np.ndarray | None]:
     """The GeoJSON FeatureCollection of a TIFF read and predicted in parts of at most `window`
     px a side, and with `keep_mask` its whole mask (else None)."""
-    import rasterio
-    from rasterio.windows import Window
-
     import warnings
 
+    import rasterio
     from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.windows import Window
 
     margin = window // 16
     core = window - 2 * margin

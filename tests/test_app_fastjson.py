@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from app import create_app
-from app.inputs import (InputError, careful_image_from_json, fast_image_from_json,
-                        image_from_json)
+from app.inputs import InputError, careful_image_from_json, fast_image_from_json, image_from_json
 
 MAX_SIDE = 4096
 # database=None: no .hypothesis/ folder in the repository.
@@ -114,9 +113,8 @@ def test_fast_path_on_full_size_images(size):
 def test_threads_reading_at_once_each_get_their_own_image():
     # A simdjson parser serves one thread at a time (a shared one would hand one thread's
     # numbers, or an error, to another): the server's threads read bodies concurrently.
-    from concurrent.futures import ThreadPoolExecutor
-
     import sys
+    from concurrent.futures import ThreadPoolExecutor
 
     images = [np.random.default_rng(n).integers(0, 256, (96, 64 + n, 3), dtype=np.uint8) for n in range(6)]
     bodies = [orjson.dumps({"image": image}, option=orjson.OPT_SERIALIZE_NUMPY) for image in images]
