@@ -24,8 +24,9 @@ Routes (every answer, errors included, is JSON except `/` and a PNG mask):
   so it answers while other requests run, as soon as it gets the GIL: the model call releases
   it, and the outline step holds it at most for GDAL's polygonize call (measured on the served
   model's masks of noise images: 0.1 s at 2048 px, 0.3 s at 4096 px; /health took at most
-  0.02 s and 0.24 s meanwhile). A JSON body that misses the fast path (floats, other keys)
-  holds it while orjson parses it: up to ~3 s for 64 MiB (`app.inputs`).
+  0.02 s and 0.24 s meanwhile). A 64 MiB JSON image holds it 0.3 s on the fast path
+  (integers or 12.0), but ~3 s when it misses it (other keys, "format" not last, a mistake)
+  and orjson builds its lists (`app.inputs`).
 - `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256),
   plus under `serving` the runtime, threshold, scales and test-time views this server applies.
 - `GET /`: a page to drop an image on: RGB, mask and overlay with outlines side by side, the

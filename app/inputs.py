@@ -13,11 +13,13 @@ integral floats such as `12.0` pass because that is what `float_array.tolist()` 
 (4096 by default): that is about 1.6 GB of floats through the model's first layers.
 
 Well-formed JSON images take a fast path (`fast_image_from_json`): a body that is exactly
-`{"image": [...]}` holding a rectangular list of plain integers (digits, commas, brackets and
-JSON whitespace only) is checked with two passes over its bytes and read by simdjson straight
-into one buffer, instead of building ~H*W*3 Python objects. Anything else, every
-mistake included, goes through the careful path, so error messages do not depend on the
-fast path.
+`{"image": [...]}` holding a rectangular list of plain integers or integral decimals such as
+`12.0` (digits, points, commas, brackets and JSON whitespace only) is checked with two passes
+over its bytes and read by simdjson straight into one buffer, instead of building ~H*W*3
+Python objects. Anything else, every mistake included, goes through the careful path, so
+error messages do not depend on the fast path. Besides its cost, the careful path holds the
+GIL while orjson parses: 2 s for 64 MiB, during which the server answers nothing, /health
+included; decimals used to take it.
 
 A JSON body may also name the answer's format: `{"image": [...], "format": "geojson"}`.
 The fast path takes a body whose last member is `"format"` too (`json_request`).
@@ -141,15 +143,17 @@ def fast_image_from_json(body: bytes, max_side: int) -> np.ndarray | None:
 
     Returns an image only for a body that is `{"image": A}` (JSON whitespace anywhere JSON
     allows it), where A is a rectangular H x W or H x W x C (C in 1, 3, 4) list of integers
-    0..255 without leading zeros and no side over `max_side`: bodies that orjson parses and
-    `careful_image_from_json` accepts, and then to the same array. None for everything else
-    (other shapes, floats, -0, booleans, other keys, escapes, values over 255 ...).
+    0..255 (or integral decimals, `12.0`) without leading zeros and no side over `max_side`:
+    bodies that orjson parses and `careful_image_from_json` accepts, and then to the same
+    array. None for everything else (other shapes, 1.5, exponents, -0, booleans, other keys,
+    escapes, values over 255 ...).
 
-    How: with the digits and whitespace deleted, what is left of A must be byte for byte the
-    skeleton (brackets and commas) of a rectangular array of the shape read off its start
-    (`_skeleton`): so A holds nothing but digits there, in that nesting. simdjson then parses
-    A as JSON, which places exactly one number between each pair of separators, and reads
-    the numbers straight into one buffer (`_read_numbers`), without a Python object each."""
+    How: with the digits, points and whitespace deleted, what is left of A must be byte for
+    byte the skeleton (brackets and commas) of a rectangular array of the shape read off its
+    start (`_skeleton`): so A holds nothing but digits and points there, in that nesting.
+    simdjson then parses A as JSON, which places exactly one number between each pair of
+    separators (and refuses "1.", ".5" or "1.2.3"), and reads the numbers straight into one
+    buffer (`_read_numbers`), without a Python object each."""
     head = _FAST_HEAD.match(body)
     if head is None:
         return None
@@ -157,12 +161,12 @@ def fast_image_from_json(body: bytes, max_side: int) -> np.ndarray | None:
     if body[end - 1:end] != b"}":
         return None
     text = body[head.end():end - 1]
-    marks = text.translate(None, _DIGITS + _JSON_SPACE)
+    marks = text.translate(None, _DIGITS + _JSON_SPACE + b".")
     shape = _skeleton_shape(marks)
     if (shape is None or (len(shape) == 3 and shape[2] not in (1, 3, 4))
             or max(shape[0], shape[1]) > max_side or marks != _skeleton(shape)):
         return None
-    values = _read_numbers(text, int(np.prod(shape)))
+    values = _read_numbers(text, int(np.prod(shape)), decimals=b"." in text)
     if values is None:
         return None
     return to_rgb(values.reshape(shape), max_side)
@@ -220,19 +224,20 @@ def _done_with(parser: simdjson.Parser, size: int) -> None:
         _PARSERS.put(parser)
 
 
-def _read_numbers(array_json: bytes, count: int) -> np.ndarray | None:
-    """The `count` numbers of a JSON array of arrays of unsigned integers, in order, as
-    uint8; None unless it is valid JSON (so "01", "1 2" or "[1,,2]" are refused) holding
-    exactly `count` numbers, each 0..255."""
+def _read_numbers(array_json: bytes, count: int, decimals: bool = False) -> np.ndarray | None:
+    """The `count` numbers of a JSON array of arrays of unsigned integers (or, with
+    `decimals`, of numbers), in order, as uint8; None unless it is valid JSON (so "01", "1 2"
+    or "[1,,2]" are refused) holding exactly `count` numbers, each an integer 0..255."""
     parser = _parser_for()  # taken out of the pool: no other thread uses it until it is back
+    kind, dtype = ("d", np.float64) if decimals else ("u", np.uint64)
     try:
-        flat = np.frombuffer(parser.parse(array_json).as_buffer(of_type="u"), np.uint64)
+        flat = np.frombuffer(parser.parse(array_json).as_buffer(of_type=kind), dtype)
     except (ValueError, TypeError, RuntimeError):  # bad JSON, a float, a negative, a big integer
         return None
     finally:
         _done_with(parser, len(array_json))  # no parsed element outlives this call
-    if len(flat) != count or flat.max() > 255:
-        return None  # the careful path names the range in its refusal
+    if len(flat) != count or flat.max() > 255 or (decimals and np.any(flat != np.floor(flat))):
+        return None  # the careful path names the range or the fraction in its refusal
     return flat.astype(np.uint8)
 
 

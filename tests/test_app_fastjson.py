@@ -76,9 +76,11 @@ def spaced_json(value, space) -> bytes:
 
 @st.composite
 def layouts(draw, image: np.ndarray) -> bytes:
-    style = draw(st.sampled_from(["orjson", "json", "indent", "random"]))
+    style = draw(st.sampled_from(["orjson", "json", "indent", "random", "decimals"]))
     if style == "orjson":
         return orjson.dumps({"image": image}, option=orjson.OPT_SERIALIZE_NUMPY)
+    if style == "decimals":  # what float_array.tolist() gives: 12.0
+        return json.dumps({"image": image.astype(float).tolist()}).encode()
     if style == "json":
         return json.dumps({"image": image.tolist()}).encode()
     if style == "indent":
@@ -148,7 +150,10 @@ DECLINED = [
     b'{"image": [[01, 2, 3]]}',            # leading zero: not JSON
     b'{"image": [[[00, 2, 3]]]}',
     b'{"image": [[256]]}', b'{"image": [[1000]]}', b'{"image": [[99999999999999999999999]]}',
-    b'{"image": [[-0]]}', b'{"image": [[-1]]}', b'{"image": [[1.0]]}', b'{"image": [[1e2]]}',
+    b'{"image": [[-0]]}', b'{"image": [[-1]]}', b'{"image": [[1e2]]}',
+    b'{"image": [[1.5]]}', b'{"image": [[1.]]}', b'{"image": [[.5]]}', b'{"image": [[1.2.3]]}',
+    b'{"image": [[255.5]]}', b'{"image": [[256.0]]}', b'{"image": [[1.0e0]]}',
+    b'{"image": [[255.99999999999999999]]}',  # 256.0 as a double, for simdjson and orjson
     b'{"image": [[1 2]]}', b'{"image": [[1\n2]]}',  # whitespace inside a number
     b'{"image": []}', b'{"image": [[]]}', b'{"image": [[[]]]}', b'{"image": [[], []]}',
     b'{"image": [[1, ]]}', b'{"image": [[, 1]]}', b'{"image": [[1,,2]]}', b'{"image": [[1] [2]]}',
@@ -367,3 +372,20 @@ def test_fuzzed_raw_multipart_bodies_never_cause_a_500(client, case, declared):
                     "other": "multipart/form-data; boundary=other",
                     "none": "multipart/form-data"}[declared]
     check_answer(client.post("/inference", data=body, headers={"Content-Type": content_type}))
+
+
+def test_decimals_take_the_fast_path_without_the_gil_bound_careful_one(monkeypatch):
+    # A float image's tolist() writes 12.0: the careful path read it, holding the GIL about
+    # 2 s for 64 MiB while orjson built its lists, and the server answered nothing meanwhile.
+    import app.inputs
+
+    def refuse(*_):
+        raise AssertionError("the careful path ran for a well-formed body")
+
+    monkeypatch.setattr(app.inputs, "_careful", refuse)
+    image = np.random.default_rng(7).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    for body in (orjson.dumps({"image": image.astype(np.float64)}, option=orjson.OPT_SERIALIZE_NUMPY),
+                 json.dumps({"image": image.astype(float).tolist()}).encode(),
+                 json.dumps({"image": [[[*px[:2], float(px[2])] for px in row]
+                                       for row in image.tolist()]}).encode()):  # ints and 12.0
+        np.testing.assert_array_equal(image_from_json(body, MAX_SIDE), image)
