@@ -22,11 +22,12 @@ Routes (every answer, errors included, is JSON except `/` and a PNG mask):
   outlines take longer (noise-like, tens of thousands of holes) gets a 503 with the reason.
 - `GET /health`: `{"status": "ok", "model": name, ...}`. It takes no lock and does no work,
   so it answers while other requests run, as soon as it gets the GIL: the model call releases
-  it, and the outline step holds it at most for GDAL's polygonize call (measured on the served
-  model's masks of noise images: 0.1 s at 2048 px, 0.3 s at 4096 px; /health took at most
-  0.02 s and 0.24 s meanwhile). A 64 MiB JSON image holds it 0.3 s on the fast path
-  (integers or 12.0), but ~3 s when it misses it (other keys, "format" not last, a mistake)
-  and orjson builds its lists (`app.inputs`).
+  it, and the outline step holds it at most ~0.3 s at a time (`zoo.polygons` feeds GDAL in
+  batches). While the noise images of issue 35 went through as GeoJSON (2.5 s at 2048 px,
+  8.3 s at 4096 px, 2 CPU cores), /health took at most 0.013 s and 0.15 s; served by the
+  random-weights test model (16.5 s at 4096 px), 0.09 s. A 64 MiB JSON image holds the GIL
+  0.3 s on the fast path (integers or 12.0), but ~3 s when it misses it (other keys,
+  "format" not last, a mistake) and orjson builds its lists (`app.inputs`).
 - `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256),
   plus under `serving` the runtime, threshold, scales and test-time views this server applies.
 - `GET /`: a page to drop an image on: RGB, mask and overlay with outlines side by side, the

@@ -394,3 +394,17 @@ def test_outlines_stop_at_their_deadline():
     with pytest.raises(polygons.OutlineBudgetExceeded):
         polygons.footprints_geojson(noise(256), deadline=time.monotonic() - 1)
     assert polygons.outlines(noise(64), deadline=time.monotonic() + 60)
+
+
+def test_tracing_in_batches_gives_the_outlines_of_one_call(monkeypatch):
+    # GDAL holds the GIL through a call, so components go to it in batches (TRACE_PIXELS):
+    # with batches of a few components, every outline is the same as traced all at once.
+    mask = blobs(200, 300, seed=5)
+    mask[150:, :100] = noise(50, seed=6).repeat(2, axis=1)  # and a corner of speckle
+    probabilities = np.random.default_rng(2).random(mask.shape).astype(np.float32)
+    whole = polygons.outlines(mask, probabilities)
+    monkeypatch.setattr(polygons, "TRACE_PIXELS", 64)
+    batched = polygons.outlines(mask, probabilities)
+    assert len(batched) == len(whole) > 20
+    for one, other in zip(batched, whole):
+        assert one == other
