@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import math
 import os
 import pathlib
 import re
@@ -30,6 +31,7 @@ __all__ = [
     "check_samples",
     "ground_group",
     "load_arrays",
+    "pixel_area_m2",
     "read_image",
     "read_mask",
     "scan_folder",
@@ -82,6 +84,23 @@ def tile_position(name: str) -> tuple[int, int, int] | None:
     """(zoom, x, y) of a `{prefix}_z{Z}_{X}_{Y}` tile name in the XYZ grid, else None."""
     match = _TILE_NAME.match(name)
     return (int(match["zoom"]), int(match["x"]), int(match["y"])) if match else None
+
+
+# The XYZ grid's ground resolution at the equator, zoom 0, for 256 px tiles (metres a pixel).
+EQUATOR_METRES_PER_PIXEL = 2 * math.pi * 6378137 / 256
+
+
+def pixel_area_m2(name: str, side: int = 256) -> float:
+    """Ground area in m² of one pixel of the tile `name` (`{prefix}_z{Z}_{X}_{Y}`) read at `side`
+    pixels a side; NaN for a name outside the XYZ grid. Web Mercator stretches by 1/cos(latitude),
+    so a pixel's ground side is the equator's times cos(latitude of the tile's centre)."""
+    position = tile_position(name)
+    if position is None:
+        return math.nan
+    zoom, _, y = position
+    latitude = math.atan(math.sinh(math.pi * (1 - 2 * (y + 0.5) / 2**zoom)))
+    metres = EQUATOR_METRES_PER_PIXEL * math.cos(latitude) / 2**zoom * 256 / side
+    return metres * metres
 
 
 # --------------------------------------------------------------------------- reading files

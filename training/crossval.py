@@ -15,6 +15,7 @@ unfinished fold and a different run never reuses it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import json
@@ -30,7 +31,7 @@ from training.machine import describe as describe_machine
 from training.recipe import SEED, ServedRecipe
 from training.train import EpochProgress
 from zoo import unet
-from zoo.files import write_json_atomic
+from zoo.files import atomic_path, write_json_atomic
 from zoo.metrics import BuildingCounts
 from zoo.predict import Segmenter
 
@@ -42,6 +43,9 @@ RECORDED_OPTIONS = ("none@1+0.5",)
 # Buildings are counted one by one (zoo.metrics.BuildingCounts) at the fixed threshold, for every
 # building and for those of at least this many pixels on both sides (a 4 m² shed at 25 cm/px).
 BUILDING_MIN_PIXELS = (0, 64)
+# ... and of at least this ground area on both sides, where a tile's ground resolution is known
+# (its XYZ name): the smallest footprint worth an insurer's count (issue 33 measures at 4 m²).
+BUILDING_MIN_M2 = 4.0
 # What must agree for curves to be pooled: the same recipe on the same data, scored alike.
 POOLED_ALIKE = ("config", "recipe", "curve_epochs", "thresholds")
 
@@ -53,11 +57,20 @@ def seeded_model(served: ServedRecipe, encoder, seed: int) -> keras.Model:
     return unet.build(served.decoder, encoder=encoder)
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """The pool a curve folds: encoded tiles (training.features.FeatureSet), each tile's city,
+    and the ground area of one of its pixels in m² (NaN where unknown)."""
+
+    pool: object
+    areas: tuple[str, ...]
+    pixel_m2: np.ndarray
+
+
 def learning_curve(
     served: ServedRecipe,
     encoder,
-    pool,
-    areas,
+    tiles: Tiles,
     epochs: int,
     seeds,
     folder: Path,
@@ -65,11 +78,11 @@ def learning_curve(
     eager: bool = False,
 ) -> dict:
     """The cross-validated curve of `served` trained `epochs` epochs, one run per seed, pooled.
-    `pool`: the encoded tiles (training.features.FeatureSet); `areas[i]`: tile i's city."""
+    Beside each fold's record (FOLDER/seedN/CITY.json) it keeps, uncommitted, the fold's decoder
+    (CITY.weights.h5: a model that never saw CITY, to adapt to it) and its held-out probabilities
+    as served (CITY.probs.npy, float16: for post-processing studies without retraining)."""
     curves = [
-        _one_seed(
-            served, encoder, pool, areas, epochs, seed, Path(folder) / f"seed{seed}", fingerprint, eager
-        )
+        _one_seed(served, encoder, tiles, epochs, seed, Path(folder) / f"seed{seed}", fingerprint, eager)
         for seed in seeds
     ]
     if len(curves) == 1:
@@ -77,14 +90,14 @@ def learning_curve(
     return pooled_curve(curves, [f"seed {seed}" for seed in seeds])
 
 
-def _one_seed(served, encoder, pool, areas, epochs, seed, folder: Path, fingerprint, eager) -> dict:
+def _one_seed(served, encoder, tiles: Tiles, epochs, seed, folder: Path, fingerprint, eager) -> dict:
     started = time.time()
     results, options = [], {name: {} for name in RECORDED_OPTIONS}
     buildings = {name: {} for name in RECORDED_OPTIONS}
-    for fold in folds.area_folds(areas):
+    for fold in folds.area_folds(tiles.areas):
         kept = _kept_fold(folder / f"{fold.val_area}.json", fingerprint)
         if kept is None:
-            kept = _run_fold(served, encoder, pool, areas, fold, epochs, seed, eager)
+            kept = _run_fold(served, encoder, tiles, fold, epochs, seed, eager, folder)
             write_json_atomic(folder / f"{fold.val_area}.json", {"fingerprint": fingerprint, **kept})
             gc.collect()
         else:
@@ -114,25 +127,32 @@ def _one_seed(served, encoder, pool, areas, epochs, seed, folder: Path, fingerpr
     return curve
 
 
-def _run_fold(served, encoder, pool, areas, fold, epochs: int, seed: int, eager: bool) -> dict:
+def _run_fold(served, encoder, tiles: Tiles, fold, epochs: int, seed: int, eager: bool, folder: Path) -> dict:
     result = folds.cross_validate(
         lambda: seeded_model(served, encoder, seed),
         served.training,
-        pool,
+        tiles.pool,
         [fold],
         epochs,
         seed,
         schedule_epochs=epochs,
         eager=eager,
         callbacks=[EpochProgress()],
-        areas=areas,
+        areas=tiles.areas,
     )[0]
-    images, masks = pool.images[fold.val_index], pool.masks[0, fold.val_index]
+    images, masks = tiles.pool.images[fold.val_index], tiles.pool.masks[0, fold.val_index]
+    min_pixels = min_pixels_of(tiles.pixel_m2[fold.val_index])
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"{fold.val_area}.weights.h5", suffix=".weights.h5") as staged:
+        unet.decoder_of(result.model).save_weights(staged)
     pixels, buildings = {}, {}
     for name in RECORDED_OPTIONS:
         probs = served_probabilities(result.model, images, name)
         pixels[name] = folds.threshold_counts(probs, masks).tolist()
-        buildings[name] = building_counts(probs >= heldout.FIXED, masks)
+        buildings[name] = building_counts(probs >= heldout.FIXED, masks, min_pixels)
+        if name == RECORDED_OPTIONS[0]:
+            with atomic_path(folder / f"{fold.val_area}.probs.npy", suffix=".npy") as staged:
+                np.save(staged, probs.astype(np.float16))
     return {
         "tiles": int(result.tiles),
         "counts": result.counts.tolist(),
@@ -150,14 +170,24 @@ def served_probabilities(model, images: np.ndarray, option: str) -> np.ndarray:
     return np.stack([segmenter.probabilities(image) for image in images])
 
 
-def building_counts(predicted: np.ndarray, masks: np.ndarray) -> dict[str, list]:
-    """Minimum size -> (tp, fp, fn, matched IoU sum) of the buildings over every tile."""
+def min_pixels_of(pixel_m2: np.ndarray) -> dict[str, np.ndarray]:
+    """Size name -> each tile's minimum building in pixels: fixed pixel counts, and BUILDING_MIN_M2
+    on the ground where every tile's resolution is known."""
+    sizes = {str(pixels): np.full(len(pixel_m2), pixels) for pixels in BUILDING_MIN_PIXELS}
+    if len(pixel_m2) and np.isfinite(pixel_m2).all():
+        sizes[f"{BUILDING_MIN_M2:g}m2"] = np.ceil(BUILDING_MIN_M2 / pixel_m2).astype(int)
+    return sizes
+
+
+def building_counts(predicted: np.ndarray, masks: np.ndarray, min_pixels: dict) -> dict[str, list]:
+    """Size name -> (tp, fp, fn, matched IoU sum) of the buildings over every tile, those under
+    the tile's minimum (`min_pixels[size][tile]`) ignored on both sides."""
     counted = {}
-    for min_pixels in BUILDING_MIN_PIXELS:
+    for size, minimum in min_pixels.items():
         total = BuildingCounts()
-        for truth, prediction in zip(masks, predicted):
-            total.update(truth, prediction, min_pixels=min_pixels)
-        counted[str(min_pixels)] = [total.tp, total.fp, total.fn, total.matched_iou_sum]
+        for truth, prediction, pixels in zip(masks, predicted, minimum):
+            total.update(truth, prediction, min_pixels=int(pixels))
+        counted[size] = [total.tp, total.fp, total.fn, total.matched_iou_sum]
     return counted
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: its C++ start-up noise
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from data import folders  # noqa: E402
 from training import allocator, crossval, features, heldout, plots, provenance, report  # noqa: E402
@@ -84,7 +85,8 @@ def run_fit(request: FitRequest, served: ServedRecipe = SERVED) -> dict:
     encoder = load_encoder(request.weights)
     pool = encode_pool(encoder, pool_samples, budget, served)
     areas = [s.area for s in pool_samples]
-    curve = the_curve(request, served, encoder, pool, areas, binding)
+    tiles = crossval.Tiles(pool, tuple(areas), pixel_areas(pool_samples, budget.size))
+    curve = the_curve(request, served, encoder, tiles, binding)
     provenance.write_binding(request.out, binding)
     serving = serving_choice(request, served, curve)
     print(
@@ -147,6 +149,11 @@ def load_samples(request: FitRequest, budget):
     return pool, test, source
 
 
+def pixel_areas(samples, size: int) -> np.ndarray:
+    """Ground area in m² of one pixel of each tile as trained (read at `size` px a side)."""
+    return np.array([folders.pixel_area_m2(sample.name, size) for sample in samples])
+
+
 def encode_pool(encoder, pool_samples, budget, served: ServedRecipe) -> features.FeatureSet:
     """Every pool tile through the frozen encoder once, with the recipe's augmented copies: the
     folds and the final fit all train on these features."""
@@ -162,7 +169,7 @@ def encode_pool(encoder, pool_samples, budget, served: ServedRecipe) -> features
     )
 
 
-def the_curve(request: FitRequest, served: ServedRecipe, encoder, pool, areas, binding: dict) -> dict | None:
+def the_curve(request: FitRequest, served: ServedRecipe, encoder, tiles, binding: dict) -> dict | None:
     """With --curve, a new cross-validated curve of `served` in OUT; else the one OUT holds, or
     the one `served` was chosen on when it was made on this data (copied into OUT, so the folder
     reads alone); None if neither."""
@@ -172,8 +179,7 @@ def the_curve(request: FitRequest, served: ServedRecipe, encoder, pool, areas, b
         curve = crossval.learning_curve(
             served,
             encoder,
-            pool,
-            areas,
+            tiles,
             request.curve_epochs,
             request.seeds,
             Path(request.out) / "folds",

@@ -132,7 +132,13 @@ def building_lines(buildings: dict | None) -> list[str]:
         return []
     table = []
     for size, by_city in buildings.items():
-        label = "all" if size == "0" else f">= {size} px"
+        label = (
+            "all"
+            if size == "0"
+            else f">= {size.replace('m2', ' m²')}"
+            if size.endswith("m2")
+            else f">= {size} px"
+        )
         for city, row in by_city.items():
             table.append(
                 {
@@ -144,7 +150,8 @@ def building_lines(buildings: dict | None) -> list[str]:
     return [
         "Building by building: a predicted building (8-connected component of the mask) is found "
         "when its IoU with a still-unmatched true one is at least 0.5; counts summed over the city "
-        "and the seeds. `>= 64 px` ignores buildings under 64 pixels on both sides.",
+        "and the seeds. `>= 64 px` and `>= 4 m²` ignore smaller buildings on both sides (m² from each "
+        "tile's ground resolution).",
         "",
         tabulate(table, headers="keys", tablefmt="github"),
         "",
