@@ -26,6 +26,7 @@ from training.machine import describe as describe_machine
 from training.machine import process_memory_gib
 from training.sources import SEED, load_encoder, scan_samples
 from zoo import unet
+from zoo.saving import versions
 
 
 def run_study(request: StudyRequest) -> None:
@@ -232,8 +233,6 @@ def study_folder(out: Path, study: str, only: dict | None) -> Path:
 
 
 def run_context(request: StudyRequest, study, budget, seeds, split, source, base, planned) -> dict:
-    from zoo.saving import versions
-
     return {
         "study": study.name,
         "summary": study.summary,

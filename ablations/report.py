@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from ablations import plots
 from ablations.studies import configuration_of
 from zoo.config import DecoderConfig
 from zoo.files import write_json_atomic, write_text_atomic
@@ -282,8 +283,6 @@ def write_all(study_dir: Path, context: dict, encoder, test_arrays) -> dict:
         + "\n"
         + halving_section(first_rung, records, context)
     )
-    from ablations import plots
-
     plots.write_all(study_dir, frame, summary, records, test_arrays)
     best = _best_record(records, best_row)
     best_metadata = save_best(study_dir, best, context, encoder, test_arrays)

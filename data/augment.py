@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def augmentation(name: str, seed: int | None = None) -> "albumentations.Compose"
 def _albumentations():
     # albumentations asks PyPI for a newer version on import: slow or a warning offline.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import albumentations
+    import albumentations  # deferred: a slow import, and the update check must be off first
 
     return albumentations
 
@@ -57,8 +58,6 @@ def _dihedral(A) -> list:
 
 
 def _small_affine(A) -> list:
-    import cv2
-
     # Small scale changes mimic the 7-30 cm spread of ground resolution; reflecting the border
     # keeps texture (and buildings, reflected alike in the mask) instead of black corners.
     return [
@@ -89,8 +88,6 @@ def _other_sensor(A) -> list:
     zoom levels here, more elsewhere), blur from resampling or motion, other colour balance
     and compression. Wider scale changes plus resolution loss teach the decoder not to rely
     on the sharpness of the training cities' imagery."""
-    import cv2
-
     resample = {"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}
     return [
         A.Affine(
@@ -122,8 +119,6 @@ def _farther_view(A, p: float = 0.3) -> list:
     0.5, results/EXPERIMENTS.md step 23), where a large roof of Nairobi looks like a house; this
     trains the decoder on buildings at those sizes. The reflected copies are the price: mirrored
     seams no real image has."""
-    import cv2
-
     return [
         A.Affine(
             scale=(0.25, 0.5),
@@ -143,8 +138,6 @@ def _closer_view(A) -> list:
     imagery), so a roof that fills the tile, with no ground or edge in view, is something the
     decoder has seen. The offset reaches the tile's corners; the little it reaches past them
     is reflected, mask alike."""
-    import cv2
-
     return [
         A.Affine(
             scale=(1.5, 4.0),

@@ -20,6 +20,7 @@ import pathlib
 import re
 from typing import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -340,8 +341,6 @@ def _read_pair(sample: Sample, size: int | None) -> tuple[np.ndarray, np.ndarray
 
 
 def _resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
     # Area averaging avoids aliasing when shrinking; bilinear is the smooth choice when growing.
     shrinking = image.shape[0] * image.shape[1] > size * size
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from typing import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -46,15 +47,11 @@ def synthetic_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarr
 
 
 def _fill(canvas: np.ndarray, outline: np.ndarray, value) -> None:
-    import cv2
-
     cv2.fillPoly(canvas, [np.round(outline).astype(np.int32)], value)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Noise in [0, 1] varying over about size/cells pixels: patchy fields, canopy texture."""
-    import cv2
-
     coarse = rng.random((cells, cells)).astype(np.float32)
     smooth = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
     return (smooth - smooth.min()) / max(float(np.ptp(smooth)), 1e-6)
@@ -69,8 +66,6 @@ def _ground(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _draw_roads(rng: np.random.Generator, image: np.ndarray, scale: float) -> None:
-    import cv2
-
     size = image.shape[0]
     for _ in range(int(rng.choice([0, 0, 1, 1, 2]))):
         road = np.zeros((size, size), np.uint8)

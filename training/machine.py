@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import time
+
+import numpy as np
+import psutil
 
 
 def describe() -> str:
@@ -24,8 +28,6 @@ def cpu_model() -> str:
 
 def process_memory_gib() -> tuple[float, float]:
     """This process's resident memory now and at its peak, in GiB (Linux; zeros elsewhere)."""
-    import resource
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     try:
         with open("/proc/self/statm") as handle:
@@ -44,8 +46,6 @@ def memory_gib() -> float:
 
 def median_ms(fn, repeats: int) -> tuple[float, float]:
     """Median and 95th percentile of `repeats` timed calls of fn, in milliseconds."""
-    import numpy as np
-
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -90,8 +90,6 @@ class OtherWork:
 
     @staticmethod
     def _reading() -> tuple[float, float, float]:
-        import psutil
-
         total = psutil.cpu_times()
         busy = sum(
             getattr(total, field, 0.0) for field in ("user", "nice", "system", "irq", "softirq", "steal")

@@ -238,6 +238,6 @@ def _as_bool(array, what: str) -> np.ndarray:
 
 def keras_metrics(threshold: float = 0.5):
     """Training metrics on logits, one per name in METRIC_NAMES (imported lazily: keras is heavy)."""
-    from zoo.keras_metrics import PixelMetric
+    from zoo.keras_metrics import PixelMetric  # deferred: Keras is heavy, and it imports this module
 
     return [PixelMetric(name, threshold=threshold) for name in METRIC_NAMES]

@@ -21,6 +21,7 @@ as plausible as the original, and the model's errors on them are partly independ
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 STRIDE = 32
 
@@ -113,7 +114,7 @@ class Segmenter:
 
     @classmethod
     def from_file(cls, path, verify: bool = True, **kwargs) -> "Segmenter":
-        from zoo import saving
+        from zoo import saving  # deferred: Keras loads only for a model file, not for the numpy helpers
 
         model, metadata = saving.load(path, verify=verify)
         return cls(model, metadata=metadata, **{**options_from(metadata), **kwargs})
@@ -210,8 +211,6 @@ def options_from(metadata: dict) -> dict:
 def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of a uint8 HxWx3 image or a float HxW map (Pillow's BILINEAR filter
     widens with the scale factor when shrinking, so a downscaled image is not aliased)."""
-    from PIL import Image
-
     if array.shape[:2] == (height, width):
         return array
     if array.dtype == np.uint8:
@@ -227,7 +226,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def _shape_agnostic(model):
     """One traced graph for every image size: predict_on_batch would retrace per new shape."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: reports import this module for its view names, without TF
 
     spec = tf.TensorSpec([None, None, None, 3], tf.float32)
     traced = tf.function(lambda batch: model(batch, training=False), input_signature=[spec])

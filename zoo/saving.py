@@ -23,6 +23,7 @@ Why not one file (the metadata inside the .keras zip): the readers that bind an 
 this model (`zoo.runtimes`) and people read `NAME.json` by name, and a file cannot record its
 own checksum. Saves to one path from two processes at once are not supported.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,6 +34,8 @@ import tempfile
 from pathlib import Path
 
 import keras
+import numpy
+import tensorflow
 
 # Importing these registers the custom objects a saved model may reference.
 from zoo import blocks, keras_metrics, losses  # noqa: F401
@@ -86,8 +89,7 @@ def remove_leftovers(path) -> list[Path]:
     """Delete the temporaries a killed save of `path` left (`.NAME.keras.*`, `.NAME.json.*`
     and a pending model the metadata does not name); the paths deleted."""
     path = Path(path)
-    found = [*path.parent.glob(f".{path.name}.*"),
-             *path.parent.glob(f".{metadata_path(path).name}.*")]
+    found = [*path.parent.glob(f".{path.name}.*"), *path.parent.glob(f".{metadata_path(path).name}.*")]
     pending = pending_path(path)
     if pending.is_file():
         found.append(pending)  # after _finish_interrupted_save, it is never the committed model
@@ -148,9 +150,10 @@ def sha256_of(path) -> str:
 
 
 def versions() -> dict:
-    import numpy
-    import tensorflow
-
-    return {"python": platform.python_version(), "keras": keras.__version__,
-            "tensorflow": tensorflow.__version__, "numpy": numpy.__version__,
-            "backend": keras.backend.backend()}
+    return {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "tensorflow": tensorflow.__version__,
+        "numpy": numpy.__version__,
+        "backend": keras.backend.backend(),
+    }
