@@ -28,9 +28,9 @@ import numpy as np
 from training import folds, heldout
 from training.errors import UserFacingError
 from training.machine import describe as describe_machine
-from training.recipe import SEED, ServedRecipe
+from training.recipe import SEED, Recipe, ServedRecipe
 from training.train import EpochProgress
-from zoo import unet
+from zoo import separate, unet
 from zoo.files import atomic_path, write_json_atomic
 from zoo.metrics import BuildingCounts
 from zoo.predict import Segmenter
@@ -40,8 +40,9 @@ from zoo.predict import Segmenter
 # latency budget of two full-size passes a request, 1 + 0.5 (1.25 passes) was the best of the
 # options measured in results/EXPERIMENTS.md steps 26-31; the others are kept on the tag.
 RECORDED_OPTIONS = ("none@1+0.5",)
-# Buildings are counted one by one (zoo.metrics.BuildingCounts) at the fixed threshold, for every
-# building and for those of at least this many pixels on both sides (a 4 m² shed at 25 cm/px).
+# Buildings are counted one by one (zoo.metrics.BuildingCounts) at the fixed threshold (split into
+# buildings first where the recipe asks: predicted_buildings), for every building and for those
+# of at least this many pixels on both sides (a 4 m² shed at 25 cm/px).
 BUILDING_MIN_PIXELS = (0, 64)
 # ... and of at least this ground area on both sides, where a tile's ground resolution is known
 # (its XYZ name): the smallest footprint worth an insurer's count (issue 33 measures at 4 m²).
@@ -149,7 +150,7 @@ def _run_fold(served, encoder, tiles: Tiles, fold, epochs: int, seed: int, eager
     for name in RECORDED_OPTIONS:
         probs = served_probabilities(result.model, images, name)
         pixels[name] = folds.threshold_counts(probs, masks).tolist()
-        buildings[name] = building_counts(probs >= heldout.FIXED, masks, min_pixels)
+        buildings[name] = building_counts(predicted_buildings(probs, served.training), masks, min_pixels)
         if name == RECORDED_OPTIONS[0]:
             with atomic_path(folder / f"{fold.val_area}.probs.npy", suffix=".npy") as staged:
                 np.save(staged, probs.astype(np.float16))
@@ -168,6 +169,15 @@ def served_probabilities(model, images: np.ndarray, option: str) -> np.ndarray:
     tta, scales = heldout.option_of(option)
     segmenter = Segmenter(model, tta=tta, scales=scales)
     return np.stack([segmenter.probabilities(image) for image in images])
+
+
+def predicted_buildings(probs: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """The masks whose 8-connected components are the buildings counted: the probabilities at the
+    fixed threshold, split into buildings (zoo.separate) when the recipe learned the gaps
+    between them (a target other than "mask"). The pixels are the threshold's either way."""
+    if recipe.target == "mask":
+        return probs >= heldout.FIXED
+    return np.stack([separate.building_mask(p, heldout.FIXED) for p in probs])
 
 
 def min_pixels_of(pixel_m2: np.ndarray) -> dict[str, np.ndarray]:

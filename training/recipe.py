@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from data.instances import TARGETS
 from zoo.config import DecoderConfig
 
 # How an epoch draws its tiles: "tiles", each tile once; "areas", each area (city) equally
@@ -35,10 +36,17 @@ class Recipe:
     # draws one copy per tile). None: the budget's.
     augmented_copies: int | None = None
     sampling: str = "tiles"  # SAMPLINGS
+    # What the decoder learns from each tile (data.instances.TARGETS): "mask", the building mask;
+    # "separation", touching buildings parted and the loss weighted by the U-Net separation map
+    # (large on the thin ground between two buildings), the buildings then split before they
+    # are counted (zoo.separate). Issue 33; experiments/separation/README.md.
+    target: str = "mask"
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"Recipe.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"Recipe.target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.augmented_copies is not None and self.augmented_copies < 2:
             raise ValueError(
                 "Recipe.augmented_copies must be at least 2 (the original and one augmented), "
@@ -58,6 +66,8 @@ class Recipe:
             del fields["augmented_copies"]
         if fields["sampling"] == "tiles":
             del fields["sampling"]
+        if fields["target"] == "mask":
+            del fields["target"]
         return fields
 
 

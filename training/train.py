@@ -14,6 +14,7 @@ from training.features import FeatureSet
 from training.heldout import THRESHOLDS
 from training.machine import median_ms
 from training.recipe import Recipe
+from zoo.keras_metrics import PixelMetric
 from zoo.losses import SegmentationLoss
 from zoo.metrics import Confusion, keras_metrics, summarise
 from zoo.predict import Segmenter, sigmoid
@@ -127,7 +128,7 @@ def train_decoder(
     decoder.compile(
         optimizer=cosine_adamw(recipe.learning_rate, recipe.weight_decay, steps),
         loss=loss_of(recipe),
-        metrics=[m for m in keras_metrics() if m.name in ("building_iou", "f1")],
+        metrics=training_metrics(recipe),
         run_eagerly=eager,
     )
     if optimizer_state is not None:
@@ -161,6 +162,22 @@ def train_decoder(
     finally:
         batches.release()
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}, time.time() - started
+
+
+def training_metrics(recipe: Recipe) -> list:
+    """The building IoU and F1 of each epoch's training batches, on the channel that says what is
+    building (a target other than "mask" carries each pixel's weight beside it)."""
+    shown = ("building_iou", "f1")
+    if recipe.target == "mask":
+        return [m for m in keras_metrics() if m.name in shown]
+    return [OnTargetChannel(name) for name in shown]
+
+
+class OnTargetChannel(PixelMetric):
+    """A pixel metric of zoo.keras_metrics scored on the first channel of a two-channel target."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(y_true[..., :1], y_pred, sample_weight)
 
 
 def cosine_adamw(learning_rate: float, weight_decay: float, steps: int) -> keras.optimizers.AdamW:

@@ -44,17 +44,24 @@ class SegmentationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
+        pixel_weight = None
+        if y_true.shape[-1] == 2:  # the target and each pixel's weight (a separation map)
+            y_true, pixel_weight = y_true[..., :1], y_true[..., 1:]
         known = ops.cast(y_true < IGNORE - 0.5, y_pred.dtype)
         y_true = y_true * known
         weight = away_from_edges(y_true, self.edge_band) * known
         target = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         if self.kind == "bce":
-            return bce(target, y_pred, weight)
+            return bce(target, y_pred, weight, pixel_weight)
         if self.kind == "dice":
             return soft_dice_loss(y_true, y_pred, weight=weight)
         if self.kind == "focal":
-            return focal(target, y_pred, self.focal_gamma, weight)
-        return bce(target, y_pred, weight) + self.dice_weight * soft_dice_loss(y_true, y_pred, weight=weight)
+            return focal(
+                target, y_pred, self.focal_gamma, weight if pixel_weight is None else weight * pixel_weight
+            )
+        return bce(target, y_pred, weight, pixel_weight) + self.dice_weight * soft_dice_loss(
+            y_true, y_pred, weight=weight
+        )
 
     def get_config(self):
         return {
@@ -78,8 +85,13 @@ def away_from_edges(y_true, band: int):
     return 1.0 - (dilated - eroded)
 
 
-def bce(y_true, logits, weight=None):
+def bce(y_true, logits, weight=None, pixel_weight=None):
+    """Mean BCE over the pixels `weight` keeps (all when None). `pixel_weight` (the U-Net
+    separation map) scales each pixel's term without renormalising: a gap pixel of weight 11
+    counts as eleven pixels, every other pixel as before."""
     per_pixel = ops.binary_crossentropy(y_true, logits, from_logits=True)
+    if pixel_weight is not None:
+        per_pixel = per_pixel * pixel_weight
     if weight is None:
         return ops.mean(per_pixel, axis=(1, 2, 3))
     return ops.sum(per_pixel * weight, axis=(1, 2, 3)) / ops.maximum(ops.sum(weight, axis=(1, 2, 3)), 1.0)
