@@ -9,8 +9,13 @@ Routes (every answer, errors included, is JSON except `/` and a PNG mask):
   the JSON body or `Accept: application/geo+json`: in WGS84 lon/lat with areas in m² for a
   GeoTIFF, in pixels otherwise (its `why_pixels` says why). `?include=mask,image,pixels` adds
   what the page needs to draw one answer: the mask and the decoded image as base64 PNGs and,
-  for a GeoTIFF, each outline in pixels too. Accepted shapes and value rules are in
-  `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels (a larger scene:
+  for a GeoTIFF, each outline in pixels too. How the buildings are outlined (`app.options`):
+  `outline` ("raw": the mask's traced edge, or "regular": straight edges and right angles),
+  `min_area_m2` (a GeoTIFF's smallest building, m²) and `min_pixels` (an image in pixels:
+  fewest mask pixels a building), each in the query or the JSON body; the defaults are the
+  ones measured best on the held-out cities (results/outlines). Each building's feature has
+  its `mean_probability` (the model's confidence) and its area. Accepted shapes and value
+  rules are in `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels (a larger scene:
   `python -m app.predict IMAGE --window 4096`, which takes any size), and the body at most
   `max_body_mb` (64 MiB), sent with a length or chunked. A JSON image costs 11.4 to 14.0
   bytes a pixel written compactly (`json.dumps(..., separators=(",", ":"))`, 12.9 on average)
@@ -26,12 +31,14 @@ Routes (every answer, errors included, is JSON except `/` and a PNG mask):
   batches). While the noise images of issue 35 went through as GeoJSON (2.5 s at 2048 px,
   8.3 s at 4096 px, 2 CPU cores), /health took at most 0.013 s and 0.15 s; served by the
   random-weights test model (16.5 s at 4096 px), 0.09 s. A 64 MiB JSON image holds the GIL
-  0.3 s on the fast path (integers or 12.0), but ~3 s when it misses it (other keys,
-  "format" not last, a mistake) and orjson builds its lists (`app.inputs`).
+  0.3 s on the fast path (integers or 12.0), but ~3 s when it misses it (other keys, the
+  options before the image, a mistake) and orjson builds its lists (`app.inputs`).
 - `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256),
-  plus under `serving` the runtime, threshold, scales and test-time views this server applies.
+  plus under `serving` the runtime, threshold, scales, test-time views and outline defaults
+  this server applies. Its `metrics.cross_validated` holds the held-out cities' scores.
 - `GET /`: a page to drop an image on: RGB, mask and overlay with outlines side by side, the
-  building count and total area, the GeoJSON and the mask PNG to download.
+  building count and total area, the GeoJSON and the mask PNG to download (named after the
+  image), and the model's cross-validated scores on cities it never saw.
 
 Bad input gets a 4xx `{"error": "..."}` naming the field, shape or value at fault; no client
 input can cause a 500.
@@ -42,6 +49,7 @@ thread a request), or in production with gunicorn (see `app/wsgi.py`):
     ZOO_MODEL=results/final/model.keras \\
         gunicorn -w 2 --threads 4 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
 """
+
 from __future__ import annotations
 
 import base64
@@ -59,6 +67,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.inputs import FORMAT_FIELD, UPLOAD_FIELD, UPLOAD_KINDS, InputError, Upload, json_request, read_upload
 from app.model import load_segmenter, model_name, resolve_model_path
+from app.options import OutlineOptions, outline_options
 from zoo.polygons import OutlineBudgetExceeded, footprints_geojson
 
 # What POST /inference answers: the mask as JSON (the contract), as a PNG, or as outlines.
@@ -77,8 +86,13 @@ PAGE = Path(__file__).with_name("page.html")
 log = logging.getLogger(__name__)
 
 
-def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
-               max_body_mb: float = MAX_BODY_MB, budget_s: float = BUDGET_S) -> Flask:
+def create_app(
+    model_path=None,
+    segmenter=None,
+    max_side: int = MAX_SIDE,
+    max_body_mb: float = MAX_BODY_MB,
+    budget_s: float = BUDGET_S,
+) -> Flask:
     """`segmenter` (a zoo.predict.Segmenter) wins over `model_path`; with neither, the default
     model is loaded (see app.model). Raises app.model.ModelUnavailable if it cannot be."""
     if segmenter is None:
@@ -95,19 +109,28 @@ def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
 
     @app.get("/health")
     def health():
-        return _json({"status": "ok", "model": name,
-                      "sha256": segmenter.metadata.get("sha256"),
-                      "threshold": segmenter.threshold,
-                      "max_side": max_side, "max_body_mb": max_body_mb})
+        return _json(
+            {
+                "status": "ok",
+                "model": name,
+                "sha256": segmenter.metadata.get("sha256"),
+                "threshold": segmenter.threshold,
+                "max_side": max_side,
+                "max_body_mb": max_body_mb,
+            }
+        )
 
     @app.get("/model")
     def model():
         # "serving": what this server applies, whatever the saved metadata says (the page shows
         # it), beside the runtime that app.model records there.
-        serving = {**(segmenter.metadata.get("serving") or {}),
-                   "threshold": segmenter.threshold,
-                   "scales": list(getattr(segmenter, "scales", (1.0,))),
-                   "tta": getattr(segmenter, "tta", "none")}
+        serving = {
+            **(segmenter.metadata.get("serving") or {}),
+            "threshold": segmenter.threshold,
+            "scales": list(getattr(segmenter, "scales", (1.0,))),
+            "tta": getattr(segmenter, "tta", "none"),
+            "outlines": OutlineOptions().as_dict(),
+        }
         return _json({"name": name, **segmenter.metadata, "serving": serving})
 
     @app.post("/inference")
@@ -115,12 +138,21 @@ def create_app(model_path=None, segmenter=None, max_side: int = MAX_SIDE,
         deadline = time.monotonic() + budget_s
         queried = _query_format()
         upload = _read_upload(max_side)
+        options = outline_options(request.args, upload.fields)
         chosen = _chosen_format(queried, upload.format)
         if chosen == "geojson":
             extras = _extras()
             mask, probabilities = predict_probabilities(upload.image)
-            return _geojson(upload, mask, probabilities, extras, deadline, model=name,
-                            threshold=segmenter.threshold)
+            return _geojson(
+                upload,
+                mask,
+                probabilities,
+                extras,
+                deadline,
+                options,
+                model=name,
+                threshold=segmenter.threshold,
+            )
         mask = predict(upload.image)
         return _png(mask) if chosen == "png" else _json({"prediction": mask})
 
@@ -155,13 +187,23 @@ def _read_upload(max_side: int) -> Upload:
         upload = files.get(UPLOAD_FIELD)
         if upload is None:
             if UPLOAD_FIELD in request.form:
-                raise InputError(f"multipart field '{UPLOAD_FIELD}' came as text; send it as a "
-                                 f"file (a {UPLOAD_KINDS}, with a filename)")
+                raise InputError(
+                    f"multipart field '{UPLOAD_FIELD}' came as text; send it as a "
+                    f"file (a {UPLOAD_KINDS}, with a filename)"
+                )
             # A part without a usable name comes keyed None: name it, do not sort None.
-            got = sorted({name if isinstance(name, str) else "(no name)"
-                          for name in [*request.files, *request.form]}) or "none"
-            raise InputError(f"missing multipart field '{UPLOAD_FIELD}' (a {UPLOAD_KINDS}); "
-                             f"fields received: {got}")
+            got = (
+                sorted(
+                    {
+                        name if isinstance(name, str) else "(no name)"
+                        for name in [*request.files, *request.form]
+                    }
+                )
+                or "none"
+            )
+            raise InputError(
+                f"missing multipart field '{UPLOAD_FIELD}' (a {UPLOAD_KINDS}); fields received: {got}"
+            )
         return read_upload(upload, max_side)
     body = request.get_data(cache=False)
     _refuse_a_body_past_the_limit()
@@ -195,18 +237,19 @@ def _drain(stream, most: int) -> None:
 def _query_format() -> str | None:
     chosen = request.args.get(FORMAT_FIELD)
     if chosen is not None and chosen not in FORMATS:
-        raise InputError(f"query parameter '{FORMAT_FIELD}' must be one of "
-                         f"{', '.join(FORMATS)}; got {chosen!r}")
+        raise InputError(
+            f"query parameter '{FORMAT_FIELD}' must be one of {', '.join(FORMATS)}; got {chosen!r}"
+        )
     return chosen
 
 
 def _chosen_format(queried: str | None, in_body: str | None) -> str:
     if in_body is not None and in_body not in FORMATS:
-        raise InputError(f"field '{FORMAT_FIELD}' must be one of {', '.join(FORMATS)}; "
-                         f"got {in_body!r}")
+        raise InputError(f"field '{FORMAT_FIELD}' must be one of {', '.join(FORMATS)}; got {in_body!r}")
     if queried and in_body and queried != in_body:
-        raise InputError(f"format asked twice and differently: {queried!r} in the query, "
-                         f"{in_body!r} in the body")
+        raise InputError(
+            f"format asked twice and differently: {queried!r} in the query, {in_body!r} in the body"
+        )
     if queried or in_body:
         return queried or in_body
     best = request.accept_mimetypes.best_match(list(FORMATS.values()))
@@ -217,22 +260,40 @@ def _extras() -> set[str]:
     asked = {part.strip() for part in request.args.get("include", "").split(",") if part.strip()}
     unknown = asked - set(EXTRAS)
     if unknown:
-        raise InputError(f"query parameter 'include' takes {', '.join(EXTRAS)}; got "
-                         f"{', '.join(sorted(unknown))}")
+        raise InputError(
+            f"query parameter 'include' takes {', '.join(EXTRAS)}; got {', '.join(sorted(unknown))}"
+        )
     return asked
 
 
-def _geojson(upload: Upload, mask: np.ndarray, probabilities: np.ndarray, extras: set[str],
-             deadline: float, **members) -> Response:
+def _geojson(
+    upload: Upload,
+    mask: np.ndarray,
+    probabilities: np.ndarray,
+    extras: set[str],
+    deadline: float,
+    options: OutlineOptions,
+    **members,
+) -> Response:
     height, width = mask.shape
     if "mask" in extras:
         members["mask_png"] = _base64_png(mask * 255)
     if "image" in extras:
         members["image_png"] = _base64_png(upload.image)
-    collection = footprints_geojson(mask, probabilities, upload.transform, upload.crs,
-                                    why_pixels=upload.why_pixels,
-                                    pixel_geometry="pixels" in extras, deadline=deadline,
-                                    image={"height": height, "width": width}, **members)
+    collection = footprints_geojson(
+        mask,
+        probabilities,
+        upload.transform,
+        upload.crs,
+        why_pixels=upload.why_pixels,
+        pixel_geometry="pixels" in extras,
+        deadline=deadline,
+        outline=options.outline,
+        min_area_m2=options.min_area_m2,
+        min_pixels=options.min_pixels,
+        image={"height": height, "width": width},
+        **members,
+    )
     return _json(collection, mimetype=FORMATS["geojson"])
 
 
@@ -264,11 +325,16 @@ def _add_error_handlers(app: Flask, max_body_mb: float, budget_s: float) -> None
     @app.errorhandler(OutlineBudgetExceeded)
     def over_budget(error: OutlineBudgetExceeded):
         # 503, not 4xx: the image is valid, the server will not spend more time on it.
-        return _json({"error": f"the building outlines of this image took longer than the "
-                               f"{budget_s:g} s a request may take: its mask is too intricate "
-                               f"(noise-like, or one region with thousands of holes). Ask for "
-                               f"the mask instead (format json or png), or run `python -m "
-                               f"app.predict IMAGE`, which has no time limit."}, 503)
+        return _json(
+            {
+                "error": f"the building outlines of this image took longer than the "
+                f"{budget_s:g} s a request may take: its mask is too intricate "
+                f"(noise-like, or one region with thousands of holes). Ask for "
+                f"the mask instead (format json or png), or run `python -m "
+                f"app.predict IMAGE`, which has no time limit."
+            },
+            503,
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -278,8 +344,7 @@ def _add_error_handlers(app: Flask, max_body_mb: float, budget_s: float) -> None
     def unexpected(error: Exception):
         # A bug of ours, never the client's input: log it whole, answer without internals.
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _json({"error": f"internal error ({type(error).__name__}); see the server log"},
-                     500)
+        return _json({"error": f"internal error ({type(error).__name__}); see the server log"}, 500)
 
 
 def _http_message(error: HTTPException, max_body_mb: float) -> str:
@@ -291,8 +356,11 @@ def _http_message(error: HTTPException, max_body_mb: float) -> str:
     if error.code == 413:
         default = JSON_BYTES_PER_PIXEL["default"]
         compact = JSON_BYTES_PER_PIXEL["compact"]
-        return (f"request body is larger than the limit of {max_body_mb:g} MB (MiB); a JSON "
-                f"image takes up to {compact:g} bytes a pixel written compactly and {default:g} "
-                f"with Python's default json.dumps: send a larger image as a PNG upload "
-                f"(multipart field '{UPLOAD_FIELD}')")
+        return (
+            f"request body is larger than the limit of {max_body_mb:g} MB (MiB); a JSON "
+            f"image takes up to {compact:g} bytes a pixel written compactly and {default:g} "
+            f"with Python's default json.dumps: send a larger image as a PNG upload "
+            f"(multipart field '{UPLOAD_FIELD}'); a scene too large for that, run `python -m "
+            f"app.predict IMAGE --window 4096` where the model is: it takes any size"
+        )
     return f"{error.name}: {error.description}"

@@ -16,6 +16,7 @@ This module imports zoo's Keras code only for the `keras` and `savedmodel` runti
 missing model is reported in a fraction of a second, and a LiteRT or ONNX server never loads
 TensorFlow.
 """
+
 from __future__ import annotations
 
 import sys
@@ -41,6 +42,7 @@ MAKE_ONE_TIME = "about 16 minutes on 2 CPU cores"
 SMOKE_DIR = "/tmp/smoke/final"
 MAKE_SMOKE = f"python -m training.fit --budget smoke --curve --curve-epochs 2 --out {SMOKE_DIR}"
 
+
 class ModelUnavailable(RuntimeError):
     """No servable model: missing, unreadable, not matching its checksum, or not exported."""
 
@@ -65,7 +67,8 @@ def load_segmenter(path, runtime: str = "keras"):
             f"it writes results/{DEFAULT_MODEL.as_posix()} and points results/{POINTER} at it), "
             f"or for a quick look a smoke model trained on synthetic scenes with `{MAKE_SMOKE}` "
             f"(a minute or two) and serve it with `python -m app --model {SMOKE_DIR}/model.keras`; "
-            f"or pass --model PATH / set ${ENV}.")
+            f"or pass --model PATH / set ${ENV}."
+        )
     if runtime == runtimes.AUTO:
         return _fastest_available(path)
     if runtime == "keras":
@@ -94,15 +97,18 @@ def _keras(path: Path):
     from zoo.predict import Segmenter
 
     if not saving.metadata_path(path).is_file():
-        print(f"warning: {path} has no {saving.metadata_path(path).name} beside it, so its "
-              "checksum cannot be verified", file=sys.stderr)
+        print(
+            f"warning: {path} has no {saving.metadata_path(path).name} beside it, so its "
+            "checksum cannot be verified",
+            file=sys.stderr,
+        )
     try:
         segmenter = Segmenter.from_file(path, verify=True)
     except saving.ModelIntegrityError as error:
-        raise ModelUnavailable(f"refusing to serve {path}: {error}. Re-create it with "
-                               f"`{MAKE_ONE}` or restore the original file.") from None
-    segmenter.metadata = {**segmenter.metadata,
-                          "serving": {"runtime": "keras", "name": segmenter.model.name}}
+        raise ModelUnavailable(
+            f"refusing to serve {path}: {error}. Re-create it with `{MAKE_ONE}` or restore the original file."
+        ) from None
+    segmenter.metadata = {**segmenter.metadata, "serving": {"runtime": "keras", "name": segmenter.model.name}}
     return segmenter
 
 
@@ -112,11 +118,21 @@ def _exported(path: Path, runtime: str):
     sidecar = runtimes.read_export(path, runtime)
     entry = sidecar["artifacts"][runtime]
     artifact = runtimes.export_dir(path) / entry["path"]
-    metadata = {**sidecar["metadata"],
-                "serving": {"runtime": runtime, "name": sidecar["name"], "artifact": str(artifact),
-                            "max_abs_logit_diff": entry["max_abs_logit_diff"]}}
-    return Segmenter(None, metadata=metadata, forward=runtimes.forward_for(runtime, artifact),
-                     **options_from(sidecar["metadata"]))
+    metadata = {
+        **sidecar["metadata"],
+        "serving": {
+            "runtime": runtime,
+            "name": sidecar["name"],
+            "artifact": str(artifact),
+            "max_abs_logit_diff": entry["max_abs_logit_diff"],
+        },
+    }
+    return Segmenter(
+        None,
+        metadata=metadata,
+        forward=runtimes.forward_for(runtime, artifact),
+        **options_from(sidecar["metadata"]),
+    )
 
 
 def load_for_serving(path, runtime: str = runtimes.AUTO, tta: str = TTA_FROM_MODEL):

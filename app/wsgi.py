@@ -18,6 +18,7 @@ behind a 4096 x 4096 GeoJSON request. `--timeout 120` leaves room for a 4096 x 4
 a small CPU, beyond the 60 s a GeoJSON request may take (`$ZOO_BUDGET_S`).
 `$ZOO_MAX_BODY_MB` changes the body limit (default 64).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,11 +30,14 @@ from zoo.predict import TTA_FROM_MODEL
 from zoo.runtimes import AUTO
 
 try:
-    segmenter = load_for_serving(resolve_model_path(), os.environ.get(RUNTIME_ENV, AUTO),
-                                 os.environ.get(TTA_ENV, TTA_FROM_MODEL))
-    app = create_app(segmenter=segmenter,
-                     max_body_mb=float(os.environ.get("ZOO_MAX_BODY_MB", MAX_BODY_MB)),
-                     budget_s=float(os.environ.get(BUDGET_ENV, BUDGET_S)))
+    segmenter = load_for_serving(
+        resolve_model_path(), os.environ.get(RUNTIME_ENV, AUTO), os.environ.get(TTA_ENV, TTA_FROM_MODEL)
+    )
+    app = create_app(
+        segmenter=segmenter,
+        max_body_mb=float(os.environ.get("ZOO_MAX_BODY_MB", MAX_BODY_MB)),
+        budget_s=float(os.environ.get(BUDGET_ENV, BUDGET_S)),
+    )
 except ModelUnavailable as error:
     # gunicorn alone would say only "Worker failed to boot"; this line says why. Exit status 3
     # is gunicorn's WORKER_BOOT_ERROR: the master stops instead of respawning workers forever.

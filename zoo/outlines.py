@@ -118,14 +118,16 @@ def _orthogonal(polygon: Polygon, walls: int | None = None) -> Polygon | None:
     cos, sin = np.cos(angle), np.sin(angle)
     # Rotate by -angle about the centroid (into the frame where walls are axis-aligned), back after.
     into = np.array([[cos, -sin], [sin, cos]])  # row vectors: xy @ into rotates by -angle
-    corners = _orthogonal_ring((shapely.get_coordinates(polygon.exterior)[:-1] - centre) @ into, walls)
+    corners = _orthogonal_ring(
+        (shapely.get_coordinates(polygon.exterior)[:-1] - centre) @ into, MIN_EDGE, walls
+    )
     if corners is None:
         return None
     result = Polygon(corners @ into.T + centre)
     return result if result.is_valid else _largest(shapely.make_valid(result))
 
 
-def _orthogonal_ring(points: np.ndarray, walls: int | None = None) -> np.ndarray | None:
+def _orthogonal_ring(points: np.ndarray, least: float, walls: int | None = None) -> np.ndarray | None:
     """The corners of the orthogonal ring closest to `points` (an open ring, axis-aligned
     frame), or None when fewer than four walls are left."""
     edges = np.roll(points, -1, axis=0) - points
@@ -136,7 +138,7 @@ def _orthogonal_ring(points: np.ndarray, walls: int | None = None) -> np.ndarray
     start = int(np.flatnonzero(horizontal != np.roll(horizontal, 1))[0])
     order = np.roll(np.arange(len(points)), -start)
     runs = _runs(points[order], edges[order], horizontal[order])
-    runs = _without_short_runs(runs, walls)
+    runs = _without_short_runs(runs, least, walls)
     if runs is None:
         return None
     return _corners(runs)
@@ -157,13 +159,13 @@ def _runs(points: np.ndarray, edges: np.ndarray, horizontal: np.ndarray) -> list
     return runs
 
 
-def _without_short_runs(runs: list[list], walls: int | None = None) -> list[list] | None:
-    """The runs with each one shorter than MIN_EDGE (or, with `walls`, all but that many)
+def _without_short_runs(runs: list[list], least: float, walls: int | None = None) -> list[list] | None:
+    """The runs with each one shorter than `least` (or, with `walls`, all but that many)
     folded away, shortest first: its two neighbours (both of the other kind) become one wall
     at their length-weighted position."""
     while len(runs) > 4:
         shortest = min(range(len(runs)), key=lambda index: runs[index][2])
-        if runs[shortest][2] >= MIN_EDGE and (walls is None or len(runs) <= walls):
+        if runs[shortest][2] >= least and (walls is None or len(runs) <= walls):
             break
         before, after = (shortest - 1) % len(runs), (shortest + 1) % len(runs)
         (_, p1, w1), (_, p2, w2) = runs[before], runs[after]
