@@ -5,13 +5,13 @@ The outlines are rasterised back onto the grid and compared with the mask they c
 their areas are checked against the transform, holes must survive and no geometry may be
 invalid. No model is needed: these run in about a second.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
-import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
@@ -32,28 +32,41 @@ def scene_shapes() -> dict[str, Polygon]:
     courtyard = box(150, 20, 230, 100).difference(box(175, 45, 205, 75))
     l_shape = box(20, 140, 100, 170).union(box(20, 170, 50, 220))
     return {
-        "rectangle": box(20, 20, 60, 40),           # 40 x 20 px: exactly 800 px, 200 m²
+        "rectangle": box(20, 20, 60, 40),  # 40 x 20 px: exactly 800 px, 200 m²
         "rotated": rotate(box(70, 60, 130, 90), 27, origin="centroid"),
-        "courtyard": courtyard,                     # one hole of 30 x 30 px
+        "courtyard": courtyard,  # one hole of 30 x 30 px
         "l_shape": l_shape,
-        "corner_a": box(250, 150, 270, 170),        # two squares that touch at one corner
+        "corner_a": box(250, 150, 270, 170),  # two squares that touch at one corner
         "corner_b": box(270, 170, 290, 190),
-        "speck": box(300, 20, 302, 22),             # 4 px: below the minimum area
+        "speck": box(300, 20, 302, 22),  # 4 px: below the minimum area
     }
 
 
 def burn(shapes, height=HEIGHT, width=WIDTH) -> np.ndarray:
     """Pixels whose centre lies inside a shape (rasterio's rule, in pixel coordinates)."""
-    return rasterize([(geometry, 1) for geometry in shapes], out_shape=(height, width),
-                     transform=Affine.identity(), dtype="uint8")
+    return rasterize(
+        [(geometry, 1) for geometry in shapes],
+        out_shape=(height, width),
+        transform=Affine.identity(),
+        dtype="uint8",
+    )
 
 
 def write_geotiff(path, mask: np.ndarray, transform=ORIGIN, crs=UTM_37S) -> None:
     import rasterio
 
     rgb = np.stack([mask * 200, mask * 120, 255 - mask * 255]).astype(np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1],
-                       count=3, dtype="uint8", transform=transform, crs=crs) as dataset:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=mask.shape[0],
+        width=mask.shape[1],
+        count=3,
+        dtype="uint8",
+        transform=transform,
+        crs=crs,
+    ) as dataset:
         dataset.write(rgb)
 
 
@@ -99,8 +112,12 @@ def test_the_geotiff_round_trips_its_georeferencing(geotiff):
 def test_outlines_rasterised_back_match_the_mask(geotiff, collection):
     mask, transform, crs = read_back(geotiff)
     # Lon/lat back to the image's CRS, burnt onto its grid: the whole trip, projections included.
-    back = rasterize([(to_crs(feature["geometry"], crs), 1) for feature in collection["features"]],
-                     out_shape=mask.shape, transform=transform, dtype="uint8")
+    back = rasterize(
+        [(to_crs(feature["geometry"], crs), 1) for feature in collection["features"]],
+        out_shape=mask.shape,
+        transform=transform,
+        dtype="uint8",
+    )
     assert iou(back, mask) >= 0.98
     for name, building in scene_shapes().items():  # and building by building
         if name == "speck":
@@ -121,19 +138,22 @@ def test_areas_follow_the_transform(collection):
     rectangle = next(properties for properties in found if properties["mask_pixels"] == 800)
     assert rectangle["area_px"] == 800 and rectangle["area_m2"] == pytest.approx(200.0, abs=1e-6)
     for properties in found:
-        assert properties["area_m2"] == pytest.approx(properties["area_px"] * pixel_area_m2,
-                                                      rel=1e-6)
+        assert properties["area_m2"] == pytest.approx(properties["area_px"] * pixel_area_m2, rel=1e-6)
         # Simplification moves an outline by at most a pixel: the area stays close to the count.
         assert properties["area_px"] == pytest.approx(properties["mask_pixels"], rel=0.03)
     assert collection["total_area_m2"] == pytest.approx(
-        sum(properties["area_m2"] for properties in found), abs=0.01)
+        sum(properties["area_m2"] for properties in found), abs=0.01
+    )
     assert collection["area_crs"].startswith(UTM_37S)
 
 
 def test_the_courtyard_keeps_its_hole(geotiff, collection):
     _, transform, crs = read_back(geotiff)
-    courtyard = next(feature for feature in collection["features"]
-                     if feature["properties"]["mask_pixels"] == 80 * 80 - 30 * 30)
+    courtyard = next(
+        feature
+        for feature in collection["features"]
+        if feature["properties"]["mask_pixels"] == 80 * 80 - 30 * 30
+    )
     outline = to_crs(courtyard["geometry"], crs)
     assert isinstance(outline, Polygon) and len(outline.interiors) == 1
     x, y = transform @ (190, 60)  # the middle of the hole
@@ -146,8 +166,7 @@ def test_collection_says_where_it_lies(geotiff, collection):
 
     assert collection["georeferenced"] is True and collection["source_crs"] == UTM_37S
     assert collection["crs"]["properties"]["name"].endswith("CRS84")
-    west, south, east, north = transform_bounds(UTM_37S, "EPSG:4326",
-                                                *_bounds(ORIGIN, HEIGHT, WIDTH))
+    west, south, east, north = transform_bounds(UTM_37S, "EPSG:4326", *_bounds(ORIGIN, HEIGHT, WIDTH))
     for feature in collection["features"]:
         lon_min, lat_min, lon_max, lat_max = shape(feature["geometry"]).bounds
         assert west <= lon_min and lon_max <= east and south <= lat_min and lat_max <= north
@@ -204,11 +223,10 @@ def test_geographic_crs_measures_in_an_equal_area_projection():
     # The same scene on a lon/lat grid near Dar es Salaam (6.8° S): 5e-6 degrees a pixel.
     degrees = 5e-6
     transform = Affine(degrees, 0, 39.28, 0, -degrees, -6.80)
-    collection = polygons.footprints_geojson(burn([box(20, 20, 60, 40)]), None, transform,
-                                             "EPSG:4326")
-    metres_per_degree_lat = 110_574.0 + 1.1 * 6.8 ** 2  # close enough near the equator
+    collection = polygons.footprints_geojson(burn([box(20, 20, 60, 40)]), None, transform, "EPSG:4326")
+    metres_per_degree_lat = 110_574.0 + 1.1 * 6.8**2  # close enough near the equator
     metres_per_degree_lon = 111_320.0 * math.cos(math.radians(6.8))
-    expected = 800 * degrees ** 2 * metres_per_degree_lat * metres_per_degree_lon
+    expected = 800 * degrees**2 * metres_per_degree_lat * metres_per_degree_lon
     area = collection["features"][0]["properties"]["area_m2"]
     assert area == pytest.approx(expected, rel=2e-3)
     assert "laea" in collection["area_crs"] and "geographic" in collection["area_crs"]
@@ -235,9 +253,10 @@ def test_geotiff_without_crs_is_read_as_pixels(tmp_path):
 
     path = tmp_path / "plain.tif"
     mask = burn([box(2, 2, 10, 10)], 16, 16)
-    with pytest.warns(rasterio.errors.NotGeoreferencedWarning), \
-            rasterio.open(path, "w", driver="GTiff", height=16, width=16, count=3,
-                          dtype="uint8") as dataset:
+    with (
+        pytest.warns(rasterio.errors.NotGeoreferencedWarning),
+        rasterio.open(path, "w", driver="GTiff", height=16, width=16, count=3, dtype="uint8") as dataset,
+    ):
         dataset.write(np.stack([mask * 255] * 3))
     with pytest.warns(rasterio.errors.NotGeoreferencedWarning), rasterio.open(path) as dataset:
         upload = read_tiff(dataset, "plain.tif")
@@ -258,12 +277,13 @@ def test_web_mercator_areas_are_measured_in_an_equal_area_projection():
 
     (x,), (y,) = warp("EPSG:4326", "EPSG:3857", [85.32], [27.70])
     side = 0.0746
-    collection = polygons.footprints_geojson(burn([box(20, 20, 60, 40)]), None,
-                                             Affine(side, 0, x, 0, -side, y), "EPSG:3857")
+    collection = polygons.footprints_geojson(
+        burn([box(20, 20, 60, 40)]), None, Affine(side, 0, x, 0, -side, y), "EPSG:3857"
+    )
     # A 3857 metre on the WGS84 ellipsoid at latitude phi: cos(phi) / sqrt(1 - e² sin² phi) of
     # a metre east-west and cos(phi) (1 - e²) / (1 - e² sin² phi)^1.5 north-south.
     e2, sin2 = 0.00669438, math.sin(math.radians(27.70)) ** 2
-    ground = 800 * side ** 2 * math.cos(math.radians(27.70)) ** 2 * (1 - e2) / (1 - e2 * sin2) ** 2
+    ground = 800 * side**2 * math.cos(math.radians(27.70)) ** 2 * (1 - e2) / (1 - e2 * sin2) ** 2
     assert collection["features"][0]["properties"]["area_m2"] == pytest.approx(ground, rel=1e-3)
     assert "laea" in collection["area_crs"] and "EPSG:3857 misstates" in collection["area_crs"]
 
@@ -280,14 +300,13 @@ def blobs(height: int, width: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("part", [(64, 80), (50, 300), (97, 41)])
 def test_a_scene_outlined_part_by_part_equals_the_whole(part):
     height, width = 200, 300
-    mask = np.maximum(blobs(height, width, seed=part[0]), burn(scene_shapes().values(),
-                                                                height, width))
+    mask = np.maximum(blobs(height, width, seed=part[0]), burn(scene_shapes().values(), height, width))
     probabilities = np.random.default_rng(1).random(mask.shape).astype(np.float32)
     whole = polygons.outlines(mask, probabilities, tolerance=0)
     scene = polygons.SceneOutlines(height, width, tolerance=0)
     for row in range(0, height, part[0]):
         for col in range(0, width, part[1]):
-            window = np.s_[row:row + part[0], col:col + part[1]]
+            window = np.s_[row : row + part[0], col : col + part[1]]
             scene.add(mask[window], probabilities[window], row, col)
     parts = scene.footprints()
     assert len(parts) == len(whole) > 10
@@ -299,112 +318,10 @@ def test_a_scene_outlined_part_by_part_equals_the_whole(part):
     simplified = polygons.SceneOutlines(height, width)
     for row in range(0, height, part[0]):
         for col in range(0, width, part[1]):
-            window = np.s_[row:row + part[0], col:col + part[1]]
+            window = np.s_[row : row + part[0], col : col + part[1]]
             simplified.add(mask[window], None, row, col)
     # Simplified, a joined building may differ from the whole mask's only along the joins.
     back = burn([footprint.geometry for footprint in simplified.footprints()], height, width)
     reference = burn([footprint.geometry for footprint in polygons.outlines(mask)], height, width)
     assert iou(back, reference) >= 0.99
     assert all(footprint.geometry.is_valid for footprint in simplified.footprints())
-
-
-# -- what one mask may cost (issue 35: a noise-like image took 85 s and stalled the server) ------
-
-def noise(side: int, seed: int = 0, density: float = 0.64) -> np.ndarray:
-    """Uniform noise at a density where the buildings percolate: one region spanning the
-    image, riddled with tens of thousands of holes, what the model makes of a noise image."""
-    return (np.random.default_rng(seed).random((side, side)) < density).astype(np.uint8)
-
-
-def cpu_seconds(function, *args) -> float:
-    import time
-
-    started = time.process_time()  # CPU, not wall: other processes share this machine
-    function(*args)
-    return time.process_time() - started
-
-
-def test_a_noise_mask_costs_about_linear_time_and_bounded_outlines():
-    small, large = cpu_seconds(polygons.outlines, noise(512)), cpu_seconds(polygons.outlines,
-                                                                             noise(1024))
-    # 4x the pixels: about 4x the time (shapely's topology-preserving simplification was
-    # about 16x, and took 60 s for one region at 2048 px).
-    assert large < 8 * max(small, 0.05), (small, large)
-    found = polygons.outlines(noise(1024))
-    assert any(footprint.capped for footprint in found)
-    for footprint in found:
-        parts = getattr(footprint.geometry, "geoms", [footprint.geometry])
-        assert sum(len(part.interiors) for part in parts) <= polygons.MAX_HOLES * len(parts)
-        assert shapely.get_num_coordinates(footprint.geometry) <= polygons.MAX_VERTICES + 8
-        assert footprint.geometry.is_valid
-    collection = polygons.footprints_geojson(noise(256, density=0.7))
-    capped = [f for f in collection["features"] if f["properties"].get("capped")]
-    uncapped = [f for f in collection["features"] if not f["properties"].get("capped")]
-    assert capped and all("capped" not in f["properties"] for f in uncapped)
-
-
-def test_a_building_keeps_its_largest_holes_up_to_the_cap():
-    mask = np.zeros((300, 300), np.uint8)
-    mask[10:290, 10:290] = 1
-    holes = [(20 + 20 * (i // 12), 20 + 20 * (i % 12), 3 + i % 5) for i in range(144)]
-    for row, col, side in holes:
-        mask[row:row + side, col:col + side] = 0
-    (footprint,) = polygons.outlines(mask, tolerance=0)
-    assert footprint.capped and len(footprint.geometry.interiors) == polygons.MAX_HOLES
-    kept = sorted((Polygon(ring).area for ring in footprint.geometry.interiors), reverse=True)
-    largest = sorted((side * side for _, _, side in holes), reverse=True)[:polygons.MAX_HOLES]
-    assert kept == largest
-    assert footprint.pixels == int(mask.sum())  # the mask's pixels, not the filled outline's
-
-
-def test_small_holes_are_filled_and_larger_ones_kept():
-    mask = burn([box(10, 10, 70, 50)], 60, 80)
-    mask[20:22, 20:22] = 0   # 4 px: under min_area, filled before tracing
-    mask[30:40, 40:50] = 0   # 100 px: a courtyard
-    (footprint,) = polygons.outlines(mask, tolerance=0)
-    assert len(footprint.geometry.interiors) == 1 and not footprint.capped
-    assert footprint.geometry.equals(box(10, 10, 70, 50).difference(box(40, 30, 50, 40)))
-    assert footprint.pixels == int(mask.sum())
-
-
-def test_a_gap_between_roofs_meeting_at_corners_is_not_filled():
-    # Two roofs touching at two corners enclose a 2 x 2 gap only in 4-connectivity: it leaks
-    # out diagonally, so it is no hole, and the two roofs stay two buildings.
-    mask = np.zeros((8, 8), np.uint8)
-    mask[1, 1:4] = mask[2:4, 1] = 1          # an L: top and left of the gap
-    mask[2:4, 4] = mask[4, 2:5] = 1          # a reversed L: right and bottom
-    found = polygons.outlines(mask, tolerance=0, min_area=2)
-    assert len(found) == 2 and sum(f.geometry.area for f in found) == mask.sum()
-
-
-def test_an_island_in_a_courtyard_stays_a_building_and_the_courtyard_a_hole():
-    mask = burn([box(10, 10, 90, 90)], 100, 100)
-    mask[30:70, 30:70] = 0
-    mask[45:55, 45:55] = 1  # a building inside the courtyard
-    outer, inner = polygons.outlines(mask, tolerance=0)
-    assert inner.geometry.equals(box(45, 45, 55, 55))
-    assert outer.geometry.equals(box(10, 10, 90, 90).difference(box(30, 30, 70, 70)))
-
-
-def test_outlines_stop_at_their_deadline():
-    import time
-
-    with pytest.raises(polygons.OutlineBudgetExceeded):
-        polygons.outlines(noise(256), deadline=time.monotonic() - 1)
-    with pytest.raises(polygons.OutlineBudgetExceeded):
-        polygons.footprints_geojson(noise(256), deadline=time.monotonic() - 1)
-    assert polygons.outlines(noise(64), deadline=time.monotonic() + 60)
-
-
-def test_tracing_in_batches_gives_the_outlines_of_one_call(monkeypatch):
-    # GDAL holds the GIL through a call, so components go to it in batches (TRACE_PIXELS):
-    # with batches of a few components, every outline is the same as traced all at once.
-    mask = blobs(200, 300, seed=5)
-    mask[150:, :100] = noise(50, seed=6).repeat(2, axis=1)  # and a corner of speckle
-    probabilities = np.random.default_rng(2).random(mask.shape).astype(np.float32)
-    whole = polygons.outlines(mask, probabilities)
-    monkeypatch.setattr(polygons, "TRACE_PIXELS", 64)
-    batched = polygons.outlines(mask, probabilities)
-    assert len(batched) == len(whole) > 20
-    for one, other in zip(batched, whole):
-        assert one == other

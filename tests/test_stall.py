@@ -6,6 +6,7 @@ The noise image made GeoJSON take 85 s before, with /health waiting behind it: s
 topology-preserving simplification of one region with tens of thousands of holes, which
 holds the GIL throughout (zoo/polygons.py says what replaced it).
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,10 @@ def test_health_answers_within_a_second_while_a_noise_geojson_request_runs(app_s
     def heavy():
         started = time.monotonic()
         answer["response"] = requests.post(
-            f"{app_server}/inference?format=geojson", timeout=300,
-            files={"file": ("noise.png", noise_png(2048), "image/png")})
+            f"{app_server}/inference?format=geojson",
+            timeout=300,
+            files={"file": ("noise.png", noise_png(2048), "image/png")},
+        )
         answer["seconds"] = time.monotonic() - started
 
     thread = threading.Thread(target=heavy)
@@ -55,7 +58,8 @@ def test_health_answers_within_a_second_while_a_noise_geojson_request_runs(app_s
     assert len(latencies) >= 5, f"the request took only {answer['seconds']:.1f} s"
     assert max(latencies) < HEALTH_WITHIN_S, (
         f"/health took up to {max(latencies):.2f} s while the GeoJSON request ran "
-        f"({answer['seconds']:.1f} s, {len(latencies)} checks)")
+        f"({answer['seconds']:.1f} s, {len(latencies)} checks)"
+    )
 
 
 def test_outlines_past_the_budget_get_a_503_that_says_why(small_segmenter):
