@@ -125,6 +125,8 @@ def test_the_splitter_leaves_single_and_unsure_buildings_whole():
     probs[25:35, 40:50] = 0.6  # no core above 0.8: kept whole, not given to the other
     labels = separate.split_buildings(probs)
     assert labels.max() == 2 and np.array_equal(labels > 0, probs >= 0.5)
+    sure = separate.split_buildings(probs, unsure="drop")  # only blobs the model is sure of somewhere
+    assert sure.max() == 1 and not sure[25:35, 40:50].any()
     assert not separate.split_buildings(np.zeros((8, 8), np.float32)).any()
     with pytest.raises(ValueError, match="seeds"):
         separate.split_buildings(probs, seeds="peaks")

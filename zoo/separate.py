@@ -6,7 +6,8 @@ each blob is split by a watershed on the probabilities, seeded where the model i
 core of pixels at or above `seed_threshold` (or, with `seeds="distance"`, every part of the blob
 at least `core_radius` pixels from its edge) grows into the blob's pixels at or above `threshold`
 until it meets another, along the least probable ridge between them. A blob with no core stays
-whole. The pixels that are building do not change: only who owns them.
+whole (or, with `unsure="drop"`, is no building). Otherwise the pixels that are building do not
+change: only who owns them.
 
 `separated_mask` draws the labelled buildings apart (a pixel that touches a building of a lower
 label is dropped) so that the mask's 8-connected components are those buildings: the form
@@ -20,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 SEEDS = ("probability", "distance")
+UNSURE = ("keep", "drop")  # what becomes of a blob with no core
 # Defaults, fixed before the held-out cities were scored (experiments/separation/README.md).
 SEED_THRESHOLD = 0.8
 CORE_RADIUS = 3.0  # pixels
@@ -33,9 +35,13 @@ def split_buildings(
     seed_threshold: float = SEED_THRESHOLD,
     core_radius: float = CORE_RADIUS,
     min_seed_pixels: int = MIN_SEED_PIXELS,
+    unsure: str = "keep",
 ) -> np.ndarray:
     """int32 labels 1..n of the buildings of `probs >= threshold` (0 elsewhere), blobs split at
-    the least probable ridge between the cores (`seeds`, module docstring) they hold."""
+    the least probable ridge between the cores (`seeds`, module docstring) they hold. A blob
+    with no core is one building (`unsure="keep"`) or none (`"drop"`: only sure buildings)."""
+    if unsure not in UNSURE:
+        raise ValueError(f"unsure must be one of {', '.join(UNSURE)}, got {unsure!r}")
     if seeds not in SEEDS:
         raise ValueError(f"seeds must be one of {', '.join(SEEDS)}, got {seeds!r}")
     probs = np.asarray(probs, np.float32)
@@ -57,7 +63,10 @@ def split_buildings(
     seeded = np.zeros(blobs.max() + 1, bool)
     seeded[blobs[markers > 0]] = True
     unseeded = building & ~seeded[blobs]
-    markers[unseeded] = blobs[unseeded] + markers.max()
+    if unsure == "drop":
+        building &= ~unseeded
+    else:
+        markers[unseeded] = blobs[unseeded] + markers.max()
     # Flooded from the cores in order of falling probability (an image-foresting watershed): two
     # cores meet on the least probable path between them. Ground below the threshold costs more
     # than any building pixel, so a core never reaches another blob through it.

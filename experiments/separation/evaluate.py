@@ -45,6 +45,11 @@ INFERENCES = {
 GRID = {
     **{f"cores>={level:g}": {"seed_threshold": level} for level in (0.6, 0.7, 0.9)},
     **{f"inside>={radius:g}px": {"seeds": "distance", "core_radius": radius} for radius in (2.0, 5.0)},
+    # Blobs without a core are no buildings: precision, where the false ones are unsure.
+    **{
+        f"cores>={level:g}, sure only": {"seed_threshold": level, "unsure": "drop"}
+        for level in (0.7, 0.8, 0.9)
+    },
 }
 for _name, _options in GRID.items():
     INFERENCES[_name] = lambda probs, options=_options: separate.building_mask(
