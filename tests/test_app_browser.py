@@ -8,6 +8,7 @@ Skipped only when /usr/bin/chromium or /usr/bin/chromedriver is missing.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,8 @@ def test_upload_draws_image_mask_overlay_and_outlines(browser, app_server, small
     tops = {browser.find_element(By.ID, canvas).location["y"] for canvas in ("image", "mask", "overlay")}
     assert len(tops) == 1
     found = browser.find_element(By.ID, "found").text
-    assert found == (f"{outlines['count']} buildings, total area {round(outlines['total_area_px'])} px²")
+    count, area = outlines["count"], math.floor(outlines["total_area_px"] + 0.5)  # JavaScript's Math.round
+    assert found == f"{count} building{'' if count == 1 else 's'}, total area {area} px²"
     assert "PNG carries no georeferencing" in browser.find_element(By.ID, "coordinates").text
     # Progress was shown while the request ran.
     phases = browser.execute_script("return document.body.dataset.phases").split()
