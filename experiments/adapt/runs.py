@@ -1,0 +1,183 @@
+"""One point of the adaptation curve: a fold's decoder (a model that never saw the city) adapted
+one way, scored on the city's held-out ground; and the ground each point uses.
+
+Ground, per city and seed (the fold seed is the draw seed): the city's ground groups in a
+seeded order (training.adapt_ground); the labelled K tiles are drawn from the front, and the
+groups after those the largest feasible K needs are scored, the same for every K and mode.
+The unlabelled pool is the front groups (never scored: inductive) or the whole city
+(transductive: the scored tiles are in the pool, without their labels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from data import folders
+from training import adapt_method, crossval, folds, heldout
+from training.adapt_ground import draw_tiles, group_order, groups_for, halves
+from training.adapt_method import AdaptSettings, ScaledFeatures
+from training.features import encode
+from training.recipe import SERVED
+from zoo import unet
+from zoo.metrics import BuildingCounts
+
+CURVE_KS = (0, 8, 16, 32, 64, 128)
+MAX_ADAPT_FRACTION = 0.6  # a K may use at most this share of a city's tiles: the rest is scored
+MODES = ("adapt", "scratch", "unlabelled", "transductive", "both")
+# Each mode's settings: from scratch the decoder starts random, so at the recipe's own rate.
+SETTINGS = {
+    "adapt": AdaptSettings(),
+    "scratch": AdaptSettings(learning_rate=SERVED.training.learning_rate),
+    "unlabelled": AdaptSettings(),
+    "transductive": AdaptSettings(),
+    "both": AdaptSettings(),
+}
+
+
+@dataclasses.dataclass
+class City:
+    """A city's tiles, encoded once at the served scales, and its pixel ground areas."""
+
+    name: str
+    samples: list
+    images: np.ndarray
+    masks: np.ndarray
+    scaled: ScaledFeatures
+    pixel_m2: np.ndarray
+
+    @property
+    def k_max(self) -> int:
+        return max(k for k in CURVE_KS if k <= MAX_ADAPT_FRACTION * len(self.samples))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ground:
+    """Index arrays into a city's tiles for one seed: the adaptation side (front groups) and the
+    scored ground, split in two halves for thresholds chosen on the other half."""
+
+    order: tuple[str, ...]
+    front: np.ndarray
+    scored: np.ndarray
+    halves: tuple[np.ndarray, np.ndarray]  # into `scored`
+
+
+def ground_of(city: City, seed: int) -> Ground:
+    order = group_order(city.samples, seed)
+    front_groups = set(order[: groups_for(city.samples, city.k_max, order)])
+    front = np.array([i for i, s in enumerate(city.samples) if s.group in front_groups])
+    scored = np.array([i for i, s in enumerate(city.samples) if s.group not in front_groups])
+    return Ground(tuple(order), front, scored, halves([city.samples[i] for i in scored], seed))
+
+
+def parent_model(encoder, weights_path) -> keras.Model:
+    """The served recipe's U-Net with a fold's decoder weights."""
+    model = unet.build(SERVED.decoder, encoder=encoder)
+    unet.decoder_of(model).load_weights(weights_path)
+    return model
+
+
+def run_point(
+    city: City,
+    ground: Ground,
+    parent: keras.Model,
+    mode: str,
+    k: int,
+    seed: int,
+    settings: AdaptSettings | None = None,
+    replay=None,
+) -> dict:
+    """Adapt (or not, for K = 0 of "adapt") and score: the record of one point. `replay`: the
+    encoded tiles of the parent's own cities, used when settings.replay_share > 0."""
+    settings = settings or SETTINGS[mode]
+    index = {s.name: i for i, s in enumerate(city.samples)}
+    train = [index[s.name] for s in draw_tiles(city.samples, k, seed, ground.order).train] if k else []
+    model = parent
+    if mode == "scratch":
+        keras.utils.set_random_seed(seed)
+        model = unet.build(SERVED.decoder, encoder=unet.encoder_of(parent))
+    labelled = (
+        labelled_set(model, city, train, settings, seed) if mode in ("adapt", "scratch", "both") else None
+    )
+    pool = pool_index(city, ground, mode, settings, seed)
+    unlabelled = pseudo_set(parent, city, pool, settings, seed) if len(pool) else None
+    history, seconds = {}, 0.0
+    if labelled is not None or unlabelled is not None:
+        replayed = replay if settings.replay_share > 0 else None
+        history, seconds = adapt_method.fine_tune(
+            model, labelled, unlabelled, settings, seed, replay=replayed
+        )
+    record = score(model, city, ground)
+    return {
+        **record, "history": history, "train_seconds": round(seconds, 1),
+        "tiles_used": [city.samples[i].name for i in train], "pool_tiles": len(pool),
+        "settings": settings.to_dict(),
+    }  # fmt: skip
+
+
+def labelled_set(model, city: City, train: list[int], settings: AdaptSettings, seed: int):
+    if not train:
+        return None
+    return encode(
+        model, city.images[train], city.masks[train], settings.copies, settings.augmentation, seed,
+        progress=lambda _: None,
+    )  # fmt: skip
+
+
+def pool_index(city: City, ground: Ground, mode: str, settings: AdaptSettings, seed: int) -> np.ndarray:
+    if mode in ("unlabelled", "both"):
+        pool = ground.front
+    elif mode == "transductive":
+        pool = np.arange(len(city.samples))
+    else:
+        return np.array([], int)
+    return pool[adapt_method.unlabelled_choice(len(pool), settings, seed)]
+
+
+def pseudo_set(teacher, city: City, pool: np.ndarray, settings: AdaptSettings, seed: int):
+    """The student's copies of the pool, labelled where the teacher (the parent as served) is sure."""
+    probs = adapt_method.served_probabilities(
+        unet.decoder_of(teacher), city.scaled.subset(pool), SERVED.scales
+    )
+    masks = adapt_method.pseudo_masks(probs, settings.confident)
+    return adapt_method.student_features(teacher, city.images[pool], masks, settings, seed)
+
+
+def score(model, city: City, ground: Ground) -> dict:
+    """The scored ground's counts at every threshold per half, and buildings at 0.5 and at each
+    half's threshold chosen on the other half."""
+    probs = adapt_method.served_probabilities(
+        unet.decoder_of(model), city.scaled.subset(ground.scored), SERVED.scales
+    )
+    masks = city.masks[ground.scored]
+    sizes = crossval.min_pixels_of(city.pixel_m2[ground.scored])
+    counts = [folds.threshold_counts(probs[h], masks[h]) for h in ground.halves]
+    chosen = [heldout.THRESHOLDS[int(np.argmax(heldout.building_iou(counts[1 - h])))] for h in (0, 1)]
+    fixed = crossval.building_counts(probs >= heldout.FIXED, masks, sizes)
+    crossfit = {size: np.zeros(4) for size in sizes}
+    for h, half in enumerate(ground.halves):
+        part = crossval.building_counts(
+            probs[half] >= chosen[h], masks[half], {s: m[half] for s, m in sizes.items()}
+        )
+        for size in sizes:
+            crossfit[size] += np.asarray(part[size])
+    return {
+        "scored_tiles": len(ground.scored), "halves": [len(h) for h in ground.halves],
+        "counts": [c.tolist() for c in counts], "crossfit_thresholds": [float(t) for t in chosen],
+        "buildings": {"fixed": fixed, "crossfit": {s: c.tolist() for s, c in crossfit.items()}},
+    }  # fmt: skip
+
+
+def load_city(encoder_model, data_samples: list, name: str, size: int) -> City:
+    samples = [s for s in data_samples if s.area == name]
+    images, masks = folders.load_arrays(samples, size)
+    scaled = adapt_method.encode_scales(encoder_model, images, masks, SERVED.scales, progress=lambda _: None)
+    pixel_m2 = np.array([folders.pixel_area_m2(s.name, size) for s in samples])
+    return City(name, samples, images, masks, scaled, pixel_m2)
+
+
+def building_scores(counts) -> dict:
+    tp, fp, fn, iou_sum = counts
+    return BuildingCounts(int(tp), int(fp), int(fn), float(iou_sum)).scores()
