@@ -1,17 +1,21 @@
-"""python -m bench.polygons [--data DIR] [--model PATH] [--sides 1024,2048,4096]
-                                    [--windows 1024,2048] [--out results]
+"""python -m bench.polygons [--data DIR] [--model PATH] [--runtime auto] [--sides 1024,2048,4096]
+                          [--windows 2048] [--rounds 3] [--out results]
 
-What outlines cost on a large scene: peak memory and time of `python -m app.predict` (model,
-overlap tiles, polygons, GeoJSON) on real georeferenced imagery, and of the polygon step alone
-on the scene's true building outlines.
+What a whole scene costs through `python -m app.predict` end to end (the process started, the
+model loaded, the scene read, predicted at every scale, outlined, written as GeoJSON in lon/lat
+and m²): wall and CPU time, megapixels a second, peak memory, and where the time went (its
+`--profile` line). Beside it, the in-process forward: `zoo.predict.Segmenter.probabilities` of
+the same scene through the same runtime, warmed up, in a process of its own, which is what the
+network alone allows; the ratio of the two is what everything else costs. Each measurement is
+repeated `--rounds` times, end to end and forward in turns, so both meet the same load; medians
+and spreads are reported with the other work on the machine meanwhile (`OtherWork`). Also the
+polygon step alone on the scene's true building outlines.
 
-The scene is real: the largest square block of neighbouring XYZ tiles of one zoom in the data
-folder (16 x 16 zoom-21 tiles of Nairobi in the OAM data: 4096 x 4096 px), stitched and
-written as a GeoTIFF in Web Mercator (EPSG:3857) with the tiles' exact transform, so the
-outlines come back in longitude/latitude. Smaller sides are its centre crops. The largest
-side is also run in parts (`app.predict --window W` for each of `--windows`), to show that
-memory then follows the window, not the scene. Each point runs in its own process, so its peak
-memory (the child's maximum resident set) is its own.
+The scene is real (`bench.scene`): 16 x 16 neighbouring zoom-21 tiles stitched into one GeoTIFF
+in EPSG:3857 with their exact transform; smaller sides are its centre crops. The largest side is
+also run in parts (`app.predict --window W` for each of `--windows`), to show that memory then
+follows the window, not the scene. Each point runs in its own process, so its peak memory (the
+child's maximum resident set) is its own.
 
 Without a model file (`--model`, else the served one) the served architecture is built with
 an untrained decoder and the served scales: its memory and time are the served model's, its
@@ -24,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,13 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 from shapely.geometry import shape
 
-from data.folders import read_image, read_mask, tile_position
-from training.machine import describe, process_memory_gib
+from bench.polygons_report import report
+from bench.scene import write_scene
+from data.folders import read_image
+from training.machine import OtherWork, describe, process_memory_gib
 from training.recipe import SERVED
 from zoo.files import write_json_atomic, write_text_atomic
 from zoo.polygons import footprints_geojson
@@ -47,12 +53,12 @@ from zoo.served import served_model_path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-TILE = 256
-WEB_MERCATOR_HALF = 20037508.342789244  # metres from the centre to the edge of the XYZ grid
+PROFILE = re.compile(r"^profile \(s;[^)]*\): (?P<fields>.*); total (?P<total>[\d.]+)$", re.M)
+THROUGH = re.compile(r"MP/s through (?P<runtime>[\w-]+)\)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.polygons", description=__doc__.splitlines()[2])
+    parser = argparse.ArgumentParser(prog="python -m bench.polygons", description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/oam_buildings")
     parser.add_argument(
         "--model",
@@ -60,83 +66,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="a .keras file (default: the served model, else an untrained one)",
     )
+    parser.add_argument("--runtime", default="auto", help="app.predict --runtime (default auto, as served)")
     parser.add_argument("--sides", default="1024,2048,4096")
-    parser.add_argument(
-        "--windows", default="1024,2048", help="also run the largest side in parts of these sizes"
-    )
+    parser.add_argument("--windows", default="2048", help="also run the largest side in parts of these sizes")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of each point (medians, spreads)")
     parser.add_argument("--out", type=Path, default=REPO / "results")
     parser.add_argument("--polygons-only", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--forward-only", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-untrained", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-# -- the scene ------------------------------------------------------------------------------------
-
-
-def largest_block(data: Path) -> tuple[int, int, int, int, list[str]]:
-    """(zoom, x0, y0, n, names) of the largest n x n block of neighbouring tiles of one zoom and
-    one area; names row by row."""
-    grids: dict[tuple[str, int], dict[tuple[int, int], str]] = {}
-    for path in sorted((data / "images").iterdir()):
-        position = tile_position(path.stem)
-        if position:
-            zoom, x, y = position
-            prefix = path.stem.rsplit("_z", 1)[0]
-            grids.setdefault((prefix, zoom), {})[(x, y)] = path.name
-    best = (0, 0, 0, 0, [])
-    for (_, zoom), grid in grids.items():
-        for x0, y0 in grid:
-            n = 1
-            while all((x, y) in grid for x in range(x0, x0 + n + 1) for y in range(y0, y0 + n + 1)):
-                n += 1
-            if n > best[3]:
-                best = (zoom, x0, y0, n, [grid[(x, y)] for y in range(y0, y0 + n) for x in range(x0, x0 + n)])
-    if best[3] == 0:
-        raise SystemExit(f"no XYZ tiles named PREFIX_zZ_X_Y in {data / 'images'}")
-    return best
-
-
-def write_scene(data: Path, folder: Path, side: int) -> tuple[Path, Path, str]:
-    """The centre side x side of the scene as a GeoTIFF (RGB) and its true mask as a GeoTIFF."""
-    zoom, x0, y0, n, names = largest_block(data)
-    if n * TILE < side:
-        raise SystemExit(
-            f"the largest block of neighbouring tiles in {data} is {n * TILE} px; asked for {side}"
-        )
-    count, first = side // TILE, (n - side // TILE) // 2  # the block's centre
-    image = np.zeros((side, side, 3), np.uint8)
-    mask = np.zeros((side, side), np.uint8)
-    for row in range(count):
-        for column in range(count):
-            name = names[(first + row) * n + first + column]
-            window = np.s_[row * TILE : (row + 1) * TILE, column * TILE : (column + 1) * TILE]
-            image[window] = read_image(data / "images" / name)
-            mask[window] = read_mask(data / "masks" / name)
-    span = 2 * WEB_MERCATOR_HALF / 2**zoom
-    transform = Affine(
-        span / TILE,
-        0,
-        -WEB_MERCATOR_HALF + (x0 + first) * span,
-        0,
-        -span / TILE,
-        WEB_MERCATOR_HALF - (y0 + first) * span,
-    )
-    paths = folder / f"scene_{side}.tif", folder / f"truth_{side}.tif"
-    for path, bands in zip(paths, (np.moveaxis(image, -1, 0), mask[None] * 255)):
-        with rasterio.open(
-            path,
-            "w",
-            driver="GTiff",
-            height=side,
-            width=side,
-            count=len(bands),
-            dtype="uint8",
-            crs="EPSG:3857",
-            transform=transform,
-        ) as dataset:
-            dataset.write(bands)
-    where = f"{names[0].rsplit('_z', 1)[0]}, zoom {zoom}, the {n} x {n} tiles from x {x0}, y {y0}"
-    return paths[0], paths[1], where
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -242,10 +180,29 @@ def polygons_only(truth: Path) -> None:
     )
 
 
+def forward_only(scene: Path, model: Path, runtime: str) -> None:
+    """Child mode: the in-process forward (`Segmenter.probabilities`, every scale) of the scene
+    through `runtime`, once to warm up (LiteRT plans its interpreters) and once timed; prints
+    one JSON line."""
+    from app.inputs import read_image_file
+    from app.model import load_segmenter, runtime_of
+
+    image = read_image_file(scene).image
+    segmenter = load_segmenter(model, runtime)
+    segmenter.probabilities(image)
+    wall, cpu = time.perf_counter(), time.process_time()
+    segmenter.probabilities(image)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"seconds": wall, "cpu_seconds": cpu, "runtime": runtime_of(segmenter)}))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.polygons_only:
         polygons_only(args.polygons_only)
+        return 0
+    if args.forward_only:
+        forward_only(args.forward_only, args.model, args.runtime)
         return 0
     if args.save_untrained:
         save_untrained(args.save_untrained, args.data)
@@ -253,44 +210,55 @@ def main(argv=None) -> int:
     sides = [int(side) for side in args.sides.split(",")]
     windows = [int(window) for window in args.windows.split(",") if window]
     runs = [(side, None) for side in sides] + [(max(sides), window) for window in windows]
-    rows = []
+    rows, whole_run = [], OtherWork()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         model, model_text = model_file(args.model, folder, args.data)
         for side, window in runs:
-            row, where = measure_scene(args.data, folder, model, side, window)
+            row, where = measure_scene(args, folder, model, side, window)
             rows.append(row)
-            _write(args.out, {**header(), "scene": where, "model": model_text}, rows)
+            head = {**header(argv), "scene": where, "model": model_text, "other_work": whole_run.note()}
+            _write(args.out, head, rows)
             print(
-                f"{side} px{f' in parts of {window}' if window else ''}: app.predict "
-                f"{row['predict_seconds']:.1f} s, peak {row['predict_peak_gib']:.2f} GiB, "
-                f"{row['predicted_outlines']} outlines",
+                f"{side} px{f' in parts of {window}' if window else ''} through {row['runtime']}: "
+                f"app.predict {np.median(row['seconds']):.1f} s (median of {len(row['seconds'])}), "
+                f"peak {max(row['peak_gib']):.2f} GiB, {row['predicted_outlines']} outlines; other work "
+                f"{row['other_cores']:.2f} cores",
                 flush=True,
             )
     return 0
 
 
-def measure_scene(data: Path, folder: Path, model: Path, side: int, window: int | None) -> tuple[dict, str]:
-    """`app.predict` on the scene of `side` px (in parts of `window` px when given), and for
-    the whole scene the polygon step alone on its true mask: the report's row, and where the
-    scene is."""
-    scene, truth, where = write_scene(data, folder, side)
+def measure_scene(args, folder: Path, model: Path, side: int, window: int | None) -> tuple[dict, str]:
+    """`app.predict` on the scene of `side` px (in parts of `window` px when given) and, for the
+    whole scene, the in-process forward, in turns, `args.rounds` times; then the polygon step
+    alone on its true mask. The report's row, and where the scene is."""
+    scene, truth, where = write_scene(args.data, folder, side)
     out = folder / f"scene_{side}.geojson"
-    # Without --window the scene is predicted whole up to any side, like the server.
-    parted = ["--window", str(window)] if window else ["--window", str(side)]
-    seconds, cpu, peak, _ = measured(
-        [sys.executable, "-m", "app.predict", str(scene), "--out", str(out), "--model", str(model), *parted]
-    )
+    # Without --window the scene is predicted as one window up to any side, like the server.
+    command = [sys.executable, "-m", "app.predict", str(scene), "--out", str(out), "--model", str(model)]
+    command += ["--runtime", args.runtime, "--profile", "--window", str(window or side)]
+    forward = [sys.executable, "-m", "bench.polygons", "--forward-only", str(scene), "--model", str(model)]
+    forward += ["--runtime", args.runtime]
+    row = {"side": side, "window": window, "seconds": [], "cpu_seconds": [], "peak_gib": [], "profiles": []}
+    row.update(forward_seconds=[], forward_cpu_seconds=[])
+    other = OtherWork()
+    for _ in range(args.rounds):
+        seconds, cpu, peak, text = measured(command)
+        row["seconds"].append(seconds)
+        row["cpu_seconds"].append(cpu)
+        row["peak_gib"].append(peak)
+        row["profiles"].append(_profile(text))
+        row["runtime"] = THROUGH.search(text)["runtime"]
+        if window is None:
+            *_, text = measured(forward)
+            alone = json.loads(text.strip().splitlines()[-1])
+            row["forward_seconds"].append(alone["seconds"])
+            row["forward_cpu_seconds"].append(alone["cpu_seconds"])
+            row["forward_runtime"] = alone["runtime"]
+    row["other_cores"] = other.cores()
     collection = json.loads(out.read_text())
-    row = {
-        "side": side,
-        "window": window,
-        "parts": (collection.get("parts") or {}).get("count", 1),
-        "predict_seconds": seconds,
-        "predict_cpu_seconds": cpu,
-        "predict_peak_gib": peak,
-        "predicted_outlines": collection["count"],
-    }
+    row.update(parts=(collection.get("parts") or {}).get("count", 1), predicted_outlines=collection["count"])
     if window is None:
         _, _, _, text = measured([sys.executable, "-m", "bench.polygons", "--polygons-only", str(truth)])
         alone = json.loads(text.strip().splitlines()[-1])
@@ -298,11 +266,20 @@ def measure_scene(data: Path, folder: Path, model: Path, side: int, window: int 
     return row, where
 
 
-def header() -> dict:
+def _profile(text: str) -> dict:
+    """app.predict's --profile line as {part: seconds}."""
+    found = PROFILE.search(text)
+    if found is None:
+        return {}
+    fields = dict(field.rsplit(" ", 1) for field in found["fields"].split(", "))
+    return {**{name: float(value) for name, value in fields.items()}, "total": float(found["total"])}
+
+
+def header(argv=None) -> dict:
     return {
         "machine": describe(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m bench.polygons " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.polygons " + " ".join(sys.argv[1:] if argv is None else argv),
     }
 
 
@@ -310,80 +287,6 @@ def _write(out: Path, head: dict, rows: list[dict]) -> None:
     """After every point, so an interrupted run keeps what it measured."""
     write_json_atomic(out / "polygons.json", {**head, "rows": rows})
     write_text_atomic(out / "polygons.md", report(head, rows))
-
-
-def report(header: dict, rows: list[dict]) -> str:
-    whole = [row for row in rows if row["window"] is None]
-    parted = [row for row in rows if row["window"] is not None]
-    lines = [
-        "# Outlines on a large scene: memory and time",
-        "",
-        f"- **Command:** `{header['command']}`",
-        f"- **Machine:** {header['machine']}, CPU only; {header['date']}. Other jobs (training, "
-        "tests) shared the two cores while this ran, so wall times are upper bounds; CPU time "
-        "is inflated less; peak memory is each process's own and is not affected",
-        f"- **Scene:** real imagery, {header['scene']}: neighbouring tiles stitched into one "
-        "GeoTIFF in EPSG:3857 with their exact transform; smaller sides are its centre crops",
-        f"- **Model:** {header['model']}",
-        "",
-        "`app.predict` is the whole command in its own process: TensorFlow and the model loaded, "
-        "the scene read, predicted at every scale in 512 px overlap tiles, outlined, written as "
-        "GeoJSON (lon/lat, m²). *Polygons alone* is `zoo.polygons.footprints_geojson` on the "
-        "scene's true mask (real building shapes from OpenStreetMap), in another process; *IoU* "
-        "is those outlines reprojected back, rasterised onto the scene's grid and compared with "
-        "the mask (building IoU, pixel counts over the whole scene).",
-        "",
-        "## The scene whole",
-        "",
-        "| side (px) | app.predict wall (s) | its CPU time (s) | its peak memory (GiB) "
-        "| outlines predicted "
-        "| polygons alone (s) | their peak memory (GiB above what was resident before) "
-        "| true outlines | IoU back | true building area (m²) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in whole:
-        lines.append(
-            f"| {row['side']} | {row['predict_seconds']:.1f} | {row['predict_cpu_seconds']:.1f} | "
-            f"{row['predict_peak_gib']:.2f} | {row['predicted_outlines']} | {row['truth_seconds']:.2f} | "
-            f"{row['truth_peak_gib'] - row['truth_resident_gib_before']:.2f} | {row['truth_count']} | "
-            f"{row['truth_iou']:.4f} | {row['truth_total_area_m2']:.0f} |"
-        )
-    if len(whole) > 1:
-        first, last = whole[0], whole[-1]
-        growth = (
-            (last["predict_peak_gib"] - first["predict_peak_gib"])
-            / (last["side"] ** 2 - first["side"] ** 2)
-            * 2**30
-        )
-        lines += [
-            "",
-            f"Whole, peak memory grows by about {growth:.0f} bytes a pixel from "
-            f"{first['side']} to {last['side']} px (image, probabilities at each scale, "
-            "mask, component labels); the model's own working set is bounded by the "
-            "512 px tiles.",
-        ]
-    if parted:
-        lines += [
-            "",
-            "## The largest scene in parts (`app.predict --window W`)",
-            "",
-            "Each part is predicted with W/16 px of its neighbours around it for context; "
-            "buildings a part's edge cuts are joined at the end. Above 4096 px a side "
-            "(the default window) a TIFF always goes this way.",
-            "",
-            "| side (px) | window (px) | parts | app.predict wall (s) | its CPU time (s) "
-            "| its peak memory (GiB) | outlines predicted |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for row in parted:
-            lines.append(
-                f"| {row['side']} | {row['window']} | {row['parts']} | "
-                f"{row['predict_seconds']:.1f} | {row['predict_cpu_seconds']:.1f} | "
-                f"{row['predict_peak_gib']:.2f} | {row['predicted_outlines']} |"
-            )
-    if whole:
-        lines += ["", f"Areas measured in: {whole[-1]['truth_area_crs']}."]
-    return "\n".join(lines + [""])
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ import requests  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from ablations import studies  # noqa: E402
-from bench.runtimes import section_of  # noqa: E402
+from bench.runtimes_report import section_of  # noqa: E402
 from bench.server import running_server  # noqa: E402
 from data import folders, splits, synthetic  # noqa: E402
-from training.machine import describe, median_ms, process_memory_gib  # noqa: E402
+from training.machine import OtherWork, describe, median_ms, process_memory_gib  # noqa: E402
 from zoo.config import SKIP_MERGES, UPSAMPLERS, DecoderConfig  # noqa: E402
 from zoo.files import write_json_atomic, write_text_atomic  # noqa: E402
 from zoo.predict import Segmenter  # noqa: E402
@@ -192,11 +192,15 @@ def bench_variants(encoder, repeats: int = 15) -> list[dict]:
 
 
 def bench_http(model_path: Path, requests_per_size: int) -> dict:
-    """POST /inference at 256 and 1024 px against the same model's raw forward, and the
-    server's peak memory."""
+    """POST /inference at 256 and 1024 px against the same model's raw forward through the
+    runtime the server chose (`--runtime auto`: the fastest exported), and the server's peak
+    memory."""
+    from app.model import load_segmenter  # deferred: loading a runtime may load TensorFlow
+
     # The raw side below applies the model's own views, so the server must too, whatever $ZOO_TTA says.
     with running_server(["--model", str(model_path), "--tta", "model"]) as server:
-        segmenter = Segmenter.from_file(model_path)
+        runtime = requests.get(f"{server.url}/model", timeout=30).json().get("serving", {}).get("runtime")
+        segmenter = load_segmenter(model_path, runtime or "keras")
         rng = np.random.default_rng(0)
         result = {
             str(size): _http_against_raw(
@@ -208,6 +212,7 @@ def bench_http(model_path: Path, requests_per_size: int) -> dict:
             for size in (256, 1024)
         }
         result["server_peak_rss_mb"] = _peak_rss_mb(psutil.Process(server.process.pid))
+        result["runtime"] = runtime or "keras"
         return result
 
 
@@ -261,8 +266,8 @@ def write_report(out: Path, results: dict) -> None:
         f"`{results['command']}` on {results['machine']}, {results['date']}; {results['versions']}.",
         f"Data: {results['data']} ({results['images']} tiles, 256x256). Model: `{results['model']}`.",
         "Medians unless marked; every number below comes from this one run. Load average "
-        f"(1 min) at start {results['load_start']:.1f}, at end {results['load_end']:.1f} on "
-        "2 cores: above ~1 other work shared the CPU and the numbers are slower than on an idle machine.",
+        f"(1 min) at start {results['load_start']:.1f}, at end {results['load_end']:.1f}. "
+        f"{results.get('other_work', '')}",
         "",
         "## Training throughput",
         "",
@@ -339,7 +344,8 @@ def write_report(out: Path, results: dict) -> None:
             tablefmt="github",
         ),
         "",
-        f"Raw = `zoo.predict.Segmenter.predict` in process (padding, forward, threshold). "
+        f"Raw = `zoo.predict.Segmenter.predict` in process (padding, forward, threshold) through "
+        f"{h.get('runtime', 'keras')}, the runtime the server chose (`--runtime auto`). "
         f"{results['requests']} requests per size, one client.",
         "",
         "## Every variant: parameters and forward latency",
@@ -386,7 +392,7 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    load_start = os.getloadavg()[0]
+    load_start, other = os.getloadavg()[0], OtherWork()
     images, masks, source = load_images(args.data, args.images)
     config = DecoderConfig.from_dict(json.loads(args.model.with_suffix(".json").read_text())["config"])
     results = {
@@ -403,6 +409,7 @@ def main(argv=None) -> int:
         "bench_peak_rss_mb": process_memory_gib()[1] * 1024,
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
+        "other_work": other.note(),
     }
     write_report(args.out, results)
     print((args.out / "bench.md").read_text())

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import request, runtimes
+from bench import runtimes_report as sections
 
 RECORDED = Path(__file__).resolve().parents[1] / "results" / "bench_runtimes.json"
 
@@ -24,32 +25,32 @@ def test_the_section_counts_scales_times_views(scales, tta, images):
         pytest.skip("no recorded runtimes bench in results/")
     run = copy.deepcopy(json.loads(RECORDED.read_text()))
     run.update(scales=scales, tta=tta)
-    section = runtimes.section(run)
+    section = sections.section(run)
     noun = "image" if images == 1 else "images"
     assert f"test-time views `{tta}`: {images} {noun} through the network a request" in section
-    kept = runtimes.replace_section("# Benchmark\n\nkept\n", section)
-    assert runtimes.section_of(kept).strip() == section.strip()
+    kept = sections.replace_section("# Benchmark\n\nkept\n", section)
+    assert sections.section_of(kept).strip() == section.strip()
 
 
 def test_an_override_of_the_views_has_its_own_section_beside_the_models():
     if not RECORDED.is_file():
         pytest.skip("no recorded runtimes bench in results/")
     run = json.loads(RECORDED.read_text())
-    models = runtimes.section({**run, "tta_override": None})
-    override = runtimes.section({**run, "scales": [1.0], "tta": "none", "tta_override": "none"})
-    assert override.startswith(f"{runtimes.SECTION}, --tta none\n")
+    models = sections.section({**run, "tta_override": None})
+    override = sections.section({**run, "scales": [1.0], "tta": "none", "tta_override": "none"})
+    assert override.startswith(f"{sections.SECTION}, --tta none\n")
     assert "test-time views `none`: 1 image through the network a request" in override
-    report = runtimes.replace_section(runtimes.replace_section("# Benchmark\n", models), override)
-    again = runtimes.replace_section(report, override.replace("CPU only", "CPU only, again"))
-    assert again.count(f"{runtimes.SECTION}\n") == 1 and again.count(f"{runtimes.SECTION}, --tta none\n") == 1
+    report = sections.replace_section(sections.replace_section("# Benchmark\n", models), override)
+    again = sections.replace_section(report, override.replace("CPU only", "CPU only, again"))
+    assert again.count(f"{sections.SECTION}\n") == 1 and again.count(f"{sections.SECTION}, --tta none\n") == 1
     assert "again" in again and models.strip() in again
-    assert runtimes.section_of(again).count("## ") == 2
+    assert sections.section_of(again).count("## ") == 2
     # The same views on a model served at other scales is another measurement: its own section.
-    scaled = runtimes.section({**run, "scales": [1.0, 0.5], "tta": "none", "tta_override": "none"})
-    assert scaled.startswith(f"{runtimes.SECTION}, --tta none@1+0.5\n")
-    both = runtimes.replace_section(again, scaled)
-    assert both.count(f"{runtimes.SECTION}, --tta none\n") == 1
-    assert runtimes.section_of(both).count("## ") == 3
+    scaled = sections.section({**run, "scales": [1.0, 0.5], "tta": "none", "tta_override": "none"})
+    assert scaled.startswith(f"{sections.SECTION}, --tta none@1+0.5\n")
+    both = sections.replace_section(again, scaled)
+    assert both.count(f"{sections.SECTION}, --tta none\n") == 1
+    assert sections.section_of(both).count("## ") == 3
 
 
 def test_the_default_flags_make_the_default_plan():

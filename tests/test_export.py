@@ -176,6 +176,30 @@ def test_app_serves_the_export(runtime, exported, serve, real_images):
     np.testing.assert_array_equal(np.asarray(answer.json()["prediction"]), expected.predict(image))
 
 
+@pytest.mark.slow
+def test_predict_cli_runs_the_fastest_export_and_notes_keras_without_one(
+    exported, small_model_file, real_images, run_module, tmp_path
+):
+    image = real_images["mosaic"]
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    done = run_module(
+        "app.predict", tmp_path / "tile.png", "--model", exported, "--mask", tmp_path / "mask.png"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "MP/s through tflite)" in done.stdout and "note:" not in done.stderr
+    threshold = json.loads(exported.with_suffix(".json").read_text())["threshold"]
+    artifact = runtimes.export_dir(exported) / runtimes.EXPORTED["tflite"]
+    expected = Segmenter(None, threshold=threshold, forward=runtimes.forward_for("tflite", artifact))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "mask.png")) > 0, expected.predict(image) > 0
+    )
+    plain = copy_model(small_model_file, tmp_path / "plain")
+    done = run_module("app.predict", tmp_path / "tile.png", "--model", plain, "--out", tmp_path / "k.geojson")
+    assert done.returncode == 0, done.stderr
+    assert "note: serving through keras, the slowest runtime: no export at" in done.stderr
+    assert "MP/s through keras)" in done.stdout
+
+
 def test_explicit_runtime_without_export_stops_the_server(small_model_file, tmp_path, run_module):
     model = copy_model(small_model_file, tmp_path)
     result = run_module("app", "--model", model, "--runtime", "tflite", "--port", "1", timeout=60)
@@ -184,7 +208,7 @@ def test_explicit_runtime_without_export_stops_the_server(small_model_file, tmp_
 
 
 def test_bench_section_is_replaced_in_place():
-    from bench.runtimes import SECTION, replace_section, section_of
+    from bench.runtimes_report import SECTION, replace_section, section_of
 
     report = "# Benchmark\n\n## Forward cost\n\nrows\n"
     once = replace_section(report, f"{SECTION}\n\nfirst\n")
