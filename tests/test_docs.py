@@ -239,6 +239,14 @@ def test_the_readme_strict_estimate_is_the_cited_files():
     assert float(stated.group(1)) == round(sum(r["building_iou"] for r in rows.values()) / len(rows), 3)
 
 
+def test_the_readme_building_f1_is_the_cited_files():
+    _, _, validated = cited_rows()
+    rows = validated["buildings"]["4m2"]
+    stated = re.search(r"the mean building F1 is (\d+\.\d+)", " ".join(README.read_text().split()))
+    assert stated, "the README states no mean building F1"
+    assert float(stated.group(1)) == round(sum(r["building_f1"] for r in rows.values()) / len(rows), 3)
+
+
 def test_the_readme_tutorial_number_is_the_per_city_tables():
     text = " ".join(README.read_text().split())
     stated = re.search(

@@ -258,6 +258,9 @@ def render(curve: dict, tutorial: dict, final: Path, left_out: dict | None = Non
         tabulate(rows(curve, tutorial), headers="keys", tablefmt="github"),
         "",
         *_left_out_section(left_out, tutorial),
+        *report.building_lines(
+            served_metadata(final).get("metrics", {}).get("cross_validated", {}).get("buildings")
+        ),
         "Other cities, withheld from this repository, check what ships. The training, epochs and "
         "threshold of a row are never chosen on its own city; the serving option of the first "
         "table is (it was chosen on the mean over every city), that of the second is not.",
