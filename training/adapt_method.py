@@ -38,7 +38,9 @@ class AdaptSettings:
     min_steps: int = 40
     max_steps: int = 160
     copies: int = 8  # encoded copies of each labelled tile (copy 0 the original)
-    augmentation: str = SERVED.training.augmentation
+    # Flips and quarter turns only: with a few patches of ground, the served recipe's sensor
+    # augmentation (blur, colour, farther views) scored lower (experiments/adapt/README.md).
+    augmentation: str = "flips"
     confident: float = 0.8  # pseudo-label: building where the teacher says >= this, ground <= 1 - this
     student_augmentation: str = "sensor_shrink"  # the unlabelled tiles the student sees
     student_copies: int = 2  # augmented copies of each unlabelled tile (none the original)
@@ -219,23 +221,22 @@ def student_features(model, images: np.ndarray, masks: np.ndarray, settings: Ada
     """Only augmented copies of the unlabelled tiles (`student_augmentation`), their pseudo
     masks transformed alike (nearest, so IGNORE stays IGNORE)."""
     pipeline = augment.augmentation(settings.student_augmentation, seed=seed)
-    copies = []
-    for _ in range(settings.student_copies):
-        pairs = [augment.augment_pair(pipeline, image, mask) for image, mask in zip(images, masks)]
-        copies.append((np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])))
-    sets = [
-        encode(model, x, y, copies=1, augmentation="none", seed=seed, progress=lambda _: None)
-        for x, y in copies
+    copies = settings.student_copies
+    pairs = [
+        augment.augment_pair(pipeline, image, mask)
+        for _ in range(copies)
+        for image, mask in zip(images, masks)
     ]
-    return stack_copies(sets)
-
-
-def stack_copies(sets: list[FeatureSet]) -> FeatureSet:
-    """One FeatureSet whose copies are the given one-copy sets of the same tiles."""
+    shown = encode(
+        model, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), copies=1,
+        augmentation="none", seed=seed, progress=lambda _: None,
+    )  # fmt: skip
+    # Encoded copy-major as one set; reshaped (a view, not a copy) into `copies` copies.
+    count = len(images)
     return FeatureSet(
-        [np.concatenate([s.taps[t] for s in sets]) for t in range(len(sets[0].taps))],
-        np.concatenate([s.masks for s in sets]),
-        sets[0].images,
+        [tap.reshape((copies, count) + tap.shape[2:]) for tap in shown.taps],
+        shown.masks.reshape((copies, count) + shown.masks.shape[2:]),
+        images,
     )
 
 

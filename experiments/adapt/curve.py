@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -86,7 +87,11 @@ class Cities:
         return self.folds / f"seed{seed}" / f"{name}.weights.h5"
 
     def city(self, name: str) -> runs.City:
+        """The city's encoded tiles; the previous city's are dropped (memory is shared here)."""
         if name not in self.cities:
+            self.cities.clear()
+            self.parents = {key: value for key, value in self.parents.items() if key[0] == name}
+            gc.collect()
             started = time.time()
             self.cities[name] = runs.load_city(
                 self.encoder_model, self.samples, name, BUDGETS["standard"].size
@@ -170,10 +175,10 @@ def run(args) -> None:
     if set(names) - set(known):
         raise UserFacingError(f"--cities: {', '.join(sorted(set(names) - set(known)))} not in {args.data}")
     cities = Cities(samples, unet.build(SERVED.decoder, encoder=load_encoder("imagenet")), args.folds)
-    # Mode by mode, K by K: the points the targets need first, then each seed as its fold lands.
+    # Mode by mode (the points the targets need first), a city at a time (its tiles encoded once).
     for mode in request.modes:
-        for k in request.ks:
-            for name in names:
+        for name in names:
+            for k in request.ks:
                 for seed in request.seeds:
                     if cities.weights(name, seed).is_file():
                         run_point(cities, name, seed, mode, k, request)

@@ -30,7 +30,7 @@ MODES = ("adapt", "scratch", "unlabelled", "transductive", "both")
 # Each mode's settings: from scratch the decoder starts random, so at the recipe's own rate.
 SETTINGS = {
     "adapt": AdaptSettings(),
-    "scratch": AdaptSettings(learning_rate=SERVED.training.learning_rate),
+    "scratch": AdaptSettings(learning_rate=SERVED.training.learning_rate, batchnorm="train"),
     "unlabelled": AdaptSettings(),
     "transductive": AdaptSettings(),
     "both": AdaptSettings(),
