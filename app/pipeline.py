@@ -24,7 +24,7 @@ from zoo.scene import RowSource, network_pixels, probability_bands
 
 READ_ROWS = 256  # rows a read of the reader thread: the network starts on the first ones
 BANDS_AHEAD = 4  # bands of rows waiting for the outlines: memory, not speed, bounds it
-PROGRESS_EVERY_S = 2.0  # a progress line at most this often (on a terminal: one, rewritten)
+PROGRESS_EVERY_S = 5.0  # a progress line at most this often (on a terminal: one, rewritten)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Profile:
     """Where a run's seconds went (`--profile` prints it): each thread's busy time, and what the
     network's thread could not hide behind its own work."""
 
+    start: float = 0.0  # the process started: Python and the imports, up to the command's first line
     load: float = 0.0  # the model (and its runtime) loaded
     read: float = 0.0  # reader thread: GDAL reads, checks, the image resized for other scales
     network: float = 0.0  # this thread: rows of tiles, thresholds, bands handed on

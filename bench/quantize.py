@@ -2,15 +2,17 @@
 
 What post-training int8 quantization costs and gains: each cross-validation fold's decoder (a
 model that never saw its city, `training.crossval`: FOLDS/CITY.weights.h5) exported as the float
-LiteRT model and as a full-integer one (`zoo.export.quantized_tflite`, calibrated on
-CALIBRATION_TILES tiles of the fold's training cities), both run as served (`zoo.predict`:
-scales, threshold) over the held-out city's tiles: building IoU (pixel counts summed over the
-city), building F1 (one building matched at IoU >= 0.5), and how many pixels change. Then the
-served model, float and int8, timed in turns on one 512 px tile and on a 2048 px scene.
+LiteRT model and as integer ones (`zoo.export.quantized_tflite`, calibrated on
+CALIBRATION_TILES tiles of the fold's training cities): `int8`, every operation, and
+`int8-decoder`, the decoder's only (the frozen MobileNetV2 encoder kept in float). Each runs as
+served (`zoo.predict`: scales, threshold) over the held-out city's tiles: building IoU (pixel
+counts summed over the city), building F1 (a building matched at IoU >= 0.5), and how many
+pixels change. Then the served model through each, timed in turns on one 512 px tile and on a
+2048 px scene.
 
-The rule (issue 35): int8 is served by default only if it loses under MAX_IOU_LOSS building IoU
-(mean over the held-out cities) and runs at least MIN_SPEEDUP times faster. Writes
-OUT/README.md and OUT/int8.json.
+The rule (issue 35): an integer model is served by default only if it loses under MAX_IOU_LOSS
+building IoU (mean over the held-out cities) and runs at least MIN_SPEEDUP times faster on the
+scene (wall and CPU time). Writes OUT/README.md and OUT/int8.json (`bench.quantize_report`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from bench.quantize_report import report  # noqa: E402
+from bench.scene import write_scene  # noqa: E402
 from data import folders  # noqa: E402
 from training.crossval import BUILDING_MIN_M2, building_counts, min_pixels_of  # noqa: E402
 from training.machine import OtherWork, describe  # noqa: E402
@@ -37,12 +41,20 @@ from zoo.predict import Segmenter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_TILES = 100
-MAX_IOU_LOSS = 0.005
-MIN_SPEEDUP = 1.5
 TILE_ROUNDS = 20
-SCENE_ROUNDS = 3
+SCENE_ROUNDS = 5
 SERVED_SIZE = 256  # the tiles' side as trained (training.recipe budgets)
 SIZE = f"{BUILDING_MIN_M2:g}m2"  # the buildings building F1 counts (training.crossval's sizes)
+
+
+def _encoder_and_input(name: str) -> bool:
+    """Operations outside the decoder (the input, its scaling, the encoder), kept in float; the
+    model's output ("StatefulPartitionedCall...") is the decoder's last resize."""
+    return f"/{unet.DECODER_NAME}" not in name and not name.startswith("StatefulPartitionedCall")
+
+
+# Integer variants: which operations stay in float (None: none).
+VARIANTS = {"int8": None, "int8-decoder": _encoder_and_input}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,13 +75,15 @@ def calibration_tiles(samples, seed: int = 0) -> np.ndarray:
     return images
 
 
-def litert_pair(model, folder: Path, calibration) -> dict[str, Path]:
-    """The float LiteRT file `zoo.export` writes, and the int8 one, for a Keras model."""
+def litert_models(model, folder: Path, calibration) -> dict[str, Path]:
+    """The float LiteRT file `zoo.export` writes, and each integer variant, for a Keras model."""
     saved = folder / "saved_model"
     export.lowered(model).export(saved, format="tf_saved_model", verbose=False)
-    paths = {"float": folder / "float.tflite", "int8": folder / "int8.tflite"}
+    paths = {"float": folder / "float.tflite"}
     paths["float"].write_bytes(export.float_tflite(saved))
-    paths["int8"].write_bytes(export.quantized_tflite(saved, calibration))
+    for name, keep_float in VARIANTS.items():
+        paths[name] = folder / f"{name}.tflite"
+        paths[name].write_bytes(export.quantized_tflite(saved, calibration, keep_float))
     return paths
 
 
@@ -118,8 +132,7 @@ def keras_iou(probs_file: Path, masks) -> float | None:
 
 def fold_rows(args, samples) -> list[dict]:
     rows = []
-    cities = sorted({sample.area for sample in samples if sample.area})
-    for city in cities:
+    for city in sorted({sample.area for sample in samples if sample.area}):
         weights = args.folds / f"{city}.weights.h5"
         if not weights.is_file():
             print(f"{city}: no {weights}, skipped", flush=True)
@@ -130,40 +143,36 @@ def fold_rows(args, samples) -> list[dict]:
         min_pixels = min_pixels_of(pixel_m2)
         calibration = calibration_tiles([sample for sample in samples if sample.area != city])
         with tempfile.TemporaryDirectory() as folder:
-            paths = litert_pair(fold_model(weights), Path(folder), calibration)
+            paths = litert_models(fold_model(weights), Path(folder), calibration)
             scored = {name: held_out_scores(path, images, masks, min_pixels) for name, path in paths.items()}
         row = {"city": city, "tiles": len(held), "calibration_tiles": len(calibration)}
-        for name, (scores, _) in scored.items():
-            row[name] = scores
-        row["pixels_changed"] = float((scored["float"][1] != scored["int8"][1]).mean())
         row["keras_building_iou"] = keras_iou(args.folds / f"{city}.probs.npy", masks)
+        for name, (scores, predicted) in scored.items():
+            row[name] = {**scores, "pixels_changed": float((predicted != scored["float"][1]).mean())}
         rows.append(row)
         print(
-            f"{city}: building IoU float {row['float']['building_iou']:.4f}, int8 "
-            f"{row['int8']['building_iou']:.4f}; {row['pixels_changed']:.2%} of pixels changed",
+            f"{city}: building IoU "
+            + ", ".join(f"{name} {row[name]['building_iou']:.4f}" for name in scored),
             flush=True,
         )
     return rows
 
 
-def timed(forward, batch, rounds: int) -> list[tuple[float, float]]:
-    out = []
-    for _ in range(rounds):
-        wall, cpu = time.perf_counter(), time.process_time()
-        forward(batch)
-        out.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return out
+def timed(forward, batch) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    forward(batch)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def speed(args, samples) -> dict:
-    """The served model's float and int8 LiteRT files, timed in turns."""
+    """The served model through the float LiteRT file and each integer variant, timed in turns
+    (the order rotating) on one 512 px tile and on a 2048 px scene."""
     from app.inputs import read_image_file
-    from bench.polygons import write_scene
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         model, _ = saving.load(args.model, verify=True)
-        paths = litert_pair(model, folder, calibration_tiles(samples))
+        paths = litert_models(model, folder, calibration_tiles(samples))
         forwards = {name: runtimes.LiteRTForward(path) for name, path in paths.items()}
         scene, _, where = write_scene(args.data, folder, 2048)
         image = read_image_file(scene).image
@@ -172,107 +181,18 @@ def speed(args, samples) -> dict:
             for name, forward in forwards.items()
         }
         tile = np.random.default_rng(0).integers(0, 256, (1, 512, 512, 3)).astype(np.float32)
-        tile_times = {name: [] for name in forwards}
-        scene_times = {name: [] for name in forwards}
-        for name, forward in forwards.items():  # warm: the interpreters are planned
-            forward(tile)
+        times = {"tile_512": {name: [] for name in forwards}, "scene_2048": {name: [] for name in forwards}}
+        for name in forwards:  # warm: the interpreters are planned
+            forwards[name](tile)
             segmenters[name].probabilities(image)
-        for _ in range(TILE_ROUNDS):
-            for name, forward in forwards.items():
-                tile_times[name] += timed(forward, tile, 1)
-        for _ in range(SCENE_ROUNDS):
-            for name, segmenter in segmenters.items():
-                scene_times[name] += timed(segmenter.probabilities, image, 1)
-    return {"tile_512": tile_times, "scene_2048": scene_times, "scene": where}
-
-
-def spread(pairs) -> dict:
-    walls, cpus = np.array(pairs).T
-    return {
-        "wall_median": float(np.median(walls)),
-        "wall_min": float(walls.min()),
-        "wall_max": float(walls.max()),
-        "cpu_median": float(np.median(cpus)),
-    }
-
-
-def report(run: dict) -> str:
-    rows, times = run["folds"], run["speed"]
-    loss = (
-        float(np.mean([r["float"]["building_iou"] - r["int8"]["building_iou"] for r in rows]))
-        if rows
-        else None
-    )
-    tile = {name: spread(pairs) for name, pairs in times["tile_512"].items()}
-    scene = {name: spread(pairs) for name, pairs in times["scene_2048"].items()}
-    gain = scene["float"]["wall_median"] / scene["int8"]["wall_median"]
-    cpu_gain = scene["float"]["cpu_median"] / scene["int8"]["cpu_median"]
-    serve = loss is not None and loss < MAX_IOU_LOSS and min(gain, cpu_gain) >= MIN_SPEEDUP
-    lines = [
-        "# int8 LiteRT: held-out building IoU and speed",
-        "",
-        f"`{run['command']}` on {run['machine']}, {run['date']}. {run['other_work']}",
-        "",
-        f"Float: the LiteRT file `python -m zoo.export` writes. int8: `zoo.export.quantized_tflite`, "
-        f"full-integer (weights and activations), float32 in and out, activation ranges measured on "
-        f"{CALIBRATION_TILES} training tiles drawn at random (seed 0) from the fold's training cities "
-        f"(for the served model, from every city). Both run as served: scales "
-        f"{', '.join(f'{s:g}' for s in SERVED.scales)}, views `{SERVED.tta}`, threshold "
-        f"{SERVED.threshold:g}.",
-        "",
-        f"## Held-out cities ({run['folds_dir']}: each fold's decoder never saw its city)",
-        "",
-        "Building IoU = TP / (TP + FP + FN), pixel counts summed over the city's tiles; building F1: "
-        f"a predicted building matches a true one at IoU >= 0.5, buildings under {BUILDING_MIN_M2:g} m² "
-        "on the ground ignored on both sides (as cross-validation counts them).",
-        "",
-        "| held-out city | tiles | building IoU Keras (cross-validation's) | float | int8 | difference "
-        "| building F1 float | int8 | pixels whose class changed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        f, q = r["float"], r["int8"]
-        lines.append(
-            f"| {r['city']} | {r['tiles']} | {_number(r['keras_building_iou'])} | {f['building_iou']:.4f} "
-            f"| {q['building_iou']:.4f} "
-            f"| {q['building_iou'] - f['building_iou']:+.4f} | {f['building_f1']:.4f} "
-            f"| {q['building_f1']:.4f} | {r['pixels_changed']:.2%} |"
-        )
-    if rows:
-        lines += ["", f"Mean loss of building IoU over the held-out cities: **{loss:+.4f}**."]
-    lines += [
-        "",
-        f"## Speed: the served model (`{run['model']}`), float and int8 in turns",
-        "",
-        f"One 512 x 512 tile through the network ({TILE_ROUNDS} rounds) and the whole served "
-        f"prediction of a 2048 x 2048 scene ({times['scene']}; `Segmenter.probabilities`, "
-        f"{SCENE_ROUNDS} rounds), after a warm-up; wall seconds median [min-max] and CPU seconds "
-        f"(user + system, all threads) median.",
-        "",
-        "| what | float wall s | int8 wall s | float CPU s | int8 CPU s | speed-up (wall / CPU) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for label, measured in (("512 px tile", tile), ("2048 px scene", scene)):
-        f, q = measured["float"], measured["int8"]
-        lines.append(
-            f"| {label} | {f['wall_median']:.3f} [{f['wall_min']:.3f}-{f['wall_max']:.3f}] "
-            f"| {q['wall_median']:.3f} [{q['wall_min']:.3f}-{q['wall_max']:.3f}] | {f['cpu_median']:.3f} "
-            f"| {q['cpu_median']:.3f} | {f['wall_median'] / q['wall_median']:.2f}x / "
-            f"{f['cpu_median'] / q['cpu_median']:.2f}x |"
-        )
-    verdict = "served by default" if serve else "not served: the float model stays the default"
-    lines += [
-        "",
-        f"Rule: int8 is served by default only if it loses under {MAX_IOU_LOSS} building IoU and is at "
-        f"least {MIN_SPEEDUP}x faster. Here: loss {loss:+.4f}, {gain:.2f}x (wall) / {cpu_gain:.2f}x "
-        f"(CPU) on the scene: **{verdict}**.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _number(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+        names = list(forwards)
+        for turn in range(TILE_ROUNDS):
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                times["tile_512"][name].append(timed(forwards[name], tile))
+        for turn in range(SCENE_ROUNDS):
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                times["scene_2048"][name].append(timed(segmenters[name].probabilities, image))
+    return {**times, "scene": where}
 
 
 def main(argv=None) -> int:
@@ -286,6 +206,9 @@ def main(argv=None) -> int:
         "folds_dir": os.path.relpath(args.folds, REPO),
         "model": os.path.relpath(args.model, REPO),
         "calibration_tiles": CALIBRATION_TILES,
+        "variants": list(VARIANTS),
+        "served": {"scales": list(SERVED.scales), "tta": SERVED.tta, "threshold": SERVED.threshold},
+        "min_m2": BUILDING_MIN_M2,
     }
     run["folds"] = fold_rows(args, samples)
     run["speed"] = speed(args, samples)

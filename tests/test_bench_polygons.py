@@ -62,4 +62,4 @@ def test_the_verdict_says_met_only_at_the_target_and_names_other_work():
 def test_parts_rows_have_their_own_table():
     text = polygons_report.report(HEADER, [row(), {**row(window=2048), "parts": 9}])
     assert "## The largest scene in parts" in text and "| 4096 | 2048 | 9 | tflite |" in text
-    assert "| 4096 | 2048 | 0.40 |" in text  # its profile row
+    assert "| 4096 | 2048 | 0.00 | 0.40 |" in text  # its profile row: start, load

@@ -207,27 +207,48 @@ def _write_onnx(graph, path: Path, stage: Path, metadata: dict) -> None:
 WRITERS = {"savedmodel": _write_savedmodel, "onnx": _write_onnx, "tflite": _write_tflite}
 
 
-def quantized_tflite(saved_model: Path, calibration) -> bytes:
-    """The SavedModel as a full-integer LiteRT model: int8 weights and activations, each
+def quantized_tflite(saved_model: Path, calibration, keep_float=None) -> bytes:
+    """The SavedModel as an integer LiteRT model: int8 weights and activations, each
     activation's range measured on `calibration` (RGB uint8 images, H x W x 3: training tiles),
-    float32 in and out like the float artifacts. Not exported by default: results/int8/README.md
-    measures what it costs in held-out building IoU and what it gains in speed."""
+    float32 in and out like the float artifacts. `keep_float(name)`, given the name of an
+    operation's output, keeps the operations it picks in float (quantized around them).
+    Not exported by default: results/int8/README.md measures what it costs in held-out
+    building IoU and what it gains in speed."""
     import tensorflow as tf
 
     def representative():
         for image in calibration:
             yield [np.asarray(image, np.float32)[None]]
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.float32
-    converter.inference_output_type = tf.float32
+    def converter():
+        made = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        made.optimizations = [tf.lite.Optimize.DEFAULT]
+        made.representative_dataset = representative
+        made.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        made.inference_input_type = tf.float32
+        made.inference_output_type = tf.float32
+        return made
+
     try:
-        return converter.convert()
+        whole = converter().convert()
+        if keep_float is None:
+            return whole
+        kept = [name for name in _operation_outputs(whole) if keep_float(name)]
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=kept)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter(), debug_dataset=representative, debug_options=options
+        )
+        return debugger.get_nondebug_quantized_model()
     except Exception as error:  # the converter's errors are pages of MLIR: keep the cause
         raise ExportError(f"LiteRT int8 conversion failed: {str(error).splitlines()[-1][:500]}") from error
+
+
+def _operation_outputs(model: bytes) -> list[str]:
+    """The name of each operation's first output in a LiteRT model, in order."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(model)).subgraphs[0]
+    return [graph.tensors[operation.outputs[0]].name.decode() for operation in graph.operators]
 
 
 def _checked(runtime: str, path: Path, probes, reference) -> dict:
