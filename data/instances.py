@@ -22,6 +22,7 @@ import numpy as np
 from data.folders import Sample, tile_position
 
 __all__ = [
+    "SEPARATION_MAPS",
     "TARGETS",
     "WEIGHT_STEPS",
     "contact_pixels",
@@ -34,13 +35,17 @@ __all__ = [
     "training_target",
 ]
 
-# What a decoder can be trained on (training.recipe.Recipe.target): "mask", the building mask
-# as it is; "separation", the mask with touching buildings parted by a gap, each pixel of the
-# loss weighted by the U-Net separation map (large on the thin ground between two buildings).
-TARGETS = ("mask", "separation")
 # The U-Net paper's w0 and sigma (Ronneberger et al. 2015, eq. 2): the extra weight on a
 # gap pixel and how fast it fades with the summed distance to the two nearest buildings.
 W0, SIGMA = 10.0, 5.0
+# What a decoder can be trained on (training.recipe.Recipe.target) -> (w0, sigma) of its
+# separation map: "mask", the building mask as it is (no map); "separation", the mask with
+# touching buildings parted by a gap, each pixel of the loss weighted by the U-Net map (large
+# on the thin ground between two buildings); "separation_wide", the same map fading over 12 px
+# instead of 5: the gaps the served model fills on an unseen city are mostly 6-15 px wide
+# (experiments/separation/README.md).
+SEPARATION_MAPS = {"mask": None, "separation": (W0, SIGMA), "separation_wide": (W0, 12.0)}
+TARGETS = tuple(SEPARATION_MAPS)
 # Weights are stored as uint8 multiples of 1/WEIGHT_STEPS (up to 255/16 = 15.9 > 1 + W0).
 WEIGHT_STEPS = 16
 # Web Mercator (EPSG:3857): the sphere's radius and the width of the world in metres.
@@ -209,10 +214,11 @@ def training_target(labels: np.ndarray, target: str) -> np.ndarray:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     labels = np.asarray(labels)
-    if target == "mask":
+    if SEPARATION_MAPS[target] is None:
         building, weights = labels > 0, np.ones(labels.shape, np.float32)
     else:
+        w0, sigma = SEPARATION_MAPS[target]
         building = (labels > 0) & ~contact_pixels(labels)
-        weights = separation_weights(np.where(building, labels, 0))
+        weights = separation_weights(np.where(building, labels, 0), w0, sigma)
     steps = np.clip(np.round(weights * WEIGHT_STEPS), 0, 255).astype(np.uint8)
     return np.stack([building.astype(np.uint8), steps], axis=-1)

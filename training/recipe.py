@@ -37,9 +37,10 @@ class Recipe:
     augmented_copies: int | None = None
     sampling: str = "tiles"  # SAMPLINGS
     # What the decoder learns from each tile (data.instances.TARGETS): "mask", the building mask;
-    # "separation", touching buildings parted and the loss weighted by the U-Net separation map
-    # (large on the thin ground between two buildings), the buildings then split before they
-    # are counted (zoo.separate). Issue 33; experiments/separation/README.md.
+    # "separation" ("separation_wide"), touching buildings parted and the loss weighted by the
+    # U-Net separation map (large on the thin ground between two buildings; sigma 5 or 12 px),
+    # the buildings then split before they are counted (zoo.separate). Issue 33;
+    # experiments/separation/README.md.
     target: str = "mask"
 
     def __post_init__(self):
