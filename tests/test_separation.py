@@ -40,6 +40,15 @@ def test_the_weight_map_is_large_on_the_thin_gap_between_two_buildings_and_one_e
     assert np.allclose(instances.separation_weights(np.where(labels == 1, 1, 0)), 1.0)
 
 
+def test_the_wide_map_weighs_a_wide_gap_as_the_u_net_map_weighs_a_narrow_one():
+    labels = two_squares(gap=10)
+    narrow = instances.training_target(labels, "separation")[..., 1] / instances.WEIGHT_STEPS
+    wide = instances.training_target(labels, "separation_wide")[..., 1] / instances.WEIGHT_STEPS
+    middle = (16, 25)  # d1 + d2 = 10
+    assert narrow[middle] < 3 < 1 + 0.6 * instances.W0 < wide[middle]
+    assert np.array_equal(wide[labels > 0], narrow[labels > 0])
+
+
 def test_touching_buildings_are_parted_in_the_target_and_weighted_in_the_gap():
     labels = two_squares(gap=0)  # one blob in the mask, two buildings in the outlines
     assert label_buildings(labels > 0).max() == 1

@@ -58,7 +58,11 @@ for _name, _options in GRID.items():
 CHOSEN = "split-chosen"
 CANDIDATES = ("threshold", "split", "split-distance", *GRID)
 SIZES = {"4m2": ">= 4 m²", "0": "all"}
-DEFAULT_RUNS = ("served=results/final", "separation=results/separation/separation")
+DEFAULT_RUNS = (
+    "served=results/final",
+    "separation=results/separation/separation",
+    "separation_wide=results/separation/separation_wide",
+)
 
 
 def city_tiles(data: Path, size: int = 256) -> dict[str, dict]:
