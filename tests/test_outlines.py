@@ -82,6 +82,13 @@ def test_a_rectangle_gets_four_corners_along_its_own_direction():
     assert math.degrees(outlines.dominant_angle(truth)) == pytest.approx(27.0, abs=1e-6)
 
 
+def test_a_regular_outline_stays_inside_the_image():
+    mask = burn([rotate(box(-30, 20, 60, 70), 15, origin="centroid")], 100, 100)  # cut by the left edge
+    (found,) = polygons.outlines(mask, outline="regular")
+    assert found.geometry.is_valid and box(0, 0, 100, 100).contains(found.geometry)
+    assert iou(found.geometry, polygons.outlines(mask)[0].geometry) >= 0.9
+
+
 def test_a_shape_no_regular_one_fits_keeps_its_raw_outline():
     triangle = polygons.clean(Polygon([(20, 20), (180, 20), (20, 180)]), 1.0, 8.0)
     assert outlines.regular(triangle).equals(triangle)  # no rectangle overlaps it with IoU 0.8

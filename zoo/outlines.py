@@ -54,16 +54,17 @@ def check_outline(outline: str) -> str:
     return outline
 
 
-def regular(geometry: Polygon | MultiPolygon, min_area: float = 0.0) -> Polygon | MultiPolygon:
+def regular(geometry: Polygon | MultiPolygon, min_area: float = 0.0, within=None) -> Polygon | MultiPolygon:
     """The regular outline of each part of `geometry` (see the module docstring), valid; a part
-    that comes out under `min_area` keeps its raw outline."""
-    parts = [_regular_part(part, min_area) for part in polygons_in(geometry)]
+    that comes out under `min_area` keeps its raw outline. With `within` (the image's extent),
+    a regular outline is cut to it: a building the image's edge cuts is not guessed beyond it."""
+    parts = [_regular_part(part, min_area, within) for part in polygons_in(geometry)]
     if not parts:
         return geometry
     return parts[0] if len(parts) == 1 else _valid_or(MultiPolygon(parts), geometry)
 
 
-def _regular_part(polygon: Polygon, min_area: float) -> Polygon:
+def _regular_part(polygon: Polygon, min_area: float, within=None) -> Polygon:
     """The regular shell minus the regular holes (each judged alone), or the raw polygon."""
     if shapely.get_num_coordinates(polygon) > REGULAR_MAX_VERTICES or polygon.area <= 0:
         return polygon
@@ -73,6 +74,8 @@ def _regular_part(polygon: Polygon, min_area: float) -> Polygon:
         return polygon
     holes = [hole if hole is not None else Polygon(ring) for hole, ring in zip(holes, polygon.interiors)]
     result = shell.difference(shapely.union_all(holes)) if holes else shell
+    if within is not None and not within.contains(result):
+        result = result.intersection(within)
     result = _largest(result) if not isinstance(result, Polygon) else result
     return result if _usable(result, min_area) else polygon
 

@@ -53,11 +53,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.time()
     samples = folders.scan_folder(args.data, check=True)
-    counts, checks, examples, tiles = {}, {}, {}, {}
+    counts, checks, examples, tiles, coarsest = {}, {}, {}, {}, 0.0
     for city in args.cities:
         chosen = [sample for sample in samples if sample.area == city]
         images, masks = folders.load_arrays(chosen, SIDE)
         pixel_m2 = np.array([folders.pixel_area_m2(sample.name, SIDE) for sample in chosen])
+        coarsest = max(coarsest, float(pixel_m2.max(initial=0.0)))
         counts[city], tiles[city] = {}, len(chosen)
         for seed_dir in sorted(Path(args.folds).glob("seed*")):
             probs = _held_out(seed_dir / f"{city}.probs.npy", len(chosen))
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     counts = {city: by_seed for city, by_seed in counts.items() if by_seed}
     if not counts:
         raise SystemExit(f"no CITY.probs.npy under {args.folds}/seed*/ for {', '.join(args.cities)}")
-    record = summarise(counts, checks, tiles, args, time.time() - started)
+    record = summarise(counts, checks, tiles, coarsest, args, time.time() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "outlines.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -223,7 +224,7 @@ def order_check(fold_json: Path, mask_counts: BuildingCounts) -> dict | None:
     return {"option": option, "fold": theirs, "here": ours}
 
 
-def summarise(counts: dict, checks: dict, tiles: dict, args, seconds: float) -> dict:
+def summarise(counts: dict, checks: dict, tiles: dict, coarsest: float, args, seconds: float) -> dict:
     """The JSON record: each city's sums over seeds, their scores, the means and the defaults."""
     cities = sorted(counts)
     seeds = sorted({seed for by_seed in counts.values() for seed in by_seed})
@@ -243,6 +244,7 @@ def summarise(counts: dict, checks: dict, tiles: dict, args, seconds: float) -> 
         "seeds": seeds,
         "cities": cities,
         "tiles": {city: tiles[city] for city in cities},
+        "coarsest_pixel_m2": coarsest,
         "threshold": THRESHOLD,
         "per_city": per_city,
         "order_checks": checks,
@@ -251,7 +253,7 @@ def summarise(counts: dict, checks: dict, tiles: dict, args, seconds: float) -> 
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     record["mean"] = _means(per_city)
-    record["chosen"] = choose(record["mean"])
+    record["chosen"] = choose(record["mean"], coarsest)
     return record
 
 
@@ -296,10 +298,15 @@ def _means(per_city: dict) -> dict:
     return means
 
 
-def choose(means: dict) -> dict:
+def choose(means: dict, coarsest_pixel_m2: float) -> dict:
     """The defaults the measurement picks: the outline kind with the higher mean building F1
     with no minimum (a tie within TIE goes to the higher pixel IoU), then for that kind the
-    smallest minimum in m² and in pixels within TIE of the best mean building F1."""
+    smallest minimum in m², and in pixels, within TIE of the best mean building F1.
+
+    The pixel minimum is looked for only among those that keep every building the m² minimum
+    keeps at the coarsest ground resolution of the data (`coarsest_pixel_m2`, m² a pixel): a
+    plain image says nothing of its resolution, and most tiles here are zoom 21 (about 7.5 cm),
+    where F1 keeps rising to 1024 px, which is 6 m² there but 90 m² at zoom 19 (30 cm)."""
 
     def f1(kind, rule, minimum):
         return means[kind][rule][minimum]["building_f1"]
@@ -312,6 +319,9 @@ def choose(means: dict) -> dict:
     chosen = {"outline": outline}
     for rule, name, cast in (("m2", "min_area_m2", float), ("pixels", "min_pixels", int)):
         minimums = sorted(means[outline][rule], key=float)
+        if rule == "pixels":
+            most = chosen["min_area_m2"] / coarsest_pixel_m2
+            minimums = [minimum for minimum in minimums if float(minimum) <= most]
         best = max(f1(outline, rule, minimum) for minimum in minimums)
         smallest = next(m for m in minimums if f1(outline, rule, m) >= best - TIE)
         chosen[name] = cast(float(smallest))

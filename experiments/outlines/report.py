@@ -31,7 +31,7 @@ def write_readme(record: dict, path: Path) -> None:
         "",
         f"**Data:** the held-out probabilities of the served recipe under cross-validation by city "
         f"(`{record['folds']}/seedN/CITY.probs.npy`, written by `python -m training.fit --curve`): each city "
-        f"predicted by a model trained on the other cities only, seeds {', '.join(record['seeds'])}; "
+        f"predicted by a model trained on the other cities only, seeds {_seeds(record)}; "
         + ", ".join(f"{city} {n} tiles" for city, n in record["tiles"].items())
         + f" of {record['data']} (256 px). Threshold {record['threshold']}, outlines as the server makes "
         "them (`zoo.polygons.outlines`, tolerance 1 px, holes and specks under 8 px² dropped), rasterised "
@@ -62,7 +62,13 @@ def write_readme(record: dict, path: Path) -> None:
         "",
         "The outline kind with the higher mean building F1 without a minimum (within 0.005: the higher "
         "pixel IoU); for it, the smallest minimum whose mean building F1 is within 0.005 of the best, "
-        "as it leaves out the fewest real buildings. `zoo.polygons` DEFAULT_OUTLINE, "
+        "as it leaves out the fewest real buildings. The pixel minimum (for images that do not say their "
+        "ground resolution) is looked for only up to what the m² minimum is in pixels at the coarsest "
+        f"tiles of the data ({record['coarsest_pixel_m2']:.4f} m² a pixel, zoom 19: "
+        f"{chosen['min_area_m2'] / record['coarsest_pixel_m2']:.0f} px): building F1 against pixels keeps "
+        "rising to the grid's end because most tiles are zoom 21 (about 7.5 cm a pixel), where 1024 px "
+        "is 6 m², but a pixel minimum that high would drop most real buildings of a 30 cm image. "
+        "`zoo.polygons` DEFAULT_OUTLINE, "
         "DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS hold these (tests/test_outlines.py checks that "
         "they match this record); the server and `app.predict` apply them.",
         "",
@@ -72,13 +78,17 @@ def write_readme(record: dict, path: Path) -> None:
         "",
         "![raw and regular outlines](outlines.png)",
         "",
-        "Left: raw outlines; right: regular; on one held-out tile of each city (seed "
-        f"{record['seeds'][0]}), the true buildings shaded.",
+        "Left: raw outlines; right: regular (no minimum size); on one held-out tile of each city (seed "
+        f"{record['seeds'][0].removeprefix('seed')}), the true buildings shaded.",
         "",
         _order_note(record),
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _seeds(record: dict) -> str:
+    return ", ".join(seed.removeprefix("seed") for seed in record["seeds"])
 
 
 def _library_note(record: dict) -> list[str]:
