@@ -21,8 +21,7 @@ matplotlib.use("Agg")  # files only: no display here
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from training.heldout import THRESHOLDS, building_iou, scores, threshold_index  # noqa: E402
-from training.plots import save_figure_atomic  # noqa: E402
-from zoo.files import write_json_atomic, write_text_atomic  # noqa: E402
+from zoo.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from zoo.metrics import BuildingCounts  # noqa: E402
 
 RULES = ("fixed", "crossfit")  # threshold 0.5; threshold chosen on the other half of the scored ground
@@ -184,6 +183,15 @@ def plot(table: dict, path: Path) -> None:
     save_figure_atomic(figure, path)
 
 
+def save_figure_atomic(figure, path: Path) -> None:
+    # Not training.plots': importing it loads TensorFlow, which a table does not need.
+    try:
+        with atomic_path(path, suffix=Path(path).suffix) as tmp:
+            figure.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.adapt.table", description=__doc__.split("\n\n")[1]
@@ -199,7 +207,9 @@ def main(argv=None) -> int:
         return 2
     table = rows(points)
     mean = means(table)
-    write_json_atomic(args.out / "table.json", {"per_city": table, "mean": mean, "thresholds": THRESHOLDS})
+    write_json_atomic(
+        args.out / "table.json", {"per_city": table, "mean": mean, "thresholds": THRESHOLDS.tolist()}
+    )
     write_text_atomic(args.out / "README.md", markdown(table, mean, points))
     plot(table, args.out / "curve.png")
     print(f"wrote {args.out / 'README.md'}, table.json and curve.png from {len(points)} points")
