@@ -166,6 +166,7 @@ def test_body_over_the_limit_is_413(app_server):
     answer = post_json(app_server, body)
     assert answer.status_code == 413
     assert "64 MB" in error_of(answer) and "PNG upload" in error_of(answer)
+    assert "python -m app.predict IMAGE --window 4096" in error_of(answer)  # a scene too large for that
 
 
 def chunks(body: bytes, size: int = 2**20):
