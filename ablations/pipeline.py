@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from ablations import distributed, report, search, studies
+from ablations import distributed, oracles, report, search, studies
 from ablations.request import StudyRequest
 from data import folders, splits
 from training import features, folds, provenance
@@ -61,13 +61,13 @@ def run_study(request: StudyRequest) -> None:
     hypermodel = search.StudyHyperModel(study, base, seeds, shared, only=request.only)
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
-    planned = search.planned_trials(study, hp, budget, seeds, request.halving)
+    planned = oracles.planned_trials(study, hp, budget, seeds, request.halving)
     earlier_runs = report.earlier_runs(study_dir)  # a resumed study keeps what each run cost
     context = run_context(request, study, budget, seeds, split, source, base, planned)
     if role != "worker":  # the chief's context stands for the whole distributed run
         report.write_context(study_dir, context)
     tuner = search.RecordingTuner(
-        search.make_oracle(study, hp, planned, SEED, request.halving),
+        oracles.make_oracle(study, hp, planned, SEED, request.halving),
         hypermodel=hypermodel,
         directory=str(study_dir),
         project_name="tuner",

@@ -227,11 +227,11 @@ def loss_study_oracle(directory: Path):
     """The `loss` study's grid oracle (four losses, one seed), its project under `directory`/tuner."""
     import keras_tuner
 
-    from ablations import search, studies
+    from ablations import oracles, studies
 
     hp = keras_tuner.HyperParameters()
     studies.STUDIES["loss"].space(hp, studies.DEFAULT_DECODER, 1)
-    made = search.GridOracle(
+    made = oracles.GridOracle(
         objective=keras_tuner.Objective("score", "max"), max_trials=4, hyperparameters=hp, seed=0
     )
     made._set_project_dir(str(directory), "tuner")
@@ -242,7 +242,7 @@ def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its
     """The kill window the subprocess test above only sometimes hits, reproduced exactly."""
     import json as json_module
 
-    from ablations import search
+    from ablations import oracles
 
     def oracle():
         return loss_study_oracle(tmp_path)
@@ -258,7 +258,7 @@ def test_a_trial_orphaned_between_its_file_and_the_oracle_state_reruns_under_its
 
     reloaded = oracle()
     reloaded.reload()
-    assert search.requeue_orphaned_trials(reloaded) == [orphan.trial_id]
+    assert oracles.requeue_orphaned_trials(reloaded) == [orphan.trial_id]
     again = reloaded.create_trial("tuner0")
     assert again.trial_id == orphan.trial_id
     assert again.hyperparameters.values == orphan.hyperparameters.values
@@ -326,13 +326,13 @@ def _declared_space(study_name: str, only: dict, seeds: int = 1):
 
 
 def test_only_cuts_a_grid_to_the_named_values():
-    from ablations import search
+    from ablations import oracles
 
     hp = _declared_space("augmentation", {"augmentation": ["flips", "sensor"]}, seeds=3)
-    assert search.grid_size(hp) == 6
+    assert oracles.grid_size(hp) == 6
     assert hp.get("augmentation") in ("flips", "sensor")
     assert [p.values for p in hp.space if p.name == "augmentation"] == [["flips", "sensor"]]
-    assert search.grid_size(_declared_space("decoder_width", {"width": ["0.5"]})) == 2  # x conv
+    assert oracles.grid_size(_declared_space("decoder_width", {"width": ["0.5"]})) == 2  # x conv
     from ablations.pipeline import study_folder
 
     # A subset keeps its own folder, so its search state never mixes with the full study's.

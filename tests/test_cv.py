@@ -217,7 +217,7 @@ def _trial(trial_id, score, **values):
 
 
 def test_the_cut_ranks_configurations_by_their_mean_over_seeds():
-    from ablations.search import survivors
+    from ablations.oracles import survivors
 
     trials = [
         _trial("0", 0.50, upsampler="a", seed=0),

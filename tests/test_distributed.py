@@ -197,8 +197,7 @@ def test_roles_are_visible_and_only_the_chief_reports(search):
 def test_grid_oracle_keeps_gridsearch_order_but_never_makes_workers_wait(tmp_path):
     import keras_tuner
 
-    from ablations import search as ablation_search
-    from ablations import studies
+    from ablations import oracles, studies
 
     def space():
         hp = keras_tuner.HyperParameters()
@@ -213,7 +212,7 @@ def test_grid_oracle_keeps_gridsearch_order_but_never_makes_workers_wait(tmp_pat
         return made
 
     serial = []
-    for kind, name in ((keras_tuner.oracles.GridSearchOracle, "grid"), (ablation_search.GridOracle, "ours")):
+    for kind, name in ((keras_tuner.oracles.GridSearchOracle, "grid"), (oracles.GridOracle, "ours")):
         one = oracle(kind, name)
         values = []
         while (trial := one.create_trial("w1")).status == "RUNNING":
@@ -226,7 +225,7 @@ def test_grid_oracle_keeps_gridsearch_order_but_never_makes_workers_wait(tmp_pat
     # Three workers ask at once: KerasTuner's grid makes the third wait, ours does not.
     theirs, ours = (
         oracle(keras_tuner.oracles.GridSearchOracle, "grid3"),
-        oracle(ablation_search.GridOracle, "ours3"),
+        oracle(oracles.GridOracle, "ours3"),
     )
     assert [theirs.create_trial(w).status for w in ("a", "b", "c")] == ["RUNNING", "RUNNING", "IDLE"]
     given = [ours.create_trial(w) for w in ("a", "b", "c")]

@@ -107,7 +107,7 @@ def test_a_save_cut_short_leaves_the_oracles_last_whole_state_to_resume_from(tmp
     # oracle.json that no rerun could reload. Ours write a whole file or none.
     import keras_tuner
 
-    from ablations import search, studies
+    from ablations import oracles, studies
 
     first = loss_study_oracle(tmp_path)
     finished = first.create_trial("tuner0")
@@ -133,6 +133,6 @@ def test_a_save_cut_short_leaves_the_oracles_last_whole_state_to_resume_from(tmp
     assert reloaded.trials[finished.trial_id].status == "COMPLETED"
     assert reloaded.create_trial("tuner0").status == "RUNNING"  # the search goes on
     assert isinstance(
-        search.make_oracle(studies.STUDIES["hparams"], keras_tuner.HyperParameters(), 2, 0),
-        search.AtomicSaves,
+        oracles.make_oracle(studies.STUDIES["hparams"], keras_tuner.HyperParameters(), 2, 0),
+        oracles.AtomicSaves,
     )
