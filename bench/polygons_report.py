@@ -8,7 +8,7 @@ import numpy as np
 
 TARGET_MP_S = 2.0  # issue 35: a 4096 x 4096 scene end to end on the 2-core machine
 TARGET_RATIO = 1.1  # ... within this of the in-process forward
-PROFILE_PARTS = ("load", "read", "network", "waited", "outlines", "tail", "join", "write")
+PROFILE_PARTS = ("start", "load", "read", "network", "waited", "outlines", "tail", "join", "write")
 
 
 def report(header: dict, rows: list[dict]) -> str:
@@ -30,21 +30,23 @@ def report(header: dict, rows: list[dict]) -> str:
         "512 px overlap tiles row of tiles by row of tiles, each finished band outlined in another "
         "thread meanwhile, written as GeoJSON (lon/lat, m²). *In-process forward* is "
         "`zoo.predict.Segmenter.probabilities` of the same scene through the same runtime in a "
-        "process of its own, after one warm-up call: the network and its tiling alone.",
+        "process of its own, after one warm-up call: the network and its tiling alone (its CPU time "
+        "that call's only; end to end's is the whole process's, Python's start included).",
         "",
         "## The scene whole",
         "",
         "| side (px) | runtime | end to end: wall s | MP/s | CPU s | peak GiB | in-process forward: "
-        "wall s | MP/s | forward MP/s / end-to-end MP/s | other work (cores) | outlines |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "wall s | MP/s | CPU s | end to end / forward: wall (CPU) | other work (cores) | outlines |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in whole:
         pixels = row["side"] ** 2 / 1e6
         e2e, forward = np.median(row["seconds"]), np.median(row["forward_seconds"])
+        cpu, forward_cpu = np.median(row["cpu_seconds"]), np.median(row["forward_cpu_seconds"])
         lines.append(
             f"| {row['side']} | {row['runtime']} | {_spread(row['seconds'])} | {pixels / e2e:.2f} "
-            f"| {np.median(row['cpu_seconds']):.1f} | {max(row['peak_gib']):.2f} "
-            f"| {_spread(row['forward_seconds'])} | {pixels / forward:.2f} | {e2e / forward:.2f} "
+            f"| {cpu:.1f} | {max(row['peak_gib']):.2f} | {_spread(row['forward_seconds'])} "
+            f"| {pixels / forward:.2f} | {forward_cpu:.1f} | {e2e / forward:.2f} ({cpu / forward_cpu:.2f}) "
             f"| {row['other_cores']:.2f} | {row['predicted_outlines']} |"
         )
     if whole:
@@ -87,12 +89,13 @@ def _profile_lines(rows: list[dict]) -> list[str]:
         "",
         "## Where the time goes (app.predict --profile, the median round)",
         "",
-        "Seconds. *load*: start to model ready (imports, runtime); *read*: the reader thread (GDAL, "
+        "Seconds. *start*: Python and the imports, before the command's first line; *load*: the "
+        "model ready (its runtime); *read*: the reader thread (GDAL, "
         "checks, the half-size image); *network*: the main thread's rows of tiles; *waited*: the main "
         "thread blocked on the outlines; *outlines*: the outline thread busy; *tail*: outlines still "
         "running once the network was done; *join*: buildings cut by bands or parts joined, GeoJSON "
         "made; *write*: the file written. Read and outlines run beside the network, so the total is "
-        "about load + network + waited + tail + join + write.",
+        "about start + load + network + waited + tail + join + write.",
         "",
         f"| side (px) | window | {' | '.join(PROFILE_PARTS)} | total |",
         f"| ---: | ---: | {' | '.join('---:' for _ in PROFILE_PARTS)} | ---: |",
