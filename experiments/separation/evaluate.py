@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import matplotlib
 import numpy as np
+from scipy import ndimage
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -29,7 +30,7 @@ from training import crossval, heldout  # noqa: E402
 from training.machine import describe as describe_machine  # noqa: E402
 from zoo import separate  # noqa: E402
 from zoo.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from zoo.metrics import BuildingCounts, Confusion  # noqa: E402
+from zoo.metrics import BuildingCounts, Confusion, label_buildings  # noqa: E402
 
 # How probabilities become buildings. "threshold": the served mask's 8-connected blobs;
 # "split": blobs split by a watershed from cores >= 0.8 (zoo.separate's defaults, the rule's);
@@ -56,6 +57,7 @@ for _name, _options in GRID.items():
         probs, heldout.FIXED, **options
     )
 CHOSEN = "split-chosen"
+ORACLE = "split-by-truth"  # a bound: each blob split by the true buildings (split_by_truth)
 CANDIDATES = ("threshold", "split", "split-distance", *GRID)
 SIZES = {"4m2": ">= 4 m²", "0": "all"}
 DEFAULT_RUNS = (
@@ -92,37 +94,60 @@ def score_run(folder: Path, cities: dict, cache: Path | None = None) -> dict:
     """{"pixels": seed -> city -> (tp, fp, fn, tn) at 0.5, "buildings": inference -> seed -> city
     -> size -> (tp, fp, fn, matched IoU sum)}. A seed's scores are kept in `cache` (beside the
     probabilities' sizes and times), so adding a run or a seed rescores only what is new."""
-    pixels, buildings = {}, {name: {} for name in INFERENCES}
+    pixels, buildings = {}, {name: {} for name in (*INFERENCES, ORACLE)}
     for seed in map(str, seeds_of(folder, cities)):
         paths = [Path(folder) / "folds" / f"seed{seed}" / f"{city}.probs.npy" for city in cities]
         stamp = [[str(p), p.stat().st_size, p.stat().st_mtime] for p in paths]
         kept = cache / f"{str(folder).strip('/').replace('/', '+')}-seed{seed}.json" if cache else None
         if kept and kept.is_file() and json.loads(kept.read_text())["stamp"] == stamp:
             scored = json.loads(kept.read_text())
+            if ORACLE not in scored["buildings"]:  # kept before the bound existed
+                scored["buildings"][ORACLE] = score_seed(paths, cities, (ORACLE,))["buildings"][ORACLE]
+                write_json_atomic(kept, scored)
         else:
             scored = score_seed(paths, cities)
             if kept:
                 write_json_atomic(kept, {"stamp": stamp, **scored})
             print(f"  {folder}: seed {seed} scored")
         pixels[seed] = scored["pixels"]
-        for name in INFERENCES:
+        for name in (*INFERENCES, ORACLE):
             buildings[name][seed] = scored["buildings"][name]
     buildings[CHOSEN] = chosen_on_other_cities(buildings)
     return {"pixels": pixels, "buildings": buildings}
 
 
-def score_seed(paths: list[Path], cities: dict) -> dict:
-    pixels, buildings = {}, {name: {} for name in INFERENCES}
+def score_seed(paths: list[Path], cities: dict, names=(*INFERENCES, ORACLE)) -> dict:
+    pixels, buildings = {}, {name: {} for name in names}
     for path, (city, tiles) in zip(paths, cities.items()):
         probs = np.load(path).astype(np.float32)
         if len(probs) != len(tiles["masks"]):
             raise ValueError(f"{path}: {len(probs)} tiles, the data has {len(tiles['masks'])} of {city}")
         confusion = Confusion().update(tiles["masks"], probs >= heldout.FIXED)
         pixels[city] = [confusion.tp, confusion.fp, confusion.fn, confusion.tn]
-        for name, inference in INFERENCES.items():
-            predicted = np.stack([inference(p) for p in probs])
+        for name in names:
+            if name == ORACLE:
+                predicted = np.stack([split_by_truth(p, truth) for p, truth in zip(probs, tiles["masks"])])
+            else:
+                predicted = np.stack([INFERENCES[name](p) for p in probs])
             buildings[name][city] = crossval.building_counts(predicted, tiles["masks"], tiles["min_pixels"])
     return {"pixels": pixels, "buildings": buildings}
+
+
+def split_by_truth(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """A bound, not an inference: the mask at 0.5 with each blob split perfectly, every pixel
+    given to the nearest true building inside its blob (blobs with none stay whole). What
+    separation alone could reach with the model's own pixels."""
+    building = probs >= heldout.FIXED
+    markers = np.where(building, label_buildings(truth), 0).astype(np.int32)
+    _, blobs = cv2.connectedComponents(building.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    seeded = np.zeros(blobs.max() + 1, bool)
+    seeded[blobs[markers > 0]] = True
+    alone = building & ~seeded[blobs]
+    markers[alone] = blobs[alone] + markers.max()
+    cost = np.where(building, 0, 255).astype(np.uint8)  # flat: each pixel to the nearest marker
+    labels = ndimage.watershed_ift(cost, markers, structure=np.ones((3, 3), bool))
+    labels[~building] = 0
+    return separate.separated_mask(labels)
 
 
 def chosen_on_other_cities(buildings: dict, size: str = "4m2") -> dict:
@@ -183,7 +208,7 @@ def spread(summary_: dict, key: str) -> float:
 # --------------------------------------------------------------------------- the page
 
 # The inferences the page shows (summary.json holds every one of INFERENCES).
-SHOWN = ("threshold", "split", "split-distance", CHOSEN)
+SHOWN = ("threshold", "split", "split-distance", CHOSEN, ORACLE)
 BASELINE = ("served", "threshold")
 KEYS = ("building_precision", "building_recall", "building_f1", "matched_iou", "pixel_building_iou")
 
@@ -268,6 +293,12 @@ def verdicts(summaries: dict) -> list[str]:
     for (run, inference, size), item in summaries.items():
         if size != "4m2" or (run, inference) == BASELINE:
             continue
+        if inference == ORACLE:
+            bound = item["mean"]["building_f1"]
+            lines.append(
+                f"- {run}, {ORACLE} (a bound, not an inference): F1 {bound:.3f} ({bound / f1:.2f}x)."
+            )
+            continue
         gain = item["mean"]["building_f1"] - f1
         drop = pixels - item["mean"]["pixel_building_iou"]
         wins = gain > f1_spread and drop <= pixel_spread
@@ -343,8 +374,9 @@ def main(argv=None) -> int:
     scores = {run: score_run(Path(folder), cities, args.out / "cache") for run, folder in runs.items()}
     write_json_atomic(args.out / "scores.json", scores)
     scored = [run for run in runs if scores[run]["pixels"]]
+    every = (*INFERENCES, CHOSEN, ORACLE)
     summaries = {(run, inference, size): summary(scores[run], inference, size)
-                 for run in scored for inference in (*INFERENCES, CHOSEN) for size in SIZES}  # fmt: skip
+                 for run in scored for inference in every for size in SIZES}  # fmt: skip
     write_json_atomic(args.out / "summary.json", {" | ".join(key): value for key, value in summaries.items()})
     shown = {key: value for key, value in summaries.items() if key[1] in SHOWN}
     rules = {run: scores[run]["buildings"][CHOSEN]["rule"] for run in scored}
@@ -378,7 +410,9 @@ def main(argv=None) -> int:
         "Inferences: `threshold`, the blobs at 0.5 (served today); `split`, a watershed from cores ≥ 0.8 "
         "(`zoo.separate` defaults, the rule's); `split-distance`, from the parts ≥ 3 px inside the mask; "
         f"`{CHOSEN}`, each city split with the setting best on the other two cities (secondary, added "
-        "after the served seed 0 was seen).",
+        f"after the served seed 0 was seen); `{ORACLE}`, a bound and no inference: each blob split "
+        "perfectly by the true buildings it covers (what separation alone could reach with the model's "
+        "own pixels).",
         "",
         "## Per held-out city (≥ 4 m²)",
         "",
