@@ -110,6 +110,9 @@ def pixel_area_m2(name: str, side: int = 256) -> float:
 def read_image(path) -> np.ndarray:
     """An RGB image as uint8 HxWx3. Alpha is dropped; grayscale is refused (the encoder wants colour)."""
     path = pathlib.Path(path)
+    depth = png_bit_depth(path)
+    if depth > 8:  # Pillow reads a 16-bit RGB PNG as 8-bit by keeping the high byte, silently
+        raise DataError(f"{path}: a {depth}-bit PNG; expected 8-bit RGB (0..255), as the server takes")
     with _open_image(path) as image:
         if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;"):
             raise DataError(f"{path}: image is grayscale (mode {image.mode}); expected an RGB image")
@@ -120,6 +123,15 @@ def read_image(path) -> np.ndarray:
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise DataError(f"{path}: expected 8-bit RGB, got {pixels.dtype} of shape {pixels.shape}")
     return pixels
+
+
+def png_bit_depth(path) -> int:
+    """Bits a sample of a PNG, from its IHDR chunk (the first: byte 24); 8 for any other file."""
+    with open(path, "rb") as handle:
+        head = handle.read(25)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) == 25:
+        return head[24]
+    return 8
 
 
 def read_mask(path) -> np.ndarray:

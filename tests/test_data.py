@@ -551,3 +551,19 @@ def test_real_folder_full_check(monkeypatch, capsys):
 )
 def test_tile_position_reads_the_xyz_grid_from_the_name(name, position):
     assert folders.tile_position(name) == position
+
+
+def test_a_16_bit_rgb_png_is_refused_naming_its_depth(tmp_path):
+    """Pillow reads it as 8-bit by keeping the high byte (40000 becomes 156): one rule with the
+    server, which refuses it too."""
+    import cv2
+
+    from data.folders import DataError, read_image
+
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((4, 4, 3), 40000, np.uint16))
+    with pytest.raises(DataError, match=r"deep\.png: a 16-bit PNG"):
+        read_image(path)
+    shallow = tmp_path / "shallow.png"
+    cv2.imwrite(str(shallow), np.full((4, 4, 3), 200, np.uint8))
+    assert read_image(shallow).max() == 200
