@@ -82,6 +82,7 @@ class Cities:
         self.samples, self.encoder_model, self.folds = samples, encoder_model, folds
         self.cities: dict = {}
         self.parents: dict = {}
+        self.replays: dict = {}
 
     def weights(self, name: str, seed: int) -> Path:
         return self.folds / f"seed{seed}" / f"{name}.weights.h5"
@@ -90,6 +91,7 @@ class Cities:
         """The city's encoded tiles; the previous city's are dropped (memory is shared here)."""
         if name not in self.cities:
             self.cities.clear()
+            self.replays.clear()
             self.parents = {key: value for key, value in self.parents.items() if key[0] == name}
             gc.collect()
             started = time.time()
@@ -99,6 +101,16 @@ class Cities:
             print(f"{name}: {len(self.cities[name].samples)} tiles encoded at scales {SERVED.scales} "
                   f"({time.time() - started:.0f}s)")  # fmt: skip
         return self.cities[name]
+
+    def replay(self, name: str, seed: int):
+        """The fold's own cities' tiles a "replay" point mixes in (encoded once per city and seed)."""
+        if (name, seed) not in self.replays:
+            self.replays = {
+                (name, seed): runs.replay_set(
+                    self.encoder_model, self.samples, name, BUDGETS["standard"].size, seed
+                )
+            }
+        return self.replays[name, seed]
 
     def parent(self, name: str, seed: int):
         """The fold's model, its decoder weights (to restore after each point) and the seed's ground."""
@@ -120,7 +132,8 @@ def run_point(cities: Cities, name: str, seed: int, mode: str, k: int, request: 
     parent, kept, ground = cities.parent(name, seed)
     began = time.time()
     try:
-        record = runs.run_point(city, ground, parent, mode, k, seed)
+        replay = cities.replay(name, seed) if mode == "replay" else None
+        record = runs.run_point(city, ground, parent, mode, k, seed, replay=replay)
     finally:
         unet.decoder_of(parent).set_weights(kept)  # the next point starts from the fold's decoder
     record.update(binding=binding, run_seconds=round(time.time() - began, 1), machine=describe(),

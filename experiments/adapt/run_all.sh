@@ -8,7 +8,7 @@ PY=${PYTHON:-.venv/bin/python}
 curve() { "$PY" -m experiments.adapt.curve --data "$DATA" "$@"; }
 curve --modes adapt --ks 0,64
 curve --modes unlabelled
-curve --modes scratch --ks 64
+curve --modes scratch,both,replay --ks 64
 curve --modes adapt --ks 8,16,32,128
 curve --modes transductive
 curve --modes scratch --ks 8,16,32,128

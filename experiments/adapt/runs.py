@@ -26,7 +26,8 @@ from zoo.metrics import BuildingCounts
 
 CURVE_KS = (0, 8, 16, 32, 64, 128)
 MAX_ADAPT_FRACTION = 0.6  # a K may use at most this share of a city's tiles: the rest is scored
-MODES = ("adapt", "scratch", "unlabelled", "transductive", "both")
+MODES = ("adapt", "scratch", "unlabelled", "transductive", "both", "replay")
+REPLAY_TILES = 256  # tiles of the parent's own cities a "replay" point mixes in
 # Each mode's settings: from scratch the decoder starts random, so at the recipe's own rate.
 SETTINGS = {
     "adapt": AdaptSettings(),
@@ -34,6 +35,7 @@ SETTINGS = {
     "unlabelled": AdaptSettings(),
     "transductive": AdaptSettings(),
     "both": AdaptSettings(),
+    "replay": AdaptSettings(replay_share=0.25),
 }
 
 
@@ -99,7 +101,9 @@ def run_point(
         keras.utils.set_random_seed(seed)
         model = unet.build(SERVED.decoder, encoder=unet.encoder_of(parent))
     labelled = (
-        labelled_set(model, city, train, settings, seed) if mode in ("adapt", "scratch", "both") else None
+        labelled_set(model, city, train, settings, seed)
+        if mode in ("adapt", "scratch", "both", "replay")
+        else None
     )
     pool = pool_index(city, ground, mode, settings, seed)
     unlabelled = pseudo_set(parent, city, pool, settings, seed) if len(pool) else None
@@ -168,6 +172,15 @@ def score(model, city: City, ground: Ground) -> dict:
         "counts": [c.tolist() for c in counts], "crossfit_thresholds": [float(t) for t in chosen],
         "buildings": {"fixed": fixed, "crossfit": {s: c.tolist() for s, c in crossfit.items()}},
     }  # fmt: skip
+
+
+def replay_set(encoder_model, data_samples: list, name: str, size: int, seed: int):
+    """REPLAY_TILES seeded tiles of the other cities (the fold's own), encoded as labelled tiles are."""
+    others = [s for s in data_samples if s.area != name]
+    chosen = sorted(np.random.default_rng([seed, 3]).choice(len(others), REPLAY_TILES, replace=False))
+    images, masks = folders.load_arrays([others[i] for i in chosen], size)
+    settings = SETTINGS["replay"]
+    return encode(encoder_model, images, masks, 2, settings.augmentation, seed, progress=lambda _: None)
 
 
 def load_city(encoder_model, data_samples: list, name: str, size: int) -> City:

@@ -31,6 +31,7 @@ MODE_NAMES = {
     "unlabelled": "self-training on the unlabelled front ground (inductive)",
     "transductive": "self-training on the whole city, scored tiles included (transductive)",
     "both": "K labelled tiles + self-training on the front ground",
+    "replay": "K labelled tiles, a quarter of each batch replayed from the parent's own cities",
 }
 SIZE = "0"  # building F1 over every building ("4m2": those of at least 4 m², where known)
 
@@ -159,7 +160,7 @@ def plot(table: dict, path: Path) -> None:
     cities = sorted(table)
     figure, axes = plt.subplots(1, len(cities), figsize=(4.2 * len(cities), 3.6), sharey=True, squeeze=False)
     for ax, city in zip(axes[0], cities):
-        for mode, style in (("adapt", "-o"), ("scratch", "--s"), ("both", "-.^")):
+        for mode, style in (("adapt", "-o"), ("scratch", "--s"), ("both", "-.^"), ("replay", "-v")):
             by_k = table[city].get(mode)
             if not by_k:
                 continue
