@@ -37,6 +37,7 @@ from training.recipe import BUDGETS  # noqa: E402
 from zoo import saving  # noqa: E402
 from zoo.files import write_text_atomic  # noqa: E402
 from zoo.predict import Segmenter, resize  # noqa: E402
+from zoo.unet import decoder_of  # noqa: E402
 
 HELD_OUT_MAX = 320  # held-out tiles scored at most (whole groups in draw order): bounds the cost
 
@@ -73,7 +74,8 @@ def run_adapt(request: AdaptRequest) -> dict:
     parent_serving = adapt_score.serving_of(metadata)
     held = draw.held_out[:HELD_OUT_MAX]
     held_images, held_masks = folders.load_arrays(held, size)
-    before = held_out_probabilities(parent, held_images, parent_serving)
+    held_features = held_out_features(parent, held_images, held_masks, parent_serving)
+    before = held_out_probabilities(parent, held_images, held_features, parent_serving)
     labelled_set = labelled_features(parent, draw.train, size, request.settings, request.seed)
     pseudo_set = pseudo_features(parent, pool_paths, size, parent_serving, request.settings, request.seed)
     print(f"adapting: {k} labelled tiles, {len(pool_paths)} unlabelled, seed {request.seed}")
@@ -81,7 +83,8 @@ def run_adapt(request: AdaptRequest) -> dict:
         parent, labelled_set, pseudo_set, request.settings, request.seed
     )
     del labelled_set, pseudo_set
-    after = held_out_probabilities(parent, held_images, parent_serving)
+    after = held_out_probabilities(parent, held_images, held_features, parent_serving)
+    del held_features
     judged = judge(before, after, held_masks, parent_serving)
     cost = {"train_seconds": round(seconds, 1), "wall_seconds": round(time.time() - started, 1),
             "peak_rss_gib": round(process_memory_gib()[1], 2)}  # fmt: skip
@@ -195,11 +198,25 @@ def pseudo_features(model, paths: list[Path], size: int, serving, settings: Adap
     return adapt_method.student_features(model, images, masks, settings, seed)
 
 
-def held_out_probabilities(model, images: np.ndarray, parent) -> dict[float, np.ndarray] | None:
+def held_out_scales(parent) -> list[float]:
+    return sorted({*parent.scales, *(s for c in adapt_score.candidate_scales(parent) for s in c)})
+
+
+def held_out_features(model, images: np.ndarray, masks: np.ndarray, parent):
+    """The held-out tiles encoded once at every scale judged, for the parent and the adapted
+    decoder alike (the frozen encoder gives both the same features); None with test-time
+    views, which the cache does not hold."""
+    if not len(images) or parent.tta != "none":
+        return None
+    return adapt_method.encode_scales(model, images, masks, held_out_scales(parent), progress=lambda _: None)
+
+
+def held_out_probabilities(model, images: np.ndarray, features, parent) -> dict[float, np.ndarray] | None:
     if not len(images):
         return None
-    scales = sorted({*parent.scales, *(s for c in adapt_score.candidate_scales(parent) for s in c)})
-    return adapt_score.scale_probabilities(model, images, parent.tta, scales)
+    if features is not None:
+        return adapt_method.scale_probabilities(decoder_of(model), features)
+    return adapt_score.scale_probabilities(model, images, parent.tta, held_out_scales(parent))
 
 
 def judge(before, after, masks: np.ndarray, parent) -> dict:

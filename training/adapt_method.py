@@ -198,11 +198,22 @@ def served_probabilities(decoder, features: ScaledFeatures, scales) -> np.ndarra
     height, width = features.size
     total = np.zeros((features.count, height, width), np.float32)
     for scale in scales:
-        probs = decoder_probabilities(decoder, features.by_scale[float(scale)])
-        if probs.shape[1:] != (height, width):
-            probs = np.stack([resize(p, height, width) for p in probs])
-        total += probs
+        total += probabilities_at(decoder, features, float(scale))
     return total / len(scales)
+
+
+def scale_probabilities(decoder, features: ScaledFeatures) -> dict[float, np.ndarray]:
+    """Scale -> each tile's probabilities predicted at that scale (Segmenter.probabilities_at)."""
+    return {scale: probabilities_at(decoder, features, scale) for scale in features.by_scale}
+
+
+def probabilities_at(decoder, features: ScaledFeatures, scale: float) -> np.ndarray:
+    """The tiles' probabilities predicted at `scale`, resized back to the tiles' size."""
+    height, width = features.size
+    probs = decoder_probabilities(decoder, features.by_scale[scale])
+    if probs.shape[1:] != (height, width):
+        probs = np.stack([resize(p, height, width) for p in probs])
+    return probs
 
 
 # ---------------------------------------------------------------- self-training
