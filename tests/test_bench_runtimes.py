@@ -98,3 +98,19 @@ def test_the_request_profile_times_each_part_of_a_served_request(small_model_fil
     assert all(p["n"] == 9 for p in parts.values())
     text = (tmp_path / "request_profile-keras-tta-flips.md").read_text()
     assert "| model |" in text and "test-time views `flips`" in text
+
+
+def test_beside_other_work_the_fastest_is_judged_by_cpu_time():
+    import numpy as np
+
+    results = {
+        "tflite": {"256": {"p50_ms": 34.0, "server_cpu_ms": 25.0}},
+        "onnx": {"256": {"p50_ms": 33.0, "server_cpu_ms": 26.0}},
+        "keras": {"256": {"p50_ms": 60.0, "server_cpu_ms": 47.0}},
+    }
+    masks = {name: {256: np.zeros((256, 256), np.uint8)} for name in results}
+    assert runtimes.judged_by(0.0) == "p50_ms" and runtimes.judged_by(1.3) == "server_cpu_ms"
+    assert runtimes.fastest_matching(results, masks, "p50_ms") == "onnx"
+    assert runtimes.fastest_matching(results, masks, "server_cpu_ms") == "tflite"
+    masks["tflite"][256][:10] = 1  # masks that differ from Keras's are never the default
+    assert runtimes.fastest_matching(results, masks, "server_cpu_ms") == "onnx"
