@@ -56,10 +56,11 @@ def test_the_verdict_says_met_only_at_the_target_and_names_other_work():
     assert "2.10 MP/s, 1.08x the forward's time: **met**." in met
     slow = polygons_report.report(HEADER, [row(seconds=(20.0,), forward=(10.0,), other=1.3)])
     assert "**not met**, with other work taking 1.30 of the 2 cores" in slow
-    assert (
-        "| 4096 | tflite | 20.0 [20.0-20.0] | 0.84 | 12.0 | 0.60 | 10.0 [10.0-10.0] | 1.68 | 11.0 | 2.00 (1.09) |"
-        in slow
+    end_to_end, forward = (
+        "| 4096 | tflite | 20.0 [20.0-20.0] | 0.84 | 12.0 | 0.60 |",
+        "10.0 [10.0-10.0] | 1.68 |",
     )
+    assert f"{end_to_end} {forward} 11.0 | 2.00 (1.09) |" in slow
 
 
 def test_parts_rows_have_their_own_table():
