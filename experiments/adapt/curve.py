@@ -51,11 +51,11 @@ class CurveRequest:
     fresh: bool = False
 
 
-def point_binding(city: runs.City, weights: Path, mode: str, k: int, seed: int) -> dict:
+def point_binding(name: str, samples: list, weights: Path, mode: str, k: int, seed: int) -> dict:
     return {
-        "protocol": PROTOCOL, "city": city.name, "seed": seed, "mode": mode, "k": k,
-        "data_fingerprint": provenance.data_fingerprint(city.samples),
-        "parent_weights_sha256": saving.sha256_of(weights), "k_max": city.k_max,
+        "protocol": PROTOCOL, "city": name, "seed": seed, "mode": mode, "k": k,
+        "data_fingerprint": provenance.data_fingerprint(samples),
+        "parent_weights_sha256": saving.sha256_of(weights), "k_max": runs.k_max_of(len(samples)),
         "settings": runs.SETTINGS[mode].to_dict(),
         "served": {**SERVED.serving(), "config": SERVED.decoder.to_dict()},
     }  # fmt: skip
@@ -83,6 +83,9 @@ class Cities:
         self.cities: dict = {}
         self.parents: dict = {}
         self.replays: dict = {}
+
+    def samples_of(self, name: str) -> list:
+        return [s for s in self.samples if s.area == name]
 
     def weights(self, name: str, seed: int) -> Path:
         return self.folds / f"seed{seed}" / f"{name}.weights.h5"
@@ -122,13 +125,14 @@ class Cities:
 
 
 def run_point(cities: Cities, name: str, seed: int, mode: str, k: int, request: CurveRequest) -> None:
-    city, weights = cities.city(name), cities.weights(name, seed)
-    if k not in points_of(mode, (k,), city.k_max):
+    samples, weights = cities.samples_of(name), cities.weights(name, seed)
+    if k not in points_of(mode, (k,), runs.k_max_of(len(samples))):
         return
     path = request.out / name / f"seed{seed}" / f"{mode}-k{k}.json"
-    binding = point_binding(city, weights, mode, k, seed)
+    binding = point_binding(name, samples, weights, mode, k, seed)
     if finished(path, binding, request.fresh):
-        return
+        return  # before the city is encoded: a finished phase costs seconds
+    city = cities.city(name)
     parent, kept, ground = cities.parent(name, seed)
     began = time.time()
     try:

@@ -52,7 +52,12 @@ class City:
 
     @property
     def k_max(self) -> int:
-        return max(k for k in CURVE_KS if k <= MAX_ADAPT_FRACTION * len(self.samples))
+        return k_max_of(len(self.samples))
+
+
+def k_max_of(tiles: int) -> int:
+    """A city's largest K: the largest of CURVE_KS within MAX_ADAPT_FRACTION of its tiles."""
+    return max(k for k in CURVE_KS if k <= MAX_ADAPT_FRACTION * tiles)
 
 
 @dataclasses.dataclass(frozen=True)
