@@ -3,6 +3,7 @@
 Only the tests named *shared_weights* use the real ImageNet file (and skip without it);
 everything else runs on random weights.
 """
+
 import hashlib
 import json
 import os
@@ -108,6 +109,7 @@ def spread_model():
 
 # ---------------------------------------------------------------- 5. prediction
 
+
 @pytest.mark.parametrize("height, width, padded", [(37, 61, (64, 64)), (100, 257, (128, 288))])
 def test_any_size_image_gives_binary_mask_of_its_size(spread_model, height, width, padded):
     segmenter = Segmenter(spread_model)
@@ -154,16 +156,19 @@ def test_mask_is_probability_at_or_above_threshold(spread_model):
     assert mask.sum() > (probabilities >= 0.5).sum()  # the threshold made a difference
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((8, 8), np.uint8), "shape"),
-    (np.zeros((8, 8, 4), np.uint8), "shape"),
-    (np.zeros((8, 8, 1), np.uint8), "shape"),
-    (np.zeros((1, 8, 8, 3), np.uint8), "shape"),
-    (np.zeros((8, 8, 3), np.float32), "dtype"),
-    (np.zeros((8, 8, 3), np.int64), "dtype"),
-    (np.zeros((0, 8, 3), np.uint8), "empty"),
-    (np.zeros((8, 0, 3), np.uint8), "empty"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((8, 8), np.uint8), "shape"),
+        (np.zeros((8, 8, 4), np.uint8), "shape"),
+        (np.zeros((8, 8, 1), np.uint8), "shape"),
+        (np.zeros((1, 8, 8, 3), np.uint8), "shape"),
+        (np.zeros((8, 8, 3), np.float32), "dtype"),
+        (np.zeros((8, 8, 3), np.int64), "dtype"),
+        (np.zeros((0, 8, 3), np.uint8), "empty"),
+        (np.zeros((8, 0, 3), np.uint8), "empty"),
+    ],
+)
 def test_check_image_rejects_what_is_not_an_rgb_uint8_image(bad, message):
     with pytest.raises(ImageError, match=message):
         check_image(bad)
@@ -196,8 +201,11 @@ def test_saved_model_loads_with_plain_keras_and_gives_identical_outputs(cfg, tmp
     model = unet.build(cfg, weights=None)
     # Compiled, so loading also has to find the zoo loss and metric classes.
     model.compile(optimizer="adam", loss=SegmentationLoss("focal"), metrics=keras_metrics())
-    path = saving.save(model, tmp_path / "best" / "model.keras",
-                       {"config": cfg.to_dict(), "threshold": 0.4, "note": "unit test"})
+    path = saving.save(
+        model,
+        tmp_path / "best" / "model.keras",
+        {"config": cfg.to_dict(), "threshold": 0.4, "note": "unit test"},
+    )
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.json", "model.keras"]
 
     images = np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
@@ -214,8 +222,16 @@ def saved_model(tmp_path_factory):
     keras.utils.set_random_seed(5)
     model = unet.build(DecoderConfig(width=0.25), weights=None)
     path = tmp_path_factory.mktemp("saved") / "m.keras"
-    saving.save(model, path, {"config": DecoderConfig(width=0.25).to_dict(), "threshold": 0.4,
-                              "metrics": {"building_iou": 0.61}, "data": "unit test"})
+    saving.save(
+        model,
+        path,
+        {
+            "config": DecoderConfig(width=0.25).to_dict(),
+            "threshold": 0.4,
+            "metrics": {"building_iou": 0.61},
+            "data": "unit test",
+        },
+    )
     return path
 
 
@@ -281,8 +297,11 @@ def test_several_scales_average_the_resized_predictions(spread_model):
 
 
 def test_segmenter_from_file_uses_the_saved_inference_policy(spread_model, tmp_path):
-    path = saving.save(spread_model, tmp_path / "scaled.keras",
-                       {"threshold": 0.5, "inference": {"scales": [1.0, 0.25], "threshold": 0.6}})
+    path = saving.save(
+        spread_model,
+        tmp_path / "scaled.keras",
+        {"threshold": 0.5, "inference": {"scales": [1.0, 0.25], "threshold": 0.6}},
+    )
     segmenter = Segmenter.from_file(path)
     assert segmenter.scales == (1.0, 0.25) and segmenter.threshold == 0.6
     assert Segmenter.from_file(path, scales=(1.0,)).scales == (1.0,)  # the caller may override
@@ -295,6 +314,7 @@ def test_bad_scales_are_refused(spread_model, scales):
 
 
 # ---------------------------------------------------------------- 7. encoder weights
+
 
 def test_missing_weights_path_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
@@ -366,12 +386,16 @@ def test_shared_weights_in_keras_cache_work_offline(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- test-time augmentation
 
-@pytest.mark.parametrize("tta, group", [
-    ("flips", [lambda a: a[:, ::-1], lambda a: a[::-1]]),
-    ("dihedral", [lambda a: a[:, ::-1], lambda a: np.rot90(a), lambda a: np.swapaxes(a, 0, 1)]),
-    ("rot180", [lambda a: a[::-1, ::-1]]),
-    ("transpose", [lambda a: np.swapaxes(a, 0, 1)]),
-])
+
+@pytest.mark.parametrize(
+    "tta, group",
+    [
+        ("flips", [lambda a: a[:, ::-1], lambda a: a[::-1]]),
+        ("dihedral", [lambda a: a[:, ::-1], lambda a: np.rot90(a), lambda a: np.swapaxes(a, 0, 1)]),
+        ("rot180", [lambda a: a[::-1, ::-1]]),
+        ("transpose", [lambda a: np.swapaxes(a, 0, 1)]),
+    ],
+)
 def test_test_time_views_make_the_prediction_equivariant(spread_model, tta, group):
     """Averaging over a group of views makes the prediction commute with that group, which
     a single random-weight U-Net (3x3 kernels, not symmetric) does not do by itself."""
@@ -379,8 +403,9 @@ def test_test_time_views_make_the_prediction_equivariant(spread_model, tta, grou
     plain, averaged = Segmenter(spread_model), Segmenter(spread_model, tta=tta)
     base = averaged.probabilities(picture)
     for view in group:
-        np.testing.assert_allclose(averaged.probabilities(np.ascontiguousarray(view(picture))),
-                                   view(base), atol=1e-5)
+        np.testing.assert_allclose(
+            averaged.probabilities(np.ascontiguousarray(view(picture))), view(base), atol=1e-5
+        )
     flipped = plain.probabilities(np.ascontiguousarray(picture[:, ::-1]))
     assert np.abs(flipped - plain.probabilities(picture)[:, ::-1]).max() > 1e-3
 
@@ -391,8 +416,15 @@ def test_a_requests_views_share_one_forward_pass_and_a_full_batch_goes_view_by_v
     picture = image(64, 64, seed=5)
     together = segmenter.probabilities(picture)
     assert batches == [(4, 64, 64, 3)]  # one pass of the four flips
-    one_by_one = np.mean([inverse(segmenter._forward_once(np.ascontiguousarray(forward(
-        picture[None].astype(np.float32)))))[0] for forward, inverse in TTA_VIEWS["flips"]], axis=0)
+    one_by_one = np.mean(
+        [
+            inverse(segmenter._forward_once(np.ascontiguousarray(forward(picture[None].astype(np.float32)))))[
+                0
+            ]
+            for forward, inverse in TTA_VIEWS["flips"]
+        ],
+        axis=0,
+    )
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
     batches.clear()
     segmenter._forward(np.stack([picture] * 8))  # a full batch of tiles: memory stays at 8 images

@@ -2,6 +2,7 @@
 
 No TensorFlow or Keras import, so reports, benchmarks and the CLIs can write files cheaply.
 """
+
 from __future__ import annotations
 
 import contextlib
