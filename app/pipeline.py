@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inputs import InputError, to_rgb
+from app.inputs import InputError
 from zoo.polygons import SceneOutlines
 from zoo.predict import Segmenter
 from zoo.scene import RowSource, network_pixels, probability_bands
@@ -203,7 +203,8 @@ class Reader:
                 raise InterruptedError("stopped")
             rows = min(READ_ROWS, height - start)
             pixels = self.dataset.read(self.bands, window=Window(part.left, part.top + start, width, rows))
-            source.image[start : start + rows] = to_rgb(np.moveaxis(pixels, 0, -1), self.window)
+            # 8-bit R, G, B or one gray band (app.inputs.tiff_bands checked): gray fills all three
+            source.image[start : start + rows] = np.moveaxis(pixels, 0, -1)
             source.filled(start + rows)
         source.finish(self.scales)
 

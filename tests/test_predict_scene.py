@@ -278,16 +278,38 @@ def test_main_asks_for_the_fastest_runtime_and_says_which_ran(tmp_path, monkeypa
 
 
 def test_an_unreadable_part_is_an_error_naming_the_file(tmp_path, monkeypatch, capsys):
-    image = scene_image(300, 300)
-    write_geotiff(tmp_path / "scene.tif", image)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("TIFFReadEncodedStrip() failed")
-
-    monkeypatch.setattr(pipeline, "to_rgb", broken)
+    image = scene_image(600, 300)
+    write_geotiff(tmp_path / "whole.tif", image)
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "scene.tif").write_bytes(data[: len(data) // 2])  # the header is there, the last rows not
     monkeypatch.setattr(predict, "load_segmenter", lambda path, runtime: stand_in())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code = predict.main([str(tmp_path / "scene.tif"), "--model", str(tmp_path / "m.keras")])
     assert code == 1
-    assert "scene.tif' could not be read (TIFFReadEncodedStrip() failed)" in capsys.readouterr().err
+    assert "scene.tif' could not be read (Read failed" in capsys.readouterr().err
+
+
+def test_a_gray_tiff_is_read_into_all_three_channels(tmp_path):
+    import rasterio
+
+    gray = scene_image(200, 300)[..., 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no georeferencing: outlines in pixels
+        with rasterio.open(
+            tmp_path / "gray.tif", "w", driver="GTiff", height=200, width=300, count=1, dtype="uint8"
+        ) as out:
+            out.write(gray[None])
+    seen = []
+
+    class Recording:
+        threshold, metadata, model = 0.5, {"name": "recording"}, None
+
+        def probabilities(self, image):
+            seen.append(image.copy())
+            return np.zeros(image.shape[:2], np.float32)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predict.scene_footprints(Recording(), tmp_path / "gray.tif")
+    np.testing.assert_array_equal(seen[0], np.repeat(gray[..., None], 3, axis=2))
