@@ -205,18 +205,26 @@ def _run_tile_row(segmenter: Segmenter, source: RowSource, grid: _Scale) -> int:
     y = grid.origins[grid.next]
     rows = grid.rows[y : y + tile]
     image = source.wait(int(rows.max()) + 1) if grid.scale == 1.0 else source.scaled(grid.scale)
-    band = image[rows]
+    band = image[_as_slice(rows)]
     kept = slice(y, min(y + step, grid.height))  # image rows this row of tiles finishes
     xs = [index * step for index in range(_tiles_across(segmenter, grid))]
 
     for x in xs:
-        probabilities = segmenter._forward(band[None, :, grid.columns[x : x + tile]])[0]
+        probabilities = segmenter._forward(band[None, :, _as_slice(grid.columns[x : x + tile])])[0]
         columns = slice(x, min(x + step, grid.width))
         grid.probabilities[kept, columns] = probabilities[
             margin : margin + kept.stop - kept.start, margin : margin + columns.stop - columns.start
         ]
     grid.done, grid.next = kept.stop, grid.next + 1
     return tile * tile * len(xs)
+
+
+def _as_slice(indices: np.ndarray):
+    """A run of consecutive indices as a slice (a view, no copy), else the indices themselves
+    (where the reflect padding turns back)."""
+    if indices[-1] - indices[0] == len(indices) - 1 and np.all(np.diff(indices) == 1):
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return indices
 
 
 def _final_rows(grid: _Scale, height: int) -> int:
