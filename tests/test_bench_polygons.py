@@ -53,9 +53,11 @@ def test_the_profile_line_is_read_back():
 
 def test_the_verdict_says_met_only_at_the_target_and_names_other_work():
     met = polygons_report.report(HEADER, [row()])
-    assert "2.10 MP/s, 1.08x the forward's time: **met**." in met
+    assert "(met: 2.10 MP/s) and within 1.1x of the in-process forward (met: 1.08x its wall time" in met
+    assert "1.09x its CPU time): **met**." in met
     slow = polygons_report.report(HEADER, [row(seconds=(20.0,), forward=(10.0,), other=1.3)])
-    assert "**not met**, with other work taking 1.30 of the 2 cores" in slow
+    assert "(not met: 0.84 MP/s)" in slow and "(not met: 2.00x its wall time, 1.09x its CPU time)" in slow
+    assert "**not met**. Other work took 1.30 of the 2 cores" in slow
     end_to_end, forward = (
         "| 4096 | tflite | 20.0 [20.0-20.0] | 0.84 | 12.0 | 0.60 |",
         "10.0 [10.0-10.0] | 1.68 |",
