@@ -61,7 +61,7 @@ def test_a_smoke_city_adapts_and_serves(small_model_file, city, tmp_path):
     assert saved["adaptation"]["parent"]["sha256"] == saving.sha256_of(small_model_file)
     assert saved["adaptation"]["parent"]["path"] == str(small_model_file)
     assert len(saved["adaptation"]["tiles_used"]) == 8 and saved["adaptation"]["binding"]["tiles"] == 8
-    assert saved["adaptation"]["binding"]["data_fingerprint"]
+    assert saved["adaptation"]["binding"]["data_fingerprint"] and saved["adaptation"]["serving"]["verdict"]
     assert saved["adaptation"]["serving"]["held_out_tiles"] == 16  # the 4 groups K = 8 did not touch
     mask = Segmenter.from_file(tmp_path / "out" / "model.keras").predict(np.zeros((70, 90, 3), np.uint8))
     assert mask.shape == (70, 90)

@@ -39,6 +39,10 @@ from zoo.files import write_text_atomic  # noqa: E402
 from zoo.predict import Segmenter, resize  # noqa: E402
 from zoo.unet import decoder_of  # noqa: E402
 
+WORSE = (
+    "WORSE than the parent on the held-out ground: keep serving the parent (label more tiles, "
+    "or tiles of more places)"
+)
 HELD_OUT_MAX = 320  # held-out tiles scored at most (whole groups in draw order): bounds the cost
 
 
@@ -233,13 +237,17 @@ def judge(before, after, masks: np.ndarray, parent) -> dict:
         else "threshold and scales chosen on the held-out ground (better by "
         f"{choice['best_iou'] - choice['parent_setting_iou']:.3f} building IoU than the parent's)"
     )
-    return {
-        "serving": choice["serving"].as_metadata(), "kept": choice["kept"], "why": why,
-        "held_out_tiles": len(masks), "best_on_held_out": choice["best"],
+    rows = {
         "parent": adapt_score.scored(before, masks, parent),
         "adapted_parent_serving": adapt_score.scored(after, masks, parent),
         # The chosen serving was picked on these tiles: optimistic unless kept.
         "adapted": adapt_score.scored(after, masks, choice["serving"]),
+    }
+    worse = rows["adapted"]["building_iou"] < rows["parent"]["building_iou"]
+    verdict = WORSE if worse else "better than the parent on the held-out ground"
+    return {
+        "serving": choice["serving"].as_metadata(), "kept": choice["kept"], "why": why,
+        "held_out_tiles": len(masks), "best_on_held_out": choice["best"], **rows, "verdict": verdict,
     }  # fmt: skip
 
 
@@ -319,6 +327,7 @@ def report_text(meta: dict) -> str:
         f"({binding['unlabeled']})",
         f"- **Serving:** threshold {judged['serving']['threshold']:.2f}, "
         f"scales {judged['serving']['scales']}, views `{judged['serving']['tta']}`: {judged['why']}",
+        f"- **Verdict:** {judged.get('verdict', 'no held-out ground to judge it on')}",
         f"- **Cost:** {cost['train_seconds']:.0f} s of training, {cost['wall_seconds']:.0f} s in all, "
         f"{cost['peak_rss_gib']:.2f} GiB peak memory",
     ]  # fmt: skip
@@ -346,7 +355,7 @@ def summary_line(meta: dict, path: Path) -> str:
     scores = ""
     if judged.get("held_out_tiles"):
         scores = (f"; held-out building IoU {judged['parent']['building_iou']:.3f} (parent) -> "
-                  f"{judged['adapted']['building_iou']:.3f}")  # fmt: skip
+                  f"{judged['adapted']['building_iou']:.3f}: {judged['verdict']}")  # fmt: skip
     cost = meta["adaptation"]["cost"]
     return f"saved {path} ({cost['wall_seconds']:.0f} s, {cost['peak_rss_gib']:.2f} GiB peak){scores}"
 
