@@ -1,15 +1,7 @@
-"""zoo serving path: any-size prediction and tiling, save/load with checksums, encoder weights.
+"""zoo.predict: any-size prediction and tiling, thresholds, scales and test-time views, on random weights."""
 
-Only the tests named *shared_weights* use the real ImageNet file (and skip without it);
-everything else runs on random weights.
-"""
-
-import hashlib
-import json
 import os
-import shutil
 import sys
-import urllib.error
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,20 +12,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from keras.src.backend import config as keras_config  # noqa: E402
-from keras.src.utils import file_utils as keras_file_utils  # noqa: E402
 
-from zoo import encoder, saving, unet  # noqa: E402
+from zoo import saving, unet  # noqa: E402
 from zoo.config import DecoderConfig  # noqa: E402
-from zoo.encoder import WEIGHTS_ENV, WEIGHTS_FILE, WeightsUnavailable  # noqa: E402
-from zoo.losses import SegmentationLoss  # noqa: E402
-from zoo.metrics import keras_metrics  # noqa: E402
 from zoo.predict import TTA_VIEWS, ImageError, Segmenter, check_image  # noqa: E402
 
 # Keras' legacy .h5 weight loader warns once per variable under numpy 2: noise, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy")
 
-SHARED_WEIGHTS_SHA256 = "e391243ecbe042e9fd872c82b3ce96893dd238d0d324c98670b267bfc1be73e4"
 
 # ---------------------------------------------------------------- helpers
 
@@ -69,36 +55,6 @@ def record_batches(segmenter):
 
     segmenter._logits = spy
     return shapes
-
-
-def shared_weights_path() -> Path:
-    path = Path(os.environ.get(WEIGHTS_ENV) or ROOT.parent / "shared" / "weights" / WEIGHTS_FILE)
-    if not path.is_file():
-        pytest.skip(f"shared encoder weights not found at {path} (set ${WEIGHTS_ENV} to run)")
-    return path
-
-
-def offline_keras_home(monkeypatch, home: Path) -> list:
-    """No $ZOO_ENCODER_WEIGHTS, Keras' cache in `home`, and downloads that fail (and are counted).
-
-    Keras reads KERAS_HOME once at import, so its cached directory is patched as well.
-    """
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))
-    attempts = []
-
-    def no_network(url, *args, **kwargs):
-        attempts.append(url)
-        raise urllib.error.URLError("network disabled in tests")
-
-    monkeypatch.setattr(keras_file_utils, "urlretrieve", no_network)
-    return attempts
-
-
-def encoder_values(model):
-    return [np.asarray(v.numpy()) for v in model.weights]
 
 
 @pytest.fixture(scope="module")
@@ -184,93 +140,6 @@ def test_check_image_accepts_rgb_uint8_and_segmenter_validates_tiling():
         Segmenter(None, tile=256, overlap=256)
 
 
-# ---------------------------------------------------------------- 6. save / load
-
-SAVED_VARIANTS = [
-    DecoderConfig(upsampler="transpose", skip="attention"),
-    DecoderConfig(upsampler="bilinear", skip="concat"),
-    DecoderConfig(upsampler="nearest", skip="add", conv="separable"),
-    DecoderConfig(upsampler="subpixel", skip="none"),
-]
-
-
-@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
-@pytest.mark.parametrize("cfg", SAVED_VARIANTS, ids=lambda c: c.name)
-def test_saved_model_loads_with_plain_keras_and_gives_identical_outputs(cfg, tmp_path):
-    keras.utils.set_random_seed(3)
-    model = unet.build(cfg, weights=None)
-    # Compiled, so loading also has to find the zoo loss and metric classes.
-    model.compile(optimizer="adam", loss=SegmentationLoss("focal"), metrics=keras_metrics())
-    path = saving.save(
-        model,
-        tmp_path / "best" / "model.keras",
-        {"config": cfg.to_dict(), "threshold": 0.4, "note": "unit test"},
-    )
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.json", "model.keras"]
-
-    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    expected = np.asarray(model(images))
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(np.asarray(loaded(images)), expected)
-    assert isinstance(loaded.loss, SegmentationLoss) and loaded.loss.kind == "focal"
-    metadata = json.loads(saving.metadata_path(path).read_text())
-    assert DecoderConfig.from_dict(metadata["config"]) == cfg
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    keras.utils.set_random_seed(5)
-    model = unet.build(DecoderConfig(width=0.25), weights=None)
-    path = tmp_path_factory.mktemp("saved") / "m.keras"
-    saving.save(
-        model,
-        path,
-        {
-            "config": DecoderConfig(width=0.25).to_dict(),
-            "threshold": 0.4,
-            "metrics": {"building_iou": 0.61},
-            "data": "unit test",
-        },
-    )
-    return path
-
-
-def test_metadata_records_checksum_versions_and_given_fields(saved_model):
-    metadata = json.loads(saved_model.with_suffix(".json").read_text())
-    assert metadata["sha256"] == hashlib.sha256(saved_model.read_bytes()).hexdigest()
-    assert metadata["model_file"] == saved_model.name
-    assert metadata["threshold"] == 0.4 and metadata["data"] == "unit test"
-    assert metadata["metrics"] == {"building_iou": 0.61}
-    assert metadata["config"] == DecoderConfig(width=0.25).to_dict()
-    versions = metadata["versions"]
-    assert versions["keras"] == keras.__version__ and versions["backend"] == keras.backend.backend()
-    assert {"python", "tensorflow", "numpy"} <= set(versions)
-
-
-def test_load_refuses_a_model_file_with_one_changed_byte(saved_model, tmp_path):
-    corrupted = tmp_path / saved_model.name
-    shutil.copy(saved_model, corrupted)
-    shutil.copy(saved_model.with_suffix(".json"), corrupted.with_suffix(".json"))
-    model, metadata = saving.load(corrupted)  # an intact copy loads
-    assert metadata["threshold"] == 0.4 and model.output_shape == (None, None, None, 1)
-    data = bytearray(corrupted.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    corrupted.write_bytes(bytes(data))
-    with pytest.raises(saving.ModelIntegrityError, match=str(corrupted)):
-        saving.load(corrupted)
-    with pytest.raises(saving.ModelIntegrityError):
-        Segmenter.from_file(corrupted)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        saving.load(tmp_path / "nowhere.keras")
-
-
-def test_load_refuses_a_file_that_is_no_keras_model(tmp_path):
-    path = tmp_path / "junk.keras"
-    path.write_bytes(b"not a zip archive")
-    with pytest.raises(saving.ModelIntegrityError, match="junk.keras"):
-        saving.load(path)
-
-
 def test_segmenter_from_file_uses_the_saved_threshold(spread_model, tmp_path):
     path = saving.save(spread_model, tmp_path / "spread.keras", {"threshold": 0.8})
     segmenter = Segmenter.from_file(path, tile=256)
@@ -311,77 +180,6 @@ def test_segmenter_from_file_uses_the_saved_inference_policy(spread_model, tmp_p
 def test_bad_scales_are_refused(spread_model, scales):
     with pytest.raises(ValueError, match="scales"):
         Segmenter(spread_model, scales=scales)
-
-
-# ---------------------------------------------------------------- 7. encoder weights
-
-
-def test_missing_weights_path_is_named(tmp_path, monkeypatch):
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    missing = tmp_path / "nope" / WEIGHTS_FILE
-    with pytest.raises(WeightsUnavailable, match=str(missing)):
-        encoder.resolve_weights(missing)
-    with pytest.raises(WeightsUnavailable, match=str(missing)):
-        encoder.build_encoder(str(missing))
-    assert encoder.resolve_weights(None) is None
-    assert encoder.resolve_weights("imagenet") == "imagenet"
-
-
-def test_weights_env_var_is_honoured(tmp_path, monkeypatch):
-    missing = tmp_path / "missing.h5"
-    monkeypatch.setenv(WEIGHTS_ENV, str(missing))
-    with pytest.raises(WeightsUnavailable, match=WEIGHTS_ENV) as caught:
-        encoder.resolve_weights("imagenet")
-    assert str(missing) in str(caught.value)
-    present = tmp_path / "present.h5"
-    present.write_bytes(b"junk")
-    monkeypatch.setenv(WEIGHTS_ENV, str(present))
-    assert encoder.resolve_weights("imagenet") == str(present)
-    assert encoder.resolve_weights(None) is None  # random weights only when asked, env or not
-    # A file that is there but is not MobileNetV2 weights is named too.
-    with pytest.raises(WeightsUnavailable, match="present.h5"):
-        encoder.build_encoder("imagenet")
-
-
-def test_imagenet_without_network_or_cache_says_how_to_fix(tmp_path, monkeypatch):
-    attempts = offline_keras_home(monkeypatch, tmp_path)
-    with pytest.raises(WeightsUnavailable, match=WEIGHTS_ENV):
-        encoder.build_encoder("imagenet")
-    assert len(attempts) == 1 and attempts[0].endswith(WEIGHTS_FILE)  # it tried, and was refused
-
-
-def test_shared_weights_file_is_the_expected_one():
-    assert hashlib.sha256(shared_weights_path().read_bytes()).hexdigest() == SHARED_WEIGHTS_SHA256
-
-
-def test_building_with_shared_weights_loads_them(monkeypatch, tmp_path):
-    path = shared_weights_path()
-    attempts = offline_keras_home(monkeypatch, tmp_path)
-    keras.utils.set_random_seed(0)
-    random_encoder = encoder_values(encoder.build_encoder(None))
-    loaded = encoder_values(encoder.build_encoder(path))
-    assert len(loaded) == len(random_encoder)
-    same = sum(np.array_equal(a, b) for a, b in zip(loaded, random_encoder))
-    assert same == 0, f"{same} of {len(loaded)} weights unchanged by loading"
-
-    model = unet.build(DecoderConfig(width=0.25), weights=str(path))  # the path reaches the encoder
-    for a, b in zip(encoder_values(unet.encoder_of(model)), loaded):
-        np.testing.assert_array_equal(a, b)
-    monkeypatch.setenv(WEIGHTS_ENV, str(path))  # "imagenet" + env var: the same file
-    for a, b in zip(encoder_values(encoder.build_encoder("imagenet")), loaded):
-        np.testing.assert_array_equal(a, b)
-    assert attempts == []
-
-
-def test_shared_weights_in_keras_cache_work_offline(monkeypatch, tmp_path):
-    path = shared_weights_path()
-    attempts = offline_keras_home(monkeypatch, tmp_path)
-    (tmp_path / "models").mkdir()
-    shutil.copy(path, tmp_path / "models" / WEIGHTS_FILE)
-    from_cache = encoder_values(encoder.build_encoder("imagenet"))
-    for a, b in zip(from_cache, encoder_values(encoder.build_encoder(path))):
-        np.testing.assert_array_equal(a, b)
-    assert attempts == []
 
 
 # ---------------------------------------------------------------- test-time augmentation
