@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from ablations import distributed, oracles, report, search, studies
+from ablations import distributed, index, oracles, report, search, studies
 from ablations.request import StudyRequest
 from data import folders, splits
 from training import features, folds, provenance
@@ -92,7 +92,7 @@ def run_study(request: StudyRequest) -> None:
     context["runs"] = earlier_runs + [{**run_cost(started), "trials_run": tuner.done_this_run}]
     report.write_context(study_dir, context)
     best = report.write_all(study_dir, context, encoder, arrays["test"])
-    report.write_index(request.out)
+    index.write_index(request.out)
     print(
         f"done in {(time.time() - started) / 60:.1f} min; selected {best['variant']} "
         f"(trial {best['trial_id']}); see {study_dir / 'table.md'}"

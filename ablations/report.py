@@ -284,14 +284,14 @@ def write_all(study_dir: Path, context: dict, encoder, test_arrays) -> dict:
         + halving_section(first_rung, records, context)
     )
     plots.write_all(study_dir, frame, summary, records, test_arrays)
-    best = _best_record(records, best_row)
+    best = best_record(records, best_row)
     best_metadata = save_best(study_dir, best, context, encoder, test_arrays)
     table += _selected_paragraph(best, best_metadata) + plots.figure_links()
     write_text_atomic(study_dir / "table.md", table)
     return best
 
 
-def _best_record(records, best_row) -> dict:
+def best_record(records, best_row) -> dict:
     ids = best_row["trial_ids"].split()
     of_config = [r for r in records if r["trial_id"] in ids]
     return max(of_config, key=lambda r: r["metrics"]["val_building_iou"])
@@ -344,69 +344,3 @@ def _selected_paragraph(best: dict, metadata: dict) -> str:
         f"{t['image_iou']['p90']:.3f}, an image with empty truth and empty prediction "
         f"counts 1.0).\n"
     )
-
-
-def _selected(study_dir: Path, context: dict) -> tuple[str, dict]:
-    """The study's selected configuration and its test scores: from best/model.json where the
-    study ran here, else from its committed trial records by the same rule (a clone has the
-    records, not the model), with the trial's own test scores."""
-    meta_file = study_dir / "best" / "model.json"
-    if meta_file.is_file():
-        best = json.loads(meta_file.read_text())
-        return best.get("name", "-"), best.get("metrics", {}).get("test", {})
-    records, _ = full_schedule_records(load_records(study_dir))
-    if not records:
-        return "-", {}
-    best = _best_record(records, select_best(summarise(trials_frame(records))))
-    return f"{context['study']}/{best['variant']}", best["metrics"]
-
-
-def _served_line(out: Path) -> list[str]:
-    """Where OUT/MODEL points (the model the server loads), linked to its folder's report."""
-    pointer = out / "MODEL"
-    if not pointer.is_file():
-        return []
-    served = pointer.read_text().strip()
-    folder = Path(served).parent
-    page = f" ([report]({folder.as_posix()}/README.md))" if (out / folder / "README.md").is_file() else ""
-    return ["", f"Served model (`MODEL`): `{served}`{page}."]
-
-
-def write_index(out: Path) -> None:
-    """OUT/README.md: one line per study run so far, from each study's context and table."""
-    out = Path(out)
-    narrative = next(
-        (link for link in ("EXPERIMENTS.md", "../EXPERIMENTS.md") if (out / link).is_file()), None
-    )
-    lines = [
-        "# Results",
-        "",
-        "Written by `python -m ablations.run`; one row per study."
-        + (f" Hand-written narrative: [EXPERIMENTS.md]({narrative})." if narrative else ""),
-        "",
-    ]
-    rows = []
-    for context_file in sorted(out.glob("*/context.json")):
-        context = json.loads(context_file.read_text())
-        if "study" not in context:  # not a study's folder
-            continue
-        name, test = _selected(context_file.parent, context)
-        rows.append(
-            {
-                "study": f"[{context_file.parent.name}]({context_file.parent.name}/table.md)",
-                "budget": context["budget"],
-                "date": context["date"],
-                "trials": len(list((context_file.parent / "trials").glob("*.json"))),
-                "selected": name,
-                "test building IoU": f"{test['building_iou']:.3f}" if test else "-",
-                "test precision / recall": f"{test['precision']:.3f} / {test['recall']:.3f}" if test else "-",
-            }
-        )
-    lines.append(tabulate(rows, headers="keys", tablefmt="github") if rows else "(no studies yet)")
-    lines += _served_line(out)
-    pages = [
-        p.parent.name for p in sorted(out.glob("*/README.md")) if not (p.parent / "context.json").is_file()
-    ]
-    if pages:  # evaluation pages beside the studies (inference scales, error analysis, ...)
-        lines += ["", "Other pages: " + ", ".join(f"[{name}]({name}/README.md)" for name in pages) + "."]
-    write_text_atomic(out / "README.md", "\n".join(lines) + "\n")

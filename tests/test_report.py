@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ablations import report
+from ablations.index import write_index
 
 
 def _row(variant, upsampler, val, latency, loss="bce_dice"):
@@ -57,7 +58,7 @@ def test_index_links_the_narrative_above_it_and_lists_pages_that_are_not_studies
     (out / "inference").mkdir()
     (out / "inference" / "README.md").write_text("scales")
     (out / "inference" / "inference.json").write_text("{}")
-    report.write_index(out)
+    write_index(out)
     index = (out / "README.md").read_text()
     assert "[EXPERIMENTS.md](../EXPERIMENTS.md)" in index
     assert "[decoder_variants](decoder_variants/table.md)" in index
@@ -66,7 +67,7 @@ def test_index_links_the_narrative_above_it_and_lists_pages_that_are_not_studies
     (out / "final").mkdir()
     (out / "final" / "README.md").write_text("per-city quality")
     (out / "MODEL").write_text("final/model.keras\n")
-    report.write_index(out)
+    write_index(out)
     index = (out / "README.md").read_text()
     assert "Served model (`MODEL`): `final/model.keras` ([report](final/README.md))." in index
     assert "[final](final/README.md)" in index  # and among the other pages
@@ -82,10 +83,31 @@ def test_a_clone_indexes_a_study_from_its_committed_records_without_the_model(tm
     shutil.copy(committed / "context.json", study)
     for record in (committed / "trials").glob("*.json"):  # the records git keeps; best/ is not kept
         shutil.copy(record, study / "trials")
-    report.write_index(tmp_path)
+    write_index(tmp_path)
     row = next(
         line for line in (tmp_path / "README.md").read_text().splitlines() if "[decoder_variants]" in line
     )
     selected = (committed / "table.md").read_text().split("**Selected:** `")[1].split("`")[0]
     assert f"decoder_variants/{selected}" in row  # the table's own selection, by the same rule
     assert "| -" not in row
+
+
+def test_rewriting_the_index_keeps_what_a_person_wrote_around_it(tmp_path):
+    import json
+
+    study = tmp_path / "loss"
+    study.mkdir()
+    (study / "context.json").write_text(json.dumps({"study": "loss", "budget": "smoke", "date": "d1"}))
+    (tmp_path / "README.md").write_text("# Results\n\nA note written by hand.\n")
+    write_index(tmp_path)  # an old page without markers: the note is kept below the index
+    page = (tmp_path / "README.md").read_text()
+    assert "[loss](loss/table.md)" in page and "A note written by hand." in page
+    page = page.replace("<!-- index: end -->", "<!-- index: end -->\n\nA second note.")
+    (tmp_path / "README.md").write_text("Above the index.\n" + page)
+    (study / "context.json").write_text(json.dumps({"study": "loss", "budget": "smoke", "date": "d2"}))
+    write_index(tmp_path)
+    page = (tmp_path / "README.md").read_text()
+    assert page.startswith("Above the index.\n")
+    assert "A second note." in page and "A note written by hand." in page
+    assert "d2" in page and "d1" not in page  # the generated part is replaced, not appended
+    assert page.count("<!-- index: end -->") == 1
