@@ -1,53 +1,24 @@
 """The Flask app that serves the building-footprint model `training.fit` fitted (`results/MODEL`).
 
-Routes (every answer, errors included, is JSON except `/` and a PNG mask):
+Routes (every answer, errors included, is JSON except `/` and a PNG mask); the whole contract,
+its limits and measured costs are in docs/serving.md:
 
 - `POST /inference`: JSON `{"image": H x W x 3 nested list of 0..255}` or a multipart upload
-  (field `file`, PNG, JPEG or TIFF) -> `{"prediction": H x W nested list of 0/1}`, or a PNG
-  mask (0/255, one channel) with `?format=png` or `Accept: image/png`, or the buildings as a
-  GeoJSON FeatureCollection (`zoo.polygons`) with `?format=geojson`, `"format": "geojson"` in
-  the JSON body or `Accept: application/geo+json`: in WGS84 lon/lat with areas in m² for a
-  GeoTIFF, in pixels otherwise (its `why_pixels` says why). `?include=mask,image,pixels` adds
-  what the page needs to draw one answer: the mask and the decoded image as base64 PNGs and,
-  for a GeoTIFF, each outline in pixels too. How the buildings are outlined (`app.options`):
-  `outline` ("raw": the mask's traced edge, or "regular": straight edges and right angles),
-  `min_area_m2` (a GeoTIFF's smallest building, m²) and `min_pixels` (an image in pixels:
-  fewest mask pixels a building), each in the query or the JSON body; the defaults are the
-  ones measured best on the held-out cities (results/outlines). Each building's feature has
-  its `mean_probability` (the model's confidence) and its area. Accepted shapes and value
-  rules are in `app/inputs.py`. Limits: each side at most `max_side` (4096) pixels (a larger scene:
-  `python -m app.predict IMAGE --window 4096`, which takes any size), and the body at most
-  `max_body_mb` (64 MiB), sent with a length or chunked. A JSON image costs 11.4 to 14.0
-  bytes a pixel written compactly (`json.dumps(..., separators=(",", ":"))`, 12.9 on average)
-  and 14.4 to 17.0 with Python's default `json.dumps` (15.9), measured on 33 real 256 x 256
-  tiles of oam_buildings. So the largest square JSON image that fits whatever its pixels is
-  2188 x 2188 compact and 1986 x 1986 with the default (2048 x 2048 written by default is
-  about 64.5 MiB: 413); bigger images go as PNG uploads (at most ~3 bytes a pixel).
-  A GeoJSON answer gets at most `budget_s` (60 s) from the request's arrival: a mask whose
-  outlines take longer (noise-like, tens of thousands of holes) gets a 503 with the reason.
-- `GET /health`: `{"status": "ok", "model": name, ...}`. It takes no lock and does no work,
-  so it answers while other requests run, as soon as it gets the GIL: the model call releases
-  it, and the outline step holds it at most ~0.3 s at a time (`zoo.polygons` feeds GDAL in
-  batches). While the noise images of issue 35 went through as GeoJSON (2.5 s at 2048 px,
-  8.3 s at 4096 px, 2 CPU cores), /health took at most 0.013 s and 0.15 s; served by the
-  random-weights test model (16.5 s at 4096 px), 0.09 s. A 64 MiB JSON image holds the GIL
-  0.3 s on the fast path (integers or 12.0), but ~3 s when it misses it (other keys, the
-  options before the image, a mistake) and orjson builds its lists (`app.inputs`).
-- `GET /model`: the model's metadata (config, threshold, metrics, data, versions, sha256),
-  plus under `serving` the runtime, threshold, scales, test-time views and outline defaults
-  this server applies. Its `metrics.cross_validated` holds the held-out cities' scores.
-- `GET /`: a page to drop an image on: RGB, mask and overlay with outlines side by side, the
-  building count and total area, the GeoJSON and the mask PNG to download (named after the
-  image), and the model's cross-validated scores on cities it never saw.
+  (field `file`: PNG, JPEG or TIFF) -> `{"prediction": H x W nested list of 0/1}`, a PNG mask
+  (`?format=png`), or the buildings as GeoJSON (`?format=geojson`; `zoo.polygons`), outlined as
+  `app.options` reads from the query or the body. Input rules: `app/inputs.py`.
+- `GET /health`: takes no lock and does no work, so it answers while other requests run: the
+  model call releases the GIL, and the outline step holds it at most ~0.3 s at a time.
+- `GET /model`: the model's metadata, and under `serving` what this server applies.
+- `GET /`: the page (`app/page.html`).
 
-Bad input gets a 4xx `{"error": "..."}` naming the field, shape or value at fault; no client
-input can cause a 500.
+Limits, each a 4xx naming what is wrong: a side over `max_side` (4096 px) or a body over
+`max_body_mb` (64 MiB, with a length or chunked) is a 413 naming `python -m app.predict`, which
+takes any size; a GeoJSON answer gets `budget_s` (60 s) from the request's arrival, then a 503
+with the reason, so no request can hold a worker for long. No client input can cause a 500.
 
-Run it with `python -m app [--model PATH] [--host H] [--port P]` (development server, a
-thread a request), or in production with gunicorn (see `app/wsgi.py`):
-
-    ZOO_MODEL=results/final/model.keras \\
-        gunicorn -w 2 --threads 4 -b 127.0.0.1:8000 --timeout 120 'app.wsgi:app'
+Run it with `python -m app` (development server, a thread a request) or with gunicorn
+(`app/wsgi.py`).
 """
 
 from __future__ import annotations

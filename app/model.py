@@ -38,7 +38,7 @@ BUDGET_ENV = "ZOO_BUDGET_S"
 # The one command that makes the served model, from the repository root with ../shared beside it
 # (the README's main job), and a smoke model for a quick look (synthetic scenes, meaningless).
 MAKE_ONE = "python -m training.fit --data ../shared/data/oam_buildings"
-MAKE_ONE_TIME = "about 16 minutes on 2 CPU cores"
+MAKE_ONE_TIME = "about 4 minutes on 2 CPU cores"
 SMOKE_DIR = "/tmp/smoke/final"
 MAKE_SMOKE = f"python -m training.fit --budget smoke --curve --curve-epochs 2 --out {SMOKE_DIR}"
 

@@ -1,6 +1,6 @@
 """Named albumentations pipelines (AUGMENTATIONS), applied to an image and its mask together.
 
-albumentations and OpenCV are imported inside the functions, so importing this module is cheap.
+albumentations is imported inside the functions (it is slow to import), so importing this module is cheap.
 """
 
 from __future__ import annotations

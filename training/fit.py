@@ -163,7 +163,7 @@ def encode_pool(encoder, pool_samples, budget, served: ServedRecipe) -> features
         f"encoding {len(images)} pool tiles once for every fold and the fit: {copies} copies with "
         f"'{served.training.augmentation}' augmentation ..."
     )
-    model = unet.build(served.decoder, encoder=encoder)  # its preprocessing decides what the encoder sees
+    model = unet.build(served.decoder, encoder=encoder)  # the encoder inside it makes the features
     return features.encode(
         model, images, masks, copies=copies, augmentation=served.training.augmentation, seed=SEED
     )

@@ -2,7 +2,7 @@
 
 `SERVED` is the one place the shipped model's decoder, augmentation, schedule and serving
 option are written. The fit trains it, the benchmarks load it, the docs describe it and
-`tests/test_recipe.py` checks it against the cross-validated curve that chose it
+`tests/test_fit.py` checks it against the cross-validated curve that chose it
 (`results/final/curve.json`). Change the served model here, then rerun
 `python -m training.fit --curve` to measure it. No TensorFlow import: reports read it cheaply.
 """
@@ -79,7 +79,7 @@ class Budget:
     name: str
     size: int  # tile side the model trains and is scored at
     max_images: int | None  # all images when None
-    epochs: int
+    epochs: int  # a study trial's and the curve's longest run; the fit trains SERVED.epochs
     augmented_copies: int  # encoded copies per training image (copy 0 is the original)
     search_trials: int  # trials of the Bayesian 'hparams' study
     synthetic_images: int  # when no --data is given
@@ -128,9 +128,24 @@ class ServedRecipe:
 # - 3 epochs of a 3-epoch cosine schedule (the curve's first epoch within 0.005 of its best);
 # - threshold 0.5 and each image also predicted at half size (the best option within the
 #   latency budget of two full-size passes a request).
+# Every field is written out, defaults included, so this reads as the whole recipe.
 SERVED = ServedRecipe(
-    decoder=DecoderConfig(upsampler="nearest", skip="attention", conv="double", width=0.25, output_stride=2),
-    training=Recipe(augmentation="sensor_shrink"),
+    decoder=DecoderConfig(
+        upsampler="nearest", skip="attention", conv="double", width=0.25, head="linear", output_stride=2
+    ),
+    training=Recipe(
+        loss="bce_dice",  # binary cross-entropy + Dice
+        dice_weight=1.0,
+        augmentation="sensor_shrink",
+        learning_rate=1e-3,  # AdamW, on the cosine schedule below
+        batch_size=16,
+        weight_decay=1e-4,
+        label_smoothing=0.0,
+        edge_band=0,
+        augmented_copies=None,  # the budget's: each tile encoded twice (original + one augmented)
+        sampling="tiles",
+        target="mask",
+    ),
     epochs=3,
     schedule_epochs=3,
     threshold=0.5,

@@ -80,7 +80,7 @@ def area_balanced_order(rng: np.random.Generator, areas: np.ndarray) -> np.ndarr
 
 
 class KeepFreedMemory(keras.callbacks.Callback):
-    """zoo.allocator's settings again at every batch: the generator dataset that `fit` reads a
+    """training.allocator's settings again at every batch: the generator dataset that `fit` reads a
     PyDataset through resets glibc's trim threshold when it starts."""
 
     def on_train_batch_begin(self, batch, logs=None):

@@ -59,7 +59,7 @@ def pending_path(model_path) -> Path:
 def save(model: keras.Model, path, metadata: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _finish_interrupted_save(path)
+    _committed_file(path)  # completes a save killed after its commit point
     remove_leftovers(path)
     digest = _write_pending(model, path)
     full = {**metadata, "model_file": path.name, "sha256": digest, "versions": versions()}
@@ -92,16 +92,16 @@ def remove_leftovers(path) -> list[Path]:
     found = [*path.parent.glob(f".{path.name}.*"), *path.parent.glob(f".{metadata_path(path).name}.*")]
     pending = pending_path(path)
     if pending.is_file():
-        found.append(pending)  # after _finish_interrupted_save, it is never the committed model
+        found.append(pending)  # after _committed_file, it is never the committed model
     for leftover in found:
         leftover.unlink(missing_ok=True)
     return found
 
 
-def _finish_interrupted_save(path: Path) -> Path:
-    """The file that holds the model `path`'s metadata describes: `path`, after completing a
-    save killed after its commit point, or the pending file itself when this folder is
-    read-only."""
+def _committed_file(path: Path) -> Path:
+    """The file holding the model that `path`'s metadata describes (the committed one): `path`,
+    once a save killed after its commit point is completed here by renaming its pending file
+    into place, or the pending file itself when the folder is read-only."""
     pending = pending_path(path)
     meta_file = metadata_path(path)
     if not pending.is_file() or not meta_file.is_file():
@@ -122,7 +122,7 @@ def _finish_interrupted_save(path: Path) -> Path:
 
 def load(path, verify: bool = True) -> tuple[keras.Model, dict]:
     path = Path(path)
-    source = _finish_interrupted_save(path)
+    source = _committed_file(path)
     if not source.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     meta_file = metadata_path(path)
