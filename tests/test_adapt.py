@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from data import folders, synthetic
 from training import adapt
@@ -96,3 +97,16 @@ def test_metadata_is_json_safe(small_model_file, city, tmp_path):
     request = adapt.AdaptRequest(small_model_file, data=city)
     binding = adapt.run_binding(request, samples, [], draw_tiles(samples, 4, 0))
     assert json.loads(json.dumps(binding)) == binding
+
+
+def test_tiles_of_bare_ground_are_refused_without_imagery_to_anchor_them(
+    small_model_file, city, tmp_path, capsys
+):
+    bare = tmp_path / "bare_city"
+    shutil.copytree(city, bare)
+    for mask in (bare / "masks").iterdir():
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(mask)
+    status, out, err = run(capsys, "--model", small_model_file, "--data", bare, "--tiles", 8,
+                           "--out", tmp_path / "never")  # fmt: skip
+    assert status == 2 and "holds a building pixel" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "never").exists()
