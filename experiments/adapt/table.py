@@ -1,4 +1,4 @@
-"""python -m experiments.adapt.table [--curve results/adapt/curve] [--out results/adapt]
+"""python -m experiments.adapt.table [--curve results/adapt/curve] [--out results/adapt] [--cli DIR]
 
 The adaptation curve's table and plot from its points (experiments.adapt.curve): per city,
 mode and K, pixel precision, recall and building IoU from counts summed over the scored tiles
@@ -123,7 +123,7 @@ def seed_spread(city_rows: list[dict]) -> list[float]:
     return [float(min(per_seed)), float(max(per_seed))] if per_seed else [float("nan")] * 2
 
 
-def markdown(table: dict, mean: dict, points: list[dict]) -> str:
+def markdown(table: dict, mean: dict, points: list[dict], cli: Path) -> str:
     seeds = sorted({p["binding"]["seed"] for p in points})
     machine = points[0]["machine"] if points else "?"
     lines = [
@@ -161,7 +161,36 @@ def markdown(table: dict, mean: dict, points: list[dict]) -> str:
                     note = cost_note(by_rule["cost"])
                     lines.append(table_row(mode, k, rule, r, note))
     lines += ["", "Modes: " + "; ".join(f"`{m}` {text}" for m, text in MODE_NAMES.items()) + "."]
+    lines += command_costs(cli)
     return "\n".join(lines) + "\n"
+
+
+def command_costs(folder: Path) -> list[str]:
+    """The product command's own cost by K (`python -m training.adapt`, one run each, its
+    metadata in FOLDER/*.json): what a user waits for, reading and scoring included."""
+    runs = []
+    for path in sorted(Path(folder).glob("*.json")):
+        adaptation = json.loads(path.read_text()).get("adaptation") or {}
+        if "cost" in adaptation:
+            runs.append((path.stem, adaptation["binding"], adaptation["cost"]))
+    if not runs:
+        return []
+    lines = [
+        "",
+        f"## The command's cost ({folder})",
+        "",
+        "`python -m training.adapt` run as a user runs it, one run per row (the city's first 320 "
+        "held-out tiles scored before and after; the machine shared with other work).",
+        "",
+        "| run | K labelled | unlabelled tiles | training s | wall s | peak GiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, binding, cost in sorted(runs, key=lambda run: (run[1]["tiles"], run[1]["unlabeled_tiles"])):
+        lines.append(
+            f"| {name} | {binding['tiles']} | {binding['unlabeled_tiles']} | {cost['train_seconds']:.0f} | "
+            f"{cost['wall_seconds']:.0f} | {cost['peak_rss_gib']:.2f} |"
+        )
+    return lines
 
 
 def header() -> str:
@@ -277,6 +306,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--curve", type=Path, default=Path("results/adapt/curve"))
     parser.add_argument("--out", type=Path, default=Path("results/adapt"))
+    parser.add_argument("--cli", type=Path, default=Path("results/adapt/cli"), help="training.adapt runs")
     args = parser.parse_args(argv)
     points = load_points(args.curve)
     if not points:
@@ -289,7 +319,7 @@ def main(argv=None) -> int:
     write_json_atomic(
         args.out / "table.json", {"per_city": table, "mean": mean, "thresholds": THRESHOLDS.tolist()}
     )
-    write_text_atomic(args.out / "README.md", markdown(table, mean, points))
+    write_text_atomic(args.out / "README.md", markdown(table, mean, points, args.cli))
     plot(table, args.out / "curve.png")
     print(f"wrote {args.out / 'README.md'}, table.json and curve.png from {len(points)} points")
     return 0
