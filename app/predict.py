@@ -59,6 +59,7 @@ from app.model import (
     resolve_model_path,
     runtime_of,
 )
+from app.options import OutlineOptions
 from app.pipeline import Profile, Progress, Reader, open_tiff, outline_parts, parts_of
 from zoo.polygons import (
     DEFAULT_MIN_AREA,
@@ -78,16 +79,14 @@ WINDOW = 4096  # the server's largest side: above it, a TIFF is predicted part b
 
 
 @dataclass(frozen=True)
-class Shape:
-    """How the outlines are made (`zoo.polygons`), as the server's query parameters say it; by
-    default what the server applies. The library functions below default to `raw` outlines,
-    unfiltered, as `zoo.polygons` does; the command applies the served defaults."""
+class Outlining(OutlineOptions):
+    """How the outlines are made: the server's per-request options (`app.options`: outline,
+    min_area_m2, min_pixels, by default what the server applies) plus the tracing's own two,
+    which the server keeps at `zoo.polygons`' defaults: the simplification tolerance and the
+    specks and holes dropped while tracing (both in pixels)."""
 
     tolerance: float = DEFAULT_TOLERANCE
     min_area: float = DEFAULT_MIN_AREA
-    outline: str = DEFAULT_OUTLINE
-    min_area_m2: float = DEFAULT_MIN_AREA_M2
-    min_pixels: int = DEFAULT_MIN_PIXELS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,7 +134,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--min-area",
         type=float,
         default=DEFAULT_MIN_AREA,
-        help=f"smallest building kept, pixels (default {DEFAULT_MIN_AREA:g})",
+        help=f"specks and holes under this many pixels are dropped while tracing (default "
+        f"{DEFAULT_MIN_AREA:g}); buildings are left out by --min-area-m2 or --min-pixels",
     )
     parser.add_argument(
         "--profile", action="store_true", help="print where the time went on stderr (app.pipeline.Profile)"
@@ -155,7 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def footprints(
-    segmenter, upload, shape: Shape | None = None, profile: Profile | None = None, **members
+    segmenter, upload, shape: Outlining | None = None, profile: Profile | None = None, **members
 ) -> tuple[dict, np.ndarray]:
     """The GeoJSON FeatureCollection of an `app.inputs.Upload` (one window), and its mask."""
     shape = shape or _raw()
@@ -182,7 +182,7 @@ def scene_footprints(
     tolerance: float = DEFAULT_TOLERANCE,
     min_area: float = DEFAULT_MIN_AREA,
     keep_mask: bool = False,
-    shape: Shape | None = None,
+    shape: Outlining | None = None,
     progress: bool = False,
     profile: Profile | None = None,
     **members,
@@ -216,12 +216,13 @@ def scene_footprints(
     return collection, mask
 
 
-def _raw(tolerance: float = DEFAULT_TOLERANCE, min_area: float = DEFAULT_MIN_AREA) -> Shape:
-    """`zoo.polygons`' own defaults: raw outlines, no minimum building."""
-    return Shape(tolerance, min_area, outline="raw", min_area_m2=0.0, min_pixels=0)
+def _raw(tolerance: float = DEFAULT_TOLERANCE, min_area: float = DEFAULT_MIN_AREA) -> Outlining:
+    """`zoo.polygons`' own defaults: raw outlines, no building left out for its size (only the
+    specks under `min_area` pixels that tracing drops)."""
+    return Outlining(outline="raw", min_area_m2=0.0, min_pixels=0, tolerance=tolerance, min_area=min_area)
 
 
-def _scene(height: int, width: int, shape: Shape, georeferenced: bool) -> SceneOutlines:
+def _scene(height: int, width: int, shape: Outlining, georeferenced: bool) -> SceneOutlines:
     """As `zoo.polygons.footprints_geojson` outlines: min_pixels applies to an image in pixels
     (a georeferenced one has min_area_m2, applied by `_collection`)."""
     return SceneOutlines(
@@ -234,7 +235,7 @@ def _scene(height: int, width: int, shape: Shape, georeferenced: bool) -> SceneO
     )
 
 
-def _collection(segmenter, found, transform, crs, why_pixels, shape: Shape, **members) -> dict:
+def _collection(segmenter, found, transform, crs, why_pixels, shape: Outlining, **members) -> dict:
     """`zoo.polygons.footprints_geojson`'s collection of buildings already outlined: the minimum
     size that applies depends on the image (m² where they are known, else mask pixels)."""
     georeferenced = is_georeferenced(transform, crs)
@@ -261,7 +262,10 @@ def main(argv=None) -> int:
     before = _since_process_start() if argv is None else 0.0
     args = parse_args(argv)
     out = args.out or args.image.with_suffix(".geojson")
-    shape = Shape(args.tolerance, args.min_area, args.outline, args.min_area_m2, args.min_pixels)
+    shape = Outlining(
+        outline=args.outline, min_area_m2=args.min_area_m2, min_pixels=args.min_pixels,
+        tolerance=args.tolerance, min_area=args.min_area,
+    )  # fmt: skip
     try:
         size = _tiff_size(args.image)
         upload = None if size is not None else read_image_file(args.image)

@@ -151,7 +151,7 @@ def test_one_window_gives_the_servers_mask_and_outlines(tmp_path):
     segmenter = stand_in()
     image = scene_image(1000, 1100, seed=1)
     write_geotiff(tmp_path / "scene.tif", image)
-    shape = predict.Shape()  # the served outline, minimum sizes: what the server applies too
+    shape = predict.Outlining()  # the served outline, minimum sizes: what the server applies too
     collection, mask = predict.scene_footprints(
         segmenter, tmp_path / "scene.tif", keep_mask=True, shape=shape
     )
@@ -178,7 +178,7 @@ def test_an_image_of_one_band_gives_exactly_the_servers_geojson():
 
     segmenter = stand_in()
     image = scene_image(400, 300, seed=2)
-    shape = predict.Shape(min_pixels=20)
+    shape = predict.Outlining(min_pixels=20)
     collection, mask = predict.footprints(segmenter, Upload(image, why_pixels="a PNG"), shape)
     whole = footprints_geojson(
         segmenter.predict(image), segmenter.probabilities(image), why_pixels="a PNG", min_pixels=20
@@ -247,7 +247,10 @@ def test_the_outlines_run_beside_the_network(tmp_path, monkeypatch):
 
 def test_outline_flags_reach_the_geojson(tmp_path):
     args = predict.parse_args(["x.tif", "--outline", "regular", "--min-area-m2", "30", "--min-pixels", "5"])
-    shape = predict.Shape(args.tolerance, args.min_area, args.outline, args.min_area_m2, args.min_pixels)
+    shape = predict.Outlining(
+        outline=args.outline, min_area_m2=args.min_area_m2, min_pixels=args.min_pixels,
+        tolerance=args.tolerance, min_area=args.min_area,
+    )  # fmt: skip
     assert (shape.outline, shape.min_area_m2, shape.min_pixels) == ("regular", 30.0, 5)
     segmenter = stand_in()
     image = scene_image(600, 600, seed=5)
