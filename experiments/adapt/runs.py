@@ -11,22 +11,27 @@ The unlabelled pool is the front groups (never scored: inductive) or the whole c
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 
 import keras
 import numpy as np
 
-from data import folders
-from training import adapt_method, crossval, folds, heldout
+from data import augment, folders
+from experiments.tutorial_baseline.baseline import tf_dataset
+from training import adapt_method, adapt_score, crossval, folds, heldout
 from training.adapt_ground import draw_tiles, group_order, groups_for, halves
 from training.adapt_method import AdaptSettings, ScaledFeatures
 from training.features import encode
 from training.recipe import SERVED
+from training.train import EpochProgress
 from zoo import unet
+from zoo.losses import SegmentationLoss
 from zoo.metrics import BuildingCounts
 
 CURVE_KS = (0, 8, 16, 32, 64, 128)
 MAX_ADAPT_FRACTION = 0.6  # a K may use at most this share of a city's tiles: the rest is scored
-MODES = ("adapt", "scratch", "unlabelled", "transductive", "both", "replay")
+MODES = ("adapt", "scratch", "unlabelled", "transductive", "both", "replay", "tutorial")
 REPLAY_TILES = 256  # tiles of the parent's own cities a "replay" point mixes in
 # Each mode's settings: from scratch the decoder starts random, so at the recipe's own rate.
 SETTINGS = {
@@ -36,6 +41,10 @@ SETTINGS = {
     "transductive": AdaptSettings(),
     "both": AdaptSettings(),
     "replay": AdaptSettings(replay_share=0.25),
+    # The TensorFlow tutorial's recipe on the K tiles alone (experiments/tutorial_baseline): its
+    # own model, Adam at 1e-3, BCE, live flips, the full model run at every step; the same
+    # number of steps as "scratch".
+    "tutorial": AdaptSettings(learning_rate=1e-3, augmentation="flips", batchnorm="train"),
 }
 
 
@@ -98,6 +107,8 @@ def run_point(
 ) -> dict:
     """Adapt (or not, for K = 0 of "adapt") and score: the record of one point. `replay`: the
     encoded tiles of the parent's own cities, used when settings.replay_share > 0."""
+    if mode == "tutorial":
+        return tutorial_point(city, ground, k, seed)
     settings = settings or SETTINGS[mode]
     index = {s.name: i for i, s in enumerate(city.samples)}
     train = [index[s.name] for s in draw_tiles(city.samples, k, seed, ground.order).train] if k else []
@@ -123,6 +134,33 @@ def run_point(
         **record, "history": history, "train_seconds": round(seconds, 1),
         "tiles_used": [city.samples[i].name for i in train], "pool_tiles": len(pool),
         "settings": settings.to_dict(),
+    }  # fmt: skip
+
+
+def tutorial_point(city: City, ground: Ground, k: int, seed: int) -> dict:
+    """The tutorial's model trained on the K tiles alone, scored as the others (its own
+    encoder taps, so it runs whole: no cached features)."""
+    keras.utils.set_random_seed(seed)
+    settings = SETTINGS["tutorial"]
+    index = {s.name: i for i, s in enumerate(city.samples)}
+    train = [index[s.name] for s in draw_tiles(city.samples, k, seed, ground.order).train]
+    model = unet.build_tutorial()
+    model.compile(keras.optimizers.Adam(settings.learning_rate), SegmentationLoss("bce"))
+    pipeline = augment.augmentation(settings.augmentation, seed=seed)
+    batches = tf_dataset(
+        city.images[train], city.masks[train], settings.batch_size, pipeline, seed, repeat=True
+    )
+    started = time.time()
+    per_epoch = math.ceil(settings.steps(k) / settings.epochs)
+    history = model.fit(batches, epochs=settings.epochs, steps_per_epoch=per_epoch, verbose=0, shuffle=False,
+                        callbacks=[EpochProgress(print)])  # fmt: skip
+    seconds = time.time() - started
+    by_scale = adapt_score.scale_probabilities(model, city.images[ground.scored], "none", SERVED.scales)
+    record = scored_record(adapt_score.combined(by_scale, SERVED.scales), city, ground)
+    return {
+        **record, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "train_seconds": round(seconds, 1), "tiles_used": [city.samples[i].name for i in train],
+        "pool_tiles": 0, "settings": settings.to_dict(),
     }  # fmt: skip
 
 
@@ -160,6 +198,11 @@ def score(model, city: City, ground: Ground) -> dict:
     probs = adapt_method.served_probabilities(
         unet.decoder_of(model), city.scaled.subset(ground.scored), SERVED.scales
     )
+    return scored_record(probs, city, ground)
+
+
+def scored_record(probs: np.ndarray, city: City, ground: Ground) -> dict:
+    """`score`'s record from the scored ground's served probabilities."""
     masks = city.masks[ground.scored]
     sizes = crossval.min_pixels_of(city.pixel_m2[ground.scored])
     counts = [folds.threshold_counts(probs[h], masks[h]) for h in ground.halves]

@@ -32,6 +32,7 @@ MODE_NAMES = {
     "transductive": "self-training on the whole city, scored tiles included (transductive)",
     "both": "K labelled tiles + self-training on the front ground",
     "replay": "K labelled tiles, a quarter of each batch replayed from the parent's own cities",
+    "tutorial": "the TensorFlow tutorial's recipe trained on the K tiles alone (its own model, end to end)",
 }
 # Building F1 over every building ("0") and over those of at least 4 m² on both sides ("4m2"),
 # the project's headline (docs/unet.md): small blobs are mostly noise, and footprint users drop them.
@@ -297,7 +298,13 @@ def plot(table: dict, path: Path) -> None:
     cities = sorted(table)
     figure, axes = plt.subplots(1, len(cities), figsize=(4.2 * len(cities), 3.6), sharey=True, squeeze=False)
     for ax, city in zip(axes[0], cities):
-        for mode, style in (("adapt", "-o"), ("scratch", "--s"), ("both", "-.^"), ("replay", "-v")):
+        for mode, style in (
+            ("adapt", "-o"),
+            ("scratch", "--s"),
+            ("both", "-.^"),
+            ("replay", "-v"),
+            ("tutorial", ":x"),
+        ):
             by_k = table[city].get(mode)
             if not by_k:
                 continue
