@@ -294,28 +294,23 @@ def met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+# One colour and marker per mode; the threshold rule is the line style.
+PLOTTED = {"adapt": ("tab:blue", "o"), "both": ("tab:purple", "^"), "replay": ("tab:pink", "v"),
+           "scratch": ("tab:green", "s"), "tutorial": ("tab:gray", "x")}  # fmt: skip
+NO_LABELS = {"unlabelled": "tab:olive", "transductive": "tab:orange"}
+
+
 def plot(table: dict, path: Path) -> None:
+    """Building IoU against K per city at the fixed threshold (solid, with the seeds' range)
+    and at the other half's threshold (dashed); self-training without labels as levels."""
     cities = sorted(table)
-    figure, axes = plt.subplots(1, len(cities), figsize=(4.2 * len(cities), 3.6), sharey=True, squeeze=False)
+    figure, axes = plt.subplots(1, len(cities), figsize=(4.2 * len(cities), 3.8), sharey=True, squeeze=False)
     for ax, city in zip(axes[0], cities):
-        for mode, style in (
-            ("adapt", "-o"),
-            ("scratch", "--s"),
-            ("both", "-.^"),
-            ("replay", "-v"),
-            ("tutorial", ":x"),
-        ):
+        for mode, (colour, marker) in PLOTTED.items():
             by_k = table[city].get(mode)
-            if not by_k:
-                continue
-            ks = sorted(by_k)
-            for rule, alpha in (("fixed", 1.0), ("crossfit", 0.5)):
-                iou = [by_k[k][rule]["building_iou"] for k in ks]
-                low = [by_k[k][rule]["building_iou"] - by_k[k][rule]["spread"][0] for k in ks]
-                high = [by_k[k][rule]["spread"][1] - by_k[k][rule]["building_iou"] for k in ks]
-                ax.errorbar(np.array(ks) + 1, iou, yerr=[low, high], fmt=style, alpha=alpha, capsize=2,
-                            label=f"{mode}, {rule_name(rule)}", markersize=4)  # fmt: skip
-        for mode, colour in (("unlabelled", "tab:green"), ("transductive", "tab:olive")):
+            if by_k:
+                plot_mode(ax, by_k, mode, colour, marker)
+        for mode, colour in NO_LABELS.items():
             if 0 in table[city].get(mode, {}):
                 ax.axhline(table[city][mode][0]["fixed"]["building_iou"], color=colour, linestyle=":",
                            label=f"{mode} (no labels), 0.5")  # fmt: skip
@@ -324,8 +319,21 @@ def plot(table: dict, path: Path) -> None:
         ax.set_title(city, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("building IoU (scored ground)")
-    axes[0][-1].legend(fontsize=6, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.16, 1, 1))
     save_figure_atomic(figure, path)
+
+
+def plot_mode(ax, by_k: dict, mode: str, colour: str, marker: str) -> None:
+    ks = sorted(by_k)
+    fixed = [by_k[k]["fixed"] for k in ks]
+    iou = np.array([row["building_iou"] for row in fixed])
+    spread = [iou - [row["spread"][0] for row in fixed], [row["spread"][1] for row in fixed] - iou]
+    ax.errorbar(np.array(ks) + 1, iou, yerr=spread, color=colour, marker=marker, markersize=4, capsize=2,
+                label=f"{mode}, 0.5 (seed range)")  # fmt: skip
+    crossfit = [by_k[k]["crossfit"]["building_iou"] for k in ks]
+    ax.plot(np.array(ks) + 1, crossfit, color=colour, linestyle="--", alpha=0.6, label=f"{mode}, other half")
 
 
 def save_figure_atomic(figure, path: Path) -> None:
