@@ -1,15 +1,17 @@
 """python -m experiments.adapt.curve --data ../shared/data/oam_buildings [--folds results/final/folds]
                                    [--cities A,B] [--seeds 0,1,2] [--ks 0,8,16,32,64,128]
-                                   [--modes adapt,scratch,unlabelled,transductive] [--out results/adapt/curve]
+                                   [--modes M,...] [--out results/adapt/curve]
                                    [--fresh]
 
 The adaptation curve under cross-validation by city: for each held-out city and seed, the
 fold's decoder (trained on the other cities by `python -m training.fit --curve`, so it never
-saw the city) adapted with K labelled tiles of the city, with its unlabelled imagery, or a
-decoder trained on the K tiles alone from scratch, each scored on the city's held-out ground
-(experiments.adapt.runs). One JSON per (city, seed, mode, K) in OUT/CITY/seedS/: a finished
-point is skipped, one made by another configuration refused. Seeds whose fold weights do not
-exist yet are skipped, so rerun it as they land. `python -m experiments.adapt.table` reads them.
+saw the city) adapted with K labelled tiles of the city, with its unlabelled imagery, or both,
+against a decoder, and the TensorFlow tutorial's model, trained on the K tiles alone. Modes:
+experiments.adapt.runs.MODES (default: adapt, unlabelled, transductive, scratch). Each point is
+scored on the city's held-out ground (experiments.adapt.runs), one JSON per (city, seed, mode,
+K) in OUT/CITY/seedS/: a finished point is skipped, one made by another configuration refused.
+Seeds whose fold weights do not exist yet are skipped, so rerun it as they land.
+`python -m experiments.adapt.table` reads them.
 """
 
 from __future__ import annotations

@@ -12,4 +12,6 @@ curve --modes scratch,both,replay --ks 64
 curve --modes adapt --ks 8,16,32,128
 curve --modes transductive
 curve --modes scratch --ks 8,16,32,128
+curve --modes both --ks 8,16,32,128
+curve --modes tutorial --ks 64
 "$PY" -m experiments.adapt.table
