@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.plots import plt, save_figure_atomic
+from training.plots import plt
+from zoo.files import save_figure_atomic
 
 FIGURES = {
     "tradeoffs.png": "test building IoU against latency and against trainable parameters, Pareto front "

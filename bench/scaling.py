@@ -37,7 +37,7 @@ from ablations import studies  # noqa: E402
 from ablations.report import recorded_runs  # noqa: E402
 from training.machine import describe, process_memory_gib  # noqa: E402
 from training.recipe import BUDGETS, Recipe  # noqa: E402
-from zoo.files import write_json_atomic, write_text_atomic  # noqa: E402
+from zoo.files import save_figure_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 
 DEFAULT_POINTS = "250x256,500x256,1000x256,1638x256,250x512,500x512"
 STUDY_TRIALS = 16  # decoder_variants: 4 upsamplers x 4 skip merges
@@ -146,8 +146,6 @@ def plot(out: Path, points: list[dict], check: dict | None) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from training.plots import save_figure_atomic
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for size in sorted({p["size"] for p in points}):

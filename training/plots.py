@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from data import folders
 from training import folds
-from zoo.files import atomic_path
+from zoo.files import save_figure_atomic
 from zoo.predict import Segmenter
 
 
@@ -74,11 +74,3 @@ def samples(model, inference: tuple, pool, test_samples, size: int, path: Path, 
                 axes[row, col].set_title(title, fontsize=7)
     figure.suptitle(where, fontsize=7)
     save_figure_atomic(figure, path)
-
-
-def save_figure_atomic(figure, path: Path) -> None:
-    try:
-        with atomic_path(path, suffix=Path(path).suffix) as tmp:
-            figure.savefig(tmp, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)

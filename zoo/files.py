@@ -43,6 +43,17 @@ def write_json_atomic(path, payload) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
 
 
+def save_figure_atomic(figure, path, dpi: int = 110, bbox_inches: str | None = "tight") -> None:
+    """A matplotlib figure written atomically to `path` (its suffix picks the format), then closed."""
+    import matplotlib.pyplot as plt  # deferred: only the writers of figures need matplotlib
+
+    try:
+        with atomic_path(path, suffix=Path(path).suffix) as tmp:
+            figure.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches)
+    finally:
+        plt.close(figure)
+
+
 def fsync_directory(path) -> None:
     """Make the renames done in folder `path` survive a power cut, not only a killed process."""
     fd = os.open(path, os.O_RDONLY)

@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # files only: no display here
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from training.heldout import THRESHOLDS, building_iou, scores, threshold_index  # noqa: E402
-from zoo.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from zoo.files import save_figure_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from zoo.metrics import BuildingCounts  # noqa: E402
 
 RULES = ("fixed", "crossfit")  # threshold 0.5; threshold chosen on the other half of the scored ground
@@ -334,15 +334,6 @@ def plot_mode(ax, by_k: dict, mode: str, colour: str, marker: str) -> None:
                 label=f"{mode}, 0.5 (seed range)")  # fmt: skip
     crossfit = [by_k[k]["crossfit"]["building_iou"] for k in ks]
     ax.plot(np.array(ks) + 1, crossfit, color=colour, linestyle="--", alpha=0.6, label=f"{mode}, other half")
-
-
-def save_figure_atomic(figure, path: Path) -> None:
-    # Not training.plots': importing it loads TensorFlow, which a table does not need.
-    try:
-        with atomic_path(path, suffix=Path(path).suffix) as tmp:
-            figure.savefig(tmp, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)
 
 
 def main(argv=None) -> int:

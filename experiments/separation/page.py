@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from experiments.separation.inferences import CHOSEN, INFERENCES, ORACLE  # noqa: E402
 from training import crossval  # noqa: E402
-from zoo.files import atomic_path  # noqa: E402
+from zoo.files import save_figure_atomic  # noqa: E402
 
 
 def spread(summary_: dict, key: str) -> float:
@@ -155,9 +155,7 @@ def outlines_picture(cities: dict, folders_by_run: dict, path: Path, seed: int =
             axes[row, column].set_title(f"{city}: {title}, {count} outlines", fontsize=8)
             axes[row, column].axis("off")
     figure.tight_layout()
-    with atomic_path(path, suffix=".png") as staged:
-        figure.savefig(staged, dpi=90)
-    plt.close(figure)
+    save_figure_atomic(figure, path, dpi=90, bbox_inches=None)
 
 
 def draw_outlines(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
