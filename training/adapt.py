@@ -62,6 +62,8 @@ def run_adapt(request: AdaptRequest) -> dict:
     kept = finished_run(out, binding, request.fresh)
     if kept is not None:
         return kept
+    if draw.train:  # before the parent loads and the held-out ground is encoded
+        check_buildings([folders.read_mask(s.mask_path) for s in draw.train], bool(pool_paths))
     parent, metadata = load_parent(request.model)
     size = tile_size(metadata, labelled, pool_paths)
     parent_serving = adapt_score.serving_of(metadata)
@@ -69,9 +71,7 @@ def run_adapt(request: AdaptRequest) -> dict:
     held_images, held_masks = folders.load_arrays(held, size)
     held_features = held_out_features(parent, held_images, held_masks, parent_serving)
     before = held_out_probabilities(parent, held_images, held_features, parent_serving)
-    labelled_set = labelled_features(
-        parent, draw.train, size, request.settings, request.seed, bool(pool_paths)
-    )
+    labelled_set = labelled_features(parent, draw.train, size, request.settings, request.seed)
     pseudo_set = pseudo_features(parent, pool_paths, size, parent_serving, request.settings, request.seed)
     print(f"adapting: {k} labelled tiles, {len(pool_paths)} unlabelled, seed {request.seed}")
     history, seconds = adapt_method.fine_tune(
@@ -93,21 +93,20 @@ def run_adapt(request: AdaptRequest) -> dict:
 # ---------------------------------------------------------------- the adaptation
 
 
-def labelled_features(model, samples: list, size: int, settings: AdaptSettings, seed: int, pool: bool):
+def labelled_features(model, samples: list, size: int, settings: AdaptSettings, seed: int):
     if not samples:
         return None
     images, masks = folders.load_arrays(samples, size)
-    check_buildings(masks, pool)
     print(f"encoding {len(samples)} labelled tiles, {settings.copies} copies ('{settings.augmentation}') ...")
     return encode(model, images, masks, copies=settings.copies, augmentation=settings.augmentation, seed=seed)
 
 
-def check_buildings(masks: np.ndarray, pool: bool) -> None:
+def check_buildings(masks: list[np.ndarray], pool: bool) -> None:
     """Tiles without buildings teach the decoder to find none: on the adaptation curve, eight or
     sixteen tiles of bare ground (Dar es Salaam, seed 1) took a parent from building IoU 0.58
     to 0 (results/adapt). Refused when no tile holds a building and no unlabelled imagery
     (whose confident pseudo-labels do) comes with them; a warning when few do."""
-    with_buildings = int(np.count_nonzero(masks.reshape(len(masks), -1).any(axis=1)))
+    with_buildings = sum(bool(mask.any()) for mask in masks)
     if with_buildings == 0 and not pool:
         raise UserFacingError(
             f"--data: none of the {len(masks)} labelled tiles drawn holds a building pixel: adapting on "
