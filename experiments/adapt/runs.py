@@ -107,11 +107,10 @@ def run_point(
 ) -> dict:
     """Adapt (or not, for K = 0 of "adapt") and score: the record of one point. `replay`: the
     encoded tiles of the parent's own cities, used when settings.replay_share > 0."""
+    train = train_index(city, ground, k, seed)
     if mode == "tutorial":
-        return tutorial_point(city, ground, k, seed)
+        return tutorial_point(city, ground, train, seed)
     settings = settings or SETTINGS[mode]
-    index = {s.name: i for i, s in enumerate(city.samples)}
-    train = [index[s.name] for s in draw_tiles(city.samples, k, seed, ground.order).train] if k else []
     model = parent
     if mode == "scratch":
         keras.utils.set_random_seed(seed)
@@ -137,13 +136,19 @@ def run_point(
     }  # fmt: skip
 
 
-def tutorial_point(city: City, ground: Ground, k: int, seed: int) -> dict:
-    """The tutorial's model trained on the K tiles alone, scored as the others (its own
+def train_index(city: City, ground: Ground, k: int, seed: int) -> list[int]:
+    """The K labelled tiles of this seed's draw, as indices into the city's tiles."""
+    if not k:
+        return []
+    index = {s.name: i for i, s in enumerate(city.samples)}
+    return [index[s.name] for s in draw_tiles(city.samples, k, seed, ground.order).train]
+
+
+def tutorial_point(city: City, ground: Ground, train: list[int], seed: int) -> dict:
+    """The tutorial's model trained on the K tiles `train` alone, scored as the others (its own
     encoder taps, so it runs whole: no cached features)."""
     keras.utils.set_random_seed(seed)
     settings = SETTINGS["tutorial"]
-    index = {s.name: i for i, s in enumerate(city.samples)}
-    train = [index[s.name] for s in draw_tiles(city.samples, k, seed, ground.order).train]
     model = unet.build_tutorial()
     model.compile(keras.optimizers.Adam(settings.learning_rate), SegmentationLoss("bce"))
     pipeline = augment.augmentation(settings.augmentation, seed=seed)
@@ -151,14 +156,14 @@ def tutorial_point(city: City, ground: Ground, k: int, seed: int) -> dict:
         city.images[train], city.masks[train], settings.batch_size, pipeline, seed, repeat=True
     )
     started = time.time()
-    per_epoch = math.ceil(settings.steps(k) / settings.epochs)
+    per_epoch = math.ceil(settings.steps(len(train)) / settings.epochs)
     history = model.fit(batches, epochs=settings.epochs, steps_per_epoch=per_epoch, verbose=0, shuffle=False,
                         callbacks=[EpochProgress(print)])  # fmt: skip
     seconds = time.time() - started
     by_scale = adapt_score.scale_probabilities(model, city.images[ground.scored], "none", SERVED.scales)
     record = scored_record(adapt_score.combined(by_scale, SERVED.scales), city, ground)
     return {
-        **record, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        **record, "history": {name: [float(v) for v in vs] for name, vs in history.history.items()},
         "train_seconds": round(seconds, 1), "tiles_used": [city.samples[i].name for i in train],
         "pool_tiles": 0, "settings": settings.to_dict(),
     }  # fmt: skip
